@@ -1,0 +1,252 @@
+//! Sticky bucketing, exactly as published in `docs/bucketing.md`.
+//!
+//! `h = murmur3_x86_32(seed 0, utf8(salt + ":" + unit))`, `bucket = (h * W) >> 32` where `W` is the
+//! sum of the weights, and the first variant whose running weight sum exceeds `bucket` is served.
+//! The hash of `salt + ":"` is precomputed once per rollout ([`SaltedHasher`]), so an evaluation
+//! hashes only the unit's bytes and never allocates.
+
+const C1: u32 = 0xcc9e_2d51;
+const C2: u32 = 0x1b87_3593;
+
+/// MurmurHash3, x86 32-bit variant, of `data` with `seed`.
+pub fn murmur3_x86_32(data: &[u8], seed: u32) -> u32 {
+    let mut state = Murmur3::new(seed);
+    state.write(data);
+    state.finish()
+}
+
+#[inline(always)]
+fn mix_block(h: u32, block: u32) -> u32 {
+    let k = block.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+/// A streaming MurmurHash3 x86_32: feeding the bytes in pieces gives the hash of their
+/// concatenation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Murmur3 {
+    h: u32,
+    /// Bytes not yet forming a whole 4-byte block, little-endian in the low bits.
+    tail: u32,
+    tail_len: u32,
+    total_len: u32,
+}
+
+impl Murmur3 {
+    pub(crate) fn new(seed: u32) -> Self {
+        Murmur3 {
+            h: seed,
+            tail: 0,
+            tail_len: 0,
+            total_len: 0,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn write(&mut self, mut data: &[u8]) {
+        // The length is taken modulo 2^32, as in the reference implementation.
+        self.total_len = self.total_len.wrapping_add(data.len() as u32);
+        while self.tail_len != 0 {
+            let Some((&b, rest)) = data.split_first() else {
+                return;
+            };
+            self.tail |= u32::from(b) << (8 * self.tail_len);
+            self.tail_len += 1;
+            data = rest;
+            if self.tail_len == 4 {
+                self.h = mix_block(self.h, self.tail);
+                self.tail = 0;
+                self.tail_len = 0;
+            }
+        }
+        let mut chunks = data.chunks_exact(4);
+        for chunk in &mut chunks {
+            let block = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            self.h = mix_block(self.h, block);
+        }
+        for (i, &b) in chunks.remainder().iter().enumerate() {
+            self.tail |= u32::from(b) << (8 * i);
+        }
+        self.tail_len = chunks.remainder().len() as u32;
+    }
+
+    #[inline]
+    pub(crate) fn finish(self) -> u32 {
+        let mut h = self.h;
+        if self.tail_len != 0 {
+            h ^= self.tail.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+        }
+        h ^= self.total_len;
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+}
+
+/// The hash state after `salt + ":"`, so that hashing a unit costs only the unit's bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SaltedHasher(Murmur3);
+
+impl SaltedHasher {
+    pub(crate) fn new(salt: &str) -> Self {
+        let mut state = Murmur3::new(0);
+        state.write(salt.as_bytes());
+        state.write(b":");
+        SaltedHasher(state)
+    }
+
+    #[inline]
+    pub(crate) fn hash(&self, unit: &[u8]) -> u32 {
+        let mut state = self.0;
+        state.write(unit);
+        state.finish()
+    }
+}
+
+/// `bucket = (h * W) >> 32`: a number in `0..W`.
+#[inline]
+pub fn bucket(hash: u32, total_weight: u32) -> u32 {
+    ((u64::from(hash) * u64::from(total_weight)) >> 32) as u32
+}
+
+/// The index of the first weight whose running sum exceeds `bucket`.
+///
+/// `bucket` must be below the sum of `weights` (as [`bucket`] guarantees); otherwise the last
+/// index is returned rather than panicking.
+#[inline]
+pub fn pick(weights: impl IntoIterator<Item = u32>, bucket: u32) -> usize {
+    let mut running: u64 = 0;
+    let mut last = 0;
+    for (i, w) in weights.into_iter().enumerate() {
+        running += u64::from(w);
+        if running > u64::from(bucket) {
+            return i;
+        }
+        last = i;
+    }
+    last
+}
+
+/// The bytes hashed for a bucketing unit, formatted without allocating: strings as they are,
+/// integers in decimal. `None` when the value cannot be bucketed (missing, empty, other types).
+pub(crate) enum Unit<'a> {
+    Str(&'a str),
+    Int(IntBuf),
+}
+
+impl Unit<'_> {
+    pub(crate) fn from_value(value: &serde_json::Value) -> Option<Unit<'_>> {
+        match value {
+            serde_json::Value::String(s) if !s.is_empty() => Some(Unit::Str(s)),
+            serde_json::Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Some(Unit::Int(IntBuf::signed(i)))
+                } else {
+                    n.as_u64().map(|u| Unit::Int(IntBuf::unsigned(u, false)))
+                }
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Unit::Str(s) => s.as_bytes(),
+            Unit::Int(buf) => buf.as_bytes(),
+        }
+    }
+}
+
+/// A decimal integer rendered into a fixed buffer (20 digits and a sign fit).
+pub(crate) struct IntBuf {
+    buf: [u8; 21],
+    start: usize,
+}
+
+impl IntBuf {
+    fn signed(i: i64) -> Self {
+        IntBuf::unsigned(i.unsigned_abs(), i < 0)
+    }
+
+    fn unsigned(mut u: u64, negative: bool) -> Self {
+        let mut buf = [0u8; 21];
+        let mut pos = buf.len();
+        loop {
+            pos -= 1;
+            buf[pos] = b'0' + (u % 10) as u8;
+            u /= 10;
+            if u == 0 {
+                break;
+            }
+        }
+        if negative {
+            pos -= 1;
+            buf[pos] = b'-';
+        }
+        IntBuf { buf, start: pos }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_in_pieces_equals_one_shot() {
+        let data = b"new-checkout:user-42 and some more bytes";
+        for split in 0..data.len() {
+            let mut s = Murmur3::new(0);
+            s.write(&data[..split]);
+            s.write(&data[split..]);
+            assert_eq!(s.finish(), murmur3_x86_32(data, 0), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn published_reference_vectors() {
+        // From the reference implementation's test suite (SMHasher) and common ports.
+        assert_eq!(murmur3_x86_32(b"", 0), 0);
+        assert_eq!(murmur3_x86_32(b"", 1), 0x514e_28b7);
+        assert_eq!(murmur3_x86_32(b"", 0xffff_ffff), 0x81f1_6f39);
+        assert_eq!(murmur3_x86_32(&[0, 0, 0, 0], 0), 0x2362_f9de);
+        assert_eq!(murmur3_x86_32(b"aaaa", 0x9747_b28c), 0x5a97_808a);
+        assert_eq!(murmur3_x86_32(b"Hello, world!", 0x9747_b28c), 0x2488_4cba);
+        assert_eq!(
+            murmur3_x86_32(b"The quick brown fox jumps over the lazy dog", 0x9747_b28c),
+            0x2fa8_26cd
+        );
+    }
+
+    #[test]
+    fn integers_render_in_decimal() {
+        for (v, s) in [
+            (0i64, "0"),
+            (7, "7"),
+            (-12, "-12"),
+            (i64::MIN, "-9223372036854775808"),
+        ] {
+            assert_eq!(IntBuf::signed(v).as_bytes(), s.as_bytes());
+        }
+        assert_eq!(
+            IntBuf::unsigned(u64::MAX, false).as_bytes(),
+            b"18446744073709551615"
+        );
+    }
+
+    #[test]
+    fn pick_walks_running_sums() {
+        assert_eq!(pick([1, 1], 0), 0);
+        assert_eq!(pick([1, 1], 1), 1);
+        assert_eq!(pick([0, 5, 5], 0), 1);
+        assert_eq!(pick([3, 0, 2], 3), 2);
+    }
+}

@@ -1,0 +1,924 @@
+//! From the serde model to an immutable, indexed [`Snapshot`].
+//!
+//! Compiling validates everything and reports every problem at once, each with the JSON pointer
+//! (RFC 6901) of the offending value inside the [`EnvironmentConfig`]. It also does all the work
+//! that evaluation must not repeat: flags and segments indexed by key, references resolved to
+//! indices, regexes compiled, versions and instants parsed, segment key lists put into hash sets,
+//! the hash state of each rollout's salt precomputed.
+//!
+//! A flag with problems still gets into the snapshot, as a broken flag that evaluates to reason
+//! `ERROR` with error code `PARSE_ERROR`: one bad flag must not take the others down in an SDK.
+
+use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
+use regex::{Regex, RegexBuilder};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::bucket::SaltedHasher;
+use crate::context::{AttributePath, TARGETING_KEY};
+use crate::model::{
+    Condition, EnvironmentConfig, FlagConfig, FlagKind, Operator, Rollout, Serve, is_valid_key,
+};
+use crate::semver::OwnedVersion;
+use crate::timestamp::{Timestamp, is_valid_date};
+
+/// Prerequisite chains longer than this are rejected (a flag, its prerequisite, theirs, …).
+pub const MAX_PREREQUISITE_DEPTH: usize = 8;
+/// Segments may reference segments; nesting deeper than this is rejected.
+pub const MAX_SEGMENT_DEPTH: usize = 8;
+/// The longest accepted regular expression, in bytes.
+pub const MAX_REGEX_LEN: usize = 1024;
+/// The compiled size limit of one regular expression, in bytes.
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+/// `in` lists longer than this are looked up in a hash set rather than scanned.
+const SMALL_SET: usize = 16;
+
+pub(crate) type Map<V> = HashMap<Box<str>, V, FixedState>;
+
+/// One problem found while compiling, located by a JSON pointer into the input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    /// An RFC 6901 JSON pointer, e.g. `/flags/0/config/rules/2/conditions/0/values/1`.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// An immutable, compiled environment. Cheap to share between threads (`Send + Sync`); wrap it
+/// in an `Arc` to swap it atomically.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Sorted by key, so bulk evaluation has a stable order.
+    pub(crate) flags: Vec<CompiledFlag>,
+    pub(crate) flag_index: Map<u32>,
+    pub(crate) segments: Vec<CompiledSegment>,
+}
+
+impl Snapshot {
+    /// A snapshot without flags or segments.
+    pub fn empty() -> Self {
+        compile(&EnvironmentConfig::default()).0
+    }
+
+    /// The number of flags.
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+
+    /// The flag keys, in order.
+    pub fn flag_keys(&self) -> impl Iterator<Item = &str> {
+        self.flags.iter().map(|f| &*f.key)
+    }
+
+    /// The kind of a flag, if it exists.
+    pub fn flag_kind(&self, key: &str) -> Option<FlagKind> {
+        self.flag(key).map(|f| f.kind)
+    }
+
+    #[inline]
+    pub(crate) fn flag(&self, key: &str) -> Option<&CompiledFlag> {
+        self.flag_index.get(key).map(|&i| &self.flags[i as usize])
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledFlag {
+    pub(crate) key: Box<str>,
+    pub(crate) kind: FlagKind,
+    pub(crate) version: u64,
+    pub(crate) variants: Vec<(Box<str>, Value)>,
+    /// `None` when the flag failed to compile.
+    pub(crate) config: Option<CompiledConfig>,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledConfig {
+    pub(crate) enabled: bool,
+    pub(crate) off_variant: u32,
+    /// (flag index, variant index) pairs.
+    pub(crate) prerequisites: Vec<CompiledPrerequisite>,
+    /// Targeting key to variant index; `None` when there are no individual targets.
+    pub(crate) targets: Option<Map<u32>>,
+    pub(crate) rules: Vec<CompiledRule>,
+    pub(crate) default_serve: CompiledServe,
+    /// No prerequisites, targets or rules, and the default serve is one variant.
+    pub(crate) is_static: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledPrerequisite {
+    pub(crate) flag: u32,
+    pub(crate) variant: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledRule {
+    pub(crate) id: Box<str>,
+    pub(crate) conditions: Vec<CompiledCondition>,
+    pub(crate) serve: CompiledServe,
+}
+
+#[derive(Debug)]
+pub(crate) enum CompiledServe {
+    Variant(u32),
+    Rollout(CompiledRollout),
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledRollout {
+    /// (variant index, weight) in order.
+    pub(crate) variants: Vec<(u32, u32)>,
+    pub(crate) total_weight: u32,
+    pub(crate) bucket_by: AttributePath,
+    pub(crate) salt: Box<str>,
+    pub(crate) hasher: SaltedHasher,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledCondition {
+    pub(crate) attribute: AttributePath,
+    pub(crate) operator: Operator,
+    pub(crate) negate: bool,
+    pub(crate) test: Test,
+    /// The values as written, for explanations.
+    pub(crate) values: Box<[Value]>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Test {
+    In(ValueSet),
+    StartsWith(StringList),
+    EndsWith(StringList),
+    Contains(StringList),
+    Matches(Vec<Regex>),
+    /// The operator decides the comparison.
+    Number(Box<[f64]>),
+    Semver(Box<[OwnedVersion]>),
+    Time(Box<[Timestamp]>),
+    Exists,
+    Segments(Box<[u32]>),
+}
+
+/// Strings to compare with, lowercased when the comparison ignores case.
+#[derive(Debug)]
+pub(crate) struct StringList {
+    pub(crate) items: Box<[Box<str>]>,
+    pub(crate) case_insensitive: bool,
+}
+
+/// The values of an `in` condition, split by type.
+#[derive(Debug)]
+pub(crate) struct ValueSet {
+    pub(crate) strings: StringSet,
+    pub(crate) numbers: Box<[f64]>,
+    pub(crate) booleans: [bool; 2],
+    pub(crate) case_insensitive: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum StringSet {
+    Small(Box<[Box<str>]>),
+    Large(Map<()>),
+}
+
+impl StringSet {
+    fn new(items: Vec<Box<str>>) -> Self {
+        if items.len() <= SMALL_SET {
+            StringSet::Small(items.into_boxed_slice())
+        } else {
+            StringSet::Large(items.into_iter().map(|s| (s, ())).collect())
+        }
+    }
+
+    #[inline]
+    pub(crate) fn contains(&self, s: &str) -> bool {
+        match self {
+            StringSet::Small(items) => items.iter().any(|i| **i == *s),
+            StringSet::Large(set) => set.contains_key(s),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledSegment {
+    pub(crate) key: Box<str>,
+    pub(crate) included: Map<()>,
+    pub(crate) excluded: Map<()>,
+    pub(crate) rules: Vec<CompiledSegmentRule>,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledSegmentRule {
+    pub(crate) id: Box<str>,
+    pub(crate) conditions: Vec<CompiledCondition>,
+}
+
+/// Validates and compiles an environment. Always returns a usable snapshot; any problem is in
+/// the diagnostics (and the flags concerned evaluate to `PARSE_ERROR`).
+pub fn compile(config: &EnvironmentConfig) -> (Snapshot, Vec<Diagnostic>) {
+    let mut c = Compiler {
+        diagnostics: Vec::new(),
+        segment_index: Map::default(),
+        flag_index: Map::default(),
+    };
+
+    for (i, segment) in config.segments.iter().enumerate() {
+        let path = format!("/segments/{i}/key");
+        if !is_valid_key(&segment.key) {
+            c.report(path, bad_key_message("segment key", &segment.key));
+        } else if c.segment_index.contains_key(segment.key.as_str()) {
+            c.report(path, format!("duplicate segment key `{}`", segment.key));
+        } else {
+            c.segment_index
+                .insert(segment.key.as_str().into(), i as u32);
+        }
+    }
+    for (i, entry) in config.flags.iter().enumerate() {
+        let path = format!("/flags/{i}/flag/key");
+        let key = &entry.flag.key;
+        if !is_valid_key(key) {
+            c.report(path, bad_key_message("flag key", key));
+        } else if c.flag_index.contains_key(key.as_str()) {
+            c.report(path, format!("duplicate flag key `{key}`"));
+        } else {
+            c.flag_index.insert(key.as_str().into(), i as u32);
+        }
+    }
+
+    let mut segments: Vec<CompiledSegment> = config
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| c.segment(i, s))
+        .collect();
+    c.break_segment_cycles(&mut segments);
+
+    let mut flags: Vec<CompiledFlag> = config
+        .flags
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| c.flag(i, config, entry))
+        .collect();
+    c.check_prerequisite_graph(config, &mut flags);
+
+    // Keep only the first flag of each key (duplicates were reported), sorted by key, and remap
+    // prerequisite indices into the new order.
+    let mut order: Vec<u32> = c.flag_index.values().copied().collect();
+    order.sort_by(|&a, &b| flags[a as usize].key.cmp(&flags[b as usize].key));
+    let mut new_position = vec![u32::MAX; flags.len()];
+    for (new, &old) in order.iter().enumerate() {
+        new_position[old as usize] = new as u32;
+    }
+    let mut slots: Vec<Option<CompiledFlag>> = flags.into_iter().map(Some).collect();
+    let mut sorted: Vec<CompiledFlag> = order
+        .iter()
+        .filter_map(|&old| slots[old as usize].take())
+        .collect();
+    for flag in &mut sorted {
+        if let Some(config) = &mut flag.config {
+            for p in &mut config.prerequisites {
+                p.flag = new_position[p.flag as usize];
+            }
+        }
+    }
+    let flag_index = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.key.clone(), i as u32))
+        .collect();
+
+    let snapshot = Snapshot {
+        flags: sorted,
+        flag_index,
+        segments,
+    };
+    (snapshot, c.diagnostics)
+}
+
+fn bad_key_message(what: &str, key: &str) -> String {
+    format!("invalid {what} `{key}`: use 1 to 128 characters from a-z, A-Z, 0-9, `.`, `_` and `-`")
+}
+
+struct Compiler {
+    diagnostics: Vec<Diagnostic>,
+    segment_index: Map<u32>,
+    flag_index: Map<u32>,
+}
+
+impl Compiler {
+    fn report(&mut self, path: String, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic {
+            path,
+            message: message.into(),
+        });
+    }
+
+    fn segment(&mut self, i: usize, segment: &crate::model::Segment) -> CompiledSegment {
+        let base = format!("/segments/{i}");
+        let mut included: Map<()> = Map::default();
+        included.reserve(segment.included.len());
+        for (j, key) in segment.included.iter().enumerate() {
+            if key.is_empty() {
+                self.report(
+                    format!("{base}/included/{j}"),
+                    "targeting keys cannot be empty",
+                );
+            }
+            included.insert(key.as_str().into(), ());
+        }
+        let mut excluded: Map<()> = Map::default();
+        for (j, key) in segment.excluded.iter().enumerate() {
+            if key.is_empty() {
+                self.report(
+                    format!("{base}/excluded/{j}"),
+                    "targeting keys cannot be empty",
+                );
+            }
+            excluded.insert(key.as_str().into(), ());
+        }
+        let rules = segment
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(j, rule)| CompiledSegmentRule {
+                id: rule.id.as_str().into(),
+                conditions: self.conditions(&format!("{base}/rules/{j}"), &rule.conditions),
+            })
+            .collect();
+        CompiledSegment {
+            key: segment.key.as_str().into(),
+            included,
+            excluded,
+            rules,
+        }
+    }
+
+    /// Reports segments that reference themselves (directly or not) or nest too deeply, and
+    /// drops their rules so evaluation cannot recurse without end.
+    fn break_segment_cycles(&mut self, segments: &mut [CompiledSegment]) {
+        let edges: Vec<Vec<u32>> = segments
+            .iter()
+            .map(|s| {
+                s.rules
+                    .iter()
+                    .flat_map(|r| r.conditions.iter())
+                    .filter_map(|c| match &c.test {
+                        Test::Segments(refs) => Some(refs.iter().copied()),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect()
+            })
+            .collect();
+        for (i, problem) in graph_problems(&edges, MAX_SEGMENT_DEPTH)
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(problem) = problem {
+                let message = match problem {
+                    GraphProblem::Cycle => {
+                        "segment_match references of this segment form or lead into a cycle"
+                            .to_string()
+                    }
+                    GraphProblem::TooDeep => format!(
+                        "segments nest more than {MAX_SEGMENT_DEPTH} levels deep through segment_match"
+                    ),
+                };
+                self.report(format!("/segments/{i}/rules"), message);
+                segments[i].rules.clear();
+            }
+        }
+    }
+
+    fn flag(
+        &mut self,
+        i: usize,
+        env: &EnvironmentConfig,
+        entry: &crate::model::ConfiguredFlag,
+    ) -> CompiledFlag {
+        let errors_before = self.diagnostics.len();
+        let flag = &entry.flag;
+        let base = format!("/flags/{i}/flag");
+        if flag.variants.is_empty() {
+            self.report(
+                format!("{base}/variants"),
+                "a flag needs at least one variant",
+            );
+        }
+        for (j, v) in flag.variants.iter().enumerate() {
+            if !is_valid_key(&v.name) {
+                self.report(
+                    format!("{base}/variants/{j}/name"),
+                    bad_key_message("variant name", &v.name),
+                );
+            } else if flag.variants[..j].iter().any(|o| o.name == v.name) {
+                self.report(
+                    format!("{base}/variants/{j}/name"),
+                    format!("duplicate variant name `{}`", v.name),
+                );
+            }
+            if !flag.kind.admits(&v.value) {
+                self.report(
+                    format!("{base}/variants/{j}/value"),
+                    format!(
+                        "a {} flag's variant values must be {}",
+                        flag.kind.as_str(),
+                        kind_noun(flag.kind)
+                    ),
+                );
+            }
+        }
+        for (j, tag) in flag.tags.iter().enumerate() {
+            if tag.is_empty() || tag.len() > 64 {
+                self.report(
+                    format!("{base}/tags/{j}"),
+                    "tags must have 1 to 64 characters",
+                );
+            }
+        }
+        if let Some(date) = &flag.cleanup_date
+            && !is_valid_date(date)
+        {
+            self.report(
+                format!("{base}/cleanupDate"),
+                format!("`{date}` is not a date of the form YYYY-MM-DD"),
+            );
+        }
+        let variants: Vec<(Box<str>, Value)> = flag
+            .variants
+            .iter()
+            .map(|v| (v.name.as_str().into(), v.value.clone()))
+            .collect();
+        let compiled = self.config(i, env, &flag.key, &variants, &entry.config);
+        let ok = self.diagnostics.len() == errors_before;
+        CompiledFlag {
+            key: flag.key.as_str().into(),
+            kind: flag.kind,
+            version: entry.config.version,
+            variants,
+            config: ok.then_some(compiled),
+        }
+    }
+
+    fn config(
+        &mut self,
+        i: usize,
+        env: &EnvironmentConfig,
+        flag_key: &str,
+        variants: &[(Box<str>, Value)],
+        config: &FlagConfig,
+    ) -> CompiledConfig {
+        let base = format!("/flags/{i}/config");
+        let off_variant = self.variant(variants, &config.off_variant, format!("{base}/offVariant"));
+
+        let mut prerequisites = Vec::new();
+        for (j, p) in config.prerequisites.iter().enumerate() {
+            let path = format!("{base}/prerequisites/{j}");
+            if p.flag == flag_key {
+                self.report(
+                    format!("{path}/flag"),
+                    "a flag cannot be its own prerequisite",
+                );
+                continue;
+            }
+            let Some(&target) = self.flag_index.get(p.flag.as_str()) else {
+                self.report(format!("{path}/flag"), format!("unknown flag `{}`", p.flag));
+                continue;
+            };
+            let target_variants = &env.flags[target as usize].flag.variants;
+            match target_variants.iter().position(|v| v.name == p.variant) {
+                Some(v) => prerequisites.push(CompiledPrerequisite {
+                    flag: target,
+                    variant: v as u32,
+                }),
+                None => self.report(
+                    format!("{path}/variant"),
+                    format!("flag `{}` has no variant `{}`", p.flag, p.variant),
+                ),
+            }
+        }
+
+        let targets = if config.targets.is_empty() {
+            None
+        } else {
+            let mut map: Map<u32> = Map::default();
+            for (variant, keys) in &config.targets {
+                let path = format!("{base}/targets/{}", escape_pointer(variant));
+                let v = self.variant(variants, variant, path.clone());
+                for (j, key) in keys.iter().enumerate() {
+                    if key.is_empty() {
+                        self.report(format!("{path}/{j}"), "targeting keys cannot be empty");
+                    } else if let Some(&other) = map.get(key.as_str()) {
+                        self.report(
+                            format!("{path}/{j}"),
+                            format!(
+                                "targeting key `{key}` is already a target of variant `{}`",
+                                variants.get(other as usize).map_or("?", |v| &v.0)
+                            ),
+                        );
+                    } else {
+                        map.insert(key.as_str().into(), v);
+                    }
+                }
+            }
+            Some(map)
+        };
+
+        let mut rules = Vec::with_capacity(config.rules.len());
+        for (j, rule) in config.rules.iter().enumerate() {
+            let path = format!("{base}/rules/{j}");
+            if rule.id.is_empty() || rule.id.len() > 128 {
+                self.report(
+                    format!("{path}/id"),
+                    "rule ids must have 1 to 128 characters",
+                );
+            } else if config.rules[..j].iter().any(|r| r.id == rule.id) {
+                self.report(
+                    format!("{path}/id"),
+                    format!("duplicate rule id `{}`", rule.id),
+                );
+            }
+            let conditions = self.conditions(&path, &rule.conditions);
+            let serve = self.serve(flag_key, variants, &rule.serve, format!("{path}/serve"));
+            rules.push(CompiledRule {
+                id: rule.id.as_str().into(),
+                conditions,
+                serve,
+            });
+        }
+        let default_serve = self.serve(
+            flag_key,
+            variants,
+            &config.default_serve,
+            format!("{base}/defaultServe"),
+        );
+        let is_static = prerequisites.is_empty()
+            && targets.is_none()
+            && rules.is_empty()
+            && matches!(default_serve, CompiledServe::Variant(_));
+        CompiledConfig {
+            enabled: config.enabled,
+            off_variant,
+            prerequisites,
+            targets,
+            rules,
+            default_serve,
+            is_static,
+        }
+    }
+
+    fn variant(&mut self, variants: &[(Box<str>, Value)], name: &str, path: String) -> u32 {
+        match variants.iter().position(|v| &*v.0 == name) {
+            Some(i) => i as u32,
+            None => {
+                self.report(path, format!("unknown variant `{name}`"));
+                0
+            }
+        }
+    }
+
+    fn serve(
+        &mut self,
+        flag_key: &str,
+        variants: &[(Box<str>, Value)],
+        serve: &Serve,
+        path: String,
+    ) -> CompiledServe {
+        match serve {
+            Serve::Variant(name) => {
+                CompiledServe::Variant(self.variant(variants, name, format!("{path}/variant")))
+            }
+            Serve::Rollout(rollout) => {
+                CompiledServe::Rollout(self.rollout(flag_key, variants, rollout, path + "/rollout"))
+            }
+        }
+    }
+
+    fn rollout(
+        &mut self,
+        flag_key: &str,
+        variants: &[(Box<str>, Value)],
+        rollout: &Rollout,
+        path: String,
+    ) -> CompiledRollout {
+        if rollout.variants.is_empty() {
+            self.report(
+                format!("{path}/variants"),
+                "a rollout needs at least one variant",
+            );
+        }
+        let mut compiled = Vec::with_capacity(rollout.variants.len());
+        let mut total: u64 = 0;
+        for (j, wv) in rollout.variants.iter().enumerate() {
+            let v = self.variant(
+                variants,
+                &wv.variant,
+                format!("{path}/variants/{j}/variant"),
+            );
+            if rollout.variants[..j]
+                .iter()
+                .any(|o| o.variant == wv.variant)
+            {
+                self.report(
+                    format!("{path}/variants/{j}/variant"),
+                    format!("variant `{}` appears twice in the rollout", wv.variant),
+                );
+            }
+            total += u64::from(wv.weight);
+            compiled.push((v, wv.weight));
+        }
+        if !rollout.variants.is_empty() && !(1..=i32::MAX as u64).contains(&total) {
+            self.report(
+                format!("{path}/variants"),
+                format!("the weights must add up to between 1 and 2147483647, not {total}"),
+            );
+        }
+        let bucket_by = rollout.bucket_by.as_deref().unwrap_or(TARGETING_KEY);
+        if bucket_by.is_empty() {
+            self.report(
+                format!("{path}/bucketBy"),
+                "the bucketing attribute cannot be empty",
+            );
+        }
+        let salt = rollout.salt.as_deref().unwrap_or(flag_key);
+        CompiledRollout {
+            variants: compiled,
+            total_weight: total.min(u64::from(u32::MAX)) as u32,
+            bucket_by: AttributePath::new(bucket_by),
+            salt: salt.into(),
+            hasher: SaltedHasher::new(salt),
+        }
+    }
+
+    fn conditions(&mut self, base: &str, conditions: &[Condition]) -> Vec<CompiledCondition> {
+        conditions
+            .iter()
+            .enumerate()
+            .map(|(k, c)| self.condition(&format!("{base}/conditions/{k}"), c))
+            .collect()
+    }
+
+    fn condition(&mut self, path: &str, c: &Condition) -> CompiledCondition {
+        use Operator::*;
+        if c.attribute.is_empty() && c.operator != SegmentMatch {
+            self.report(format!("{path}/attribute"), "the attribute cannot be empty");
+        }
+        if c.case_insensitive
+            && !matches!(c.operator, In | NotIn | StartsWith | EndsWith | Contains)
+        {
+            self.report(
+                format!("{path}/caseInsensitive"),
+                format!("`{}` has no case-insensitive form", c.operator.as_str()),
+            );
+        }
+        if c.operator == Exists {
+            if !c.values.is_empty() {
+                self.report(format!("{path}/values"), "`exists` takes no values");
+            }
+        } else if c.values.is_empty() {
+            self.report(
+                format!("{path}/values"),
+                format!("`{}` needs at least one value", c.operator.as_str()),
+            );
+        }
+        let ci = c.case_insensitive;
+        let test = match c.operator {
+            In | NotIn => Test::In(self.value_set(path, &c.values, ci)),
+            StartsWith => Test::StartsWith(self.string_list(path, &c.values, ci)),
+            EndsWith => Test::EndsWith(self.string_list(path, &c.values, ci)),
+            Contains => Test::Contains(self.string_list(path, &c.values, ci)),
+            Matches => Test::Matches(self.each(path, &c.values, "a regular expression", |v| {
+                let pattern = v.as_str()?;
+                if pattern.len() > MAX_REGEX_LEN {
+                    return None;
+                }
+                RegexBuilder::new(pattern)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .nest_limit(64)
+                    .build()
+                    .ok()
+            })),
+            Lt | Lte | Gt | Gte => {
+                Test::Number(self.each(path, &c.values, "a number", Value::as_f64).into())
+            }
+            SemverEq | SemverLt | SemverLte | SemverGt | SemverGte => Test::Semver(
+                self.each(path, &c.values, "a semantic version such as `2.1.0`", |v| {
+                    OwnedVersion::parse(v.as_str()?)
+                })
+                .into(),
+            ),
+            Before | After => Test::Time(
+                self.each(
+                    path,
+                    &c.values,
+                    "an RFC 3339 timestamp or a number of unix seconds",
+                    Timestamp::from_value,
+                )
+                .into(),
+            ),
+            Exists => Test::Exists,
+            SegmentMatch => {
+                let index = &self.segment_index;
+                let found: Vec<Option<u32>> = c
+                    .values
+                    .iter()
+                    .map(|v| v.as_str().and_then(|k| index.get(k).copied()))
+                    .collect();
+                let mut refs = Vec::new();
+                for (j, (v, f)) in c.values.iter().zip(found).enumerate() {
+                    match f {
+                        Some(s) => refs.push(s),
+                        None => self.report(
+                            format!("{path}/values/{j}"),
+                            match v.as_str() {
+                                Some(k) => format!("unknown segment `{k}`"),
+                                None => "segment_match takes segment keys (strings)".to_string(),
+                            },
+                        ),
+                    }
+                }
+                Test::Segments(refs.into())
+            }
+        };
+        CompiledCondition {
+            attribute: AttributePath::new(&c.attribute),
+            // `not_in` is `in` negated: one test, one place that decides.
+            operator: if c.operator == NotIn { In } else { c.operator },
+            negate: c.negate ^ (c.operator == NotIn),
+            test,
+            values: c.values.clone().into(),
+        }
+    }
+
+    /// Converts each value, reporting those that do not convert.
+    fn each<T>(
+        &mut self,
+        path: &str,
+        values: &[Value],
+        expected: &str,
+        convert: impl Fn(&Value) -> Option<T>,
+    ) -> Vec<T> {
+        let mut out = Vec::with_capacity(values.len());
+        for (j, v) in values.iter().enumerate() {
+            match convert(v) {
+                Some(t) => out.push(t),
+                None => self.report(
+                    format!("{path}/values/{j}"),
+                    format!("{v} is not {expected}"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn string_list(&mut self, path: &str, values: &[Value], ci: bool) -> StringList {
+        let items = self.each(path, values, "a string", |v| {
+            v.as_str()
+                .map(|s| Box::from(if ci { s.to_lowercase() } else { s.to_string() }))
+        });
+        StringList {
+            items: items.into(),
+            case_insensitive: ci,
+        }
+    }
+
+    fn value_set(&mut self, path: &str, values: &[Value], ci: bool) -> ValueSet {
+        let mut strings = Vec::new();
+        let mut numbers = Vec::new();
+        let mut booleans = [false; 2];
+        for (j, v) in values.iter().enumerate() {
+            match v {
+                Value::String(s) => {
+                    strings.push(Box::from(if ci { s.to_lowercase() } else { s.clone() }))
+                }
+                Value::Number(n) => numbers.extend(n.as_f64()),
+                Value::Bool(b) => booleans[usize::from(*b)] = true,
+                _ => self.report(
+                    format!("{path}/values/{j}"),
+                    format!("{v} is not a string, number or boolean"),
+                ),
+            }
+        }
+        ValueSet {
+            strings: StringSet::new(strings),
+            numbers: numbers.into(),
+            booleans,
+            case_insensitive: ci,
+        }
+    }
+
+    /// Reports prerequisite cycles and chains that are too deep; the flags concerned become
+    /// broken.
+    fn check_prerequisite_graph(&mut self, env: &EnvironmentConfig, flags: &mut [CompiledFlag]) {
+        // Edges come from the model, not the compiled flags, so that a flag broken for another
+        // reason still shows up in a cycle it is part of.
+        let edges: Vec<Vec<u32>> = env
+            .flags
+            .iter()
+            .map(|entry| {
+                entry
+                    .config
+                    .prerequisites
+                    .iter()
+                    .filter(|p| p.flag != entry.flag.key)
+                    .filter_map(|p| self.flag_index.get(p.flag.as_str()).copied())
+                    .collect()
+            })
+            .collect();
+        for (i, problem) in graph_problems(&edges, MAX_PREREQUISITE_DEPTH)
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(problem) = problem {
+                let message = match problem {
+                    GraphProblem::Cycle => format!(
+                        "prerequisites of `{}` form or lead into a cycle",
+                        env.flags[i].flag.key
+                    ),
+                    GraphProblem::TooDeep => format!(
+                        "prerequisite chains may be at most {MAX_PREREQUISITE_DEPTH} flags deep"
+                    ),
+                };
+                self.report(format!("/flags/{i}/config/prerequisites"), message);
+                flags[i].config = None;
+            }
+        }
+    }
+}
+
+fn kind_noun(kind: FlagKind) -> &'static str {
+    match kind {
+        FlagKind::Boolean => "true or false",
+        FlagKind::String => "strings",
+        FlagKind::Number => "numbers",
+        FlagKind::Json => "JSON values",
+    }
+}
+
+/// RFC 6901: `~` becomes `~0` and `/` becomes `~1`.
+fn escape_pointer(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GraphProblem {
+    Cycle,
+    TooDeep,
+}
+
+/// For each node of a directed graph: whether it lies on or reaches a cycle, or starts a path
+/// longer than `max_depth` nodes.
+fn graph_problems(edges: &[Vec<u32>], max_depth: usize) -> Vec<Option<GraphProblem>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    // Depth in nodes of the longest path from each node; `None` when it reaches a cycle.
+    fn visit(
+        n: usize,
+        edges: &[Vec<u32>],
+        marks: &mut [Mark],
+        depth: &mut [Option<usize>],
+    ) -> Option<usize> {
+        match marks[n] {
+            Mark::Done => return depth[n],
+            Mark::Active => return None,
+            Mark::New => {}
+        }
+        marks[n] = Mark::Active;
+        let mut best = Some(1);
+        for &m in &edges[n] {
+            let d = visit(m as usize, edges, marks, depth);
+            best = match (best, d) {
+                (Some(b), Some(d)) => Some(b.max(d + 1)),
+                _ => None,
+            };
+        }
+        marks[n] = Mark::Done;
+        depth[n] = best;
+        best
+    }
+    let mut marks = vec![Mark::New; edges.len()];
+    let mut depth = vec![None; edges.len()];
+    (0..edges.len())
+        .map(|n| match visit(n, edges, &mut marks, &mut depth) {
+            None => Some(GraphProblem::Cycle),
+            Some(d) if d > max_depth => Some(GraphProblem::TooDeep),
+            Some(_) => None,
+        })
+        .collect()
+}

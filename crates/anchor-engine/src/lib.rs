@@ -1,0 +1,45 @@
+//! # anchor-engine: the heart of Release Anchor
+//!
+//! Decides, for a flag and an evaluation context, which variant a user gets and why. The server
+//! (for OFREP and the dashboard) and the Rust SDK (for local evaluation) both stand on it, so the
+//! same configuration gives the same answer everywhere.
+//!
+//! - [`model`]: the serde flag model (flags, per-environment configuration, rules, conditions,
+//!   segments, rollouts, prerequisites), documented with a JSON example per concept.
+//! - [`compile`](compile()): validates an [`EnvironmentConfig`] (every problem at once, each
+//!   with a JSON pointer) into an immutable [`Snapshot`].
+//! - [`evaluate`], [`evaluate_all`], the typed `evaluate_*` accessors and [`explain`]: pure
+//!   functions of a snapshot and an [`EvaluationContext`], returning OpenFeature's reasons and
+//!   error codes. Evaluation never panics and never returns `Err`: errors are reasons.
+//! - Bucketing follows the published specification in `docs/bucketing.md` exactly.
+//!
+//! ## What this crate must never do
+//! No async, no IO, no clock, no randomness, no logging, no global state. Time enters as
+//! context attributes; configuration enters as data. Hash maps use a fixed-seed hasher, so
+//! every run of the same inputs does the same work. The evaluation paths (a flag with no
+//! targeting, rollouts, rules with `in`/`semver`/`segment_match` conditions) do not allocate.
+
+pub mod bucket;
+mod compile;
+mod context;
+mod eval;
+mod evaluation;
+mod explain;
+pub mod model;
+mod semver;
+mod timestamp;
+
+pub use compile::{
+    Diagnostic, MAX_PREREQUISITE_DEPTH, MAX_REGEX_LEN, MAX_SEGMENT_DEPTH, Snapshot, compile,
+};
+pub use context::{ContextError, EvaluationContext, TARGETING_KEY};
+pub use eval::{
+    evaluate, evaluate_all, evaluate_bool, evaluate_integer, evaluate_json, evaluate_number,
+    evaluate_string, explain,
+};
+pub use evaluation::{ErrorCode, Evaluation, Reason, Resolution, RuleRef};
+pub use explain::{ConditionTrace, Explanation, SegmentTrace, Step};
+pub use model::{
+    Condition, ConfiguredFlag, EnvironmentConfig, Flag, FlagConfig, FlagKind, Lifecycle, Operator,
+    Prerequisite, Rollout, Rule, Segment, SegmentRule, Serve, Variant, WeightedVariant,
+};

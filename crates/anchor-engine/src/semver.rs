@@ -1,0 +1,210 @@
+//! Semantic versions (SemVer 2.0 precedence), parsed without allocating.
+//!
+//! Accepted beyond the strict grammar, because app versions in the wild look like this: a leading
+//! `v` or `V`, and partial versions (`2` and `2.1` mean `2.0.0` and `2.1.0`). Build metadata
+//! (`+…`) is validated and ignored, as precedence requires.
+
+use std::cmp::Ordering;
+
+/// A parsed version borrowing its pre-release part from the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Version<'a> {
+    pub(crate) major: u64,
+    pub(crate) minor: u64,
+    pub(crate) patch: u64,
+    /// The dot-separated pre-release identifiers, empty for a release.
+    pub(crate) pre: &'a str,
+}
+
+/// The same, owning its pre-release part: what the compiler keeps for condition values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnedVersion {
+    major: u64,
+    minor: u64,
+    patch: u64,
+    pre: Box<str>,
+}
+
+impl OwnedVersion {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        let v = Version::parse(s)?;
+        Some(OwnedVersion {
+            major: v.major,
+            minor: v.minor,
+            patch: v.patch,
+            pre: v.pre.into(),
+        })
+    }
+
+    pub(crate) fn as_version(&self) -> Version<'_> {
+        Version {
+            major: self.major,
+            minor: self.minor,
+            patch: self.patch,
+            pre: &self.pre,
+        }
+    }
+}
+
+impl<'a> Version<'a> {
+    pub(crate) fn parse(s: &'a str) -> Option<Self> {
+        let s = s
+            .strip_prefix('v')
+            .or_else(|| s.strip_prefix('V'))
+            .unwrap_or(s);
+        let (s, build) = match s.split_once('+') {
+            Some((s, build)) => (s, Some(build)),
+            None => (s, None),
+        };
+        if let Some(build) = build
+            && !build
+                .split('.')
+                .all(|id| !id.is_empty() && id.bytes().all(is_ident_byte))
+        {
+            return None;
+        }
+        let (core, pre) = match s.split_once('-') {
+            Some((core, pre)) => {
+                if !pre.split('.').all(valid_pre_identifier) {
+                    return None;
+                }
+                (core, pre)
+            }
+            None => (s, ""),
+        };
+        let mut parts = core.split('.');
+        let major = parse_number(parts.next()?)?;
+        let minor = parts.next().map_or(Some(0), parse_number)?;
+        let patch = parts.next().map_or(Some(0), parse_number)?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Version {
+            major,
+            minor,
+            patch,
+            pre,
+        })
+    }
+
+    pub(crate) fn precedence(&self, other: &Version<'_>) -> Ordering {
+        (self.major, self.minor, self.patch)
+            .cmp(&(other.major, other.minor, other.patch))
+            .then_with(|| compare_pre(self.pre, other.pre))
+    }
+}
+
+fn is_ident_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
+}
+
+fn valid_pre_identifier(id: &str) -> bool {
+    !id.is_empty()
+        && id.bytes().all(is_ident_byte)
+        && !(id.len() > 1 && id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Pre-release precedence (SemVer 2.0 §11): a release outranks any pre-release; identifiers
+/// compare numerically when both are numeric, numeric ones rank below alphanumeric ones, others
+/// compare in ASCII order; a longer list wins when all shared identifiers are equal.
+fn compare_pre(a: &str, b: &str) -> Ordering {
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => return Ordering::Equal,
+        (true, false) => return Ordering::Greater,
+        (false, true) => return Ordering::Less,
+        (false, false) => {}
+    }
+    let mut left = a.split('.');
+    let mut right = b.split('.');
+    loop {
+        match (left.next(), right.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let x_num = x.bytes().all(|c| c.is_ascii_digit());
+                let y_num = y.bytes().all(|c| c.is_ascii_digit());
+                let ord = match (x_num, y_num) {
+                    // Without leading zeros a longer number is larger, so no overflow is possible.
+                    (true, true) => x.len().cmp(&y.len()).then_with(|| x.cmp(y)),
+                    (true, false) => Ordering::Less,
+                    (false, true) => Ordering::Greater,
+                    (false, false) => x.cmp(y),
+                };
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmp(a: &str, b: &str) -> Ordering {
+        Version::parse(a)
+            .unwrap()
+            .precedence(&Version::parse(b).unwrap())
+    }
+
+    #[test]
+    fn the_specification_example_ordering_holds() {
+        let ordered = [
+            "1.0.0-alpha",
+            "1.0.0-alpha.1",
+            "1.0.0-alpha.beta",
+            "1.0.0-beta",
+            "1.0.0-beta.2",
+            "1.0.0-beta.11",
+            "1.0.0-rc.1",
+            "1.0.0",
+            "2.0.0",
+            "2.1.0",
+            "2.1.1",
+        ];
+        for pair in ordered.windows(2) {
+            assert_eq!(cmp(pair[0], pair[1]), Ordering::Less, "{pair:?}");
+            assert_eq!(cmp(pair[1], pair[0]), Ordering::Greater, "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn partial_versions_and_a_leading_v_are_accepted() {
+        assert_eq!(cmp("v1.2", "1.2.0"), Ordering::Equal);
+        assert_eq!(cmp("2", "2.0.0"), Ordering::Equal);
+        assert_eq!(cmp("V3.0.0+build.7", "3.0.0"), Ordering::Equal);
+        assert_eq!(cmp("1.2-beta", "1.2.0-beta"), Ordering::Equal);
+    }
+
+    #[test]
+    fn malformed_versions_are_rejected() {
+        for bad in [
+            "",
+            "v",
+            "1.",
+            ".1",
+            "1.2.3.4",
+            "01.2.3",
+            "1.2.3-",
+            "1.2.3-01",
+            "1.2.3+",
+            "1.2.3-a..b",
+            "abc",
+            "1.x",
+            "1.2.3-é",
+            " 1.2.3",
+        ] {
+            assert!(Version::parse(bad).is_none(), "{bad:?} should not parse");
+        }
+    }
+}
