@@ -4,17 +4,41 @@
 //! other attributes, which may nest (`{"targetingKey": "user-42", "country": "DE",
 //! "app": {"version": "2.3.1"}}`).
 
-use serde::{Deserialize, Deserializer, Serialize};
+use std::hash::BuildHasher;
+
+use foldhash::fast::FixedState;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 /// The attribute name of the targeting key.
 pub const TARGETING_KEY: &str = "targetingKey";
 
+/// Contexts with more attributes than this get a hash index; smaller ones are scanned, comparing
+/// precomputed hashes before names.
+const INDEX_THRESHOLD: usize = 16;
+
 /// The targeting key and attributes of one evaluation.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(transparent)]
+///
+/// Attribute names are hashed once, when the context is built, so that each condition's lookup
+/// compares one precomputed hash per attribute instead of strings.
+#[derive(Debug, Clone, Default)]
 pub struct EvaluationContext {
-    attributes: Map<String, Value>,
+    /// In insertion order; names are unique.
+    entries: Vec<Entry>,
+    /// Name to position, for large contexts only.
+    index: Option<crate::compile::Map<u32>>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    hash: u64,
+    name: Box<str>,
+    value: Value,
+}
+
+fn name_hash(name: &str) -> u64 {
+    FixedState::default().hash_one(name)
 }
 
 /// Why a JSON value is not an evaluation context.
@@ -48,13 +72,35 @@ impl EvaluationContext {
 
     /// Adds or replaces an attribute (builder style).
     pub fn with(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.attributes.insert(name.into(), value.into());
+        self.set(name, value);
         self
     }
 
     /// Adds or replaces an attribute.
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<Value>) {
-        self.attributes.insert(name.into(), value.into());
+        let name: String = name.into();
+        let hash = name_hash(&name);
+        if let Some(i) = self.position(&name, hash) {
+            self.entries[i].value = value.into();
+            return;
+        }
+        self.entries.push(Entry {
+            hash,
+            name: name.into_boxed_str(),
+            value: value.into(),
+        });
+        if let Some(index) = &mut self.index {
+            let last = self.entries.len() - 1;
+            index.insert(self.entries[last].name.clone(), last as u32);
+        } else if self.entries.len() > INDEX_THRESHOLD {
+            self.index = Some(
+                self.entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (e.name.clone(), i as u32))
+                    .collect(),
+            );
+        }
     }
 
     /// Reads a JSON object; `targetingKey`, when present, must be a string.
@@ -66,23 +112,86 @@ impl EvaluationContext {
     }
 
     pub fn from_map(attributes: Map<String, Value>) -> Result<Self, ContextError> {
-        match attributes.get(TARGETING_KEY) {
-            None | Some(Value::String(_)) => Ok(EvaluationContext { attributes }),
-            Some(_) => Err(ContextError::TargetingKeyNotAString),
+        if attributes
+            .get(TARGETING_KEY)
+            .is_some_and(|v| !v.is_string())
+        {
+            return Err(ContextError::TargetingKeyNotAString);
         }
+        let mut ctx = EvaluationContext {
+            entries: Vec::with_capacity(attributes.len()),
+            index: None,
+        };
+        for (name, value) in attributes {
+            ctx.set(name, value);
+        }
+        Ok(ctx)
     }
 
     pub fn targeting_key(&self) -> Option<&str> {
-        self.attributes.get(TARGETING_KEY).and_then(Value::as_str)
+        self.get(TARGETING_KEY).and_then(Value::as_str)
     }
 
-    /// The top-level attributes, the targeting key among them.
-    pub fn attributes(&self) -> &Map<String, Value> {
-        &self.attributes
+    /// A top-level attribute (the targeting key is the attribute `targetingKey`).
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.get_hashed(name, name_hash(name))
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&Value> {
-        self.attributes.get(name)
+    /// The attributes in insertion order, the targeting key among them.
+    pub fn attributes(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.entries.iter().map(|e| (&*e.name, &e.value))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The attributes as a JSON object.
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.attributes()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[inline]
+    fn position(&self, name: &str, hash: u64) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(name).map(|&i| i as usize),
+            None => self
+                .entries
+                .iter()
+                .position(|e| e.hash == hash && *e.name == *name),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get_hashed(&self, name: &str, hash: u64) -> Option<&Value> {
+        self.position(name, hash).map(|i| &self.entries[i].value)
+    }
+}
+
+/// Equal when both hold the same attributes, in any order.
+impl PartialEq for EvaluationContext {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .entries
+                .iter()
+                .all(|e| other.get_hashed(&e.name, e.hash) == Some(&e.value))
+    }
+}
+
+impl Serialize for EvaluationContext {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
+        for e in &self.entries {
+            map.serialize_entry(&*e.name, &e.value)?;
+        }
+        map.end()
     }
 }
 
@@ -93,21 +202,25 @@ impl<'de> Deserialize<'de> for EvaluationContext {
     }
 }
 
-/// A compiled attribute reference: a dotted path split once at compile time.
+/// A compiled attribute reference: a dotted path split, and its names hashed, at compile time.
 #[derive(Debug, Clone)]
 pub(crate) struct AttributePath {
     full: Box<str>,
-    /// The path's segments when it contains a dot.
-    parts: Option<Box<[Box<str>]>>,
+    hash: u64,
+    /// The path's segments when it contains a dot; the first one's hash.
+    parts: Option<(Box<[Box<str>]>, u64)>,
 }
 
 impl AttributePath {
     pub(crate) fn new(path: &str) -> Self {
-        let parts = path
-            .contains('.')
-            .then(|| path.split('.').map(Box::from).collect());
+        let parts = path.contains('.').then(|| {
+            let parts: Box<[Box<str>]> = path.split('.').map(Box::from).collect();
+            let first = name_hash(&parts[0]);
+            (parts, first)
+        });
         AttributePath {
             full: path.into(),
+            hash: name_hash(path),
             parts,
         }
     }
@@ -125,16 +238,21 @@ impl AttributePath {
     #[inline]
     pub(crate) fn lookup<'c>(&self, context: &'c EvaluationContext) -> Option<&'c Value> {
         let found = match &self.parts {
-            None => context.get(&self.full),
-            Some(parts) => nested(context, parts).or_else(|| context.get(&self.full)),
+            None => context.get_hashed(&self.full, self.hash),
+            Some((parts, first_hash)) => nested(context, parts, *first_hash)
+                .or_else(|| context.get_hashed(&self.full, self.hash)),
         };
         found.filter(|v| !v.is_null())
     }
 }
 
-fn nested<'c>(context: &'c EvaluationContext, parts: &[Box<str>]) -> Option<&'c Value> {
+fn nested<'c>(
+    context: &'c EvaluationContext,
+    parts: &[Box<str>],
+    first_hash: u64,
+) -> Option<&'c Value> {
     let (first, rest) = parts.split_first()?;
-    let mut value = context.get(first)?;
+    let mut value = context.get_hashed(first, first_hash)?;
     for part in rest {
         value = value.as_object()?.get(&**part)?;
     }
@@ -168,6 +286,28 @@ mod tests {
         );
         assert_eq!(AttributePath::new("app.missing").lookup(&ctx), None);
         assert_eq!(AttributePath::new("gone").lookup(&ctx), None);
+    }
+
+    #[test]
+    fn large_contexts_are_indexed_and_still_found() {
+        let mut ctx = EvaluationContext::with_targeting_key("u");
+        for i in 0..100 {
+            ctx.set(format!("a{i}"), i);
+        }
+        ctx.set("a7", "replaced");
+        assert_eq!(ctx.len(), 101);
+        assert_eq!(ctx.get("a99"), Some(&json!(99)));
+        assert_eq!(ctx.get("a7"), Some(&json!("replaced")));
+        assert_eq!(ctx.targeting_key(), Some("u"));
+        assert_eq!(AttributePath::new("a42").lookup(&ctx), Some(&json!(42)));
+    }
+
+    #[test]
+    fn contexts_compare_equal_regardless_of_order() {
+        let a = EvaluationContext::new().with("x", 1).with("y", 2);
+        let b = EvaluationContext::new().with("y", 2).with("x", 1);
+        assert_eq!(a, b);
+        assert_ne!(a, b.clone().with("z", 3));
     }
 
     #[test]

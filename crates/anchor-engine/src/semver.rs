@@ -47,15 +47,47 @@ impl OwnedVersion {
 }
 
 impl<'a> Version<'a> {
+    /// One pass over the bytes: the numeric core, then the pre-release and build parts, which
+    /// are validated but not split (precedence splits the pre-release lazily).
     pub(crate) fn parse(s: &'a str) -> Option<Self> {
-        let s = s
-            .strip_prefix('v')
-            .or_else(|| s.strip_prefix('V'))
-            .unwrap_or(s);
-        let (s, build) = match s.split_once('+') {
-            Some((s, build)) => (s, Some(build)),
-            None => (s, None),
+        let b = s.as_bytes();
+        let mut i = usize::from(matches!(b.first(), Some(b'v' | b'V')));
+        let mut core = [0u64; 3];
+        let mut parts = 0;
+        loop {
+            let start = i;
+            let mut n: u64 = 0;
+            while let Some(&c) = b.get(i) {
+                if !c.is_ascii_digit() {
+                    break;
+                }
+                n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+                i += 1;
+            }
+            // Empty numbers and leading zeros are not SemVer.
+            if i == start || (b[start] == b'0' && i - start > 1) {
+                return None;
+            }
+            core[parts] = n;
+            parts += 1;
+            match b.get(i) {
+                Some(b'.') if parts < 3 => i += 1,
+                _ => break,
+            }
+        }
+        let rest = &s[i..];
+        let (pre, build) = match rest.as_bytes().first() {
+            None => ("", None),
+            Some(b'-') => match rest[1..].split_once('+') {
+                Some((pre, build)) => (pre, Some(build)),
+                None => (&rest[1..], None),
+            },
+            Some(b'+') => ("", Some(&rest[1..])),
+            Some(_) => return None,
         };
+        if rest.starts_with('-') && !pre.split('.').all(valid_pre_identifier) {
+            return None;
+        }
         if let Some(build) = build
             && !build
                 .split('.')
@@ -63,26 +95,10 @@ impl<'a> Version<'a> {
         {
             return None;
         }
-        let (core, pre) = match s.split_once('-') {
-            Some((core, pre)) => {
-                if !pre.split('.').all(valid_pre_identifier) {
-                    return None;
-                }
-                (core, pre)
-            }
-            None => (s, ""),
-        };
-        let mut parts = core.split('.');
-        let major = parse_number(parts.next()?)?;
-        let minor = parts.next().map_or(Some(0), parse_number)?;
-        let patch = parts.next().map_or(Some(0), parse_number)?;
-        if parts.next().is_some() {
-            return None;
-        }
         Some(Version {
-            major,
-            minor,
-            patch,
+            major: core[0],
+            minor: core[1],
+            patch: core[2],
             pre,
         })
     }
@@ -102,14 +118,6 @@ fn valid_pre_identifier(id: &str) -> bool {
     !id.is_empty()
         && id.bytes().all(is_ident_byte)
         && !(id.len() > 1 && id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit()))
-}
-
-fn parse_number(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
-    {
-        return None;
-    }
-    s.parse().ok()
 }
 
 /// Pre-release precedence (SemVer 2.0 §11): a release outranks any pre-release; identifiers

@@ -80,7 +80,12 @@ fn run_case(snapshot: &anchor_engine::Snapshot, case: &Case) -> Map<String, Valu
     match case.typ.as_deref() {
         None => summary(&evaluate(snapshot, key, &ctx), None),
         Some("boolean") => {
-            let r = evaluate_bool(snapshot, key, &ctx, default.as_bool().expect("bool default"));
+            let r = evaluate_bool(
+                snapshot,
+                key,
+                &ctx,
+                default.as_bool().expect("bool default"),
+            );
             summary(&r.details, Some(json!(r.value)))
         }
         Some("string") => {
@@ -89,11 +94,21 @@ fn run_case(snapshot: &anchor_engine::Snapshot, case: &Case) -> Map<String, Valu
             summary(&r.details, Some(json!(r.value)))
         }
         Some("number") => {
-            let r = evaluate_number(snapshot, key, &ctx, default.as_f64().expect("number default"));
+            let r = evaluate_number(
+                snapshot,
+                key,
+                &ctx,
+                default.as_f64().expect("number default"),
+            );
             summary(&r.details, Some(json!(r.value)))
         }
         Some("integer") => {
-            let r = evaluate_integer(snapshot, key, &ctx, default.as_i64().expect("integer default"));
+            let r = evaluate_integer(
+                snapshot,
+                key,
+                &ctx,
+                default.as_i64().expect("integer default"),
+            );
             summary(&r.details, Some(json!(r.value)))
         }
         Some("json") => {
@@ -118,8 +133,8 @@ fn every_corpus_case_evaluates_as_expected() {
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(path).unwrap();
-        let file: CorpusFile = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{name} does not parse: {e}"));
+        let file: CorpusFile =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} does not parse: {e}"));
         let (snapshot, diagnostics) = compile(&file.config);
         for expected in &file.diagnostics {
             if !diagnostics
@@ -139,7 +154,11 @@ fn every_corpus_case_evaluates_as_expected() {
             count += 1;
             let got = run_case(&snapshot, case);
             if got != case.expect {
-                let why = explain(&snapshot, &case.flag, &EvaluationContext::from_map(case.context.clone()).unwrap());
+                let why = explain(
+                    &snapshot,
+                    &case.flag,
+                    &EvaluationContext::from_map(case.context.clone()).unwrap(),
+                );
                 failures.push(format!(
                     "{name}: {}\n  expected {}\n  got      {}\n{why}",
                     case.name,
@@ -150,8 +169,18 @@ fn every_corpus_case_evaluates_as_expected() {
             // The explanation runs the same evaluator and must agree with it.
             let ctx = EvaluationContext::from_map(case.context.clone()).unwrap();
             let e = explain(&snapshot, &case.flag, &ctx);
-            assert_eq!(e.evaluation, evaluate(&snapshot, &case.flag, &ctx), "{name}: {}", case.name);
+            assert_eq!(
+                e.evaluation,
+                evaluate(&snapshot, &case.flag, &ctx),
+                "{name}: {}",
+                case.name
+            );
         }
     }
-    assert!(failures.is_empty(), "{} of {count} cases failed:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {count} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
