@@ -14,10 +14,11 @@ use std::collections::HashMap;
 use foldhash::fast::FixedState;
 use regex::{Regex, RegexBuilder};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Number, Value};
 
 use crate::bucket::SaltedHasher;
 use crate::context::{AttributePath, TARGETING_KEY};
+use crate::eval::fold_case;
 use crate::model::{
     Condition, EnvironmentConfig, FlagConfig, FlagKind, Operator, Rollout, Serve, is_valid_key,
 };
@@ -163,7 +164,7 @@ pub(crate) enum Test {
     Contains(StringList),
     Matches(Vec<Regex>),
     /// The operator decides the comparison.
-    Number(Box<[f64]>),
+    Number(Box<[Number]>),
     Semver(Box<[OwnedVersion]>),
     Time(Box<[Timestamp]>),
     Exists,
@@ -181,7 +182,7 @@ pub(crate) struct StringList {
 #[derive(Debug)]
 pub(crate) struct ValueSet {
     pub(crate) strings: StringSet,
-    pub(crate) numbers: Box<[f64]>,
+    pub(crate) numbers: Box<[Number]>,
     pub(crate) booleans: [bool; 2],
     pub(crate) case_insensitive: bool,
 }
@@ -231,38 +232,49 @@ pub fn compile(config: &EnvironmentConfig) -> (Snapshot, Vec<Diagnostic>) {
         diagnostics: Vec::new(),
         segment_index: Map::default(),
         flag_index: Map::default(),
+        broken_segments: Vec::new(),
     };
 
     for (i, segment) in config.segments.iter().enumerate() {
         let path = format!("/segments/{i}/key");
+        // An invalid key is still indexed, so that references to it say "has errors" rather
+        // than "unknown".
+        if c.segment_index.contains_key(segment.key.as_str()) {
+            c.report(path, format!("duplicate segment key `{}`", segment.key));
+            continue;
+        }
         if !is_valid_key(&segment.key) {
             c.report(path, bad_key_message("segment key", &segment.key));
-        } else if c.segment_index.contains_key(segment.key.as_str()) {
-            c.report(path, format!("duplicate segment key `{}`", segment.key));
-        } else {
-            c.segment_index
-                .insert(segment.key.as_str().into(), i as u32);
         }
+        c.segment_index
+            .insert(segment.key.as_str().into(), i as u32);
     }
     for (i, entry) in config.flags.iter().enumerate() {
         let path = format!("/flags/{i}/flag/key");
         let key = &entry.flag.key;
+        // A flag with an invalid key stays in the snapshot (as a broken flag), like any flag
+        // with problems; only a duplicate is left out.
+        if c.flag_index.contains_key(key.as_str()) {
+            c.report(path, format!("duplicate flag key `{key}`"));
+            continue;
+        }
         if !is_valid_key(key) {
             c.report(path, bad_key_message("flag key", key));
-        } else if c.flag_index.contains_key(key.as_str()) {
-            c.report(path, format!("duplicate flag key `{key}`"));
-        } else {
-            c.flag_index.insert(key.as_str().into(), i as u32);
         }
+        c.flag_index.insert(key.as_str().into(), i as u32);
     }
 
-    let mut segments: Vec<CompiledSegment> = config
-        .segments
-        .iter()
-        .enumerate()
-        .map(|(i, s)| c.segment(i, s))
-        .collect();
-    c.break_segment_cycles(&mut segments);
+    // Segments first: a flag using a segment with problems is broken too, because a segment
+    // missing a condition could let everyone in (think of a negated `segment_match`).
+    let mut broken = vec![false; config.segments.len()];
+    let mut segments: Vec<CompiledSegment> = Vec::with_capacity(config.segments.len());
+    for (i, s) in config.segments.iter().enumerate() {
+        let before = c.diagnostics.len();
+        segments.push(c.segment(i, s));
+        broken[i] = c.diagnostics.len() > before || !is_valid_key(&s.key);
+    }
+    c.break_segment_cycles(&mut segments, &mut broken);
+    c.broken_segments = broken;
 
     let mut flags: Vec<CompiledFlag> = config
         .flags
@@ -314,6 +326,8 @@ struct Compiler {
     diagnostics: Vec<Diagnostic>,
     segment_index: Map<u32>,
     flag_index: Map<u32>,
+    /// By segment position; empty while the segments themselves are being compiled.
+    broken_segments: Vec<bool>,
 }
 
 impl Compiler {
@@ -366,7 +380,8 @@ impl Compiler {
 
     /// Reports segments that reference themselves (directly or not) or nest too deeply, and
     /// drops their rules so evaluation cannot recurse without end.
-    fn break_segment_cycles(&mut self, segments: &mut [CompiledSegment]) {
+    /// Also marks as broken every segment that uses a broken one.
+    fn break_segment_cycles(&mut self, segments: &mut [CompiledSegment], broken: &mut [bool]) {
         let edges: Vec<Vec<u32>> = segments
             .iter()
             .map(|s| {
@@ -397,6 +412,25 @@ impl Compiler {
                 };
                 self.report(format!("/segments/{i}/rules"), message);
                 segments[i].rules.clear();
+                broken[i] = true;
+            }
+        }
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for (i, refs) in edges.iter().enumerate() {
+                if broken[i] {
+                    continue;
+                }
+                if let Some(&bad) = refs.iter().find(|&&r| broken[r as usize]) {
+                    let key = &segments[bad as usize].key;
+                    self.report(
+                        format!("/segments/{i}/rules"),
+                        format!("uses segment `{key}`, which has errors"),
+                    );
+                    broken[i] = true;
+                    changed = true;
+                }
             }
         }
     }
@@ -461,7 +495,8 @@ impl Compiler {
             .map(|v| (v.name.as_str().into(), v.value.clone()))
             .collect();
         let compiled = self.config(i, env, &flag.key, &variants, &entry.config);
-        let ok = self.diagnostics.len() == errors_before;
+        // The key was checked (and reported) when the flags were indexed.
+        let ok = self.diagnostics.len() == errors_before && is_valid_key(&flag.key);
         CompiledFlag {
             key: flag.key.as_str().into(),
             kind: flag.kind,
@@ -710,9 +745,10 @@ impl Compiler {
                     .build()
                     .ok()
             })),
-            Lt | Lte | Gt | Gte => {
-                Test::Number(self.each(path, &c.values, "a number", Value::as_f64).into())
-            }
+            Lt | Lte | Gt | Gte => Test::Number(
+                self.each(path, &c.values, "a number", |v| v.as_number().cloned())
+                    .into(),
+            ),
             SemverEq | SemverLt | SemverLte | SemverGt | SemverGte => Test::Semver(
                 self.each(path, &c.values, "a semantic version such as `2.1.0`", |v| {
                     OwnedVersion::parse(v.as_str()?)
@@ -739,6 +775,12 @@ impl Compiler {
                 let mut refs = Vec::new();
                 for (j, (v, f)) in c.values.iter().zip(found).enumerate() {
                     match f {
+                        Some(s) if self.broken_segments.get(s as usize) == Some(&true) => {
+                            self.report(
+                                format!("{path}/values/{j}"),
+                                format!("segment `{}` has errors, so this condition cannot be evaluated", v.as_str().unwrap_or_default()),
+                            );
+                        }
                         Some(s) => refs.push(s),
                         None => self.report(
                             format!("{path}/values/{j}"),
@@ -785,8 +827,13 @@ impl Compiler {
 
     fn string_list(&mut self, path: &str, values: &[Value], ci: bool) -> StringList {
         let items = self.each(path, values, "a string", |v| {
-            v.as_str()
-                .map(|s| Box::from(if ci { s.to_lowercase() } else { s.to_string() }))
+            v.as_str().map(|s| {
+                Box::from(if ci {
+                    fold_case(s).into_owned()
+                } else {
+                    s.to_string()
+                })
+            })
         });
         StringList {
             items: items.into(),
@@ -800,10 +847,12 @@ impl Compiler {
         let mut booleans = [false; 2];
         for (j, v) in values.iter().enumerate() {
             match v {
-                Value::String(s) => {
-                    strings.push(Box::from(if ci { s.to_lowercase() } else { s.clone() }))
-                }
-                Value::Number(n) => numbers.extend(n.as_f64()),
+                Value::String(s) => strings.push(Box::from(if ci {
+                    fold_case(s).into_owned()
+                } else {
+                    s.clone()
+                })),
+                Value::Number(n) => numbers.push(n.clone()),
                 Value::Bool(b) => booleans[usize::from(*b)] = true,
                 _ => self.report(
                     format!("{path}/values/{j}"),

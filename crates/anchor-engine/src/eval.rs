@@ -8,7 +8,7 @@
 
 use std::cmp::Ordering;
 
-use serde_json::Value;
+use serde_json::{Number, Value};
 
 use crate::bucket::{Unit, bucket, pick};
 use crate::compile::{
@@ -503,7 +503,7 @@ fn condition_holds<T: Tracer>(
             (value.is_some() ^ c.negate, value, None)
         }
         test => match c.attribute.lookup(context) {
-            None => (false, None, Some("the attribute is missing")),
+            None => (false, None, None),
             Some(value) => match test_value(c.operator, test, value) {
                 Some(m) => (m ^ c.negate, Some(value), None),
                 None => (
@@ -533,7 +533,8 @@ fn condition_holds<T: Tracer>(
 fn test_value(op: Operator, test: &Test, value: &Value) -> Option<bool> {
     match value {
         Value::Array(items) => {
-            let mut seen = None;
+            // An empty array is a comparable value that nothing is in: `not_in` matches it.
+            let mut seen = items.is_empty().then_some(false);
             for item in items {
                 match test_scalar(op, test, item) {
                     Some(true) => return Some(true),
@@ -559,12 +560,15 @@ fn test_scalar(op: Operator, test: &Test, value: &Value) -> Option<bool> {
             Some(regexes.iter().any(|r| r.is_match(s)))
         }
         Test::Number(limits) => {
-            let x = value.as_f64()?;
-            Some(limits.iter().any(|&v| match op {
-                Operator::Lt => x < v,
-                Operator::Lte => x <= v,
-                Operator::Gt => x > v,
-                _ => x >= v,
+            let x = value.as_number()?;
+            Some(limits.iter().any(|v| {
+                let ord = compare_numbers(x, v);
+                match op {
+                    Operator::Lt => ord == Some(Ordering::Less),
+                    Operator::Lte => matches!(ord, Some(Ordering::Less | Ordering::Equal)),
+                    Operator::Gt => ord == Some(Ordering::Greater),
+                    _ => matches!(ord, Some(Ordering::Greater | Ordering::Equal)),
+                }
             }))
         }
         Test::Semver(versions) => {
@@ -595,15 +599,16 @@ fn test_scalar(op: Operator, test: &Test, value: &Value) -> Option<bool> {
 fn in_set(set: &ValueSet, value: &Value) -> Option<bool> {
     match value {
         Value::String(s) => Some(if set.case_insensitive {
-            let lower = lowercase(s);
+            let lower = fold_case(s);
             set.strings.contains(&lower)
         } else {
             set.strings.contains(s)
         }),
-        Value::Number(n) => {
-            let x = n.as_f64()?;
-            Some(set.numbers.contains(&x))
-        }
+        Value::Number(n) => Some(
+            set.numbers
+                .iter()
+                .any(|v| compare_numbers(n, v) == Some(Ordering::Equal)),
+        ),
         Value::Bool(b) => Some(set.booleans[usize::from(*b)]),
         _ => None,
     }
@@ -617,19 +622,43 @@ fn string_test(
 ) -> Option<bool> {
     let s = value.as_str()?;
     Some(if list.case_insensitive {
-        let lower = lowercase(s);
+        let lower = fold_case(s);
         list.items.iter().any(|p| test(&lower, p))
     } else {
         list.items.iter().any(|p| test(s, p))
     })
 }
 
-/// Lowercases for case-insensitive comparison; borrows when there is nothing to change.
-fn lowercase(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.is_ascii() && !s.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Borrowed(s)
+/// Integers compare exactly (beyond 2^53 too); anything else as doubles.
+fn compare_numbers(a: &Number, b: &Number) -> Option<Ordering> {
+    fn int(n: &Number) -> Option<i128> {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    }
+    match (int(a), int(b)) {
+        (Some(x), Some(y)) => Some(x.cmp(&y)),
+        _ => a.as_f64()?.partial_cmp(&b.as_f64()?),
+    }
+}
+
+/// Folds case for case-insensitive comparison; borrows when there is nothing to change.
+pub(crate) fn fold_case(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.is_ascii() {
+        if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(s.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(s)
+        }
     } else {
-        std::borrow::Cow::Owned(s.to_lowercase())
+        // Character by character, unlike `str::to_lowercase`, whose final-sigma rule would make
+        // "ΟΔΟΣ" fold differently alone and inside "ΟΔΟΣΤΡΩΜΑ"; final sigma folds to sigma.
+        std::borrow::Cow::Owned(
+            s.chars()
+                .flat_map(char::to_lowercase)
+                .map(|c| if c == 'ς' { 'σ' } else { c })
+                .collect(),
+        )
     }
 }
 

@@ -245,7 +245,8 @@ pub struct Condition {
     /// condition never matches (so `negate` cannot turn "no country" into "not in DE").
     #[serde(default, skip_serializing_if = "is_false")]
     pub negate: bool,
-    /// For `starts_with`, `ends_with`, `contains` and `in`/`not_in` on strings.
+    /// For `starts_with`, `ends_with`, `contains` and `in`/`not_in` on strings: both sides are
+    /// case-folded character by character (Unicode lowercase, final sigma as sigma).
     #[serde(default, skip_serializing_if = "is_false")]
     pub case_insensitive: bool,
 }
@@ -255,11 +256,13 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// Condition operators. When the context attribute is an array, a condition matches when any
-/// element does (before `negate` is applied).
+/// element does (before `negate` is applied); an empty array matches nothing, so `not_in`
+/// matches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Operator {
-    /// Equal to one of `values` (strings, numbers, booleans; no coercion between types).
+    /// Equal to one of `values` (strings, numbers, booleans; no coercion between types;
+    /// integers compare exactly, other numbers as doubles).
     In,
     /// The negation of `in`.
     NotIn,
