@@ -24,7 +24,7 @@ fn single(c: &mut Criterion) {
         group.bench_function(name, |b| {
             let mut i = 0;
             b.iter(|| {
-                i = (i + 1) % fixtures::CONTEXTS;
+                i = (i + 1) & (fixtures::CONTEXTS - 1);
                 black_box(evaluate(&small, black_box(flag), &contexts[i]))
             })
         });
@@ -32,7 +32,7 @@ fn single(c: &mut Criterion) {
     group.bench_function("d_rollout_among_1000_flags", |b| {
         let mut i = 0;
         b.iter(|| {
-            i = (i + 1) % fixtures::CONTEXTS;
+            i = (i + 1) & (fixtures::CONTEXTS - 1);
             let key = &keys[i % keys.len()];
             black_box(evaluate(&many, black_box(key), &contexts[i]))
         })
@@ -42,7 +42,7 @@ fn single(c: &mut Criterion) {
     c.bench_function("f_evaluate_all_1000_flags", |b| {
         let mut i = 0;
         b.iter(|| {
-            i = (i + 1) % fixtures::CONTEXTS;
+            i = (i + 1) & (fixtures::CONTEXTS - 1);
             black_box(evaluate_all(&many, &contexts[i]))
         })
     });

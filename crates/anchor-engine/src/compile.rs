@@ -18,11 +18,11 @@ use serde_json::{Number, Value};
 
 use crate::bucket::SaltedHasher;
 use crate::context::{AttributePath, TARGETING_KEY};
-use crate::eval::fold_case;
 use crate::model::{
     Condition, EnvironmentConfig, FlagConfig, FlagKind, Operator, Rollout, Serve, is_valid_key,
 };
 use crate::semver::OwnedVersion;
+use crate::text::fold_case;
 use crate::timestamp::{Timestamp, is_valid_date};
 
 /// Prerequisite chains longer than this are rejected (a flag, its prerequisite, theirs, …).
@@ -126,6 +126,8 @@ pub(crate) struct CompiledPrerequisite {
 #[derive(Debug)]
 pub(crate) struct CompiledRule {
     pub(crate) id: Box<str>,
+    /// Its position in the flag's rule list.
+    pub(crate) index: u32,
     pub(crate) conditions: Vec<CompiledCondition>,
     pub(crate) serve: CompiledServe,
 }
@@ -205,7 +207,7 @@ impl StringSet {
     #[inline]
     pub(crate) fn contains(&self, s: &str) -> bool {
         match self {
-            StringSet::Small(items) => items.iter().any(|i| **i == *s),
+            StringSet::Small(items) => items.iter().any(|i| crate::text::short_eq(i, s)),
             StringSet::Large(set) => set.contains_key(s),
         }
     }
@@ -588,6 +590,7 @@ impl Compiler {
             let serve = self.serve(flag_key, variants, &rule.serve, format!("{path}/serve"));
             rules.push(CompiledRule {
                 id: rule.id.as_str().into(),
+                index: j as u32,
                 conditions,
                 serve,
             });

@@ -26,6 +26,8 @@ const INDEX_THRESHOLD: usize = 16;
 pub struct EvaluationContext {
     /// In insertion order; names are unique.
     entries: Vec<Entry>,
+    /// The entries' name hashes, apart so that a lookup scans one dense array.
+    hashes: Vec<u64>,
     /// Name to position, for large contexts only.
     index: Option<crate::compile::Map<u32>>,
 }
@@ -84,6 +86,7 @@ impl EvaluationContext {
             self.entries[i].value = value.into();
             return;
         }
+        self.hashes.push(hash);
         self.entries.push(Entry {
             hash,
             name: name.into_boxed_str(),
@@ -120,6 +123,7 @@ impl EvaluationContext {
         }
         let mut ctx = EvaluationContext {
             entries: Vec::with_capacity(attributes.len()),
+            hashes: Vec::with_capacity(attributes.len()),
             index: None,
         };
         for (name, value) in attributes {
@@ -157,18 +161,25 @@ impl EvaluationContext {
             .collect()
     }
 
-    #[inline]
+    #[inline(always)]
     fn position(&self, name: &str, hash: u64) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(name).map(|&i| i as usize),
-            None => self
-                .entries
-                .iter()
-                .position(|e| e.hash == hash && *e.name == *name),
+            None => {
+                for (i, &h) in self.hashes.iter().enumerate() {
+                    if h == hash
+                        && let Some(e) = self.entries.get(i)
+                        && crate::text::short_eq(&e.name, name)
+                    {
+                        return Some(i);
+                    }
+                }
+                None
+            }
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get_hashed(&self, name: &str, hash: u64) -> Option<&Value> {
         self.position(name, hash).map(|i| &self.entries[i].value)
     }
@@ -235,14 +246,25 @@ impl AttributePath {
 
     /// The attribute's value: the nested path first, then a top-level attribute whose name is the
     /// whole dotted path. JSON null counts as missing.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lookup<'c>(&self, context: &'c EvaluationContext) -> Option<&'c Value> {
         let found = match &self.parts {
             None => context.get_hashed(&self.full, self.hash),
-            Some((parts, first_hash)) => nested(context, parts, *first_hash)
-                .or_else(|| context.get_hashed(&self.full, self.hash)),
+            Some(parts) => self.lookup_nested(context, parts),
         };
-        found.filter(|v| !v.is_null())
+        match found {
+            Some(Value::Null) | None => None,
+            v => v,
+        }
+    }
+
+    #[cold]
+    fn lookup_nested<'c>(
+        &self,
+        context: &'c EvaluationContext,
+        (parts, first_hash): &(Box<[Box<str>]>, u64),
+    ) -> Option<&'c Value> {
+        nested(context, parts, *first_hash).or_else(|| context.get_hashed(&self.full, self.hash))
     }
 }
 

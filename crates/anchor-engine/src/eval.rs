@@ -10,13 +10,13 @@ use std::cmp::Ordering;
 
 use serde_json::{Number, Value};
 
-use crate::bucket::{Unit, bucket, pick};
+use crate::bucket::{bucket, hash_unit, pick, unit_text};
 use crate::compile::{
-    CompiledCondition, CompiledFlag, CompiledRollout, CompiledServe, Snapshot, StringList, Test,
-    ValueSet,
+    CompiledCondition, CompiledFlag, CompiledRollout, CompiledRule, CompiledServe, Snapshot,
+    StringList, Test, ValueSet,
 };
 use crate::context::EvaluationContext;
-use crate::evaluation::{ErrorCode, Evaluation, Reason, Resolution, RuleRef};
+use crate::evaluation::{ErrorCode, Evaluation, Reason, Resolution};
 use crate::explain::{ConditionTrace, Explanation, SegmentTrace, Step};
 use crate::model::{FlagKind, Operator};
 use crate::semver::Version;
@@ -25,14 +25,6 @@ use crate::timestamp::Timestamp;
 /// A guard against runaway recursion; compilation already bounds prerequisite and segment
 /// nesting far below it.
 const MAX_RECURSION: u32 = 64;
-
-const MSG_NOT_FOUND: &str = "the flag does not exist in this environment";
-const MSG_BROKEN: &str = "the flag's configuration is invalid";
-const MSG_NO_TARGETING_KEY: &str =
-    "the rollout buckets by the targeting key and the context has none (or an empty one)";
-const MSG_BAD_UNIT: &str =
-    "the rollout's bucketing attribute is missing, empty, or not a string or integer";
-const MSG_TYPE: &str = "the flag's kind differs from the requested type";
 
 /// Evaluates one flag for one context.
 #[inline]
@@ -43,7 +35,7 @@ pub fn evaluate<'s>(
 ) -> Evaluation<'s> {
     match snapshot.flag(flag_key) {
         Some(flag) => eval_flag(snapshot, flag, context, &mut NoTrace, 0),
-        None => Evaluation::error(ErrorCode::FlagNotFound, MSG_NOT_FOUND, None),
+        None => Evaluation::error(ErrorCode::FlagNotFound, None),
     }
 }
 
@@ -76,7 +68,7 @@ pub fn explain<'s>(
         Some(flag) => eval_flag(snapshot, flag, context, &mut recorder, 0),
         None => {
             recorder.steps.push(Step::FlagNotFound);
-            Evaluation::error(ErrorCode::FlagNotFound, MSG_NOT_FOUND, None)
+            Evaluation::error(ErrorCode::FlagNotFound, None)
         }
     };
     Explanation {
@@ -182,10 +174,10 @@ fn typed<'s, T>(
     let Some(flag) = snapshot.flag(flag_key) else {
         return Resolution {
             value: default,
-            details: Evaluation::error(ErrorCode::FlagNotFound, MSG_NOT_FOUND, None),
+            details: Evaluation::error(ErrorCode::FlagNotFound, None),
         };
     };
-    let mismatch = || Evaluation::error(ErrorCode::TypeMismatch, MSG_TYPE, Some(flag.version));
+    let mismatch = || Evaluation::error(ErrorCode::TypeMismatch, Some(flag));
     if flag.kind != kind {
         return Resolution {
             value: default,
@@ -193,7 +185,7 @@ fn typed<'s, T>(
         };
     }
     let details = eval_flag(snapshot, flag, context, &mut NoTrace, 0);
-    match details.value.map(&convert) {
+    match details.value().map(&convert) {
         None => Resolution {
             value: default,
             details,
@@ -249,25 +241,12 @@ fn served<'s>(
     flag: &'s CompiledFlag,
     variant: u32,
     reason: Reason,
-    rule: Option<RuleRef<'s>>,
+    rule: Option<&'s CompiledRule>,
 ) -> Evaluation<'s> {
     // Indices were checked at compile time; a miss would be a bug, reported rather than panicked.
     match flag.variants.get(variant as usize) {
-        Some((name, value)) => Evaluation {
-            value: Some(value),
-            variant: Some(name),
-            reason,
-            error_code: None,
-            error_message: None,
-            rule,
-            failed_prerequisite: None,
-            flag_version: Some(flag.version),
-        },
-        None => Evaluation::error(
-            ErrorCode::General,
-            "internal error: variant index out of range",
-            Some(flag.version),
-        ),
+        Some(served) => Evaluation::served(flag, served, reason, rule),
+        None => Evaluation::error(ErrorCode::General, Some(flag)),
     }
 }
 
@@ -282,7 +261,7 @@ fn eval_flag<'s, T: Tracer>(
         if T::ON {
             tracer.step(Step::InvalidConfiguration);
         }
-        return Evaluation::error(ErrorCode::ParseError, MSG_BROKEN, Some(flag.version));
+        return Evaluation::error(ErrorCode::ParseError, Some(flag));
     };
     if !config.enabled {
         if T::ON {
@@ -305,11 +284,7 @@ fn eval_flag<'s, T: Tracer>(
 
     for p in &config.prerequisites {
         let Some(required) = snapshot.flags.get(p.flag as usize) else {
-            return Evaluation::error(
-                ErrorCode::General,
-                "internal error: prerequisite index out of range",
-                Some(flag.version),
-            );
+            return Evaluation::error(ErrorCode::General, Some(flag));
         };
         let result = if depth < MAX_RECURSION {
             Some(eval_flag(
@@ -323,7 +298,7 @@ fn eval_flag<'s, T: Tracer>(
             None
         };
         let required_variant = required.variants.get(p.variant as usize).map(|v| &*v.0);
-        let served_variant = result.and_then(|r| if r.is_error() { None } else { r.variant });
+        let served_variant = result.and_then(|r| r.variant());
         let passed = served_variant.is_some() && served_variant == required_variant;
         if T::ON {
             tracer.step(Step::Prerequisite {
@@ -334,10 +309,8 @@ fn eval_flag<'s, T: Tracer>(
             });
         }
         if !passed {
-            return Evaluation {
-                failed_prerequisite: Some(&required.key),
-                ..served(flag, config.off_variant, Reason::PrerequisiteFailed, None)
-            };
+            return served(flag, config.off_variant, Reason::PrerequisiteFailed, None)
+                .with_failed_prerequisite(required);
         }
     }
 
@@ -373,11 +346,7 @@ fn eval_flag<'s, T: Tracer>(
             });
         }
         if matched {
-            let rule_ref = RuleRef {
-                id: &rule.id,
-                index,
-            };
-            return serve(flag, &rule.serve, context, tracer, Some(rule_ref));
+            return serve(flag, &rule.serve, context, tracer, Some(rule));
         }
     }
     if T::ON {
@@ -391,7 +360,7 @@ fn serve<'s, T: Tracer>(
     serve: &'s CompiledServe,
     context: &EvaluationContext,
     tracer: &mut T,
-    rule: Option<RuleRef<'s>>,
+    rule: Option<&'s CompiledRule>,
 ) -> Evaluation<'s> {
     match serve {
         CompiledServe::Variant(v) => {
@@ -404,17 +373,7 @@ fn serve<'s, T: Tracer>(
         }
         CompiledServe::Rollout(rollout) => match split(rollout, context, tracer, flag) {
             Ok(v) => served(flag, v, Reason::Split, rule),
-            Err(code) => {
-                let message = if code == ErrorCode::TargetingKeyMissing {
-                    MSG_NO_TARGETING_KEY
-                } else {
-                    MSG_BAD_UNIT
-                };
-                Evaluation {
-                    rule,
-                    ..Evaluation::error(code, message, Some(flag.version))
-                }
-            }
+            Err(code) => Evaluation::error(code, Some(flag)).with_rule(rule),
         },
     }
 }
@@ -427,8 +386,8 @@ fn split<T: Tracer>(
     tracer: &mut T,
     flag: &CompiledFlag,
 ) -> Result<u32, ErrorCode> {
-    let unit = rollout.bucket_by.lookup(context).and_then(Unit::from_value);
-    let Some(unit) = unit else {
+    let value = rollout.bucket_by.lookup(context);
+    let Some(hash) = value.and_then(|v| hash_unit(&rollout.hasher, v)) else {
         let code = if rollout.bucket_by.is_targeting_key() {
             ErrorCode::TargetingKeyMissing
         } else {
@@ -437,20 +396,19 @@ fn split<T: Tracer>(
         if T::ON {
             tracer.step(Step::BucketingFailed {
                 attribute: rollout.bucket_by.as_str().to_string(),
-                value: rollout.bucket_by.lookup(context).cloned(),
+                value: value.cloned(),
                 error_code: code,
             });
         }
         return Err(code);
     };
-    let hash = rollout.hasher.hash(unit.as_bytes());
     let b = bucket(hash, rollout.total_weight);
     let chosen = pick(rollout.variants.iter().map(|&(_, w)| w), b);
     let variant = rollout.variants.get(chosen).map_or(0, |&(v, _)| v);
     if T::ON {
         tracer.step(Step::Bucketed {
             attribute: rollout.bucket_by.as_str().to_string(),
-            unit: String::from_utf8_lossy(unit.as_bytes()).into_owned(),
+            unit: value.map(unit_text).unwrap_or_default(),
             salt: rollout.salt.to_string(),
             hash,
             bucket: b,
@@ -530,6 +488,7 @@ fn condition_holds<T: Tracer>(
 }
 
 /// Arrays match when any element does; elements the operator cannot compare are skipped.
+#[inline]
 fn test_value(op: Operator, test: &Test, value: &Value) -> Option<bool> {
     match value {
         Value::Array(items) => {
@@ -599,7 +558,7 @@ fn test_scalar(op: Operator, test: &Test, value: &Value) -> Option<bool> {
 fn in_set(set: &ValueSet, value: &Value) -> Option<bool> {
     match value {
         Value::String(s) => Some(if set.case_insensitive {
-            let lower = fold_case(s);
+            let lower = crate::text::fold_case(s);
             set.strings.contains(&lower)
         } else {
             set.strings.contains(s)
@@ -622,7 +581,7 @@ fn string_test(
 ) -> Option<bool> {
     let s = value.as_str()?;
     Some(if list.case_insensitive {
-        let lower = fold_case(s);
+        let lower = crate::text::fold_case(s);
         list.items.iter().any(|p| test(&lower, p))
     } else {
         list.items.iter().any(|p| test(s, p))
@@ -639,26 +598,6 @@ fn compare_numbers(a: &Number, b: &Number) -> Option<Ordering> {
     match (int(a), int(b)) {
         (Some(x), Some(y)) => Some(x.cmp(&y)),
         _ => a.as_f64()?.partial_cmp(&b.as_f64()?),
-    }
-}
-
-/// Folds case for case-insensitive comparison; borrows when there is nothing to change.
-pub(crate) fn fold_case(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.is_ascii() {
-        if s.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Owned(s.to_ascii_lowercase())
-        } else {
-            std::borrow::Cow::Borrowed(s)
-        }
-    } else {
-        // Character by character, unlike `str::to_lowercase`, whose final-sigma rule would make
-        // "ΟΔΟΣ" fold differently alone and inside "ΟΔΟΣΤΡΩΜΑ"; final sigma folds to sigma.
-        std::borrow::Cow::Owned(
-            s.chars()
-                .flat_map(char::to_lowercase)
-                .map(|c| if c == 'ς' { 'σ' } else { c })
-                .collect(),
-        )
     }
 }
 

@@ -111,7 +111,7 @@ pub struct SegmentTrace {
 impl fmt::Display for Explanation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "flag `{}`", self.flag_key)?;
-        if let Some(v) = self.evaluation.flag_version {
+        if let Some(v) = self.evaluation.flag_version() {
             write!(f, " (version {v})")?;
         }
         writeln!(f)?;
@@ -119,19 +119,19 @@ impl fmt::Display for Explanation<'_> {
             writeln!(f, "{}. {step}", i + 1)?;
         }
         let e = &self.evaluation;
-        match (e.variant, e.value) {
+        match (e.variant(), e.value()) {
             (Some(variant), Some(value)) => write!(
                 f,
                 "=> variant `{variant}` ({value}), reason {}",
-                e.reason.as_str()
+                e.reason().as_str()
             )?,
             _ => write!(
                 f,
                 "=> no value (the caller's default), reason {}",
-                e.reason.as_str()
+                e.reason().as_str()
             )?,
         }
-        if let Some(code) = e.error_code {
+        if let Some(code) = e.error_code() {
             write!(f, ", error {}", code.as_str())?;
         }
         Ok(())

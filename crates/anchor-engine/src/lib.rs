@@ -27,6 +27,7 @@ mod evaluation;
 mod explain;
 pub mod model;
 mod semver;
+mod text;
 mod timestamp;
 
 pub use compile::{

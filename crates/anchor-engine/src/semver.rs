@@ -49,6 +49,7 @@ impl OwnedVersion {
 impl<'a> Version<'a> {
     /// One pass over the bytes: the numeric core, then the pre-release and build parts, which
     /// are validated but not split (precedence splits the pre-release lazily).
+    #[inline]
     pub(crate) fn parse(s: &'a str) -> Option<Self> {
         let b = s.as_bytes();
         let mut i = usize::from(matches!(b.first(), Some(b'v' | b'V')));
@@ -103,6 +104,7 @@ impl<'a> Version<'a> {
         })
     }
 
+    #[inline]
     pub(crate) fn precedence(&self, other: &Version<'_>) -> Ordering {
         (self.major, self.minor, self.patch)
             .cmp(&(other.major, other.minor, other.patch))

@@ -49,7 +49,7 @@ fn rollout_snapshot(flags: &[RolloutFlag<'_>]) -> Snapshot {
 
 fn variant_index(snapshot: &Snapshot, flag: &str, ctx: &EvaluationContext) -> Option<usize> {
     let e = evaluate(snapshot, flag, ctx);
-    e.variant.map(|v| v[1..].parse().unwrap())
+    e.variant().map(|v| v[1..].parse().unwrap())
 }
 
 #[derive(Deserialize)]
@@ -102,7 +102,7 @@ fn the_published_vectors_computed_independently_match_the_engine() {
             Some(b) => assert_eq!(bucketed, Some((v.h, b)), "{:?}", v.hashed),
             None => {
                 empty += 1;
-                assert_eq!(explanation.evaluation.reason, Reason::Error);
+                assert_eq!(explanation.evaluation.reason(), Reason::Error);
             }
         }
         if !v.hashed.is_ascii() {

@@ -53,21 +53,21 @@ fn corpus_dir() -> PathBuf {
 
 fn summary(e: &Evaluation<'_>, typed_value: Option<Value>) -> Map<String, Value> {
     let mut m = Map::new();
-    let value = typed_value.or_else(|| e.value.cloned());
+    let value = typed_value.or_else(|| e.value().cloned());
     if let Some(v) = value {
         m.insert("value".into(), v);
     }
-    if let Some(v) = e.variant {
+    if let Some(v) = e.variant() {
         m.insert("variant".into(), json!(v));
     }
-    m.insert("reason".into(), json!(e.reason));
-    if let Some(c) = e.error_code {
+    m.insert("reason".into(), json!(e.reason()));
+    if let Some(c) = e.error_code() {
         m.insert("errorCode".into(), json!(c));
     }
-    if let Some(r) = e.rule {
+    if let Some(r) = e.rule() {
         m.insert("ruleId".into(), json!(r.id));
     }
-    if let Some(p) = e.failed_prerequisite {
+    if let Some(p) = e.failed_prerequisite() {
         m.insert("failedPrerequisite".into(), json!(p));
     }
     m

@@ -300,8 +300,8 @@ proptest! {
             prop_assert!(!explanation.to_string().is_empty());
             prop_assert!(serde_json::to_string(&explanation).is_ok());
             // A value is served exactly when there is no error.
-            prop_assert_eq!(e.value.is_some(), e.error_code.is_none());
-            prop_assert_eq!(e.reason == Reason::Error, e.error_code.is_some());
+            prop_assert_eq!(e.value().is_some(), e.error_code().is_none());
+            prop_assert_eq!(e.reason() == Reason::Error, e.error_code().is_some());
             let _ = evaluate_bool(&snapshot, key, &ctx, false);
             let _ = evaluate_string(&snapshot, key, &ctx, "");
             let _ = evaluate_number(&snapshot, key, &ctx, 0.0);

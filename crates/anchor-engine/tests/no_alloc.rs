@@ -61,7 +61,7 @@ fn run(
     let count = allocations_during(|| {
         for (ctx, key) in contexts.iter().zip(keys) {
             let e = evaluate(snapshot, key, ctx);
-            reasons.push(e.reason);
+            reasons.push(e.reason());
         }
     });
     (count, reasons)

@@ -1,0 +1,81 @@
+//! Small string helpers on the evaluation paths.
+
+/// Folds case for case-insensitive comparison; borrows when there is nothing to change.
+pub(crate) fn fold_case(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.is_ascii() {
+        if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(s.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(s)
+        }
+    } else {
+        // Character by character, unlike `str::to_lowercase`, whose final-sigma rule would make
+        // "ΟΔΟΣ" fold differently alone and inside "ΟΔΟΣΤΡΩΜΑ"; final sigma folds to sigma.
+        std::borrow::Cow::Owned(
+            s.chars()
+                .flat_map(char::to_lowercase)
+                .map(|c| if c == 'ς' { 'σ' } else { c })
+                .collect(),
+        )
+    }
+}
+
+/// String equality without a call to `memcmp`, which costs more than the comparison itself for
+/// the short attribute names and condition values that evaluation compares all the time: a few
+/// overlapping fixed-size loads cover every byte of strings up to 32 bytes.
+#[inline(always)]
+pub(crate) fn short_eq(a: &str, b: &str) -> bool {
+    // One bounds check and one unaligned load each.
+    #[inline(always)]
+    fn load4(s: &[u8], i: usize) -> u32 {
+        <[u8; 4]>::try_from(&s[i..i + 4]).map_or(0, u32::from_le_bytes)
+    }
+    #[inline(always)]
+    fn load8(s: &[u8], i: usize) -> u64 {
+        <[u8; 8]>::try_from(&s[i..i + 8]).map_or(0, u64::from_le_bytes)
+    }
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => load4(a, 0) == load4(b, 0) && load4(a, n - 4) == load4(b, n - 4),
+        8..=16 => load8(a, 0) == load8(b, 0) && load8(a, n - 8) == load8(b, n - 8),
+        17..=32 => {
+            load8(a, 0) == load8(b, 0)
+                && load8(a, 8) == load8(b, 8)
+                && load8(a, n - 16) == load8(b, n - 16)
+                && load8(a, n - 8) == load8(b, n - 8)
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_eq_agrees_with_string_equality() {
+        let words: Vec<String> = (0..40)
+            .flat_map(|n| {
+                let base: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+                let mut variants = vec![base.clone()];
+                for pos in 0..n {
+                    let mut bytes = base.clone().into_bytes();
+                    bytes[pos] = b'Z';
+                    variants.push(String::from_utf8(bytes).unwrap());
+                }
+                variants
+            })
+            .collect();
+        for a in &words {
+            for b in &words {
+                assert_eq!(short_eq(a, b), a == b, "{a:?} vs {b:?}");
+            }
+        }
+    }
+}
