@@ -9,9 +9,6 @@
 //! A flag with problems still gets into the snapshot, as a broken flag that evaluates to reason
 //! `ERROR` with error code `PARSE_ERROR`: one bad flag must not take the others down in an SDK.
 
-use std::collections::HashMap;
-
-use foldhash::fast::FixedState;
 use regex::{Regex, RegexBuilder};
 use serde::Serialize;
 use serde_json::{Number, Value};
@@ -36,7 +33,7 @@ const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 /// `in` lists longer than this are looked up in a hash set rather than scanned.
 const SMALL_SET: usize = 16;
 
-pub(crate) type Map<V> = HashMap<Box<str>, V, FixedState>;
+pub(crate) type Map<V> = crate::keymap::KeyMap<V>;
 
 /// One problem found while compiling, located by a JSON pointer into the input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -204,7 +201,7 @@ impl StringSet {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn contains(&self, s: &str) -> bool {
         match self {
             StringSet::Small(items) => items.iter().any(|i| crate::text::short_eq(i, s)),

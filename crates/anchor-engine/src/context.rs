@@ -4,9 +4,6 @@
 //! other attributes, which may nest (`{"targetingKey": "user-42", "country": "DE",
 //! "app": {"version": "2.3.1"}}`).
 
-use std::hash::BuildHasher;
-
-use foldhash::fast::FixedState;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -30,6 +27,8 @@ pub struct EvaluationContext {
     hashes: Vec<u64>,
     /// Name to position, for large contexts only.
     index: Option<crate::compile::Map<u32>>,
+    /// The position of `targetingKey`, which most evaluations read.
+    targeting_key: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,7 +39,7 @@ struct Entry {
 }
 
 fn name_hash(name: &str) -> u64 {
-    FixedState::default().hash_one(name)
+    crate::keymap::key_hash(name)
 }
 
 /// Why a JSON value is not an evaluation context.
@@ -86,6 +85,9 @@ impl EvaluationContext {
             self.entries[i].value = value.into();
             return;
         }
+        if name == TARGETING_KEY {
+            self.targeting_key = Some(self.entries.len() as u32);
+        }
         self.hashes.push(hash);
         self.entries.push(Entry {
             hash,
@@ -125,6 +127,7 @@ impl EvaluationContext {
             entries: Vec::with_capacity(attributes.len()),
             hashes: Vec::with_capacity(attributes.len()),
             index: None,
+            targeting_key: None,
         };
         for (name, value) in attributes {
             ctx.set(name, value);
@@ -132,8 +135,15 @@ impl EvaluationContext {
         Ok(ctx)
     }
 
+    #[inline]
     pub fn targeting_key(&self) -> Option<&str> {
-        self.get(TARGETING_KEY).and_then(Value::as_str)
+        self.targeting_key_value().and_then(Value::as_str)
+    }
+
+    #[inline]
+    pub(crate) fn targeting_key_value(&self) -> Option<&Value> {
+        let i = self.targeting_key? as usize;
+        self.entries.get(i).map(|e| &e.value)
     }
 
     /// A top-level attribute (the targeting key is the attribute `targetingKey`).
@@ -218,6 +228,7 @@ impl<'de> Deserialize<'de> for EvaluationContext {
 pub(crate) struct AttributePath {
     full: Box<str>,
     hash: u64,
+    targeting_key: bool,
     /// The path's segments when it contains a dot; the first one's hash.
     parts: Option<(Box<[Box<str>]>, u64)>,
 }
@@ -232,6 +243,7 @@ impl AttributePath {
         AttributePath {
             full: path.into(),
             hash: name_hash(path),
+            targeting_key: path == TARGETING_KEY,
             parts,
         }
     }
@@ -241,7 +253,7 @@ impl AttributePath {
     }
 
     pub(crate) fn is_targeting_key(&self) -> bool {
-        &*self.full == TARGETING_KEY
+        self.targeting_key
     }
 
     /// The attribute's value: the nested path first, then a top-level attribute whose name is the
@@ -249,6 +261,7 @@ impl AttributePath {
     #[inline(always)]
     pub(crate) fn lookup<'c>(&self, context: &'c EvaluationContext) -> Option<&'c Value> {
         let found = match &self.parts {
+            None if self.targeting_key => context.targeting_key_value(),
             None => context.get_hashed(&self.full, self.hash),
             Some(parts) => self.lookup_nested(context, parts),
         };

@@ -488,26 +488,29 @@ fn condition_holds<T: Tracer>(
 }
 
 /// Arrays match when any element does; elements the operator cannot compare are skipped.
-#[inline]
+#[inline(always)]
 fn test_value(op: Operator, test: &Test, value: &Value) -> Option<bool> {
     match value {
-        Value::Array(items) => {
-            // An empty array is a comparable value that nothing is in: `not_in` matches it.
-            let mut seen = items.is_empty().then_some(false);
-            for item in items {
-                match test_scalar(op, test, item) {
-                    Some(true) => return Some(true),
-                    Some(false) => seen = Some(false),
-                    None => {}
-                }
-            }
-            seen
-        }
+        Value::Array(items) => test_array(op, test, items),
         _ => test_scalar(op, test, value),
     }
 }
 
-#[inline]
+#[inline(never)]
+fn test_array(op: Operator, test: &Test, items: &[Value]) -> Option<bool> {
+    // An empty array is a comparable value that nothing is in: `not_in` matches it.
+    let mut seen = items.is_empty().then_some(false);
+    for item in items {
+        match test_scalar(op, test, item) {
+            Some(true) => return Some(true),
+            Some(false) => seen = Some(false),
+            None => {}
+        }
+    }
+    seen
+}
+
+#[inline(always)]
 fn test_scalar(op: Operator, test: &Test, value: &Value) -> Option<bool> {
     match test {
         Test::In(set) => in_set(set, value),
@@ -555,6 +558,7 @@ fn test_scalar(op: Operator, test: &Test, value: &Value) -> Option<bool> {
     }
 }
 
+#[inline(always)]
 fn in_set(set: &ValueSet, value: &Value) -> Option<bool> {
     match value {
         Value::String(s) => Some(if set.case_insensitive {

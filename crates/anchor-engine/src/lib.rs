@@ -25,6 +25,7 @@ mod context;
 mod eval;
 mod evaluation;
 mod explain;
+mod keymap;
 pub mod model;
 mod semver;
 mod text;

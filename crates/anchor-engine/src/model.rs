@@ -92,8 +92,16 @@
 //! # A whole environment
 //! What [`compile`](crate::compile) takes, and what an SDK receives:
 //! ```json
-//! { "flags": [ { "flag": { "key": "…", "kind": "boolean", "variants": [] }, "config": { "enabled": true, "offVariant": "off", "defaultServe": { "variant": "on" } } } ],
-//!   "segments": [] }
+//! {
+//!   "flags": [
+//!     {
+//!       "flag": { "key": "dark-mode", "kind": "boolean",
+//!                 "variants": [ { "name": "on", "value": true }, { "name": "off", "value": false } ] },
+//!       "config": { "enabled": true, "offVariant": "off", "defaultServe": { "variant": "on" }, "version": 1 }
+//!     }
+//!   ],
+//!   "segments": [ { "key": "beta", "included": ["user-1"] } ]
+//! }
 //! ```
 
 use std::collections::BTreeMap;
@@ -380,4 +388,57 @@ pub fn is_valid_key(key: &str) -> bool {
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every JSON example in this module's documentation parses as one of the model's types, so
+    /// the documentation cannot drift from the code.
+    #[test]
+    fn every_documented_json_example_is_a_valid_model() {
+        let source = include_str!("model.rs");
+        let mut blocks = Vec::new();
+        let mut current: Option<String> = None;
+        for line in source.lines() {
+            let Some(doc) = line.strip_prefix("//!") else {
+                continue;
+            };
+            let doc = doc.strip_prefix(' ').unwrap_or(doc);
+            match (&mut current, doc.trim()) {
+                (None, "```json") => current = Some(String::new()),
+                (Some(_), "```") => blocks.extend(current.take()),
+                (Some(block), _) => {
+                    block.push_str(doc);
+                    block.push('\n');
+                }
+                (None, _) => {}
+            }
+        }
+        assert!(blocks.len() >= 6, "found {} examples", blocks.len());
+        for block in blocks {
+            let parses = serde_json::from_str::<Flag>(&block).is_ok()
+                || serde_json::from_str::<FlagConfig>(&block).is_ok()
+                || serde_json::from_str::<Rule>(&block).is_ok()
+                || serde_json::from_str::<Segment>(&block).is_ok()
+                || serde_json::from_str::<Rollout>(&block).is_ok()
+                || serde_json::from_str::<EnvironmentConfig>(&block)
+                    .is_ok_and(|e| !e.flags.is_empty());
+            assert!(
+                parses,
+                "this documented example is not a valid model:\n{block}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_limited_to_the_documented_alphabet_and_length() {
+        assert!(is_valid_key("new-checkout_v2.1"));
+        assert!(is_valid_key(&"k".repeat(128)));
+        assert!(!is_valid_key(&"k".repeat(129)));
+        assert!(!is_valid_key(""));
+        assert!(!is_valid_key("with space"));
+        assert!(!is_valid_key("ünïcode"));
+    }
 }

@@ -318,3 +318,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn snapshots_and_contexts_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<anchor_engine::Snapshot>();
+    shareable::<EvaluationContext>();
+    let (snapshot, _) = compile(&EnvironmentConfig::default());
+    let snapshot = std::sync::Arc::new(snapshot);
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let s = std::sync::Arc::clone(&snapshot);
+            std::thread::spawn(move || evaluate(&s, "missing", &EvaluationContext::new()).reason())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), Reason::Error);
+    }
+}
+
+#[test]
+fn compiling_reports_every_problem_at_once_with_its_json_pointer() {
+    let env: EnvironmentConfig = serde_json::from_value(serde_json::json!({
+        "flags": [{
+            "flag": {"key": "bad key", "kind": "boolean", "variants": [
+                {"name": "on", "value": "yes"}, {"name": "off", "value": false}]},
+            "config": {
+                "enabled": true, "offVariant": "nope",
+                "rules": [{"id": "r", "conditions": [
+                    {"attribute": "v", "operator": "semver_gt", "values": ["not-a-version"]},
+                    {"attribute": "e", "operator": "matches", "values": ["("]}
+                ], "serve": {"rollout": {"variants": [{"variant": "on", "weight": 0}]}}}],
+                "defaultServe": {"variant": "missing"}
+            }
+        }]
+    }))
+    .unwrap();
+    let (_, diagnostics) = compile(&env);
+    let paths: Vec<&str> = diagnostics.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/flags/0/flag/key",
+            "/flags/0/flag/variants/0/value",
+            "/flags/0/config/offVariant",
+            "/flags/0/config/rules/0/conditions/0/values/0",
+            "/flags/0/config/rules/0/conditions/1/values/0",
+            "/flags/0/config/rules/0/serve/rollout/variants",
+            "/flags/0/config/defaultServe/variant",
+        ]
+    );
+}
