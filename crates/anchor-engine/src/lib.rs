@@ -13,6 +13,35 @@
 //!   error codes. Evaluation never panics and never returns `Err`: errors are reasons.
 //! - Bucketing follows the published specification in `docs/bucketing.md` exactly.
 //!
+//! ## Example
+//! ```
+//! use anchor_engine::{EnvironmentConfig, EvaluationContext, Reason, compile, evaluate, explain};
+//!
+//! let config: EnvironmentConfig = serde_json::from_str(r#"{
+//!   "flags": [{
+//!     "flag": { "key": "new-checkout", "kind": "boolean",
+//!               "variants": [ { "name": "on", "value": true }, { "name": "off", "value": false } ] },
+//!     "config": { "enabled": true, "offVariant": "off",
+//!                 "rules": [ { "id": "germany",
+//!                              "conditions": [ { "attribute": "country", "operator": "in", "values": ["DE"] } ],
+//!                              "serve": { "variant": "on" } } ],
+//!                 "defaultServe": { "variant": "off" } }
+//!   }]
+//! }"#).unwrap();
+//! let (snapshot, diagnostics) = compile(&config);
+//! assert!(diagnostics.is_empty());
+//!
+//! let context = EvaluationContext::with_targeting_key("user-42").with("country", "DE");
+//! let evaluation = evaluate(&snapshot, "new-checkout", &context);
+//! assert_eq!(evaluation.value(), Some(&serde_json::json!(true)));
+//! assert_eq!(evaluation.reason(), Reason::TargetingMatch);
+//! assert_eq!(evaluation.rule().map(|r| r.id), Some("germany"));
+//!
+//! // Why? One line per step taken.
+//! let why = explain(&snapshot, "new-checkout", &context).to_string();
+//! assert!(why.contains("rule 0 `germany` matched: `country` in [\"DE\"] (got \"DE\")"));
+//! ```
+//!
 //! ## What this crate must never do
 //! No async, no IO, no clock, no randomness, no logging, no global state. Time enters as
 //! context attributes; configuration enters as data. Hash maps use a fixed-seed hasher, so
