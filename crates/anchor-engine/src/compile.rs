@@ -26,6 +26,10 @@ use crate::timestamp::{Timestamp, is_valid_date};
 pub const MAX_PREREQUISITE_DEPTH: usize = 8;
 /// Segments may reference segments; nesting deeper than this is rejected.
 pub const MAX_SEGMENT_DEPTH: usize = 8;
+/// Shared prerequisites (or nested segments) are evaluated once per path that reaches them; a
+/// flag whose evaluation would take more nested evaluations than this is rejected, so that no
+/// configuration can make one evaluation take exponential time.
+pub const MAX_NESTED_EVALUATIONS: u64 = 256;
 /// The longest accepted regular expression, in bytes.
 pub const MAX_REGEX_LEN: usize = 1024;
 /// The compiled size limit of one regular expression, in bytes.
@@ -395,7 +399,7 @@ impl Compiler {
                     .collect()
             })
             .collect();
-        for (i, problem) in graph_problems(&edges, MAX_SEGMENT_DEPTH)
+        for (i, problem) in graph_problems(&edges, MAX_SEGMENT_DEPTH, MAX_NESTED_EVALUATIONS)
             .into_iter()
             .enumerate()
         {
@@ -407,6 +411,9 @@ impl Compiler {
                     }
                     GraphProblem::TooDeep => format!(
                         "segments nest more than {MAX_SEGMENT_DEPTH} levels deep through segment_match"
+                    ),
+                    GraphProblem::TooCostly => format!(
+                        "checking membership would check nested segments more than {MAX_NESTED_EVALUATIONS} times"
                     ),
                 };
                 self.report(format!("/segments/{i}/rules"), message);
@@ -886,7 +893,7 @@ impl Compiler {
                     .collect()
             })
             .collect();
-        for (i, problem) in graph_problems(&edges, MAX_PREREQUISITE_DEPTH)
+        for (i, problem) in graph_problems(&edges, MAX_PREREQUISITE_DEPTH, MAX_NESTED_EVALUATIONS)
             .into_iter()
             .enumerate()
         {
@@ -898,6 +905,9 @@ impl Compiler {
                     ),
                     GraphProblem::TooDeep => format!(
                         "prerequisite chains may be at most {MAX_PREREQUISITE_DEPTH} flags deep"
+                    ),
+                    GraphProblem::TooCostly => format!(
+                        "evaluating this flag would evaluate prerequisites more than {MAX_NESTED_EVALUATIONS} times (shared prerequisites count once per path)"
                     ),
                 };
                 self.report(format!("/flags/{i}/config/prerequisites"), message);
@@ -925,49 +935,121 @@ fn escape_pointer(segment: &str) -> String {
 enum GraphProblem {
     Cycle,
     TooDeep,
+    TooCostly,
 }
 
-/// For each node of a directed graph: whether it lies on or reaches a cycle, or starts a path
-/// longer than `max_depth` nodes.
-fn graph_problems(edges: &[Vec<u32>], max_depth: usize) -> Vec<Option<GraphProblem>> {
+/// For each node of a directed graph: whether it lies on or reaches a cycle, starts a path
+/// longer than `max_depth` nodes, or would be visited, with everything it reaches, more than
+/// `max_cost` times by a walk that does not remember where it has been (as evaluation does: a
+/// diamond of shared prerequisites is evaluated once per path).
+///
+/// The depth-first search keeps its own stack, so a long chain cannot overflow the thread's.
+fn graph_problems(
+    edges: &[Vec<u32>],
+    max_depth: usize,
+    max_cost: u64,
+) -> Vec<Option<GraphProblem>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
         Active,
         Done,
     }
-    // Depth in nodes of the longest path from each node; `None` when it reaches a cycle.
-    fn visit(
-        n: usize,
-        edges: &[Vec<u32>],
-        marks: &mut [Mark],
-        depth: &mut [Option<usize>],
-    ) -> Option<usize> {
-        match marks[n] {
-            Mark::Done => return depth[n],
-            Mark::Active => return None,
-            Mark::New => {}
-        }
-        marks[n] = Mark::Active;
-        let mut best = Some(1);
-        for &m in &edges[n] {
-            let d = visit(m as usize, edges, marks, depth);
-            best = match (best, d) {
-                (Some(b), Some(d)) => Some(b.max(d + 1)),
-                _ => None,
-            };
-        }
-        marks[n] = Mark::Done;
-        depth[n] = best;
-        best
+    /// Longest path in nodes and number of visits; `None` when a cycle is reachable.
+    type Measure = Option<(usize, u64)>;
+    fn combine(acc: Measure, child: Measure) -> Measure {
+        let ((depth, cost), (child_depth, child_cost)) = (acc?, child?);
+        Some((depth.max(child_depth + 1), cost.saturating_add(child_cost)))
     }
-    let mut marks = vec![Mark::New; edges.len()];
-    let mut depth = vec![None; edges.len()];
-    (0..edges.len())
-        .map(|n| match visit(n, edges, &mut marks, &mut depth) {
+    let n = edges.len();
+    let mut marks = vec![Mark::New; n];
+    let mut measure: Vec<Measure> = vec![None; n];
+    for start in 0..n {
+        if marks[start] != Mark::New {
+            continue;
+        }
+        marks[start] = Mark::Active;
+        // (node, next edge to follow, measure so far)
+        let mut stack: Vec<(usize, usize, Measure)> = vec![(start, 0, Some((1, 1)))];
+        while let Some(top) = stack.last_mut() {
+            let (node, next, acc) = *top;
+            if let Some(&child) = edges[node].get(next) {
+                top.1 += 1;
+                let child = child as usize;
+                match marks.get(child).copied() {
+                    Some(Mark::Done) => top.2 = combine(acc, measure[child]),
+                    Some(Mark::New) => {
+                        marks[child] = Mark::Active;
+                        stack.push((child, 0, Some((1, 1))));
+                    }
+                    // On the current path: a cycle. (Out of range cannot happen: edges come from
+                    // the index.)
+                    Some(Mark::Active) | None => top.2 = None,
+                }
+            } else {
+                stack.pop();
+                marks[node] = Mark::Done;
+                measure[node] = acc;
+                if let Some(parent) = stack.last_mut() {
+                    parent.2 = combine(parent.2, acc);
+                }
+            }
+        }
+    }
+    measure
+        .into_iter()
+        .map(|m| match m {
             None => Some(GraphProblem::Cycle),
-            Some(d) if d > max_depth => Some(GraphProblem::TooDeep),
+            Some((depth, _)) if depth > max_depth => Some(GraphProblem::TooDeep),
+            Some((_, cost)) if cost > max_cost => Some(GraphProblem::TooCostly),
             Some(_) => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_problems_find_cycles_depth_and_cost() {
+        // 0 -> 1 -> 2, 3 -> 3 (self loop), 4 -> 3
+        let edges = vec![vec![1], vec![2], vec![], vec![3], vec![3]];
+        let p = graph_problems(&edges, 8, 100);
+        assert_eq!(
+            p,
+            [
+                None,
+                None,
+                None,
+                Some(GraphProblem::Cycle),
+                Some(GraphProblem::Cycle)
+            ]
+        );
+        assert_eq!(
+            graph_problems(&edges[..3], 2, 100)[0],
+            Some(GraphProblem::TooDeep)
+        );
+        // A diamond ladder: every level has two edges to the next, 2^10 paths.
+        let ladder: Vec<Vec<u32>> = (0..10u32)
+            .map(|i| vec![i + 1, i + 1])
+            .chain([vec![]])
+            .collect();
+        assert_eq!(
+            graph_problems(&ladder, 100, 256)[0],
+            Some(GraphProblem::TooCostly)
+        );
+        assert_eq!(graph_problems(&ladder, 100, 256)[8], None);
+    }
+
+    #[test]
+    fn a_very_long_chain_does_not_overflow_the_stack() {
+        let n = 200_000u32;
+        let chain: Vec<Vec<u32>> = (0..n)
+            .map(|i| if i + 1 < n { vec![i + 1] } else { vec![] })
+            .collect();
+        let p = graph_problems(&chain, 8, 256);
+        assert_eq!(p[0], Some(GraphProblem::TooDeep));
+        assert_eq!(p[(n - 1) as usize], None);
+    }
 }

@@ -61,7 +61,8 @@ mod text;
 mod timestamp;
 
 pub use compile::{
-    Diagnostic, MAX_PREREQUISITE_DEPTH, MAX_REGEX_LEN, MAX_SEGMENT_DEPTH, Snapshot, compile,
+    Diagnostic, MAX_NESTED_EVALUATIONS, MAX_PREREQUISITE_DEPTH, MAX_REGEX_LEN, MAX_SEGMENT_DEPTH,
+    Snapshot, compile,
 };
 pub use context::{ContextError, EvaluationContext, TARGETING_KEY};
 pub use eval::{
