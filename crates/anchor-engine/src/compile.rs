@@ -19,7 +19,7 @@ use crate::model::{
     Condition, EnvironmentConfig, FlagConfig, FlagKind, Operator, Rollout, Serve, is_valid_key,
 };
 use crate::semver::OwnedVersion;
-use crate::text::fold_case;
+use crate::text::{Fingerprint, fold_case};
 use crate::timestamp::{Timestamp, is_valid_date};
 
 /// Prerequisite chains longer than this are rejected (a flag, its prerequisite, theirs, …).
@@ -30,6 +30,12 @@ pub const MAX_SEGMENT_DEPTH: usize = 8;
 /// flag whose evaluation would take more nested evaluations than this is rejected, so that no
 /// configuration can make one evaluation take exponential time.
 pub const MAX_NESTED_EVALUATIONS: u64 = 256;
+/// The most variants a flag may have.
+pub const MAX_VARIANTS: usize = 1_000;
+/// The most rules a flag may have.
+pub const MAX_RULES: usize = 5_000;
+/// The most prerequisites a flag may have.
+pub const MAX_PREREQUISITES: usize = 100;
 /// The longest accepted regular expression, in bytes.
 pub const MAX_REGEX_LEN: usize = 1024;
 /// The compiled size limit of one regular expression, in bytes.
@@ -120,6 +126,8 @@ pub(crate) struct CompiledConfig {
 
 #[derive(Debug)]
 pub(crate) struct CompiledPrerequisite {
+    /// The prerequisite flag's key, for reporting.
+    pub(crate) key: Box<str>,
     pub(crate) flag: u32,
     pub(crate) variant: u32,
 }
@@ -143,6 +151,8 @@ pub(crate) enum CompiledServe {
 pub(crate) struct CompiledRollout {
     /// (variant index, weight) in order.
     pub(crate) variants: Vec<(u32, u32)>,
+    /// The running sums of the weights.
+    pub(crate) cumulative: Box<[u32]>,
     pub(crate) total_weight: u32,
     pub(crate) bucket_by: AttributePath,
     pub(crate) salt: Box<str>,
@@ -192,14 +202,21 @@ pub(crate) struct ValueSet {
 
 #[derive(Debug)]
 pub(crate) enum StringSet {
-    Small(Box<[Box<str>]>),
+    /// Scanned whole, without an early exit, comparing fingerprints: no branch depends on which
+    /// item matches, so varied contexts cost no mispredictions.
+    Small(Box<[(Fingerprint, Box<str>)]>),
     Large(Map<()>),
 }
 
 impl StringSet {
     fn new(items: Vec<Box<str>>) -> Self {
         if items.len() <= SMALL_SET {
-            StringSet::Small(items.into_boxed_slice())
+            StringSet::Small(
+                items
+                    .into_iter()
+                    .map(|s| (Fingerprint::of(&s), s))
+                    .collect(),
+            )
         } else {
             StringSet::Large(items.into_iter().map(|s| (s, ())).collect())
         }
@@ -208,7 +225,16 @@ impl StringSet {
     #[inline(always)]
     pub(crate) fn contains(&self, s: &str) -> bool {
         match self {
-            StringSet::Small(items) => items.iter().any(|i| crate::text::short_eq(i, s)),
+            StringSet::Small(items) => {
+                let fp = Fingerprint::of(s);
+                if fp.is_exact() {
+                    items
+                        .iter()
+                        .fold(false, |found, (f, _)| found | f.same(&fp))
+                } else {
+                    items.iter().any(|(f, text)| f.same(&fp) && **text == *s)
+                }
+            }
             StringSet::Large(set) => set.contains_key(s),
         }
     }
@@ -455,6 +481,11 @@ impl Compiler {
                 format!("{base}/variants"),
                 "a flag needs at least one variant",
             );
+        } else if flag.variants.len() > MAX_VARIANTS {
+            self.report(
+                format!("{base}/variants"),
+                format!("a flag may have at most {MAX_VARIANTS} variants"),
+            );
         }
         for (j, v) in flag.variants.iter().enumerate() {
             if !is_valid_key(&v.name) {
@@ -523,6 +554,18 @@ impl Compiler {
         let base = format!("/flags/{i}/config");
         let off_variant = self.variant(variants, &config.off_variant, format!("{base}/offVariant"));
 
+        if config.prerequisites.len() > MAX_PREREQUISITES {
+            self.report(
+                format!("{base}/prerequisites"),
+                format!("a flag may have at most {MAX_PREREQUISITES} prerequisites"),
+            );
+        }
+        if config.rules.len() > MAX_RULES {
+            self.report(
+                format!("{base}/rules"),
+                format!("a flag may have at most {MAX_RULES} rules"),
+            );
+        }
         let mut prerequisites = Vec::new();
         for (j, p) in config.prerequisites.iter().enumerate() {
             let path = format!("{base}/prerequisites/{j}");
@@ -540,6 +583,7 @@ impl Compiler {
             let target_variants = &env.flags[target as usize].flag.variants;
             match target_variants.iter().position(|v| v.name == p.variant) {
                 Some(v) => prerequisites.push(CompiledPrerequisite {
+                    key: p.flag.as_str().into(),
                     flag: target,
                     variant: v as u32,
                 }),
@@ -694,7 +738,15 @@ impl Compiler {
             );
         }
         let salt = rollout.salt.as_deref().unwrap_or(flag_key);
+        let cumulative = compiled
+            .iter()
+            .scan(0u32, |running, &(_, w)| {
+                *running = running.saturating_add(w);
+                Some(*running)
+            })
+            .collect();
         CompiledRollout {
+            cumulative,
             variants: compiled,
             total_weight: total.min(u64::from(u32::MAX)) as u32,
             bucket_by: AttributePath::new(bucket_by),

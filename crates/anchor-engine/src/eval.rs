@@ -10,7 +10,7 @@ use std::cmp::Ordering;
 
 use serde_json::{Number, Value};
 
-use crate::bucket::{bucket, hash_unit, pick, unit_text};
+use crate::bucket::{bucket, hash_unit, pick_cumulative, unit_text};
 use crate::compile::{
     CompiledCondition, CompiledFlag, CompiledRollout, CompiledRule, CompiledServe, Snapshot,
     StringList, Test, ValueSet,
@@ -244,9 +244,10 @@ fn served<'s>(
     rule: Option<&'s CompiledRule>,
 ) -> Evaluation<'s> {
     // Indices were checked at compile time; a miss would be a bug, reported rather than panicked.
-    match flag.variants.get(variant as usize) {
-        Some(served) => Evaluation::served(flag, served, reason, rule),
-        None => Evaluation::error(ErrorCode::General, Some(flag)),
+    if (variant as usize) < flag.variants.len() {
+        Evaluation::served(flag, variant, reason, rule)
+    } else {
+        Evaluation::error(ErrorCode::General, Some(flag))
     }
 }
 
@@ -282,7 +283,7 @@ fn eval_flag<'s, T: Tracer>(
         return served(flag, v, Reason::Static, None);
     }
 
-    for p in &config.prerequisites {
+    for (position, p) in config.prerequisites.iter().enumerate() {
         let Some(required) = snapshot.flags.get(p.flag as usize) else {
             return Evaluation::error(ErrorCode::General, Some(flag));
         };
@@ -310,7 +311,7 @@ fn eval_flag<'s, T: Tracer>(
         }
         if !passed {
             return served(flag, config.off_variant, Reason::PrerequisiteFailed, None)
-                .with_failed_prerequisite(required);
+                .with_failed_prerequisite(position);
         }
     }
 
@@ -403,7 +404,7 @@ fn split<T: Tracer>(
         return Err(code);
     };
     let b = bucket(hash, rollout.total_weight);
-    let chosen = pick(rollout.variants.iter().map(|&(_, w)| w), b);
+    let chosen = pick_cumulative(&rollout.cumulative, b);
     let variant = rollout.variants.get(chosen).map_or(0, |&(v, _)| v);
     if T::ON {
         tracer.step(Step::Bucketed {

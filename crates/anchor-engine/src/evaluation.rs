@@ -98,100 +98,169 @@ pub struct RuleRef<'a> {
 
 /// The result of evaluating one flag for one context.
 ///
-/// It is a handful of references into the snapshot, so producing it never allocates and
-/// returning it copies 40 bytes; the accessors read through them. It serialises to JSON as
-/// `{value, variant, reason, errorCode, errorMessage, rule, failedPrerequisite, flagVersion}`
-/// with absent fields left out.
+/// It is 16 bytes: a reference to the compiled flag and a packed word of indices (served variant,
+/// deciding rule, failed prerequisite) with the reason and error code, so it is returned in two
+/// registers, producing it never allocates, and the accessors read through the snapshot. It
+/// serialises to JSON as `{value, variant, reason, errorCode, errorMessage, rule,
+/// failedPrerequisite, flagVersion}` with absent fields left out.
 #[derive(Clone, Copy)]
 pub struct Evaluation<'a> {
     flag: Option<&'a CompiledFlag>,
-    /// The served (variant name, value); `None` on error.
-    served: Option<&'a (Box<str>, Value)>,
-    rule: Option<&'a CompiledRule>,
-    failed_prerequisite: Option<&'a CompiledFlag>,
-    reason: Reason,
-    error_code: Option<ErrorCode>,
+    /// Bits 0–3 reason, 4–7 error code (0: none), 8–31 variant index + 1, 32–47 rule index + 1,
+    /// 48–63 failed prerequisite position + 1; 0 means "none" for each index. The compiler
+    /// bounds the counts ([`MAX_VARIANTS`](crate::MAX_VARIANTS) and friends) so they fit.
+    bits: u64,
+}
+
+const VARIANT_SHIFT: u32 = 8;
+const RULE_SHIFT: u32 = 32;
+const PREREQUISITE_SHIFT: u32 = 48;
+
+fn reason_bits(reason: Reason) -> u64 {
+    match reason {
+        Reason::Static => 0,
+        Reason::TargetingMatch => 1,
+        Reason::Split => 2,
+        Reason::Disabled => 3,
+        Reason::Default => 4,
+        Reason::PrerequisiteFailed => 5,
+        Reason::Error => 6,
+    }
+}
+
+fn code_bits(code: Option<ErrorCode>) -> u64 {
+    (match code {
+        None => 0,
+        Some(ErrorCode::FlagNotFound) => 1,
+        Some(ErrorCode::TypeMismatch) => 2,
+        Some(ErrorCode::ParseError) => 3,
+        Some(ErrorCode::TargetingKeyMissing) => 4,
+        Some(ErrorCode::InvalidContext) => 5,
+        Some(ErrorCode::General) => 6,
+    }) << 4
+}
+
+/// `index + 1` in the field at `shift`, `width` bits wide; 0 (none) when it does not fit, which
+/// the compiler's limits rule out.
+fn index_bits(index: usize, shift: u32, width: u32) -> u64 {
+    let v = index as u64 + 1;
+    if v < (1 << width) { v << shift } else { 0 }
 }
 
 impl<'a> Evaluation<'a> {
     pub(crate) fn error(code: ErrorCode, flag: Option<&'a CompiledFlag>) -> Self {
         Evaluation {
             flag,
-            served: None,
-            rule: None,
-            failed_prerequisite: None,
-            reason: Reason::Error,
-            error_code: Some(code),
+            bits: reason_bits(Reason::Error) | code_bits(Some(code)),
         }
     }
 
+    /// `variant` must be an index into the flag's variants.
+    #[inline]
     pub(crate) fn served(
         flag: &'a CompiledFlag,
-        served: &'a (Box<str>, Value),
+        variant: u32,
         reason: Reason,
         rule: Option<&'a CompiledRule>,
     ) -> Self {
         Evaluation {
             flag: Some(flag),
-            served: Some(served),
-            rule,
-            failed_prerequisite: None,
-            reason,
-            error_code: None,
+            bits: reason_bits(reason) | index_bits(variant as usize, VARIANT_SHIFT, 24),
         }
+        .with_rule(rule)
     }
 
+    #[inline]
     pub(crate) fn with_rule(mut self, rule: Option<&'a CompiledRule>) -> Self {
-        self.rule = rule;
+        if let Some(rule) = rule {
+            self.bits |= index_bits(rule.index as usize, RULE_SHIFT, 16);
+        }
         self
     }
 
-    pub(crate) fn with_failed_prerequisite(mut self, flag: &'a CompiledFlag) -> Self {
-        self.failed_prerequisite = Some(flag);
+    /// `position` is the prerequisite's position in the flag's list.
+    pub(crate) fn with_failed_prerequisite(mut self, position: usize) -> Self {
+        self.bits |= index_bits(position, PREREQUISITE_SHIFT, 16);
         self
+    }
+
+    fn field(&self, shift: u32, width: u32) -> Option<usize> {
+        let v = (self.bits >> shift) & ((1 << width) - 1);
+        (v != 0).then(|| v as usize - 1)
+    }
+
+    #[inline]
+    fn served_entry(&self) -> Option<&'a (Box<str>, Value)> {
+        self.flag?.variants.get(self.field(VARIANT_SHIFT, 24)?)
     }
 
     /// The served value; `None` when the caller's default applies (reason `ERROR`).
     #[inline]
     pub fn value(&self) -> Option<&'a Value> {
-        self.served.map(|s| &s.1)
+        self.served_entry().map(|s| &s.1)
     }
 
     /// The served variant's name.
     #[inline]
     pub fn variant(&self) -> Option<&'a str> {
-        self.served.map(|s| &*s.0)
+        self.served_entry().map(|s| &*s.0)
     }
 
     #[inline]
     pub fn reason(&self) -> Reason {
-        self.reason
+        match self.bits & 0xf {
+            0 => Reason::Static,
+            1 => Reason::TargetingMatch,
+            2 => Reason::Split,
+            3 => Reason::Disabled,
+            4 => Reason::Default,
+            5 => Reason::PrerequisiteFailed,
+            _ => Reason::Error,
+        }
     }
 
     #[inline]
     pub fn error_code(&self) -> Option<ErrorCode> {
-        self.error_code
+        match (self.bits >> 4) & 0xf {
+            0 => None,
+            1 => Some(ErrorCode::FlagNotFound),
+            2 => Some(ErrorCode::TypeMismatch),
+            3 => Some(ErrorCode::ParseError),
+            4 => Some(ErrorCode::TargetingKeyMissing),
+            5 => Some(ErrorCode::InvalidContext),
+            _ => Some(ErrorCode::General),
+        }
     }
 
     pub fn error_message(&self) -> Option<&'static str> {
-        self.error_code.map(ErrorCode::message)
+        self.error_code().map(ErrorCode::message)
     }
 
     pub fn is_error(&self) -> bool {
-        self.error_code.is_some()
+        self.error_code().is_some()
     }
 
     /// The rule that decided, if one did.
     pub fn rule(&self) -> Option<RuleRef<'a>> {
-        self.rule.map(|r| RuleRef {
-            id: &r.id,
-            index: r.index as usize,
+        let rule = self
+            .flag?
+            .config
+            .as_ref()?
+            .rules
+            .get(self.field(RULE_SHIFT, 16)?)?;
+        Some(RuleRef {
+            id: &rule.id,
+            index: rule.index as usize,
         })
     }
 
     /// With reason `PREREQUISITE_FAILED`: the first prerequisite flag that did not hold.
     pub fn failed_prerequisite(&self) -> Option<&'a str> {
-        self.failed_prerequisite.map(|f| &*f.key)
+        let config = self.flag?.config.as_ref()?;
+        let p = config
+            .prerequisites
+            .get(self.field(PREREQUISITE_SHIFT, 16)?)?;
+        Some(&p.key)
     }
 
     /// The version of the flag's configuration that decided; `None` for an unknown flag.
@@ -203,19 +272,12 @@ impl<'a> Evaluation<'a> {
 /// Equal when both served the same thing for the same reason from the same snapshot.
 impl PartialEq for Evaluation<'_> {
     fn eq(&self, other: &Self) -> bool {
-        fn same<T>(a: Option<&T>, b: Option<&T>) -> bool {
-            match (a, b) {
-                (Some(a), Some(b)) => std::ptr::eq(a, b),
-                (None, None) => true,
-                _ => false,
-            }
-        }
-        same(self.flag, other.flag)
-            && same(self.served, other.served)
-            && same(self.rule, other.rule)
-            && same(self.failed_prerequisite, other.failed_prerequisite)
-            && self.reason == other.reason
-            && self.error_code == other.error_code
+        let same_flag = match (self.flag, other.flag) {
+            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_flag && self.bits == other.bits
     }
 }
 
@@ -224,8 +286,8 @@ impl fmt::Debug for Evaluation<'_> {
         f.debug_struct("Evaluation")
             .field("value", &self.value())
             .field("variant", &self.variant())
-            .field("reason", &self.reason)
-            .field("error_code", &self.error_code)
+            .field("reason", &self.reason())
+            .field("error_code", &self.error_code())
             .field("rule", &self.rule())
             .field("failed_prerequisite", &self.failed_prerequisite())
             .field("flag_version", &self.flag_version())
@@ -242,8 +304,8 @@ impl Serialize for Evaluation<'_> {
         if let Some(v) = self.variant() {
             s.serialize_field("variant", v)?;
         }
-        s.serialize_field("reason", &self.reason)?;
-        if let Some(code) = self.error_code {
+        s.serialize_field("reason", &self.reason())?;
+        if let Some(code) = self.error_code() {
             s.serialize_field("errorCode", &code)?;
             s.serialize_field("errorMessage", code.message())?;
         }

@@ -1,8 +1,8 @@
 //! A string-keyed hash map for the evaluation paths: flags by key, segment key lists, targets.
 //!
 //! It is `hashbrown`'s `HashTable` with a fixed-seed `foldhash` (the same work on every run, no
-//! randomness) and key comparison by [`short_eq`](crate::text::short_eq), which avoids a call to
-//! `memcmp` for the short keys that dominate lookups.
+//! randomness). Each slot keeps the key's [`Fingerprint`] beside it, so a lookup of a key of up
+//! to 16 bytes (most flag keys) compares two words in the slot instead of following a pointer.
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -11,11 +11,11 @@ use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
-use crate::text::short_eq;
+use crate::text::{Fingerprint, fingerprint_eq};
 
 #[derive(Clone)]
 pub(crate) struct KeyMap<V> {
-    table: HashTable<(Box<str>, V)>,
+    table: HashTable<(Fingerprint, Box<str>, V)>,
 }
 
 #[inline(always)]
@@ -33,19 +33,21 @@ impl<V> Default for KeyMap<V> {
 
 impl<V> KeyMap<V> {
     pub(crate) fn reserve(&mut self, additional: usize) {
-        self.table.reserve(additional, |(k, _)| key_hash(k));
+        self.table.reserve(additional, |(_, k, _)| key_hash(k));
     }
 
     /// Inserts or replaces; returns the previous value.
     pub(crate) fn insert(&mut self, key: Box<str>, value: V) -> Option<V> {
         let hash = key_hash(&key);
-        match self
-            .table
-            .entry(hash, |(k, _)| short_eq(k, &key), |(k, _)| key_hash(k))
-        {
-            Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().1, value)),
+        let fp = Fingerprint::of(&key);
+        match self.table.entry(
+            hash,
+            |(f, k, _)| fingerprint_eq(f, k, &fp, &key),
+            |(_, k, _)| key_hash(k),
+        ) {
+            Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().2, value)),
             Entry::Vacant(e) => {
-                e.insert((key, value));
+                e.insert((fp, key, value));
                 None
             }
         }
@@ -53,9 +55,10 @@ impl<V> KeyMap<V> {
 
     #[inline(always)]
     pub(crate) fn get(&self, key: &str) -> Option<&V> {
+        let fp = Fingerprint::of(key);
         self.table
-            .find(key_hash(key), |(k, _)| short_eq(k, key))
-            .map(|(_, v)| v)
+            .find(key_hash(key), |(f, k, _)| fingerprint_eq(f, k, &fp, key))
+            .map(|(_, _, v)| v)
     }
 
     #[inline]
@@ -68,7 +71,7 @@ impl<V> KeyMap<V> {
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
-        self.table.iter().map(|(_, v)| v)
+        self.table.iter().map(|(_, _, v)| v)
     }
 }
 
@@ -85,7 +88,7 @@ impl<V> FromIterator<(Box<str>, V)> for KeyMap<V> {
 impl<V: fmt::Debug> fmt::Debug for KeyMap<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.table.iter().map(|(k, v)| (k, v)))
+            .entries(self.table.iter().map(|(_, k, v)| (k, v)))
             .finish()
     }
 }

@@ -61,8 +61,8 @@ mod text;
 mod timestamp;
 
 pub use compile::{
-    Diagnostic, MAX_NESTED_EVALUATIONS, MAX_PREREQUISITE_DEPTH, MAX_REGEX_LEN, MAX_SEGMENT_DEPTH,
-    Snapshot, compile,
+    Diagnostic, MAX_NESTED_EVALUATIONS, MAX_PREREQUISITE_DEPTH, MAX_PREREQUISITES, MAX_REGEX_LEN,
+    MAX_RULES, MAX_SEGMENT_DEPTH, MAX_VARIANTS, Snapshot, compile,
 };
 pub use context::{ContextError, EvaluationContext, TARGETING_KEY};
 pub use eval::{
