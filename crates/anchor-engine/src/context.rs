@@ -5,6 +5,8 @@
 //! "app": {"version": "2.3.1"}}`).
 
 use serde::ser::SerializeMap;
+
+use crate::text::Fingerprint;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -23,8 +25,9 @@ const INDEX_THRESHOLD: usize = 16;
 pub struct EvaluationContext {
     /// In insertion order; names are unique.
     entries: Vec<Entry>,
-    /// The entries' name hashes, apart so that a lookup scans one dense array.
-    hashes: Vec<u64>,
+    /// The entries' name hashes and fingerprints, apart so that a lookup scans one dense array
+    /// and confirms a match without following a pointer to the name.
+    keys: Vec<(u64, Fingerprint)>,
     /// Name to position, for large contexts only.
     index: Option<crate::compile::Map<u32>>,
     /// The position of `targetingKey`, which most evaluations read.
@@ -88,7 +91,7 @@ impl EvaluationContext {
         if name == TARGETING_KEY {
             self.targeting_key = Some(self.entries.len() as u32);
         }
-        self.hashes.push(hash);
+        self.keys.push((hash, Fingerprint::of(&name)));
         self.entries.push(Entry {
             hash,
             name: name.into_boxed_str(),
@@ -125,7 +128,7 @@ impl EvaluationContext {
         }
         let mut ctx = EvaluationContext {
             entries: Vec::with_capacity(attributes.len()),
-            hashes: Vec::with_capacity(attributes.len()),
+            keys: Vec::with_capacity(attributes.len()),
             index: None,
             targeting_key: None,
         };
@@ -173,13 +176,18 @@ impl EvaluationContext {
 
     #[inline(always)]
     fn position(&self, name: &str, hash: u64) -> Option<usize> {
+        self.position_of(name, hash, &Fingerprint::of(name))
+    }
+
+    #[inline(always)]
+    fn position_of(&self, name: &str, hash: u64, fp: &Fingerprint) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(name).map(|&i| i as usize),
             None => {
-                for (i, &h) in self.hashes.iter().enumerate() {
-                    if h == hash
-                        && let Some(e) = self.entries.get(i)
-                        && crate::text::short_eq(&e.name, name)
+                for (i, (h, f)) in self.keys.iter().enumerate() {
+                    if *h == hash
+                        && f.same(fp)
+                        && (fp.is_exact() || self.entries.get(i).is_some_and(|e| *e.name == *name))
                     {
                         return Some(i);
                     }
@@ -192,6 +200,13 @@ impl EvaluationContext {
     #[inline(always)]
     pub(crate) fn get_hashed(&self, name: &str, hash: u64) -> Option<&Value> {
         self.position(name, hash).map(|i| &self.entries[i].value)
+    }
+
+    /// A lookup with the name's hash and fingerprint computed in advance (at compile time).
+    #[inline(always)]
+    fn get_known(&self, name: &str, hash: u64, fp: &Fingerprint) -> Option<&Value> {
+        self.position_of(name, hash, fp)
+            .map(|i| &self.entries[i].value)
     }
 }
 
@@ -228,6 +243,7 @@ impl<'de> Deserialize<'de> for EvaluationContext {
 pub(crate) struct AttributePath {
     full: Box<str>,
     hash: u64,
+    fingerprint: Fingerprint,
     targeting_key: bool,
     /// The path's segments when it contains a dot; the first one's hash.
     parts: Option<(Box<[Box<str>]>, u64)>,
@@ -243,6 +259,7 @@ impl AttributePath {
         AttributePath {
             full: path.into(),
             hash: name_hash(path),
+            fingerprint: Fingerprint::of(path),
             targeting_key: path == TARGETING_KEY,
             parts,
         }
@@ -262,7 +279,7 @@ impl AttributePath {
     pub(crate) fn lookup<'c>(&self, context: &'c EvaluationContext) -> Option<&'c Value> {
         let found = match &self.parts {
             None if self.targeting_key => context.targeting_key_value(),
-            None => context.get_hashed(&self.full, self.hash),
+            None => context.get_known(&self.full, self.hash, &self.fingerprint),
             Some(parts) => self.lookup_nested(context, parts),
         };
         match found {
