@@ -31,37 +31,12 @@ fn load8(s: &[u8], i: usize) -> u64 {
     <[u8; 8]>::try_from(&s[i..i + 8]).map_or(0, u64::from_le_bytes)
 }
 
-/// String equality without a call to `memcmp`, which costs more than the comparison itself for
-/// the short attribute names and condition values that evaluation compares all the time: a few
-/// overlapping fixed-size loads cover every byte of strings up to 32 bytes.
-#[inline(always)]
-pub(crate) fn short_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    match n {
-        0 => true,
-        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
-        4..=7 => load4(a, 0) == load4(b, 0) && load4(a, n - 4) == load4(b, n - 4),
-        8..=16 => load8(a, 0) == load8(b, 0) && load8(a, n - 8) == load8(b, n - 8),
-        17..=32 => {
-            load8(a, 0) == load8(b, 0)
-                && load8(a, 8) == load8(b, 8)
-                && load8(a, n - 16) == load8(b, n - 16)
-                && load8(a, n - 8) == load8(b, n - 8)
-        }
-        _ => a == b,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn short_eq_and_fingerprints_agree_with_string_equality() {
+    fn fingerprints_agree_with_string_equality() {
         let words: Vec<String> = (0..40)
             .flat_map(|n| {
                 let base: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
@@ -77,7 +52,6 @@ mod tests {
         for a in &words {
             let fa = Fingerprint::of(a);
             for b in &words {
-                assert_eq!(short_eq(a, b), a == b, "{a:?} vs {b:?}");
                 let fb = Fingerprint::of(b);
                 assert_eq!(fingerprint_eq(&fa, a, &fb, b), a == b, "{a:?} vs {b:?}");
             }
