@@ -49,7 +49,7 @@ impl OwnedVersion {
 impl<'a> Version<'a> {
     /// One pass over the bytes: the numeric core, then the pre-release and build parts, which
     /// are validated but not split (precedence splits the pre-release lazily).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn parse(s: &'a str) -> Option<Self> {
         let b = s.as_bytes();
         let mut i = usize::from(matches!(b.first(), Some(b'v' | b'V')));
@@ -62,7 +62,12 @@ impl<'a> Version<'a> {
                 if !c.is_ascii_digit() {
                     break;
                 }
-                n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+                // 19 digits always fit; a 20th may overflow and is checked.
+                n = if i - start < 19 {
+                    n * 10 + u64::from(c - b'0')
+                } else {
+                    n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?
+                };
                 i += 1;
             }
             // Empty numbers and leading zeros are not SemVer.
@@ -76,7 +81,16 @@ impl<'a> Version<'a> {
                 _ => break,
             }
         }
-        let rest = &s[i..];
+        if i == b.len() {
+            // The common case: a plain release, nothing left to validate.
+            return Some(Version {
+                major: core[0],
+                minor: core[1],
+                patch: core[2],
+                pre: "",
+            });
+        }
+        let rest = s.get(i..)?;
         let (pre, build) = match rest.as_bytes().first() {
             None => ("", None),
             Some(b'-') => match rest[1..].split_once('+') {
@@ -106,9 +120,12 @@ impl<'a> Version<'a> {
 
     #[inline]
     pub(crate) fn precedence(&self, other: &Version<'_>) -> Ordering {
-        (self.major, self.minor, self.patch)
-            .cmp(&(other.major, other.minor, other.patch))
-            .then_with(|| compare_pre(self.pre, other.pre))
+        let core =
+            (self.major, self.minor, self.patch).cmp(&(other.major, other.minor, other.patch));
+        if core != Ordering::Equal || (self.pre.is_empty() && other.pre.is_empty()) {
+            return core;
+        }
+        compare_pre(self.pre, other.pre)
     }
 }
 
@@ -186,6 +203,16 @@ mod tests {
             assert_eq!(cmp(pair[0], pair[1]), Ordering::Less, "{pair:?}");
             assert_eq!(cmp(pair[1], pair[0]), Ordering::Greater, "{pair:?}");
         }
+    }
+
+    #[test]
+    fn components_up_to_u64_max_are_accepted() {
+        let v = Version::parse("18446744073709551615.0.1").unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (u64::MAX, 0, 1));
+        assert_eq!(
+            cmp("1234567890123456789.0.0", "1234567890123456788.9.9"),
+            Ordering::Greater
+        );
     }
 
     #[test]
