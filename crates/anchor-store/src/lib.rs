@@ -1,0 +1,138 @@
+//! # anchor-store: where Release Anchor keeps its state
+//!
+//! One async [`Store`] trait, implemented by [`SqlStore`] over an embedded SQLite database (the
+//! default) or a PostgreSQL server (when several replicas share one store). Each backend has
+//! its own migrations, applied when the store opens. The server holds the store as
+//! `Arc<dyn Store>`.
+//!
+//! Every mutation runs in one transaction together with its audit entry and, for flag
+//! configurations, its immutable revision and the environment's revision counter: either all of
+//! it is durable or none of it is.
+//!
+//! ## Example
+//! ```
+//! use anchor_store::{Actor, NewEnvironment, SqlStore, Store};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = std::env::temp_dir().join(format!("anchor-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let store = SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap();
+//! let admin = Actor::user("admin");
+//! store.create_project(&admin, "shop", "Shop").await.unwrap();
+//! let production = NewEnvironment {
+//!     key: "production".into(),
+//!     name: "Production".into(),
+//!     requires_approval: true,
+//!     requires_comment: false,
+//! };
+//! store.create_environment(&admin, "shop", &production).await.unwrap();
+//! let (config, revision) = store.environment_config("shop", "production").await.unwrap();
+//! assert!(config.flags.is_empty());
+//! assert_eq!(revision, 0);
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # });
+//! ```
+//!
+//! ## What this crate must never do
+//! It holds all SQL and nothing else does; it knows nothing of HTTP. It stores what it is given:
+//! validation of flag configurations belongs to the engine's compiler, called by the server
+//! before writing. It never logs secrets.
+
+mod sql;
+mod types;
+
+pub use sql::{Clock, SqlStore};
+pub use types::*;
+
+use anchor_engine::{EnvironmentConfig, Flag, FlagConfig};
+use async_trait::async_trait;
+
+/// The state of a Release Anchor installation.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn create_project(
+        &self,
+        actor: &Actor,
+        key: &str,
+        name: &str,
+    ) -> Result<Project, StoreError>;
+    async fn projects(&self) -> Result<Vec<Project>, StoreError>;
+    async fn project(&self, key: &str) -> Result<Project, StoreError>;
+
+    /// Adds an environment; every existing flag gets `initial` (with its off variant) there.
+    async fn create_environment(
+        &self,
+        actor: &Actor,
+        project: &str,
+        environment: &NewEnvironment,
+    ) -> Result<Environment, StoreError>;
+    /// The project's environments in their display order.
+    async fn environments(&self, project: &str) -> Result<Vec<Environment>, StoreError>;
+    async fn environment(&self, project: &str, key: &str) -> Result<Environment, StoreError>;
+
+    /// Creates a flag with `initial` as its configuration in every environment (version 1).
+    async fn create_flag(
+        &self,
+        actor: &Actor,
+        project: &str,
+        flag: &Flag,
+        initial: &FlagConfig,
+    ) -> Result<FlagRecord, StoreError>;
+    async fn flag(&self, project: &str, key: &str) -> Result<FlagRecord, StoreError>;
+    /// Flags in key order, filtered, one page at a time.
+    async fn flags(
+        &self,
+        project: &str,
+        filter: &FlagFilter,
+    ) -> Result<Page<FlagRecord>, StoreError>;
+    /// Replaces a flag's definition (description, tags, variants, lifecycle).
+    async fn update_flag(
+        &self,
+        actor: &Actor,
+        project: &str,
+        flag: &Flag,
+        comment: Option<&str>,
+    ) -> Result<FlagRecord, StoreError>;
+    async fn set_flag_archived(
+        &self,
+        actor: &Actor,
+        project: &str,
+        key: &str,
+        archived: bool,
+    ) -> Result<FlagRecord, StoreError>;
+
+    /// Replaces a flag's configuration in one environment, if its version is still
+    /// `expected_version` (when given): a new revision, an audit entry with the JSON diff, and
+    /// the environment's revision counter, in one transaction. Returns the stored configuration
+    /// with its new version.
+    async fn update_flag_config(&self, change: &ConfigChange<'_>)
+    -> Result<FlagConfig, StoreError>;
+    /// The revisions of a flag's configuration in one environment, newest first.
+    async fn flag_revisions(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+    ) -> Result<Vec<Revision>, StoreError>;
+    async fn flag_revision(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        version: u64,
+    ) -> Result<Revision, StoreError>;
+
+    /// Audit entries, newest first.
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Everything the engine needs to evaluate one environment (archived flags left out), and
+    /// the environment's revision counter.
+    async fn environment_config(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<(EnvironmentConfig, u64), StoreError>;
+}

@@ -1,0 +1,1062 @@
+//! The SQL backends. One code path serves SQLite and PostgreSQL through sqlx's `Any` driver:
+//! the schemas keep to types both decode alike (TEXT, BIGINT), every statement uses `$n`
+//! placeholders, `ON CONFLICT` and `RETURNING`, which both accept, and each backend keeps its
+//! own migrations.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anchor_engine::{ConfiguredFlag, EnvironmentConfig, Flag, FlagConfig};
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+
+use crate::Store;
+use crate::types::*;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The current time in unix milliseconds; replaceable so tests can control time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    })
+}
+
+/// A [`Store`] over SQLite or PostgreSQL.
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqlStore {
+    /// Opens (creating it if needed) the SQLite database at `path` in WAL mode and applies its
+    /// migrations. Committed transactions survive a crash of the process.
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
+        Ok(SqlStore {
+            pool,
+            backend: Backend::Sqlite,
+            clock: system_clock(),
+        })
+    }
+
+    /// Connects to PostgreSQL and applies its migrations. With `schema`, every connection works
+    /// in that schema (created if missing): the contract suite uses a fresh one per run.
+    pub async fn open_postgres(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        if let Some(schema) = schema {
+            if !schema
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(StoreError::Invalid(format!("bad schema name `{schema}`")));
+            }
+            let mut conn = AnyConnection::connect(url).await?;
+            conn.execute(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}"
+            )))
+            .await?;
+            conn.close().await?;
+        }
+        let schema = schema.map(str::to_string);
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    if let Some(schema) = schema {
+                        conn.execute(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")))
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        POSTGRES_MIGRATIONS.run(&pool).await?;
+        Ok(SqlStore {
+            pool,
+            backend: Backend::Postgres,
+            clock: system_clock(),
+        })
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Begins a write transaction. SQLite takes the write lock up front (`BEGIN IMMEDIATE`), so
+    /// a transaction that reads before it writes cannot fail to upgrade its lock.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn flag_value(flag: &Flag) -> Result<Value, StoreError> {
+    serde_json::to_value(flag).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn limit(requested: u32) -> i64 {
+    match requested {
+        0 => 100,
+        n => i64::from(n.min(1_000)),
+    }
+}
+
+/// Maps a unique-constraint violation to `AlreadyExists`.
+fn unique<'a>(what: &'static str, key: &'a str) -> impl FnOnce(sqlx::Error) -> StoreError + 'a {
+    move |e| match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists {
+            what,
+            key: key.to_string(),
+        },
+        _ => StoreError::Database(e),
+    }
+}
+
+async fn project_id(conn: &mut AnyConnection, key: &str) -> Result<String, StoreError> {
+    sqlx::query("SELECT id FROM projects WHERE key = $1")
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get::<String, _>("id"))
+        .transpose()?
+        .ok_or_else(|| StoreError::not_found("project", key))
+}
+
+async fn environment_id(
+    conn: &mut AnyConnection,
+    project_id: &str,
+    key: &str,
+) -> Result<String, StoreError> {
+    sqlx::query("SELECT id FROM environments WHERE project_id = $1 AND key = $2")
+        .bind(project_id)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get::<String, _>("id"))
+        .transpose()?
+        .ok_or_else(|| StoreError::not_found("environment", key))
+}
+
+async fn flag_row(
+    conn: &mut AnyConnection,
+    project_id: &str,
+    key: &str,
+) -> Result<AnyRow, StoreError> {
+    sqlx::query(
+        "SELECT id, definition, archived, created_at, updated_at FROM flags \
+         WHERE project_id = $1 AND key = $2",
+    )
+    .bind(project_id)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::not_found("flag", key))
+}
+
+/// Increments the revision counter of the environments given (all of the project's when
+/// `environment_id` is `None`).
+async fn bump_revision(
+    conn: &mut AnyConnection,
+    project_id: &str,
+    environment_id: Option<&str>,
+) -> Result<(), StoreError> {
+    match environment_id {
+        Some(env) => {
+            sqlx::query("UPDATE environments SET revision = revision + 1 WHERE id = $1")
+                .bind(env)
+                .execute(&mut *conn)
+                .await?
+        }
+        None => {
+            sqlx::query("UPDATE environments SET revision = revision + 1 WHERE project_id = $1")
+                .bind(project_id)
+                .execute(&mut *conn)
+                .await?
+        }
+    };
+    Ok(())
+}
+
+struct AuditRecord<'a> {
+    project_id: &'a str,
+    environment_id: Option<&'a str>,
+    actor: &'a Actor,
+    action: &'a str,
+    resource_kind: &'a str,
+    resource_key: &'a str,
+    before: &'a Value,
+    after: &'a Value,
+    comment: Option<&'a str>,
+    at: i64,
+}
+
+async fn audit(conn: &mut AnyConnection, record: AuditRecord<'_>) -> Result<(), StoreError> {
+    let diff = json_patch::diff(record.before, record.after);
+    sqlx::query(
+        "INSERT INTO audit_log (id, project_id, environment_id, actor_kind, actor_id, action, \
+         resource_kind, resource_key, diff, comment, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(new_id())
+    .bind(record.project_id)
+    .bind(record.environment_id)
+    .bind(record.actor.kind.as_str())
+    .bind(&record.actor.id)
+    .bind(record.action)
+    .bind(record.resource_kind)
+    .bind(record.resource_key)
+    .bind(to_json(&diff)?)
+    .bind(record.comment)
+    .bind(record.at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+struct RevisionRecord<'a> {
+    environment_id: &'a str,
+    flag_key: &'a str,
+    version: i64,
+    body: &'a str,
+    actor: &'a Actor,
+    comment: Option<&'a str>,
+    at: i64,
+}
+
+async fn insert_revision(
+    conn: &mut AnyConnection,
+    r: RevisionRecord<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO revisions (id, environment_id, resource_kind, resource_key, version, body, \
+         actor_kind, actor_id, comment, created_at) \
+         VALUES ($1, $2, 'flag', $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(new_id())
+    .bind(r.environment_id)
+    .bind(r.flag_key)
+    .bind(r.version)
+    .bind(r.body)
+    .bind(r.actor.kind.as_str())
+    .bind(&r.actor.id)
+    .bind(r.comment)
+    .bind(r.at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn project_from(row: &AnyRow) -> Result<Project, StoreError> {
+    Ok(Project {
+        key: row.try_get("key")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn environment_from(row: &AnyRow, project: &str) -> Result<Environment, StoreError> {
+    Ok(Environment {
+        project: project.to_string(),
+        key: row.try_get("key")?,
+        name: row.try_get("name")?,
+        position: row.try_get("position")?,
+        requires_approval: row.try_get::<i64, _>("requires_approval")? != 0,
+        requires_comment: row.try_get::<i64, _>("requires_comment")? != 0,
+        revision: row.try_get::<i64, _>("revision")? as u64,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Reads a flag with its configurations, in environment order.
+async fn load_flag(
+    conn: &mut AnyConnection,
+    project_id: &str,
+    key: &str,
+) -> Result<FlagRecord, StoreError> {
+    let row = flag_row(conn, project_id, key).await?;
+    let flag_id: String = row.try_get("id")?;
+    let configs = sqlx::query(
+        "SELECT e.key AS env, c.config, c.version, c.updated_at FROM flag_configs c \
+         JOIN environments e ON e.id = c.environment_id \
+         WHERE c.flag_id = $1 ORDER BY e.position, e.key",
+    )
+    .bind(&flag_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut environments = Vec::with_capacity(configs.len());
+    for c in &configs {
+        let mut config: FlagConfig = from_json(&c.try_get::<String, _>("config")?)?;
+        config.version = c.try_get::<i64, _>("version")? as u64;
+        environments.push(EnvironmentFlagConfig {
+            environment: c.try_get("env")?,
+            config,
+            updated_at: c.try_get("updated_at")?,
+        });
+    }
+    Ok(FlagRecord {
+        flag: from_json(&row.try_get::<String, _>("definition")?)?,
+        archived: row.try_get::<i64, _>("archived")? != 0,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        environments,
+    })
+}
+
+fn revision_from(row: &AnyRow, environment: &str) -> Result<Revision, StoreError> {
+    Ok(Revision {
+        environment: environment.to_string(),
+        resource_kind: row.try_get("resource_kind")?,
+        resource_key: row.try_get("resource_key")?,
+        version: row.try_get::<i64, _>("version")? as u64,
+        body: from_json(&row.try_get::<String, _>("body")?)?,
+        actor: Actor {
+            kind: ActorKind::parse(&row.try_get::<String, _>("actor_kind")?),
+            id: row.try_get("actor_id")?,
+        },
+        comment: row.try_get("comment")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn matches_filter(record: &FlagRecord, filter: &FlagFilter) -> bool {
+    let flag = &record.flag;
+    if !filter.include_archived && record.archived {
+        return false;
+    }
+    if let Some(tag) = &filter.tag
+        && !flag.tags.iter().any(|t| t == tag)
+    {
+        return false;
+    }
+    if let Some(lifecycle) = filter.lifecycle
+        && flag.lifecycle != lifecycle
+    {
+        return false;
+    }
+    if let Some(env) = &filter.enabled_in
+        && !record
+            .environments
+            .iter()
+            .any(|e| &e.environment == env && e.config.enabled)
+    {
+        return false;
+    }
+    if let Some(text) = &filter.text {
+        let needle = text.to_lowercase();
+        let found = flag.key.to_lowercase().contains(&needle)
+            || flag.description.to_lowercase().contains(&needle)
+            || flag.tags.iter().any(|t| t.to_lowercase().contains(&needle));
+        if !found {
+            return false;
+        }
+    }
+    true
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_project(
+        &self,
+        actor: &Actor,
+        key: &str,
+        name: &str,
+    ) -> Result<Project, StoreError> {
+        if !anchor_engine::model::is_valid_key(key) {
+            return Err(StoreError::Invalid(format!("invalid project key `{key}`")));
+        }
+        let at = self.now();
+        let id = new_id();
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO projects (id, key, name, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&id)
+            .bind(key)
+            .bind(name)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(unique("project", key))?;
+        let after = serde_json::json!({ "key": key, "name": name });
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &id,
+                environment_id: None,
+                actor,
+                action: "project.created",
+                resource_kind: "project",
+                resource_key: key,
+                before: &Value::Null,
+                after: &after,
+                comment: None,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Project {
+            key: key.to_string(),
+            name: name.to_string(),
+            created_at: at,
+        })
+    }
+
+    async fn projects(&self) -> Result<Vec<Project>, StoreError> {
+        let rows = sqlx::query("SELECT key, name, created_at FROM projects ORDER BY key")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(project_from).collect()
+    }
+
+    async fn project(&self, key: &str) -> Result<Project, StoreError> {
+        let row = sqlx::query("SELECT key, name, created_at FROM projects WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("project", key))?;
+        project_from(&row)
+    }
+
+    async fn create_environment(
+        &self,
+        actor: &Actor,
+        project: &str,
+        environment: &NewEnvironment,
+    ) -> Result<Environment, StoreError> {
+        let key = environment.key.as_str();
+        if !anchor_engine::model::is_valid_key(key) {
+            return Err(StoreError::Invalid(format!(
+                "invalid environment key `{key}`"
+            )));
+        }
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let position: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(position), -1) + 1 AS next FROM environments WHERE project_id = $1",
+        )
+        .bind(&project_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("next")?;
+        let env_id = new_id();
+        sqlx::query(
+            "INSERT INTO environments (id, project_id, key, name, position, requires_approval, \
+             requires_comment, revision, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)",
+        )
+        .bind(&env_id)
+        .bind(&project_id)
+        .bind(key)
+        .bind(&environment.name)
+        .bind(position)
+        .bind(i64::from(environment.requires_approval))
+        .bind(i64::from(environment.requires_comment))
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unique("environment", key))?;
+        // Existing flags start disabled in the new environment, serving their off variant.
+        let flags = sqlx::query("SELECT id, key, definition FROM flags WHERE project_id = $1")
+            .bind(&project_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for f in &flags {
+            let flag: Flag = from_json(&f.try_get::<String, _>("definition")?)?;
+            let off = flag
+                .variants
+                .last()
+                .map(|v| v.name.clone())
+                .unwrap_or_default();
+            let config = FlagConfig {
+                enabled: false,
+                off_variant: off.clone(),
+                targets: Default::default(),
+                rules: Vec::new(),
+                default_serve: anchor_engine::Serve::Variant(off),
+                prerequisites: Vec::new(),
+                version: 1,
+            };
+            let body = to_json(&config)?;
+            sqlx::query(
+                "INSERT INTO flag_configs (flag_id, environment_id, config, enabled, version, \
+                 updated_at) VALUES ($1, $2, $3, 0, 1, $4)",
+            )
+            .bind(f.try_get::<String, _>("id")?)
+            .bind(&env_id)
+            .bind(&body)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            insert_revision(
+                &mut tx,
+                RevisionRecord {
+                    environment_id: &env_id,
+                    flag_key: &flag.key,
+                    version: 1,
+                    body: &body,
+                    actor,
+                    comment: None,
+                    at,
+                },
+            )
+            .await?;
+        }
+        let after = serde_json::to_value(environment).unwrap_or(Value::Null);
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&env_id),
+                actor,
+                action: "environment.created",
+                resource_kind: "environment",
+                resource_key: key,
+                before: &Value::Null,
+                after: &after,
+                comment: None,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Environment {
+            project: project.to_string(),
+            key: key.to_string(),
+            name: environment.name.clone(),
+            position,
+            requires_approval: environment.requires_approval,
+            requires_comment: environment.requires_comment,
+            revision: 0,
+            created_at: at,
+        })
+    }
+
+    async fn environments(&self, project: &str) -> Result<Vec<Environment>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let rows = sqlx::query(
+            "SELECT key, name, position, requires_approval, requires_comment, revision, \
+             created_at FROM environments WHERE project_id = $1 ORDER BY position, key",
+        )
+        .bind(&project_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(|r| environment_from(r, project)).collect()
+    }
+
+    async fn environment(&self, project: &str, key: &str) -> Result<Environment, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let row = sqlx::query(
+            "SELECT key, name, position, requires_approval, requires_comment, revision, \
+             created_at FROM environments WHERE project_id = $1 AND key = $2",
+        )
+        .bind(&project_id)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::not_found("environment", key))?;
+        environment_from(&row, project)
+    }
+
+    async fn create_flag(
+        &self,
+        actor: &Actor,
+        project: &str,
+        flag: &Flag,
+        initial: &FlagConfig,
+    ) -> Result<FlagRecord, StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let flag_id = new_id();
+        let definition = flag_value(flag)?;
+        sqlx::query(
+            "INSERT INTO flags (id, project_id, key, definition, archived, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, 0, $5, $5)",
+        )
+        .bind(&flag_id)
+        .bind(&project_id)
+        .bind(&flag.key)
+        .bind(to_json(&definition)?)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unique("flag", &flag.key))?;
+        let mut config = initial.clone();
+        config.version = 1;
+        let body = to_json(&config)?;
+        let envs = sqlx::query("SELECT id FROM environments WHERE project_id = $1")
+            .bind(&project_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for env in &envs {
+            let env_id: String = env.try_get("id")?;
+            sqlx::query(
+                "INSERT INTO flag_configs (flag_id, environment_id, config, enabled, version, \
+                 updated_at) VALUES ($1, $2, $3, $4, 1, $5)",
+            )
+            .bind(&flag_id)
+            .bind(&env_id)
+            .bind(&body)
+            .bind(i64::from(config.enabled))
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            insert_revision(
+                &mut tx,
+                RevisionRecord {
+                    environment_id: &env_id,
+                    flag_key: &flag.key,
+                    version: 1,
+                    body: &body,
+                    actor,
+                    comment: None,
+                    at,
+                },
+            )
+            .await?;
+        }
+        bump_revision(&mut tx, &project_id, None).await?;
+        let after = serde_json::json!({ "flag": definition, "config": config });
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: None,
+                actor,
+                action: "flag.created",
+                resource_kind: "flag",
+                resource_key: &flag.key,
+                before: &Value::Null,
+                after: &after,
+                comment: None,
+                at,
+            },
+        )
+        .await?;
+        let record = load_flag(&mut tx, &project_id, &flag.key).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn flag(&self, project: &str, key: &str) -> Result<FlagRecord, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        load_flag(&mut conn, &project_id, key).await
+    }
+
+    async fn flags(
+        &self,
+        project: &str,
+        filter: &FlagFilter,
+    ) -> Result<Page<FlagRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let limit = limit(filter.limit) as usize;
+        let keys =
+            sqlx::query("SELECT key FROM flags WHERE project_id = $1 AND key > $2 ORDER BY key")
+                .bind(&project_id)
+                .bind(filter.after.as_deref().unwrap_or(""))
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut items = Vec::new();
+        let mut next = None;
+        for row in &keys {
+            let key: String = row.try_get("key")?;
+            let record = load_flag(&mut conn, &project_id, &key).await?;
+            if matches_filter(&record, filter) {
+                if items.len() == limit {
+                    next = items.last().map(|r: &FlagRecord| r.flag.key.clone());
+                    break;
+                }
+                items.push(record);
+            }
+        }
+        Ok(Page { items, next })
+    }
+
+    async fn update_flag(
+        &self,
+        actor: &Actor,
+        project: &str,
+        flag: &Flag,
+        comment: Option<&str>,
+    ) -> Result<FlagRecord, StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let row = flag_row(&mut tx, &project_id, &flag.key).await?;
+        let before: Value = from_json(&row.try_get::<String, _>("definition")?)?;
+        let after = flag_value(flag)?;
+        sqlx::query("UPDATE flags SET definition = $1, updated_at = $2 WHERE id = $3")
+            .bind(to_json(&after)?)
+            .bind(at)
+            .bind(row.try_get::<String, _>("id")?)
+            .execute(&mut *tx)
+            .await?;
+        bump_revision(&mut tx, &project_id, None).await?;
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: None,
+                actor,
+                action: "flag.updated",
+                resource_kind: "flag",
+                resource_key: &flag.key,
+                before: &before,
+                after: &after,
+                comment,
+                at,
+            },
+        )
+        .await?;
+        let record = load_flag(&mut tx, &project_id, &flag.key).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn set_flag_archived(
+        &self,
+        actor: &Actor,
+        project: &str,
+        key: &str,
+        archived: bool,
+    ) -> Result<FlagRecord, StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let row = flag_row(&mut tx, &project_id, key).await?;
+        let was = row.try_get::<i64, _>("archived")? != 0;
+        sqlx::query("UPDATE flags SET archived = $1, updated_at = $2 WHERE id = $3")
+            .bind(i64::from(archived))
+            .bind(at)
+            .bind(row.try_get::<String, _>("id")?)
+            .execute(&mut *tx)
+            .await?;
+        bump_revision(&mut tx, &project_id, None).await?;
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: None,
+                actor,
+                action: if archived {
+                    "flag.archived"
+                } else {
+                    "flag.restored"
+                },
+                resource_kind: "flag",
+                resource_key: key,
+                before: &serde_json::json!({ "archived": was }),
+                after: &serde_json::json!({ "archived": archived }),
+                comment: None,
+                at,
+            },
+        )
+        .await?;
+        let record = load_flag(&mut tx, &project_id, key).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn update_flag_config(
+        &self,
+        change: &ConfigChange<'_>,
+    ) -> Result<FlagConfig, StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, change.project).await?;
+        let env_id = environment_id(&mut tx, &project_id, change.environment).await?;
+        // Bumping the environment's revision first locks its row (PostgreSQL), so writers to
+        // one environment take turns and each reads the version the previous one committed;
+        // SQLite's `BEGIN IMMEDIATE` already serialises them.
+        bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
+        let flag_id: String = flag_row(&mut tx, &project_id, change.flag)
+            .await?
+            .try_get("id")?;
+        let current = sqlx::query(
+            "SELECT config, version FROM flag_configs WHERE flag_id = $1 AND environment_id = $2",
+        )
+        .bind(&flag_id)
+        .bind(&env_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::not_found("flag configuration", change.flag))?;
+        let version = current.try_get::<i64, _>("version")? as u64;
+        if let Some(expected) = change.expected_version
+            && expected != version
+        {
+            return Err(StoreError::VersionMismatch {
+                what: "flag configuration",
+                expected,
+                actual: version,
+            });
+        }
+        let before: Value = from_json(&current.try_get::<String, _>("config")?)?;
+        let mut config = change.config.clone();
+        config.version = version + 1;
+        let body = to_json(&config)?;
+        // The version in the WHERE clause makes the write conditional even if another writer
+        // slipped in (PostgreSQL runs these transactions concurrently).
+        let updated = sqlx::query(
+            "UPDATE flag_configs SET config = $1, enabled = $2, version = $3, updated_at = $4 \
+             WHERE flag_id = $5 AND environment_id = $6 AND version = $7",
+        )
+        .bind(&body)
+        .bind(i64::from(config.enabled))
+        .bind(config.version as i64)
+        .bind(at)
+        .bind(&flag_id)
+        .bind(&env_id)
+        .bind(version as i64)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::VersionMismatch {
+                what: "flag configuration",
+                expected: version,
+                actual: version + 1,
+            });
+        }
+        insert_revision(
+            &mut tx,
+            RevisionRecord {
+                environment_id: &env_id,
+                flag_key: change.flag,
+                version: config.version as i64,
+                body: &body,
+                actor: change.actor,
+                comment: change.comment,
+                at,
+            },
+        )
+        .await?;
+        let after: Value = from_json(&body)?;
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&env_id),
+                actor: change.actor,
+                action: change.action,
+                resource_kind: "flag",
+                resource_key: change.flag,
+                before: &before,
+                after: &after,
+                comment: change.comment,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(config)
+    }
+
+    async fn flag_revisions(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+    ) -> Result<Vec<Revision>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let env_id = environment_id(&mut conn, &project_id, environment).await?;
+        flag_row(&mut conn, &project_id, flag).await?;
+        let rows = sqlx::query(
+            "SELECT resource_kind, resource_key, version, body, actor_kind, actor_id, comment, \
+             created_at FROM revisions WHERE environment_id = $1 AND resource_kind = 'flag' \
+             AND resource_key = $2 ORDER BY version DESC",
+        )
+        .bind(&env_id)
+        .bind(flag)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(|r| revision_from(r, environment)).collect()
+    }
+
+    async fn flag_revision(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        version: u64,
+    ) -> Result<Revision, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let env_id = environment_id(&mut conn, &project_id, environment).await?;
+        let row = sqlx::query(
+            "SELECT resource_kind, resource_key, version, body, actor_kind, actor_id, comment, \
+             created_at FROM revisions WHERE environment_id = $1 AND resource_kind = 'flag' \
+             AND resource_key = $2 AND version = $3",
+        )
+        .bind(&env_id)
+        .bind(flag)
+        .bind(version as i64)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::not_found("revision", &format!("{flag}@{version}")))?;
+        revision_from(&row, environment)
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, &filter.project).await?;
+        // Optional filters as "parameter IS NULL OR column = parameter", so one statement
+        // serves every combination.
+        let rows = sqlx::query(
+            "SELECT a.id, e.key AS env, a.actor_kind, a.actor_id, a.action, a.resource_kind, \
+             a.resource_key, a.diff, a.comment, a.created_at FROM audit_log a \
+             LEFT JOIN environments e ON e.id = a.environment_id \
+             WHERE a.project_id = $1 \
+             AND ($2 = '' OR a.actor_id = $2) \
+             AND ($3 = '' OR e.key = $3) \
+             AND ($4 = '' OR a.resource_key = $4) \
+             AND a.created_at >= $5 AND a.created_at < $6 \
+             ORDER BY a.seq DESC LIMIT $7",
+        )
+        .bind(&project_id)
+        .bind(filter.actor.as_deref().unwrap_or(""))
+        .bind(filter.environment.as_deref().unwrap_or(""))
+        .bind(filter.resource_key.as_deref().unwrap_or(""))
+        .bind(filter.since.unwrap_or(i64::MIN))
+        .bind(filter.until.unwrap_or(i64::MAX))
+        .bind(limit(filter.limit))
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    project: filter.project.clone(),
+                    environment: r.try_get("env")?,
+                    actor: Actor {
+                        kind: ActorKind::parse(&r.try_get::<String, _>("actor_kind")?),
+                        id: r.try_get("actor_id")?,
+                    },
+                    action: r.try_get("action")?,
+                    resource_kind: r.try_get("resource_kind")?,
+                    resource_key: r.try_get("resource_key")?,
+                    diff: from_json(&r.try_get::<String, _>("diff")?)?,
+                    comment: r.try_get("comment")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn environment_config(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<(EnvironmentConfig, u64), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let env =
+            sqlx::query("SELECT id, revision FROM environments WHERE project_id = $1 AND key = $2")
+                .bind(&project_id)
+                .bind(environment)
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or_else(|| StoreError::not_found("environment", environment))?;
+        let env_id: String = env.try_get("id")?;
+        let revision = env.try_get::<i64, _>("revision")? as u64;
+        let rows = sqlx::query(
+            "SELECT f.definition, c.config, c.version FROM flags f \
+             JOIN flag_configs c ON c.flag_id = f.id \
+             WHERE f.project_id = $1 AND c.environment_id = $2 AND f.archived = 0 \
+             ORDER BY f.key",
+        )
+        .bind(&project_id)
+        .bind(&env_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut flags = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut config: FlagConfig = from_json(&r.try_get::<String, _>("config")?)?;
+            config.version = r.try_get::<i64, _>("version")? as u64;
+            flags.push(ConfiguredFlag {
+                flag: from_json(&r.try_get::<String, _>("definition")?)?,
+                config,
+            });
+        }
+        Ok((
+            EnvironmentConfig {
+                flags,
+                segments: Vec::new(),
+            },
+            revision,
+        ))
+    }
+}

@@ -1,0 +1,230 @@
+//! The records the store reads and writes, and its one error type.
+
+use anchor_engine::{Flag, FlagConfig, Lifecycle};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who made a change: a person, a token acting for one, or the system itself (the rollout
+/// controller, the scheduler, the first-start bootstrap).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Actor {
+    pub kind: ActorKind,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    User,
+    Token,
+    System,
+}
+
+impl ActorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::User => "user",
+            ActorKind::Token => "token",
+            ActorKind::System => "system",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> ActorKind {
+        match s {
+            "user" => ActorKind::User,
+            "token" => ActorKind::Token,
+            _ => ActorKind::System,
+        }
+    }
+}
+
+impl Actor {
+    pub fn user(id: impl Into<String>) -> Self {
+        Actor {
+            kind: ActorKind::User,
+            id: id.into(),
+        }
+    }
+
+    pub fn system(id: impl Into<String>) -> Self {
+        Actor {
+            kind: ActorKind::System,
+            id: id.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Project {
+    pub key: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewEnvironment {
+    pub key: String,
+    pub name: String,
+    /// Writes by editors become change requests.
+    #[serde(default)]
+    pub requires_approval: bool,
+    /// Every change must carry a comment.
+    #[serde(default)]
+    pub requires_comment: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Environment {
+    pub project: String,
+    pub key: String,
+    pub name: String,
+    pub position: i64,
+    pub requires_approval: bool,
+    pub requires_comment: bool,
+    /// Incremented by every change to anything evaluated in this environment.
+    pub revision: u64,
+    pub created_at: i64,
+}
+
+/// A flag's definition and its configuration in every environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlagRecord {
+    pub flag: Flag,
+    pub archived: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// In the environments' display order.
+    pub environments: Vec<EnvironmentFlagConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentFlagConfig {
+    pub environment: String,
+    /// Its `version` is the stored one.
+    pub config: FlagConfig,
+    pub updated_at: i64,
+}
+
+/// Which flags a listing returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlagFilter {
+    pub tag: Option<String>,
+    pub lifecycle: Option<Lifecycle>,
+    /// Only flags enabled in this environment.
+    pub enabled_in: Option<String>,
+    /// A case-insensitive substring of the key, description or a tag.
+    pub text: Option<String>,
+    pub include_archived: bool,
+    /// Keys after this one (the cursor of the previous page).
+    pub after: Option<String>,
+    /// At most this many (1 to 1,000; 100 when 0).
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; `None` on the last one.
+    pub next: Option<String>,
+}
+
+/// A change to one flag's configuration in one environment.
+#[derive(Debug, Clone)]
+pub struct ConfigChange<'a> {
+    pub actor: &'a Actor,
+    pub project: &'a str,
+    pub environment: &'a str,
+    pub flag: &'a str,
+    pub config: &'a FlagConfig,
+    /// The version the writer read (`If-Match`); `None` to write unconditionally.
+    pub expected_version: Option<u64>,
+    pub comment: Option<&'a str>,
+    /// The audit action, e.g. `flag.config.updated`, `flag.reverted`, `flag.killed`.
+    pub action: &'a str,
+}
+
+/// An immutable snapshot of a configuration as it was after one change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    pub environment: String,
+    pub resource_kind: String,
+    pub resource_key: String,
+    pub version: u64,
+    pub body: Value,
+    pub actor: Actor,
+    pub comment: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub id: String,
+    pub project: String,
+    pub environment: Option<String>,
+    pub actor: Actor,
+    pub action: String,
+    pub resource_kind: String,
+    pub resource_key: String,
+    /// An RFC 6902 JSON Patch from the old state to the new one.
+    pub diff: Value,
+    pub comment: Option<String>,
+    pub created_at: i64,
+}
+
+/// Which audit entries to return.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditFilter {
+    pub project: String,
+    pub actor: Option<String>,
+    pub environment: Option<String>,
+    pub resource_key: Option<String>,
+    /// Inclusive, unix milliseconds.
+    pub since: Option<i64>,
+    /// Exclusive, unix milliseconds.
+    pub until: Option<i64>,
+    /// At most this many (1 to 1,000; 100 when 0).
+    pub limit: u32,
+}
+
+/// What can go wrong, in terms the server maps to HTTP once.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} `{key}` does not exist")]
+    NotFound { what: &'static str, key: String },
+    #[error("{what} `{key}` already exists")]
+    AlreadyExists { what: &'static str, key: String },
+    #[error("the {what} changed: version {actual}, not {expected}")]
+    VersionMismatch {
+        what: &'static str,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    pub(crate) fn not_found(what: &'static str, key: &str) -> Self {
+        StoreError::NotFound {
+            what,
+            key: key.to_string(),
+        }
+    }
+}

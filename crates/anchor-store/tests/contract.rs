@@ -1,0 +1,728 @@
+//! The storage contract: every backend passes the same stories.
+//!
+//! Each story runs against SQLite (a fresh database file) and, when `ANCHOR_TEST_POSTGRES_URL`
+//! is set, against PostgreSQL (a fresh schema per test, dropped afterwards). `.ci/run` sets it to
+//! the local server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use anchor_engine::{Flag, FlagConfig, Lifecycle, Serve, compile};
+use anchor_store::{
+    Actor, AuditFilter, ConfigChange, FlagFilter, NewEnvironment, SqlStore, Store, StoreError,
+};
+use serde_json::json;
+
+/// A store under test, with a clock the test moves by hand.
+struct Fixture {
+    store: Arc<dyn Store>,
+    clock: Arc<AtomicI64>,
+    cleanup: Option<(String, String)>,
+}
+
+impl Fixture {
+    fn advance(&self, ms: i64) {
+        self.clock.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    async fn finish(self) {
+        if let Some((url, schema)) = self.cleanup {
+            drop(self.store);
+            use sqlx::{Connection, Executor};
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+            conn.execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn fake_clock() -> (Arc<AtomicI64>, anchor_store::Clock) {
+    let clock = Arc::new(AtomicI64::new(1_800_000_000_000));
+    let c = Arc::clone(&clock);
+    (clock, Arc::new(move || c.load(Ordering::SeqCst)))
+}
+
+async fn sqlite() -> Fixture {
+    let dir = std::env::temp_dir().join(format!("anchor-store-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap();
+    let (clock, f) = fake_clock();
+    Fixture {
+        store: Arc::new(store.with_clock(f)),
+        clock,
+        cleanup: None,
+    }
+}
+
+async fn postgres() -> Option<Fixture> {
+    let url = std::env::var("ANCHOR_TEST_POSTGRES_URL").ok()?;
+    let schema = format!("anchor_test_{}", uuid::Uuid::new_v4().simple());
+    let store = SqlStore::open_postgres(&url, Some(&schema)).await.unwrap();
+    let (clock, f) = fake_clock();
+    Some(Fixture {
+        store: Arc::new(store.with_clock(f)),
+        clock,
+        cleanup: Some((url, schema)),
+    })
+}
+
+/// Declares one test per backend running the same story.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let fixture = super::sqlite().await;
+                    super::$name(&fixture).await;
+                    fixture.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(fixture) = super::postgres().await else {
+                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+                        return;
+                    };
+                    super::$name(&fixture).await;
+                    fixture.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    projects_and_environments_are_created_once_and_listed_in_order,
+    a_new_flag_gets_version_one_in_every_environment_with_a_revision_and_an_audit_entry,
+    a_write_with_a_stale_version_fails_and_changes_nothing,
+    every_change_is_an_immutable_revision_and_an_audit_entry_with_a_diff,
+    concurrent_writers_never_lose_an_update,
+    the_environment_config_compiles_and_leaves_archived_flags_out,
+    listing_filters_and_pages_through_flags,
+    a_new_environment_gets_every_existing_flag_disabled,
+    definition_updates_and_archiving_are_audited,
+    the_audit_log_filters_by_actor_environment_flag_and_time,
+);
+
+fn admin() -> Actor {
+    Actor::user("admin")
+}
+
+fn boolean_flag(key: &str, tags: &[&str]) -> Flag {
+    serde_json::from_value(json!({
+        "key": key, "kind": "boolean",
+        "variants": [{"name": "on", "value": true}, {"name": "off", "value": false}],
+        "description": format!("The {key} feature"),
+        "tags": tags,
+    }))
+    .unwrap()
+}
+
+fn off_config() -> FlagConfig {
+    serde_json::from_value(json!({
+        "enabled": false, "offVariant": "off", "defaultServe": {"variant": "off"}
+    }))
+    .unwrap()
+}
+
+fn on_config() -> FlagConfig {
+    serde_json::from_value(json!({
+        "enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}
+    }))
+    .unwrap()
+}
+
+fn change<'a>(
+    actor: &'a Actor,
+    environment: &'a str,
+    flag: &'a str,
+    config: &'a FlagConfig,
+    expected_version: Option<u64>,
+) -> ConfigChange<'a> {
+    ConfigChange {
+        actor,
+        project: "shop",
+        environment,
+        flag,
+        config,
+        expected_version,
+        comment: None,
+        action: "flag.config.updated",
+    }
+}
+
+/// A project `shop` with environments `development`, `staging` and `production`.
+async fn seed(f: &Fixture) {
+    let s = &f.store;
+    s.create_project(&admin(), "shop", "Shop").await.unwrap();
+    for key in ["development", "staging", "production"] {
+        s.create_environment(
+            &admin(),
+            "shop",
+            &NewEnvironment {
+                key: key.into(),
+                name: key.into(),
+                requires_approval: key == "production",
+                requires_comment: false,
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn projects_and_environments_are_created_once_and_listed_in_order(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    s.ping().await.unwrap();
+    assert!(matches!(
+        s.create_project(&admin(), "shop", "Again").await,
+        Err(StoreError::AlreadyExists {
+            what: "project",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.create_project(&admin(), "bad key", "x").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.project("nope").await,
+        Err(StoreError::NotFound {
+            what: "project",
+            ..
+        })
+    ));
+    assert_eq!(s.project("shop").await.unwrap().name, "Shop");
+    let envs = s.environments("shop").await.unwrap();
+    let keys: Vec<&str> = envs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["development", "staging", "production"]);
+    assert!(envs[2].requires_approval && !envs[0].requires_approval);
+    let dup = NewEnvironment {
+        key: "staging".into(),
+        name: "Staging".into(),
+        requires_approval: false,
+        requires_comment: false,
+    };
+    assert!(matches!(
+        s.create_environment(&admin(), "shop", &dup).await,
+        Err(StoreError::AlreadyExists {
+            what: "environment",
+            ..
+        })
+    ));
+    assert_eq!(s.projects().await.unwrap().len(), 1);
+}
+
+async fn a_new_flag_gets_version_one_in_every_environment_with_a_revision_and_an_audit_entry(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let record = s
+        .create_flag(
+            &admin(),
+            "shop",
+            &boolean_flag("new-checkout", &[]),
+            &off_config(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.environments.len(), 3);
+    assert!(record.environments.iter().all(|e| e.config.version == 1));
+    assert!(matches!(
+        s.create_flag(
+            &admin(),
+            "shop",
+            &boolean_flag("new-checkout", &[]),
+            &off_config()
+        )
+        .await,
+        Err(StoreError::AlreadyExists { what: "flag", .. })
+    ));
+    let history = s
+        .flag_revisions("shop", "production", "new-checkout")
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].version, 1);
+    let audit = s
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            resource_key: Some("new-checkout".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].action, "flag.created");
+    assert_eq!(audit[0].actor, admin());
+}
+
+async fn a_write_with_a_stale_version_fails_and_changes_nothing(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &off_config())
+        .await
+        .unwrap();
+    let on = on_config();
+    let stored = s
+        .update_flag_config(&change(&admin(), "production", "f", &on, Some(1)))
+        .await
+        .unwrap();
+    assert_eq!(stored.version, 2);
+    let revision_before = s.environment("shop", "production").await.unwrap().revision;
+    let audit_before = s
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len();
+
+    let off = off_config();
+    let stale = s
+        .update_flag_config(&change(&admin(), "production", "f", &off, Some(1)))
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::VersionMismatch {
+                expected: 1,
+                actual: 2,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    let record = s.flag("shop", "f").await.unwrap();
+    let prod = record
+        .environments
+        .iter()
+        .find(|e| e.environment == "production")
+        .unwrap();
+    assert_eq!(prod.config.version, 2);
+    assert!(prod.config.enabled);
+    assert_eq!(
+        s.flag_revisions("shop", "production", "f")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.environment("shop", "production").await.unwrap().revision,
+        revision_before
+    );
+    let audit_after = s
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(audit_after, audit_before);
+    assert!(matches!(
+        s.update_flag_config(&change(&admin(), "production", "missing", &off, None))
+            .await,
+        Err(StoreError::NotFound { what: "flag", .. })
+    ));
+    assert!(matches!(
+        s.update_flag_config(&change(&admin(), "qa", "f", &off, None))
+            .await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+}
+
+async fn every_change_is_an_immutable_revision_and_an_audit_entry_with_a_diff(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &off_config())
+        .await
+        .unwrap();
+    let on = on_config();
+    let ann = Actor::user("ann");
+    let mut c = change(&ann, "staging", "f", &on, None);
+    c.comment = Some("turn it on in staging");
+    s.update_flag_config(&c).await.unwrap();
+
+    let history = s.flag_revisions("shop", "staging", "f").await.unwrap();
+    assert_eq!(
+        history.iter().map(|r| r.version).collect::<Vec<_>>(),
+        [2, 1],
+        "newest first"
+    );
+    assert_eq!(history[0].actor, ann);
+    assert_eq!(history[0].comment.as_deref(), Some("turn it on in staging"));
+    assert_eq!(history[0].body["enabled"], json!(true));
+    let first = s.flag_revision("shop", "staging", "f", 1).await.unwrap();
+    assert_eq!(first.body["enabled"], json!(false));
+    assert!(matches!(
+        s.flag_revision("shop", "staging", "f", 9).await,
+        Err(StoreError::NotFound {
+            what: "revision",
+            ..
+        })
+    ));
+    // Other environments are untouched.
+    assert_eq!(
+        s.flag_revisions("shop", "production", "f")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let audit = s
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            actor: Some("ann".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    let entry = &audit[0];
+    assert_eq!(entry.environment.as_deref(), Some("staging"));
+    assert_eq!(entry.comment.as_deref(), Some("turn it on in staging"));
+    let ops = entry.diff.as_array().unwrap();
+    assert!(
+        ops.iter()
+            .any(|op| op["path"] == "/enabled" && op["value"] == json!(true)),
+        "{:#}",
+        entry.diff
+    );
+}
+
+async fn concurrent_writers_never_lose_an_update(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &off_config())
+        .await
+        .unwrap();
+    // Twenty writers that all read version 1: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = Arc::clone(&f.store);
+        tasks.push(tokio::spawn(async move {
+            let actor = Actor::user(format!("writer-{i}"));
+            let config = on_config();
+            store
+                .update_flag_config(&change(&actor, "production", "f", &config, Some(1)))
+                .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(c) => {
+                won += 1;
+                assert_eq!(c.version, 2);
+            }
+            Err(StoreError::VersionMismatch { .. }) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    // Twenty unconditional writers: all land, each with its own version.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = Arc::clone(&f.store);
+        tasks.push(tokio::spawn(async move {
+            let actor = Actor::user(format!("writer-{i}"));
+            let config = if i % 2 == 0 {
+                on_config()
+            } else {
+                off_config()
+            };
+            store
+                .update_flag_config(&change(&actor, "production", "f", &config, None))
+                .await
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.unwrap().unwrap().version);
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (3..=22).collect::<Vec<_>>());
+    assert_eq!(
+        s.flag_revisions("shop", "production", "f")
+            .await
+            .unwrap()
+            .len(),
+        22
+    );
+}
+
+async fn the_environment_config_compiles_and_leaves_archived_flags_out(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let (_, revision0) = s.environment_config("shop", "production").await.unwrap();
+    for key in ["a", "b", "c"] {
+        s.create_flag(&admin(), "shop", &boolean_flag(key, &[]), &on_config())
+            .await
+            .unwrap();
+    }
+    s.set_flag_archived(&admin(), "shop", "b", true)
+        .await
+        .unwrap();
+    let (config, revision) = s.environment_config("shop", "production").await.unwrap();
+    assert!(revision > revision0);
+    let keys: Vec<&str> = config.flags.iter().map(|f| f.flag.key.as_str()).collect();
+    assert_eq!(keys, ["a", "c"]);
+    let (snapshot, diagnostics) = compile(&config);
+    assert!(diagnostics.is_empty(), "{diagnostics:?}");
+    let e = anchor_engine::evaluate(&snapshot, "a", &anchor_engine::EvaluationContext::new());
+    assert_eq!(e.value(), Some(&json!(true)));
+    assert_eq!(e.flag_version(), Some(1));
+}
+
+async fn listing_filters_and_pages_through_flags(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    for i in 0..25 {
+        let tags: &[&str] = if i % 5 == 0 {
+            &["checkout"]
+        } else {
+            &["search"]
+        };
+        let mut flag = boolean_flag(&format!("flag-{i:02}"), tags);
+        if i % 2 == 0 {
+            flag.lifecycle = Lifecycle::Permanent;
+        }
+        let config = if i < 3 { on_config() } else { off_config() };
+        s.create_flag(&admin(), "shop", &flag, &config)
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .flags(
+                "shop",
+                &FlagFilter {
+                    limit: 10,
+                    after: after.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|r| r.flag.key.clone()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+    let by = |filter: FlagFilter| {
+        let store = Arc::clone(&f.store);
+        async move {
+            store
+                .flags("shop", &filter)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|r| r.flag.key)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        by(FlagFilter {
+            tag: Some("checkout".into()),
+            ..Default::default()
+        })
+        .await,
+        ["flag-00", "flag-05", "flag-10", "flag-15", "flag-20"]
+    );
+    assert_eq!(
+        by(FlagFilter {
+            enabled_in: Some("production".into()),
+            ..Default::default()
+        })
+        .await,
+        ["flag-00", "flag-01", "flag-02"]
+    );
+    assert_eq!(
+        by(FlagFilter {
+            text: Some("FLAG-1".into()),
+            lifecycle: Some(Lifecycle::Permanent),
+            ..Default::default()
+        })
+        .await,
+        ["flag-10", "flag-12", "flag-14", "flag-16", "flag-18"]
+    );
+    s.set_flag_archived(&admin(), "shop", "flag-00", true)
+        .await
+        .unwrap();
+    assert_eq!(by(FlagFilter::default()).await.len(), 24);
+    assert_eq!(
+        by(FlagFilter {
+            include_archived: true,
+            ..Default::default()
+        })
+        .await
+        .len(),
+        25
+    );
+}
+
+async fn a_new_environment_gets_every_existing_flag_disabled(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &on_config())
+        .await
+        .unwrap();
+    s.create_environment(
+        &admin(),
+        "shop",
+        &NewEnvironment {
+            key: "qa".into(),
+            name: "QA".into(),
+            requires_approval: false,
+            requires_comment: true,
+        },
+    )
+    .await
+    .unwrap();
+    let record = s.flag("shop", "f").await.unwrap();
+    let qa = record.environments.last().unwrap();
+    assert_eq!(qa.environment, "qa");
+    assert!(!qa.config.enabled);
+    assert_eq!(qa.config.off_variant, "off");
+    assert_eq!(qa.config.default_serve, Serve::Variant("off".into()));
+    let (config, _) = s.environment_config("shop", "qa").await.unwrap();
+    assert!(compile(&config).1.is_empty());
+    assert_eq!(s.flag_revisions("shop", "qa", "f").await.unwrap().len(), 1);
+}
+
+async fn definition_updates_and_archiving_are_audited(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &["a"]), &off_config())
+        .await
+        .unwrap();
+    let mut flag = boolean_flag("f", &["a", "b"]);
+    flag.description = "Better words".into();
+    let record = s
+        .update_flag(&Actor::user("bob"), "shop", &flag, Some("describe it"))
+        .await
+        .unwrap();
+    assert_eq!(record.flag.description, "Better words");
+    let record = s
+        .set_flag_archived(&admin(), "shop", "f", true)
+        .await
+        .unwrap();
+    assert!(record.archived);
+    let actions: Vec<String> = s
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            resource_key: Some("f".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert_eq!(actions, ["flag.archived", "flag.updated", "flag.created"]);
+    assert!(matches!(
+        s.update_flag(&admin(), "shop", &boolean_flag("ghost", &[]), None)
+            .await,
+        Err(StoreError::NotFound { what: "flag", .. })
+    ));
+}
+
+async fn the_audit_log_filters_by_actor_environment_flag_and_time(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &off_config())
+        .await
+        .unwrap();
+    s.create_flag(&admin(), "shop", &boolean_flag("g", &[]), &off_config())
+        .await
+        .unwrap();
+    f.advance(60_000);
+    let start = 1_800_000_060_000;
+    let on = on_config();
+    let ann = Actor::user("ann");
+    s.update_flag_config(&change(&ann, "staging", "f", &on, None))
+        .await
+        .unwrap();
+    f.advance(60_000);
+    s.update_flag_config(&change(&admin(), "production", "g", &on, None))
+        .await
+        .unwrap();
+    let query = |filter: AuditFilter| {
+        let store = Arc::clone(&f.store);
+        async move {
+            store
+                .audit(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|a| (a.actor.id, a.resource_key, a.environment))
+                .collect::<Vec<_>>()
+        }
+    };
+    let base = || AuditFilter {
+        project: "shop".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        query(AuditFilter {
+            since: Some(start),
+            ..base()
+        })
+        .await,
+        [
+            (
+                "admin".to_string(),
+                "g".to_string(),
+                Some("production".to_string())
+            ),
+            (
+                "ann".to_string(),
+                "f".to_string(),
+                Some("staging".to_string())
+            ),
+        ]
+    );
+    assert_eq!(
+        query(AuditFilter {
+            since: Some(start),
+            until: Some(start + 60_000),
+            ..base()
+        })
+        .await
+        .len(),
+        1
+    );
+    assert_eq!(
+        query(AuditFilter {
+            environment: Some("production".into()),
+            ..base()
+        })
+        .await
+        .len(),
+        2,
+        "the environment's creation and the change to g"
+    );
+    assert_eq!(query(AuditFilter { limit: 2, ..base() }).await.len(), 2);
+}
