@@ -128,6 +128,60 @@ pub trait Store: Send + Sync + 'static {
     /// Audit entries, newest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
 
+    /// Creates a user; `password_hash` is an Argon2 PHC string made by the caller. Usernames
+    /// are 1 to 64 characters of `[a-zA-Z0-9._@-]` (`Invalid` otherwise) and unique
+    /// (`AlreadyExists { what: "user" }`). Audited in the instance audit log (`user.created`).
+    async fn create_user(
+        &self,
+        actor: &Actor,
+        username: &str,
+        password_hash: &str,
+        instance_admin: bool,
+    ) -> Result<User, StoreError>;
+    /// The user and their password hash, for login. `NotFound { what: "user" }` when unknown.
+    async fn user_credentials(&self, username: &str) -> Result<(User, String), StoreError>;
+    /// The user with this id. `NotFound { what: "user" }` when unknown.
+    async fn user(&self, id: &str) -> Result<User, StoreError>;
+    /// Every user, in username order.
+    async fn users(&self) -> Result<Vec<User>, StoreError>;
+    async fn count_users(&self) -> Result<u64, StoreError>;
+    /// Grants (or changes) a user's role in a project. Audited in that project
+    /// (`member.role_set`, resource kind `member`, keyed by username); setting the role the user
+    /// already has changes nothing and writes no entry.
+    async fn set_project_role(
+        &self,
+        actor: &Actor,
+        project: &str,
+        user_id: &str,
+        role: Role,
+    ) -> Result<(), StoreError>;
+    /// The user's role in the project, if any.
+    async fn project_role(&self, project: &str, user_id: &str) -> Result<Option<Role>, StoreError>;
+    /// Stores a new personal access token (its hash only) and returns the record. Hashes are
+    /// unique (`AlreadyExists { what: "token" }`). Audited in the instance audit log
+    /// (`token.created`, keyed by the token's id; never the hash).
+    async fn create_token(
+        &self,
+        actor: &Actor,
+        token: &NewToken,
+    ) -> Result<TokenRecord, StoreError>;
+    /// Looks a token up by the hash of its secret. Revoked and expired tokens are returned as
+    /// they are (the caller decides); an unknown hash gives `Ok(None)`.
+    async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// The user's tokens, revoked ones included, newest first.
+    async fn tokens(&self, user_id: &str) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Revokes one of the user's tokens (`NotFound { what: "token" }` if the user has no such
+    /// token). Audited (`token.revoked`); revoking a revoked token changes nothing.
+    async fn revoke_token(
+        &self,
+        actor: &Actor,
+        user_id: &str,
+        token_id: &str,
+    ) -> Result<(), StoreError>;
+    /// Entries of the instance audit log (users and tokens), newest first, at most `limit`
+    /// (1 to 1,000; 100 when 0). Their `project` is empty and their `environment` `None`.
+    async fn instance_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+
     /// Everything the engine needs to evaluate one environment (archived flags left out), and
     /// the environment's revision counter.
     async fn environment_config(

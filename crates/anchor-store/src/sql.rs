@@ -279,6 +279,99 @@ async fn audit(conn: &mut AnyConnection, record: AuditRecord<'_>) -> Result<(), 
     Ok(())
 }
 
+/// An entry of the instance audit log: events that belong to no project (users, tokens).
+struct InstanceAuditRecord<'a> {
+    actor: &'a Actor,
+    action: &'a str,
+    resource_kind: &'a str,
+    resource_key: &'a str,
+    before: &'a Value,
+    after: &'a Value,
+    at: i64,
+}
+
+async fn instance_audit(
+    conn: &mut AnyConnection,
+    record: InstanceAuditRecord<'_>,
+) -> Result<(), StoreError> {
+    let diff = json_patch::diff(record.before, record.after);
+    sqlx::query(
+        "INSERT INTO instance_audit_log (id, actor_kind, actor_id, action, resource_kind, \
+         resource_key, diff, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(new_id())
+    .bind(record.actor.kind.as_str())
+    .bind(&record.actor.id)
+    .bind(record.action)
+    .bind(record.resource_kind)
+    .bind(record.resource_key)
+    .bind(to_json(&diff)?)
+    .bind(record.at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// 1 to 64 characters of `[a-zA-Z0-9._@-]`.
+fn is_valid_username(username: &str) -> bool {
+    (1..=64).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+}
+
+/// At most this many characters in a token's name.
+const MAX_TOKEN_NAME: usize = 100;
+
+fn role_from(text: &str) -> Result<Role, StoreError> {
+    Role::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown role `{text}`")))
+}
+
+fn user_from(row: &AnyRow) -> Result<User, StoreError> {
+    Ok(User {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        instance_admin: row.try_get::<i64, _>("instance_admin")? != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+async fn load_user(conn: &mut AnyConnection, id: &str) -> Result<User, StoreError> {
+    let row =
+        sqlx::query("SELECT id, username, instance_admin, created_at FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| StoreError::not_found("user", id))?;
+    user_from(&row)
+}
+
+/// The columns [`token_from`] reads, with `FROM`: append a `WHERE` clause.
+macro_rules! select_tokens {
+    () => {
+        "SELECT t.id, t.name, t.role, t.expires_at, t.created_at, t.revoked_at, \
+         u.id AS user_id, u.username, u.instance_admin, u.created_at AS user_created_at \
+         FROM tokens t JOIN users u ON u.id = t.user_id "
+    };
+}
+
+fn token_from(row: &AnyRow) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        user: User {
+            id: row.try_get("user_id")?,
+            username: row.try_get("username")?,
+            instance_admin: row.try_get::<i64, _>("instance_admin")? != 0,
+            created_at: row.try_get("user_created_at")?,
+        },
+        name: row.try_get("name")?,
+        role: role_from(&row.try_get::<String, _>("role")?)?,
+        expires_at: row.try_get("expires_at")?,
+        created_at: row.try_get("created_at")?,
+        revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+    })
+}
+
 struct RevisionRecord<'a> {
     environment_id: &'a str,
     flag_key: &'a str,
@@ -1010,6 +1103,330 @@ impl Store for SqlStore {
                     resource_key: r.try_get("resource_key")?,
                     diff: from_json(&r.try_get::<String, _>("diff")?)?,
                     comment: r.try_get("comment")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_user(
+        &self,
+        actor: &Actor,
+        username: &str,
+        password_hash: &str,
+        instance_admin: bool,
+    ) -> Result<User, StoreError> {
+        if !is_valid_username(username) {
+            return Err(StoreError::Invalid(format!(
+                "invalid username `{username}`: 1 to 64 characters of letters, digits and ._@-"
+            )));
+        }
+        let at = self.now();
+        let id = new_id();
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, instance_admin, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&id)
+        .bind(username)
+        .bind(password_hash)
+        .bind(i64::from(instance_admin))
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unique("user", username))?;
+        // Never the password hash.
+        let after = serde_json::json!({ "username": username, "instanceAdmin": instance_admin });
+        instance_audit(
+            &mut tx,
+            InstanceAuditRecord {
+                actor,
+                action: "user.created",
+                resource_kind: "user",
+                resource_key: username,
+                before: &Value::Null,
+                after: &after,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(User {
+            id,
+            username: username.to_string(),
+            instance_admin,
+            created_at: at,
+        })
+    }
+
+    async fn user_credentials(&self, username: &str) -> Result<(User, String), StoreError> {
+        let row = sqlx::query(
+            "SELECT id, username, instance_admin, created_at, password_hash FROM users \
+             WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::not_found("user", username))?;
+        Ok((user_from(&row)?, row.try_get("password_hash")?))
+    }
+
+    async fn user(&self, id: &str) -> Result<User, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        load_user(&mut conn, id).await
+    }
+
+    async fn users(&self) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, username, instance_admin, created_at FROM users ORDER BY username",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from).collect()
+    }
+
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok(n as u64)
+    }
+
+    async fn set_project_role(
+        &self,
+        actor: &Actor,
+        project: &str,
+        user_id: &str,
+        role: Role,
+    ) -> Result<(), StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let user = load_user(&mut tx, user_id).await?;
+        let old =
+            sqlx::query("SELECT role FROM project_members WHERE project_id = $1 AND user_id = $2")
+                .bind(&project_id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| role_from(&r.try_get::<String, _>("role")?))
+                .transpose()?;
+        if old == Some(role) {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO project_members (project_id, user_id, role, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (project_id, user_id) \
+             DO UPDATE SET role = excluded.role, updated_at = excluded.updated_at",
+        )
+        .bind(&project_id)
+        .bind(user_id)
+        .bind(role.as_str())
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        let member = |role: Role| serde_json::json!({ "userId": user_id, "username": user.username, "role": role });
+        let before = old.map_or(Value::Null, member);
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: None,
+                actor,
+                action: "member.role_set",
+                resource_kind: "member",
+                resource_key: &user.username,
+                before: &before,
+                after: &member(role),
+                comment: None,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn project_role(&self, project: &str, user_id: &str) -> Result<Option<Role>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let row = sqlx::query(
+            "SELECT m.role FROM users u LEFT JOIN project_members m \
+             ON m.user_id = u.id AND m.project_id = $1 WHERE u.id = $2",
+        )
+        .bind(&project_id)
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::not_found("user", user_id))?;
+        row.try_get::<Option<String>, _>("role")?
+            .map(|r| role_from(&r))
+            .transpose()
+    }
+
+    async fn create_token(
+        &self,
+        actor: &Actor,
+        token: &NewToken,
+    ) -> Result<TokenRecord, StoreError> {
+        let name = token.name.as_str();
+        if name.trim().is_empty() || name.chars().count() > MAX_TOKEN_NAME {
+            return Err(StoreError::Invalid(format!(
+                "a token's name must have 1 to {MAX_TOKEN_NAME} characters"
+            )));
+        }
+        if token.token_hash.is_empty() {
+            return Err(StoreError::Invalid("empty token hash".into()));
+        }
+        let at = self.now();
+        let id = new_id();
+        let mut tx = self.begin().await?;
+        let user = load_user(&mut tx, &token.user_id).await?;
+        sqlx::query(
+            "INSERT INTO tokens (id, user_id, name, token_hash, role, expires_at, created_at, \
+             revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
+        )
+        .bind(&id)
+        .bind(&user.id)
+        .bind(name)
+        .bind(&token.token_hash)
+        .bind(token.role.as_str())
+        .bind(token.expires_at)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        // Keyed by the name: the hash stays out of errors and logs.
+        .map_err(unique("token", name))?;
+        // Never the token hash.
+        let after = serde_json::json!({
+            "user": user.username,
+            "name": name,
+            "role": token.role,
+            "expiresAt": token.expires_at,
+        });
+        instance_audit(
+            &mut tx,
+            InstanceAuditRecord {
+                actor,
+                action: "token.created",
+                resource_kind: "token",
+                resource_key: &id,
+                before: &Value::Null,
+                after: &after,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(TokenRecord {
+            id,
+            user,
+            name: name.to_string(),
+            role: token.role,
+            expires_at: token.expires_at,
+            created_at: at,
+            revoked: false,
+        })
+    }
+
+    async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        sqlx::query(concat!(select_tokens!(), "WHERE t.token_hash = $1"))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(token_from)
+            .transpose()
+    }
+
+    async fn tokens(&self, user_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        load_user(&mut conn, user_id).await?;
+        let rows = sqlx::query(concat!(
+            select_tokens!(),
+            "WHERE t.user_id = $1 ORDER BY t.created_at DESC, t.id DESC"
+        ))
+        .bind(user_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(token_from).collect()
+    }
+
+    async fn revoke_token(
+        &self,
+        actor: &Actor,
+        user_id: &str,
+        token_id: &str,
+    ) -> Result<(), StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        load_user(&mut tx, user_id).await?;
+        // Only a live token changes, so concurrent revocations write one audit entry.
+        let revoked = sqlx::query(
+            "UPDATE tokens SET revoked_at = $1 \
+             WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(token_id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if revoked == 0 {
+            let exists = sqlx::query("SELECT id FROM tokens WHERE id = $1 AND user_id = $2")
+                .bind(token_id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            return if exists {
+                Ok(())
+            } else {
+                Err(StoreError::not_found("token", token_id))
+            };
+        }
+        instance_audit(
+            &mut tx,
+            InstanceAuditRecord {
+                actor,
+                action: "token.revoked",
+                resource_kind: "token",
+                resource_key: token_id,
+                before: &serde_json::json!({ "revoked": false }),
+                after: &serde_json::json!({ "revoked": true }),
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn instance_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, actor_kind, actor_id, action, resource_kind, resource_key, diff, \
+             created_at FROM instance_audit_log ORDER BY seq DESC LIMIT $1",
+        )
+        .bind(self::limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    project: String::new(),
+                    environment: None,
+                    actor: Actor {
+                        kind: ActorKind::parse(&r.try_get::<String, _>("actor_kind")?),
+                        id: r.try_get("actor_id")?,
+                    },
+                    action: r.try_get("action")?,
+                    resource_kind: r.try_get("resource_kind")?,
+                    resource_key: r.try_get("resource_key")?,
+                    diff: from_json(&r.try_get::<String, _>("diff")?)?,
+                    comment: None,
                     created_at: r.try_get("created_at")?,
                 })
             })

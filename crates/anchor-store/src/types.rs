@@ -197,6 +197,72 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+/// A user's role in a project; ordered: Viewer < Editor < Admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Editor,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The role named `s` (`viewer`, `editor` or `admin`), if any.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "editor" => Some(Role::Editor),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    /// May manage users and every project.
+    pub instance_admin: bool,
+    pub created_at: i64,
+}
+
+/// A personal access token as stored: never the secret, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub id: String,
+    /// The user the token acts for.
+    pub user: User,
+    pub name: String,
+    /// The most the token may do (the user's role in a project still bounds it).
+    pub role: Role,
+    /// Unix milliseconds; `None` for a token that does not expire.
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
+/// A personal access token to store: the caller makes the secret and passes only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewToken {
+    pub user_id: String,
+    pub name: String,
+    pub token_hash: String,
+    pub role: Role,
+    pub expires_at: Option<i64>,
+}
+
 /// What can go wrong, in terms the server maps to HTTP once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

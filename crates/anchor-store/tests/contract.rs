@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use anchor_engine::{Flag, FlagConfig, Lifecycle, Serve, compile};
 use anchor_store::{
-    Actor, AuditFilter, ConfigChange, FlagFilter, NewEnvironment, SqlStore, Store, StoreError,
+    Actor, AuditFilter, ConfigChange, FlagFilter, NewEnvironment, NewToken, Role, SqlStore, Store,
+    StoreError,
 };
 use serde_json::json;
 
@@ -108,6 +109,9 @@ contract!(
     a_new_environment_gets_every_existing_flag_disabled,
     definition_updates_and_archiving_are_audited,
     the_audit_log_filters_by_actor_environment_flag_and_time,
+    users_are_created_once_and_their_credentials_read_back,
+    project_roles_are_granted_changed_and_audited,
+    tokens_are_stored_as_hashes_looked_up_listed_and_revoked,
 );
 
 fn admin() -> Actor {
@@ -725,4 +729,320 @@ async fn the_audit_log_filters_by_actor_environment_flag_and_time(f: &Fixture) {
         "the environment's creation and the change to g"
     );
     assert_eq!(query(AuditFilter { limit: 2, ..base() }).await.len(), 2);
+}
+
+/// An Argon2 PHC string as the server would make it.
+const PASSWORD_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2YQ0l2VfQ3l0b3Blbm5vdGFyZWFsaGFzaA";
+
+async fn users_are_created_once_and_their_credentials_read_back(f: &Fixture) {
+    let s = &f.store;
+    assert_eq!(s.count_users().await.unwrap(), 0);
+    let system = Actor::system("bootstrap");
+    let root = s
+        .create_user(&system, "root", PASSWORD_HASH, true)
+        .await
+        .unwrap();
+    assert!(root.instance_admin);
+    assert_eq!(root.username, "root");
+    assert_eq!(root.created_at, 1_800_000_000_000);
+    assert!(uuid::Uuid::parse_str(&root.id).is_ok_and(|id| id.get_version_num() == 7));
+    f.advance(1_000);
+    let ann = s
+        .create_user(
+            &Actor::user(&root.id),
+            "ann.lee@shop-1_x",
+            "other-hash",
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(!ann.instance_admin);
+
+    let (user, hash) = s.user_credentials("root").await.unwrap();
+    assert_eq!(user, root);
+    assert_eq!(hash, PASSWORD_HASH, "returned verbatim");
+    assert_eq!(
+        s.user_credentials("ann.lee@shop-1_x").await.unwrap().1,
+        "other-hash"
+    );
+    assert_eq!(s.user(&ann.id).await.unwrap(), ann);
+    assert_eq!(s.users().await.unwrap(), [ann.clone(), root.clone()]);
+    assert_eq!(s.count_users().await.unwrap(), 2);
+
+    assert!(matches!(
+        s.create_user(&system, "root", "x", false).await,
+        Err(StoreError::AlreadyExists { what: "user", .. })
+    ));
+    let too_long = "a".repeat(65);
+    for bad in [
+        "",
+        "with space",
+        "semi;colon",
+        "ünïcode",
+        "slash/",
+        too_long.as_str(),
+    ] {
+        assert!(
+            matches!(
+                s.create_user(&system, bad, "x", false).await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(
+        s.create_user(&system, &"a".repeat(64), "x", false)
+            .await
+            .is_ok()
+    );
+    assert_eq!(s.count_users().await.unwrap(), 3);
+    assert!(matches!(
+        s.user_credentials("nobody").await,
+        Err(StoreError::NotFound { what: "user", .. })
+    ));
+    assert!(matches!(
+        s.user("no-such-id").await,
+        Err(StoreError::NotFound { what: "user", .. })
+    ));
+
+    let audit = s.instance_audit(0).await.unwrap();
+    assert_eq!(audit.len(), 3);
+    let first = audit.last().unwrap();
+    assert_eq!(first.action, "user.created");
+    assert_eq!(first.resource_kind, "user");
+    assert_eq!(first.resource_key, "root");
+    assert_eq!(first.actor, system);
+    assert_eq!(first.project, "");
+    assert_eq!(first.environment, None);
+    assert_eq!(audit[1].resource_key, "ann.lee@shop-1_x");
+    let text = serde_json::to_string(&audit).unwrap();
+    assert!(
+        !text.contains(PASSWORD_HASH) && !text.contains("other-hash"),
+        "{text}"
+    );
+    assert_eq!(s.instance_audit(1).await.unwrap().len(), 1);
+}
+
+async fn project_roles_are_granted_changed_and_audited(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let ann = s
+        .create_user(&admin(), "ann", PASSWORD_HASH, false)
+        .await
+        .unwrap();
+    s.create_project(&admin(), "blog", "Blog").await.unwrap();
+    assert_eq!(s.project_role("shop", &ann.id).await.unwrap(), None);
+
+    s.set_project_role(&admin(), "shop", &ann.id, Role::Viewer)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.project_role("shop", &ann.id).await.unwrap(),
+        Some(Role::Viewer)
+    );
+    assert_eq!(s.project_role("blog", &ann.id).await.unwrap(), None);
+    s.set_project_role(&admin(), "shop", &ann.id, Role::Admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.project_role("shop", &ann.id).await.unwrap(),
+        Some(Role::Admin)
+    );
+    // Setting the same role again changes nothing.
+    s.set_project_role(&admin(), "shop", &ann.id, Role::Admin)
+        .await
+        .unwrap();
+
+    assert!(matches!(
+        s.set_project_role(&admin(), "nope", &ann.id, Role::Editor)
+            .await,
+        Err(StoreError::NotFound {
+            what: "project",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.project_role("nope", &ann.id).await,
+        Err(StoreError::NotFound {
+            what: "project",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.set_project_role(&admin(), "shop", "ghost", Role::Editor)
+            .await,
+        Err(StoreError::NotFound { what: "user", .. })
+    ));
+    assert!(matches!(
+        s.project_role("shop", "ghost").await,
+        Err(StoreError::NotFound { what: "user", .. })
+    ));
+
+    let audit = s
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            resource_key: Some("ann".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+        ["member.role_set", "member.role_set"]
+    );
+    assert!(audit.iter().all(|a| a.resource_kind == "member"));
+    let ops = audit[0].diff.as_array().unwrap();
+    assert!(
+        ops.iter()
+            .any(|op| op["path"] == "/role" && op["value"] == json!("admin")),
+        "{:#}",
+        audit[0].diff
+    );
+    assert_eq!(audit[1].diff[0]["value"]["role"], json!("viewer"));
+    assert!(
+        s.audit(&AuditFilter {
+            project: "blog".into(),
+            resource_key: Some("ann".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert!(Role::Viewer < Role::Editor && Role::Editor < Role::Admin);
+    for role in [Role::Viewer, Role::Editor, Role::Admin] {
+        assert_eq!(Role::parse(role.as_str()), Some(role));
+        assert_eq!(serde_json::to_value(role).unwrap(), json!(role.as_str()));
+    }
+    assert_eq!(Role::parse("owner"), None);
+}
+
+async fn tokens_are_stored_as_hashes_looked_up_listed_and_revoked(f: &Fixture) {
+    let s = &f.store;
+    let ann = s
+        .create_user(&Actor::system("bootstrap"), "ann", PASSWORD_HASH, false)
+        .await
+        .unwrap();
+    let bob = s
+        .create_user(&Actor::system("bootstrap"), "bob", PASSWORD_HASH, false)
+        .await
+        .unwrap();
+    let as_ann = Actor::user(&ann.id);
+    let hash = |i: u32| format!("sha256:{i:064x}");
+    let new = |name: &str, i: u32, expires_at: Option<i64>| NewToken {
+        user_id: ann.id.clone(),
+        name: name.into(),
+        token_hash: hash(i),
+        role: Role::Editor,
+        expires_at,
+    };
+
+    let ci = s.create_token(&as_ann, &new("ci", 1, None)).await.unwrap();
+    assert_eq!(ci.user, ann);
+    assert_eq!(ci.role, Role::Editor);
+    assert!(!ci.revoked);
+    assert!(uuid::Uuid::parse_str(&ci.id).is_ok_and(|id| id.get_version_num() == 7));
+    f.advance(1_000);
+    let expires = 1_900_000_000_000;
+    let laptop = s
+        .create_token(&as_ann, &new("laptop", 2, Some(expires)))
+        .await
+        .unwrap();
+    assert_eq!(laptop.expires_at, Some(expires));
+    s.create_token(
+        &Actor::user(&bob.id),
+        &NewToken {
+            user_id: bob.id.clone(),
+            ..new("bob's", 3, None)
+        },
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(s.token_by_hash(&hash(1)).await.unwrap(), Some(ci.clone()));
+    assert_eq!(
+        s.token_by_hash(&hash(2)).await.unwrap(),
+        Some(laptop.clone())
+    );
+    assert_eq!(s.token_by_hash(&hash(9)).await.unwrap(), None);
+    assert_eq!(
+        s.tokens(&ann.id).await.unwrap(),
+        [laptop.clone(), ci.clone()],
+        "newest first, only ann's"
+    );
+    assert!(matches!(
+        s.create_token(&as_ann, &new("again", 1, None)).await,
+        Err(StoreError::AlreadyExists { what: "token", .. })
+    ));
+    assert!(matches!(
+        s.create_token(
+            &as_ann,
+            &NewToken {
+                user_id: "ghost".into(),
+                ..new("x", 4, None)
+            }
+        )
+        .await,
+        Err(StoreError::NotFound { what: "user", .. })
+    ));
+    assert!(matches!(
+        s.create_token(&as_ann, &new("", 5, None)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.tokens("ghost").await,
+        Err(StoreError::NotFound { what: "user", .. })
+    ));
+
+    f.advance(1_000);
+    // Another user's token is not found through ann.
+    assert!(matches!(
+        s.revoke_token(&as_ann, &bob.id, &ci.id).await,
+        Err(StoreError::NotFound { what: "token", .. })
+    ));
+    assert!(matches!(
+        s.revoke_token(&as_ann, &ann.id, "no-such-token").await,
+        Err(StoreError::NotFound { what: "token", .. })
+    ));
+    s.revoke_token(&as_ann, &ann.id, &ci.id).await.unwrap();
+    s.revoke_token(&as_ann, &ann.id, &ci.id).await.unwrap();
+    let revoked = s.token_by_hash(&hash(1)).await.unwrap().unwrap();
+    assert!(revoked.revoked);
+    assert_eq!(revoked.id, ci.id);
+    assert!(!s.token_by_hash(&hash(2)).await.unwrap().unwrap().revoked);
+    let listed = s.tokens(&ann.id).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|t| (t.name.as_str(), t.revoked))
+            .collect::<Vec<_>>(),
+        [("laptop", false), ("ci", true)]
+    );
+
+    let audit = s.instance_audit(100).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "token.revoked",
+            "token.created",
+            "token.created",
+            "token.created",
+            "user.created",
+            "user.created",
+        ],
+        "newest first; revoking twice audits once"
+    );
+    assert_eq!(audit[0].resource_key, ci.id);
+    assert_eq!(audit[0].actor, as_ann);
+    assert_eq!(audit[0].created_at, 1_800_000_002_000);
+    let created = audit.iter().find(|a| a.resource_key == laptop.id).unwrap();
+    assert_eq!(created.resource_kind, "token");
+    assert_eq!(created.diff[0]["value"]["name"], json!("laptop"));
+    assert_eq!(created.diff[0]["value"]["expiresAt"], json!(expires));
+    let text = serde_json::to_string(&audit).unwrap();
+    for secret in [hash(1), hash(2), hash(3), PASSWORD_HASH.to_string()] {
+        assert!(!text.contains(&secret), "{secret} in {text}");
+    }
 }

@@ -1,0 +1,721 @@
+//! The management API under `/api/v1`: JSON in and out, errors as problem details.
+//!
+//! Every handler takes a [`Caller`] (so nothing is reachable without credentials) and checks
+//! the caller's role in the project before it reads or writes. Writes of flag configurations are
+//! validated by the engine's compiler first, carry optimistic concurrency (`ETag` /
+//! `If-Match`), and are stored with their revision and audit entry in one transaction.
+
+use anchor_engine::{
+    ConfiguredFlag, Diagnostic, EnvironmentConfig, Flag, FlagConfig, FlagKind, Lifecycle, Serve,
+    compile,
+};
+use anchor_store::{
+    AuditEntry, AuditFilter, ConfigChange, Environment, FlagFilter, FlagRecord, NewEnvironment,
+    NewToken, Page, Project, Revision, Role,
+};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::{self, Caller};
+use crate::error::{ApiError, ApiResult};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/tokens", post(create_token))
+        .route("/projects", get(list_projects).post(create_project))
+        .route("/projects/{project}", get(get_project))
+        .route(
+            "/projects/{project}/environments",
+            get(list_environments).post(create_environment),
+        )
+        .route(
+            "/projects/{project}/flags",
+            get(list_flags).post(create_flag),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}",
+            get(get_flag).put(update_flag),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/archive",
+            post(archive_flag),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/restore",
+            post(restore_flag),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/flags/{flag}",
+            get(get_flag_config).put(put_flag_config),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/flags/{flag}/revisions",
+            get(list_revisions),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/flags/{flag}/revisions/{version}",
+            get(get_revision),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/flags/{flag}/revert",
+            post(revert_flag_config),
+        )
+        .route("/projects/{project}/audit", get(audit))
+}
+
+/// A JSON body whose rejections become problem details.
+struct Body<T>(T);
+
+impl<T, S> axum::extract::FromRequest<S> for Body<T>
+where
+    Json<T>: axum::extract::FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Body(value))
+    }
+}
+
+// ---- tokens ----
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenRequest {
+    name: String,
+    /// The most the token may do: at most the owner's highest role (and the creating
+    /// credential's); that highest role when absent.
+    role: Option<Role>,
+    expires_in_days: Option<u32>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenCreated {
+    id: String,
+    name: String,
+    role: Role,
+    expires_at: Option<i64>,
+    /// Shown this once; only its hash is stored.
+    token: String,
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(request): Body<TokenRequest>,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    if request.name.trim().is_empty() || request.name.len() > 100 {
+        return Err(invalid(
+            "/name",
+            "give the token a name of 1 to 100 characters",
+        ));
+    }
+    // A token's role is capped by its owner's highest role anywhere and by the credential
+    // that creates it.
+    let owner_highest = if caller.user.instance_admin {
+        Role::Admin
+    } else {
+        let mut highest = Role::Viewer;
+        for project in state.store.projects().await? {
+            if let Some(role) = state
+                .store
+                .project_role(&project.key, &caller.user.id)
+                .await?
+            {
+                highest = highest.max(role);
+            }
+        }
+        highest
+    };
+    let limit = owner_highest.min(caller.cap);
+    let role = request.role.unwrap_or(limit);
+    if role > limit {
+        return Err(ApiError::Forbidden(format!(
+            "a token cannot have more rights ({}) than its owner and the credential creating it ({})",
+            role.as_str(),
+            limit.as_str()
+        )));
+    }
+    let expires_at = request
+        .expires_in_days
+        .map(|d| state.now_ms() + i64::from(d) * 86_400_000);
+    let (secret, hash) = auth::new_token()?;
+    let record = state
+        .store
+        .create_token(
+            &caller.actor(),
+            &NewToken {
+                user_id: caller.user.id.clone(),
+                name: request.name,
+                token_hash: hash,
+                role,
+                expires_at,
+            },
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            id: record.id,
+            name: record.name,
+            role: record.role,
+            expires_at: record.expires_at,
+            token: secret,
+        }),
+    ))
+}
+
+// ---- projects and environments ----
+
+async fn list_projects(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<Project>>> {
+    let mut visible = Vec::new();
+    for project in state.store.projects().await? {
+        if caller.role_in(&state, &project.key).await?.is_some() {
+            visible.push(project);
+        }
+    }
+    Ok(Json(visible))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProject {
+    key: String,
+    name: String,
+}
+
+async fn create_project(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<NewProject>,
+) -> ApiResult<(StatusCode, Json<Project>)> {
+    caller.require_instance_admin()?;
+    if !anchor_engine::model::is_valid_key(&body.key) {
+        return Err(invalid(
+            "/key",
+            "use 1 to 128 characters from a-z, A-Z, 0-9, `.`, `_` and `-`",
+        ));
+    }
+    let project = state
+        .store
+        .create_project(&caller.actor(), &body.key, &body.name)
+        .await?;
+    Ok((StatusCode::CREATED, Json(project)))
+}
+
+async fn get_project(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Project>> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    Ok(Json(state.store.project(&project).await?))
+}
+
+async fn list_environments(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Vec<Environment>>> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    Ok(Json(state.store.environments(&project).await?))
+}
+
+async fn create_environment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    Body(body): Body<NewEnvironment>,
+) -> ApiResult<(StatusCode, Json<Environment>)> {
+    caller.require(&state, &project, Role::Admin).await?;
+    if !anchor_engine::model::is_valid_key(&body.key) {
+        return Err(invalid(
+            "/key",
+            "use 1 to 128 characters from a-z, A-Z, 0-9, `.`, `_` and `-`",
+        ));
+    }
+    let environment = state
+        .store
+        .create_environment(&caller.actor(), &project, &body)
+        .await?;
+    Ok((StatusCode::CREATED, Json(environment)))
+}
+
+// ---- flags ----
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FlagQuery {
+    tag: Option<String>,
+    lifecycle: Option<Lifecycle>,
+    enabled_in: Option<String>,
+    q: Option<String>,
+    #[serde(default)]
+    archived: bool,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_flags(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    query: Result<Query<FlagQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<FlagRecord>>> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    caller.require(&state, &project, Role::Viewer).await?;
+    if query.limit.is_some_and(|l| l == 0 || l > 1_000) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 1000".into(),
+        ));
+    }
+    let filter = FlagFilter {
+        tag: query.tag,
+        lifecycle: query.lifecycle,
+        enabled_in: query.enabled_in,
+        text: query.q,
+        include_archived: query.archived,
+        after: query.after,
+        limit: query.limit.unwrap_or(100),
+    };
+    Ok(Json(state.store.flags(&project, &filter).await?))
+}
+
+/// The configuration a new flag gets everywhere: disabled, serving its "off" variant (a
+/// boolean flag's `false`, otherwise its last variant).
+fn initial_config(flag: &Flag) -> FlagConfig {
+    let off = flag
+        .variants
+        .iter()
+        .find(|v| flag.kind == FlagKind::Boolean && v.value == serde_json::json!(false))
+        .or(flag.variants.last())
+        .map(|v| v.name.clone())
+        .unwrap_or_default();
+    FlagConfig {
+        enabled: false,
+        off_variant: off.clone(),
+        targets: Default::default(),
+        rules: Vec::new(),
+        default_serve: Serve::Variant(off),
+        prerequisites: Vec::new(),
+        version: 0,
+    }
+}
+
+async fn create_flag(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    Body(flag): Body<Flag>,
+) -> ApiResult<(StatusCode, HeaderMap, Json<FlagRecord>)> {
+    caller.require(&state, &project, Role::Editor).await?;
+    let config = initial_config(&flag);
+    let env = EnvironmentConfig {
+        flags: vec![ConfiguredFlag {
+            flag: flag.clone(),
+            config: config.clone(),
+        }],
+        segments: Vec::new(),
+    };
+    let problems = relative(compile(&env).1, "/flags/0/flag");
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems));
+    }
+    let record = state
+        .store
+        .create_flag(&caller.actor(), &project, &flag, &config)
+        .await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(location) =
+        HeaderValue::from_str(&format!("/api/v1/projects/{project}/flags/{}", flag.key))
+    {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(record)))
+}
+
+async fn get_flag(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, flag)): Path<(String, String)>,
+) -> ApiResult<Json<FlagRecord>> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    Ok(Json(state.store.flag(&project, &flag).await?))
+}
+
+#[derive(Deserialize)]
+struct FlagUpdate {
+    #[serde(flatten)]
+    flag: Flag,
+    comment: Option<String>,
+}
+
+async fn update_flag(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, key)): Path<(String, String)>,
+    Body(update): Body<FlagUpdate>,
+) -> ApiResult<Json<FlagRecord>> {
+    caller.require(&state, &project, Role::Editor).await?;
+    let flag = update.flag;
+    if flag.key != key {
+        return Err(invalid("/key", "a flag's key cannot change"));
+    }
+    // The new definition must still fit the configuration of every environment.
+    let mut problems = Vec::new();
+    for environment in state.store.environments(&project).await? {
+        let (mut env, _) = state
+            .store
+            .environment_config(&project, &environment.key)
+            .await?;
+        let Some(i) = env.flags.iter().position(|f| f.flag.key == key) else {
+            continue;
+        };
+        env.flags[i].flag = flag.clone();
+        for d in compile(&env).1 {
+            if let Some(rest) = d.path.strip_prefix(&format!("/flags/{i}/flag")) {
+                push_unique(&mut problems, rest.to_string(), d.message);
+            } else {
+                push_unique(
+                    &mut problems,
+                    String::new(),
+                    format!("in environment `{}`: {}", environment.key, d.message),
+                );
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems));
+    }
+    let record = state
+        .store
+        .update_flag(&caller.actor(), &project, &flag, update.comment.as_deref())
+        .await?;
+    Ok(Json(record))
+}
+
+fn push_unique(problems: &mut Vec<Diagnostic>, path: String, message: String) {
+    if !problems
+        .iter()
+        .any(|p| p.path == path && p.message == message)
+    {
+        problems.push(Diagnostic { path, message });
+    }
+}
+
+async fn archive_flag(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, flag)): Path<(String, String)>,
+) -> ApiResult<Json<FlagRecord>> {
+    caller.require(&state, &project, Role::Editor).await?;
+    Ok(Json(
+        state
+            .store
+            .set_flag_archived(&caller.actor(), &project, &flag, true)
+            .await?,
+    ))
+}
+
+async fn restore_flag(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, flag)): Path<(String, String)>,
+) -> ApiResult<Json<FlagRecord>> {
+    caller.require(&state, &project, Role::Editor).await?;
+    Ok(Json(
+        state
+            .store
+            .set_flag_archived(&caller.actor(), &project, &flag, false)
+            .await?,
+    ))
+}
+
+// ---- per-environment configuration ----
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// The version an `If-Match` header names: `None` when absent or `*`.
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("If-Match is not text".into()))?
+        .trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| ApiError::BadRequest(format!("If-Match `{text}` is not an ETag of this API")))
+}
+
+async fn current_config(
+    state: &AppState,
+    project: &str,
+    environment: &str,
+    flag: &str,
+) -> ApiResult<FlagConfig> {
+    state.store.environment(project, environment).await?;
+    let record = state.store.flag(project, flag).await?;
+    record
+        .environments
+        .into_iter()
+        .find(|e| e.environment == environment)
+        .map(|e| e.config)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "flag `{flag}` has no configuration in `{environment}`"
+            ))
+        })
+}
+
+async fn get_flag_config(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, flag)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    let config = current_config(&state, &project, &environment, &flag).await?;
+    let mut response = Json(&config).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(config.version));
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct ConfigUpdate {
+    #[serde(flatten)]
+    config: FlagConfig,
+    comment: Option<String>,
+}
+
+/// Checks a configuration against the rest of the environment with the engine's compiler;
+/// problems come back with paths relative to the request body.
+async fn validate_config(
+    state: &AppState,
+    project: &str,
+    environment: &str,
+    flag: &str,
+    config: &FlagConfig,
+) -> ApiResult<()> {
+    let (mut env, _) = state.store.environment_config(project, environment).await?;
+    let i = env
+        .flags
+        .iter()
+        .position(|f| f.flag.key == flag)
+        .ok_or_else(|| ApiError::Conflict(format!("flag `{flag}` is archived")))?;
+    env.flags[i].config = config.clone();
+    let problems = relative(compile(&env).1, &format!("/flags/{i}/config"));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(problems))
+    }
+}
+
+async fn write_config(
+    state: &AppState,
+    caller: &Caller,
+    path: (&str, &str, &str),
+    config: &FlagConfig,
+    expected_version: Option<u64>,
+    comment: Option<&str>,
+    action: &str,
+) -> ApiResult<Response> {
+    let (project, environment, flag) = path;
+    let env = state.store.environment(project, environment).await?;
+    if env.requires_comment && comment.is_none_or(|c| c.trim().is_empty()) {
+        return Err(invalid(
+            "/comment",
+            &format!("changes in `{environment}` need a comment"),
+        ));
+    }
+    validate_config(state, project, environment, flag, config).await?;
+    let actor = caller.actor();
+    let stored = state
+        .store
+        .update_flag_config(&ConfigChange {
+            actor: &actor,
+            project,
+            environment,
+            flag,
+            config,
+            expected_version,
+            comment,
+            action,
+        })
+        .await?;
+    let mut response = Json(&stored).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(stored.version));
+    Ok(response)
+}
+
+async fn put_flag_config(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, flag)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Body(update): Body<ConfigUpdate>,
+) -> ApiResult<Response> {
+    caller.require(&state, &project, Role::Editor).await?;
+    let expected = if_match(&headers)?;
+    let action = if update.config.enabled {
+        "flag.config.updated"
+    } else {
+        "flag.config.disabled"
+    };
+    write_config(
+        &state,
+        &caller,
+        (&project, &environment, &flag),
+        &update.config,
+        expected,
+        update.comment.as_deref(),
+        action,
+    )
+    .await
+}
+
+async fn list_revisions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, flag)): Path<(String, String, String)>,
+) -> ApiResult<Json<Vec<Revision>>> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    Ok(Json(
+        state
+            .store
+            .flag_revisions(&project, &environment, &flag)
+            .await?,
+    ))
+}
+
+async fn get_revision(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, flag, version)): Path<(String, String, String, u64)>,
+) -> ApiResult<Json<Revision>> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    Ok(Json(
+        state
+            .store
+            .flag_revision(&project, &environment, &flag, version)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevertRequest {
+    version: u64,
+    comment: Option<String>,
+}
+
+/// Reverting writes an old revision's configuration as a new revision.
+async fn revert_flag_config(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, flag)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Body(request): Body<RevertRequest>,
+) -> ApiResult<Response> {
+    caller.require(&state, &project, Role::Editor).await?;
+    let revision = state
+        .store
+        .flag_revision(&project, &environment, &flag, request.version)
+        .await?;
+    let config: FlagConfig = serde_json::from_value(revision.body)
+        .map_err(|e| ApiError::Internal(format!("revision body: {e}")))?;
+    write_config(
+        &state,
+        &caller,
+        (&project, &environment, &flag),
+        &config,
+        if_match(&headers)?,
+        request.comment.as_deref(),
+        "flag.reverted",
+    )
+    .await
+}
+
+// ---- audit ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    actor: Option<String>,
+    environment: Option<String>,
+    flag: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    caller.require(&state, &project, Role::Viewer).await?;
+    Ok(Json(
+        state
+            .store
+            .audit(&AuditFilter {
+                project,
+                actor: query.actor,
+                environment: query.environment,
+                resource_key: query.flag,
+                since: query.since,
+                until: query.until,
+                limit: query.limit.unwrap_or(100),
+            })
+            .await?,
+    ))
+}
+
+// ---- helpers ----
+
+fn invalid(path: &str, message: &str) -> ApiError {
+    ApiError::Invalid(vec![Diagnostic {
+        path: path.to_string(),
+        message: message.to_string(),
+    }])
+}
+
+/// Keeps the diagnostics under `prefix`, with paths made relative to it (the request body).
+fn relative(diagnostics: Vec<Diagnostic>, prefix: &str) -> Vec<Diagnostic> {
+    diagnostics
+        .into_iter()
+        .filter_map(|d| {
+            let rest = d.path.strip_prefix(prefix)?;
+            (rest.is_empty() || rest.starts_with('/')).then(|| Diagnostic {
+                path: rest.to_string(),
+                message: d.message,
+            })
+        })
+        .collect()
+}

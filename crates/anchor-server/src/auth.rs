@@ -1,0 +1,293 @@
+//! Who is calling, and what they may do.
+//!
+//! People sign in with a password (Argon2id, PHC strings); scripts, the CLI and the MCP server use
+//! personal access tokens: `anc_pat_` followed by 32 random bytes in base64url (256 bits). Only
+//! the SHA-256 of a token is stored, and a presented token is hashed and looked up by that hash.
+//! The lookup needs no constant-time comparison: its timing can reveal at most how much of a
+//! SHA-256 digest an attacker's guess shares with a stored one, which says nothing about a
+//! 256-bit random secret. Secrets never reach a log.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anchor_store::{Role, TokenRecord, User};
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+pub const TOKEN_PREFIX: &str = "anc_pat_";
+
+/// An Argon2id PHC string for `password`.
+pub fn hash_password(password: &str) -> Result<String, ApiError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal(format!("hashing a password: {e}")))
+}
+
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    Argon2::default()
+        .verify_password(password.as_bytes(), phc)
+        .is_ok()
+}
+
+/// `n` random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::Internal(format!("no randomness: {e}")))?;
+    Ok(bytes)
+}
+
+/// A new token secret and the hash to store.
+pub fn new_token() -> Result<(String, String), ApiError> {
+    let secret = format!(
+        "{TOKEN_PREFIX}{}",
+        URL_SAFE_NO_PAD.encode(random_bytes::<32>()?)
+    );
+    let hash = token_hash(&secret);
+    Ok((secret, hash))
+}
+
+/// A readable random password for the first admin (20 characters, about 120 bits).
+pub fn new_password() -> Result<String, ApiError> {
+    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<15>()?))
+}
+
+pub fn token_hash(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: User,
+    /// The most a request may do: the token's role (a password sign-in: no cap).
+    pub cap: Role,
+    /// The token used, if any.
+    pub token_id: Option<String>,
+}
+
+impl Caller {
+    pub fn actor(&self) -> anchor_store::Actor {
+        match &self.token_id {
+            Some(id) => anchor_store::Actor {
+                kind: anchor_store::ActorKind::Token,
+                id: format!("{}/{id}", self.user.username),
+            },
+            None => anchor_store::Actor::user(self.user.username.clone()),
+        }
+    }
+
+    /// The caller's effective role in a project: their membership (admin for instance admins),
+    /// capped by their token's role.
+    pub async fn role_in(&self, state: &AppState, project: &str) -> Result<Option<Role>, ApiError> {
+        // The project must exist whatever the caller's rights, so that 404 means "no such
+        // project" for everyone allowed to ask.
+        state.store.project(project).await?;
+        let member = if self.user.instance_admin {
+            Some(Role::Admin)
+        } else {
+            state.store.project_role(project, &self.user.id).await?
+        };
+        Ok(member.map(|r| r.min(self.cap)))
+    }
+
+    /// Fails with 403 unless the caller has at least `required` in `project`.
+    pub async fn require(
+        &self,
+        state: &AppState,
+        project: &str,
+        required: Role,
+    ) -> Result<Role, ApiError> {
+        match self.role_in(state, project).await? {
+            Some(role) if role >= required => Ok(role),
+            Some(role) => Err(ApiError::Forbidden(format!(
+                "this needs the {} role in project `{project}`; you have {}",
+                required.as_str(),
+                role.as_str()
+            ))),
+            None => Err(ApiError::Forbidden(format!(
+                "you are not a member of project `{project}`"
+            ))),
+        }
+    }
+
+    pub fn require_instance_admin(&self) -> Result<(), ApiError> {
+        if self.user.instance_admin && self.cap == Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this needs an instance administrator".into(),
+            ))
+        }
+    }
+}
+
+enum Credentials {
+    Bearer(String),
+    Basic { username: String, password: String },
+}
+
+fn credentials(parts: &Parts) -> Result<Option<Credentials>, ApiError> {
+    let Some(value) = parts.headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| ApiError::Unauthenticated)?;
+    let (scheme, rest) = value.split_once(' ').ok_or(ApiError::Unauthenticated)?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(Some(Credentials::Bearer(rest.trim().to_string())))
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = STANDARD
+            .decode(rest.trim())
+            .map_err(|_| ApiError::Unauthenticated)?;
+        let text = String::from_utf8(decoded).map_err(|_| ApiError::Unauthenticated)?;
+        let (username, password) = text.split_once(':').ok_or(ApiError::Unauthenticated)?;
+        Ok(Some(Credentials::Basic {
+            username: username.to_string(),
+            password: password.to_string(),
+        }))
+    } else {
+        Err(ApiError::Unauthenticated)
+    }
+}
+
+/// Failed sign-ins per username: at most `LIMIT` in a `WINDOW`, then 429 until it passes.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl LoginThrottle {
+    const LIMIT: u32 = 10;
+    const WINDOW: Duration = Duration::from_secs(300);
+
+    fn check(&self, username: &str) -> Result<(), ApiError> {
+        let map = self
+            .failures
+            .lock()
+            .map_err(|_| ApiError::Internal("poisoned lock".into()))?;
+        match map.get(username) {
+            Some((count, since)) if *count >= Self::LIMIT && since.elapsed() < Self::WINDOW => {
+                Err(ApiError::TooManyRequests)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn record_failure(&self, username: &str) {
+        if let Ok(mut map) = self.failures.lock() {
+            let entry = map
+                .entry(username.to_string())
+                .or_insert((0, Instant::now()));
+            if entry.1.elapsed() >= Self::WINDOW {
+                *entry = (0, Instant::now());
+            }
+            entry.0 += 1;
+        }
+    }
+
+    fn record_success(&self, username: &str) {
+        if let Ok(mut map) = self.failures.lock() {
+            map.remove(username);
+        }
+    }
+}
+
+async fn from_token(state: &AppState, secret: &str, now_ms: i64) -> Result<Caller, ApiError> {
+    if !secret.starts_with(TOKEN_PREFIX) {
+        return Err(ApiError::Unauthenticated);
+    }
+    let hash = token_hash(secret);
+    let record: TokenRecord = state
+        .store
+        .token_by_hash(&hash)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    if record.revoked || record.expires_at.is_some_and(|t| t <= now_ms) {
+        return Err(ApiError::Unauthenticated);
+    }
+    Ok(Caller {
+        user: record.user,
+        cap: record.role,
+        token_id: Some(record.id),
+    })
+}
+
+async fn from_password(
+    state: &AppState,
+    username: &str,
+    password: &str,
+) -> Result<Caller, ApiError> {
+    state.login_throttle.check(username)?;
+    let verified = match state.store.user_credentials(username).await {
+        Ok((user, phc)) => verify_password(password, &phc).then_some(user),
+        Err(anchor_store::StoreError::NotFound { .. }) => {
+            // Spend the same time as a real check, so response times do not reveal which
+            // usernames exist.
+            let _ = verify_password(password, &state.dummy_password_hash);
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match verified {
+        Some(user) => {
+            state.login_throttle.record_success(username);
+            Ok(Caller {
+                user,
+                cap: Role::Admin,
+                token_id: None,
+            })
+        }
+        None => {
+            state.login_throttle.record_failure(username);
+            Err(ApiError::Unauthenticated)
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match credentials(parts)? {
+            None => Err(ApiError::Unauthenticated),
+            Some(Credentials::Bearer(secret)) => from_token(state, &secret, state.now_ms()).await,
+            Some(Credentials::Basic { username, password }) => {
+                from_password(state, &username, &password).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_random_and_hashed() {
+        let (a, ha) = new_token().unwrap();
+        let (b, hb) = new_token().unwrap();
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 43);
+        assert_ne!(a, b);
+        assert_ne!(ha, hb);
+        assert_eq!(ha, token_hash(&a));
+        assert_eq!(ha.len(), 64);
+    }
+
+    #[test]
+    fn passwords_verify_only_against_their_own_hash() {
+        let phc = hash_password("correct horse").unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &phc));
+        assert!(!verify_password("wrong horse", &phc));
+    }
+}

@@ -1,0 +1,188 @@
+//! # anchor-server: Release Anchor's server, the composition root
+//!
+//! Builds the HTTP application (`router`), starts it on a listener (`launch`), and performs the
+//! first-start bootstrap. It owns the one real clock and the one mapping of errors to HTTP
+//! (`error`). The binary (`anchor serve`, in `anchor-cli`) only parses configuration and calls
+//! [`launch`].
+//!
+//! ## What this crate must never do
+//! It holds no SQL (that is `anchor-store`) and no evaluation logic (that is `anchor-engine`);
+//! it never logs a secret; every route under `/api/v1` checks who is calling and what they may
+//! do.
+
+mod api;
+pub mod auth;
+mod bootstrap;
+pub mod config;
+mod error;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anchor_store::Store;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+pub use bootstrap::{BootstrapReport, bootstrap};
+pub use config::{Secret, ServerConfig};
+pub use error::ApiError;
+
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    ready: Arc<AtomicBool>,
+    login_throttle: Arc<auth::LoginThrottle>,
+    /// Verified against when a username does not exist, so that the answer takes as long.
+    dummy_password_hash: Arc<str>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("ready", &self.ready.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>) -> Result<Self, ApiError> {
+        let dummy = auth::hash_password(&auth::new_password()?)?;
+        Ok(AppState {
+            store,
+            ready: Arc::new(AtomicBool::new(false)),
+            login_throttle: Arc::default(),
+            dummy_password_hash: dummy.into(),
+        })
+    }
+
+    /// Marks the server ready to serve (the store answered and everything is loaded).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// The one real clock, in unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .nest("/api/v1", api::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                axum::response::IntoResponse::into_response(ApiError::Internal(
+                    "a handler panicked".into(),
+                ))
+            },
+        ))
+        .with_state(state)
+}
+
+/// Ready once bootstrapped, and only while the store answers.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if !state.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting");
+    }
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable"),
+    }
+}
+
+/// A server that has opened its store, bootstrapped it and bound its port, ready to
+/// [`launch`].
+#[derive(Debug)]
+pub struct Started {
+    pub listener: TcpListener,
+    pub state: AppState,
+    pub local_addr: std::net::SocketAddr,
+    /// Set by the first start on an empty store only.
+    pub bootstrap: Option<BootstrapReport>,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] anchor_store::StoreError),
+    #[error("first-start setup failed: {0}")]
+    Bootstrap(ApiError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Opens the store named by `config` (creating the SQLite data directory if needed), applies
+/// migrations, bootstraps an empty store and binds the listening socket.
+pub async fn start(config: &ServerConfig) -> Result<Started, StartError> {
+    let store: Arc<dyn Store> = match &config.database {
+        config::Database::Sqlite { path } => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            Arc::new(anchor_store::SqlStore::open_sqlite(path).await?)
+        }
+        config::Database::Postgres { url } => {
+            Arc::new(anchor_store::SqlStore::open_postgres(url.expose(), None).await?)
+        }
+    };
+    let report = bootstrap(store.as_ref(), config.admin_password.as_ref())
+        .await
+        .map_err(StartError::Bootstrap)?;
+    let state = AppState::new(store).map_err(StartError::Bootstrap)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    Ok(Started {
+        listener,
+        state,
+        local_addr,
+        bootstrap: report,
+    })
+}
+
+/// Serves the application on `listener` until `shutdown` completes; requests in flight then
+/// finish before this returns.
+pub async fn launch(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    state.set_ready(true);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,823 @@
+//! The management API through its real HTTP surface (the router, without a socket): sign-in and
+//! tokens, roles, flags, per-environment configuration with ETags, validation, revisions,
+//! revert, the audit log, and problem details for every error.
+
+use std::sync::Arc;
+
+use anchor_server::{AppState, Secret, bootstrap, router};
+use anchor_store::{Role, SqlStore, Store};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use base64::Engine;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct App {
+    router: Router,
+    state: AppState,
+    admin: String,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn etag(&self) -> String {
+        self.headers
+            .get(header::ETAG)
+            .expect("an ETag")
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn problem_paths(&self) -> Vec<String> {
+        assert_eq!(
+            self.headers.get(header::CONTENT_TYPE).unwrap(),
+            "application/problem+json"
+        );
+        self.body["errors"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .map(|d| d["path"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+impl App {
+    async fn new() -> App {
+        let dir = std::env::temp_dir().join(format!("anchor-api-test-{}", uuid_like()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap());
+        bootstrap(store.as_ref(), Some(&Secret::new(PASSWORD)))
+            .await
+            .unwrap();
+        let state = AppState::new(store).unwrap();
+        state.set_ready(true);
+        let router = router(state.clone());
+        let mut app = App {
+            router,
+            state,
+            admin: String::new(),
+        };
+        let reply = app
+            .call(
+                "POST",
+                "/api/v1/tokens",
+                Some(&basic("admin", PASSWORD)),
+                Some(json!({"name": "tests"})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        app.admin = format!("Bearer {}", reply.body["token"].as_str().unwrap());
+        app
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        self.call_with(method, uri, auth, body.map(|b| b.to_string()), &[])
+            .await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A user with `role` in project `default` and a token for them.
+    async fn member(&self, name: &str, role: Role) -> String {
+        let hash = anchor_server::auth::hash_password(PASSWORD).unwrap();
+        let store = &self.state.store;
+        let system = anchor_store::Actor::system("test");
+        let user = store
+            .create_user(&system, name, &hash, false)
+            .await
+            .unwrap();
+        store
+            .set_project_role(&system, "default", &user.id, role)
+            .await
+            .unwrap();
+        let reply = self
+            .call(
+                "POST",
+                "/api/v1/tokens",
+                Some(&basic(name, PASSWORD)),
+                Some(json!({"name": "t"})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+        format!("Bearer {}", reply.body["token"].as_str().unwrap())
+    }
+
+    async fn create_checkout_flag(&self) {
+        let reply = self
+            .call(
+                "POST",
+                "/api/v1/projects/default/flags",
+                Some(&self.admin),
+                Some(json!({
+                    "key": "new-checkout", "kind": "boolean",
+                    "variants": [{"name": "on", "value": true}, {"name": "off", "value": false}],
+                    "tags": ["checkout"]
+                })),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+}
+
+fn uuid_like() -> String {
+    let bytes = anchor_server::auth::random_bytes::<8>().unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const CONFIG: &str = "/api/v1/projects/default/environments/production/flags/new-checkout";
+
+#[tokio::test]
+async fn health_is_always_answered_and_readiness_follows_the_store() {
+    let app = App::new().await;
+    let reply = app.call("GET", "/healthz", None, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        app.call("GET", "/readyz", None, None).await.status,
+        StatusCode::OK
+    );
+    app.state.set_ready(false);
+    assert_eq!(
+        app.call("GET", "/readyz", None, None).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn every_api_route_requires_credentials() {
+    let app = App::new().await;
+    app.create_checkout_flag().await;
+    let routes = [
+        ("GET", "/api/v1/projects"),
+        ("POST", "/api/v1/projects"),
+        ("GET", "/api/v1/projects/default"),
+        ("GET", "/api/v1/projects/default/environments"),
+        ("POST", "/api/v1/projects/default/environments"),
+        ("GET", "/api/v1/projects/default/flags"),
+        ("POST", "/api/v1/projects/default/flags"),
+        ("GET", "/api/v1/projects/default/flags/new-checkout"),
+        ("PUT", "/api/v1/projects/default/flags/new-checkout"),
+        (
+            "POST",
+            "/api/v1/projects/default/flags/new-checkout/archive",
+        ),
+        (
+            "POST",
+            "/api/v1/projects/default/flags/new-checkout/restore",
+        ),
+        ("GET", CONFIG),
+        ("PUT", CONFIG),
+        (
+            "GET",
+            "/api/v1/projects/default/environments/production/flags/new-checkout/revisions",
+        ),
+        (
+            "GET",
+            "/api/v1/projects/default/environments/production/flags/new-checkout/revisions/1",
+        ),
+        (
+            "POST",
+            "/api/v1/projects/default/environments/production/flags/new-checkout/revert",
+        ),
+        ("GET", "/api/v1/projects/default/audit"),
+        ("POST", "/api/v1/tokens"),
+    ];
+    let wrong_token = "Bearer anc_pat_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for (method, uri) in routes {
+        for auth in [
+            None,
+            Some(wrong_token),
+            Some("Bearer not-a-token"),
+            Some("Digest x"),
+        ] {
+            let reply = app.call(method, uri, auth, Some(json!({}))).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} with {auth:?}"
+            );
+            assert_eq!(
+                reply.headers.get(header::CONTENT_TYPE).unwrap(),
+                "application/problem+json"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn tokens_need_the_right_password_and_sign_ins_are_throttled() {
+    let app = App::new().await;
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&basic("admin", "wrong password")),
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&basic("nobody", PASSWORD)),
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    for _ in 0..10 {
+        app.call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&basic("admin", "guess")),
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    }
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&basic("admin", PASSWORD)),
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
+    );
+    // A token keeps working: the throttle is on passwords only.
+    let reply = app
+        .call("GET", "/api/v1/projects", Some(&app.admin), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body[0]["key"], "default");
+}
+
+#[tokio::test]
+async fn a_token_never_has_more_rights_than_its_creator_and_expired_tokens_fail() {
+    let app = App::new().await;
+    let viewer = app.member("vera", Role::Viewer).await;
+    // A viewer's token acts as a viewer, whatever it asks for.
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&viewer),
+            Some(json!({"name": "y", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&viewer),
+            Some(json!({"name": "y", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    // An admin's read-only token cannot write.
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&app.admin),
+            Some(json!({"name": "ro", "role": "viewer"})),
+        )
+        .await;
+    let read_only = format!("Bearer {}", reply.body["token"].as_str().unwrap());
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/projects/default/flags",
+            Some(&read_only),
+            Some(
+                json!({"key": "x", "kind": "boolean", "variants": [{"name": "on", "value": true}]}),
+            ),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    // A token that expired is refused.
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&app.admin),
+            Some(json!({"name": "old", "expiresInDays": 0})),
+        )
+        .await;
+    let expired = format!("Bearer {}", reply.body["token"].as_str().unwrap());
+    let reply = app
+        .call("GET", "/api/v1/projects", Some(&expired), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn roles_decide_who_reads_and_who_writes() {
+    let app = App::new().await;
+    app.create_checkout_flag().await;
+    let viewer = app.member("vera", Role::Viewer).await;
+    let editor = app.member("ed", Role::Editor).await;
+    let outsider = {
+        let hash = anchor_server::auth::hash_password(PASSWORD).unwrap();
+        app.state
+            .store
+            .create_user(&anchor_store::Actor::system("test"), "olga", &hash, false)
+            .await
+            .unwrap();
+        let reply = app
+            .call(
+                "POST",
+                "/api/v1/tokens",
+                Some(&basic("olga", PASSWORD)),
+                Some(json!({"name": "t"})),
+            )
+            .await;
+        format!("Bearer {}", reply.body["token"].as_str().unwrap())
+    };
+    let on = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}});
+    let new_env = json!({"key": "qa", "name": "QA"});
+    // (who, request, expected status)
+    let cases: Vec<(&str, &str, &str, Option<Value>, StatusCode)> = vec![
+        (&viewer, "GET", CONFIG, None, StatusCode::OK),
+        (
+            &viewer,
+            "PUT",
+            CONFIG,
+            Some(on.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            &viewer,
+            "GET",
+            "/api/v1/projects/default/audit",
+            None,
+            StatusCode::OK,
+        ),
+        (&editor, "PUT", CONFIG, Some(on.clone()), StatusCode::OK),
+        (
+            &editor,
+            "POST",
+            "/api/v1/projects/default/environments",
+            Some(new_env.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            &editor,
+            "POST",
+            "/api/v1/projects",
+            Some(json!({"key": "p2", "name": "P2"})),
+            StatusCode::FORBIDDEN,
+        ),
+        (&outsider, "GET", CONFIG, None, StatusCode::FORBIDDEN),
+        (
+            &outsider,
+            "GET",
+            "/api/v1/projects/default/flags",
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            &app.admin,
+            "POST",
+            "/api/v1/projects/default/environments",
+            Some(new_env),
+            StatusCode::CREATED,
+        ),
+        (
+            &app.admin,
+            "POST",
+            "/api/v1/projects",
+            Some(json!({"key": "p2", "name": "P2"})),
+            StatusCode::CREATED,
+        ),
+        (
+            &app.admin,
+            "GET",
+            "/api/v1/projects/nope/flags",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (who, method, uri, body, expected) in cases {
+        let reply = app.call(method, uri, Some(who), body).await;
+        assert_eq!(reply.status, expected, "{method} {uri}: {}", reply.body);
+    }
+    let reply = app
+        .call("GET", "/api/v1/projects", Some(&outsider), None)
+        .await;
+    assert_eq!(reply.body, json!([]), "an outsider sees no projects");
+}
+
+#[tokio::test]
+async fn flags_are_created_validated_and_listed() {
+    let app = App::new().await;
+    app.create_checkout_flag().await;
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/projects/default/flags",
+            Some(&app.admin),
+            Some(json!({"key": "new-checkout", "kind": "boolean", "variants": [{"name": "on", "value": true}]})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/projects/default/flags",
+            Some(&app.admin),
+            Some(json!({"key": "bad key", "kind": "boolean",
+                        "variants": [{"name": "on", "value": "yes"}, {"name": "on", "value": false}]})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        reply.problem_paths(),
+        ["/key", "/variants/0/value", "/variants/1/name"],
+        "{}",
+        reply.body
+    );
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/projects/default/flags",
+            Some(&app.admin),
+            Some(json!({"key": 1})),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "wrong shape: {}",
+        reply.body
+    );
+    let reply = app
+        .call_with(
+            "POST",
+            "/api/v1/projects/default/flags",
+            Some(&app.admin),
+            Some("{not json".into()),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let huge = format!("{{\"key\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let reply = app
+        .call_with(
+            "POST",
+            "/api/v1/projects/default/flags",
+            Some(&app.admin),
+            Some(huge),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let reply = app
+        .call(
+            "GET",
+            "/api/v1/projects/default/flags?tag=checkout",
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["items"][0]["flag"]["key"], "new-checkout");
+    assert_eq!(
+        reply.body["items"][0]["environments"][2]["config"]["enabled"],
+        false
+    );
+    assert_eq!(
+        reply.body["items"][0]["environments"][2]["config"]["offVariant"], "off",
+        "a boolean flag starts off, serving false"
+    );
+    let reply = app
+        .call(
+            "GET",
+            "/api/v1/projects/default/flags?enabledIn=production",
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.body["items"], json!([]));
+    let reply = app
+        .call(
+            "GET",
+            "/api/v1/projects/default/flags?limit=0",
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let reply = app
+        .call(
+            "GET",
+            "/api/v1/projects/default/flags/missing",
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn configuration_writes_use_etags_and_a_stale_if_match_changes_nothing() {
+    let app = App::new().await;
+    app.create_checkout_flag().await;
+    let reply = app.call("GET", CONFIG, Some(&app.admin), None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let etag = reply.etag();
+    assert_eq!(etag, "\"1\"");
+    let on = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}})
+        .to_string();
+    let reply = app
+        .call_with(
+            "PUT",
+            CONFIG,
+            Some(&app.admin),
+            Some(on.clone()),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.etag(), "\"2\"");
+    assert_eq!(reply.body["version"], 2);
+    let off = json!({"enabled": false, "offVariant": "off", "defaultServe": {"variant": "off"}})
+        .to_string();
+    let reply = app
+        .call_with(
+            "PUT",
+            CONFIG,
+            Some(&app.admin),
+            Some(off),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED);
+    let reply = app.call("GET", CONFIG, Some(&app.admin), None).await;
+    assert_eq!(
+        reply.body["enabled"], true,
+        "the stale write touched nothing"
+    );
+    assert_eq!(reply.etag(), "\"2\"");
+}
+
+#[tokio::test]
+async fn invalid_configurations_are_rejected_with_every_problem_and_its_path() {
+    let app = App::new().await;
+    app.create_checkout_flag().await;
+    let bad = json!({
+        "enabled": true, "offVariant": "gone",
+        "rules": [
+            {"id": "r1", "conditions": [{"attribute": "version", "operator": "semver_gt", "values": ["x.y"]}],
+             "serve": {"variant": "maybe"}},
+            {"id": "r1", "conditions": [{"attribute": "plan", "operator": "in", "values": []}],
+             "serve": {"rollout": {"variants": [{"variant": "on", "weight": 0}]}}}
+        ],
+        "defaultServe": {"variant": "on"},
+        "prerequisites": [{"flag": "unknown-flag", "variant": "on"}]
+    });
+    let reply = app.call("PUT", CONFIG, Some(&app.admin), Some(bad)).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        reply.problem_paths(),
+        [
+            "/offVariant",
+            "/prerequisites/0/flag",
+            "/rules/0/conditions/0/values/0",
+            "/rules/0/serve/variant",
+            "/rules/1/id",
+            "/rules/1/conditions/0/values",
+            "/rules/1/serve/rollout/variants",
+        ],
+        "{:#}",
+        reply.body
+    );
+    let reply = app.call("GET", CONFIG, Some(&app.admin), None).await;
+    assert_eq!(reply.body["version"], 1, "nothing was written");
+}
+
+#[tokio::test]
+async fn history_diff_and_revert_are_revisions_and_audit_entries() {
+    let app = App::new().await;
+    app.create_checkout_flag().await;
+    let editor = app.member("ed", Role::Editor).await;
+    let on = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"},
+                    "comment": "ship it"});
+    assert_eq!(
+        app.call("PUT", CONFIG, Some(&editor), Some(on))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = app
+        .call("GET", &format!("{CONFIG}/revisions"), Some(&editor), None)
+        .await;
+    let versions: Vec<u64> = reply
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [2, 1]);
+    assert_eq!(reply.body[0]["comment"], "ship it");
+    assert_eq!(reply.body[0]["actor"]["kind"], "token");
+
+    let reply = app
+        .call(
+            "POST",
+            &format!("{CONFIG}/revert"),
+            Some(&editor),
+            Some(json!({"version": 1, "comment": "roll back"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["version"], 3);
+    assert_eq!(reply.body["enabled"], false);
+    let reply = app
+        .call("GET", &format!("{CONFIG}/revisions/3"), Some(&editor), None)
+        .await;
+    assert_eq!(reply.body["body"]["enabled"], false);
+    let reply = app
+        .call(
+            "POST",
+            &format!("{CONFIG}/revert"),
+            Some(&editor),
+            Some(json!({"version": 42})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+
+    let reply = app
+        .call(
+            "GET",
+            "/api/v1/projects/default/audit?flag=new-checkout&environment=production",
+            Some(&editor),
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = reply
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["flag.reverted", "flag.config.updated"]);
+    let diff = &reply.body[1]["diff"];
+    assert!(
+        diff.as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["path"] == "/enabled"),
+        "{diff:#}"
+    );
+}
+
+#[tokio::test]
+async fn environments_that_require_comments_refuse_changes_without_one() {
+    let app = App::new().await;
+    app.create_checkout_flag().await;
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/projects/default/environments",
+            Some(&app.admin),
+            Some(json!({"key": "audited", "name": "Audited", "requiresComment": true})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let uri = "/api/v1/projects/default/environments/audited/flags/new-checkout";
+    let on = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}});
+    let reply = app
+        .call("PUT", uri, Some(&app.admin), Some(on.clone()))
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.problem_paths(), ["/comment"]);
+    let mut with_comment = on;
+    with_comment["comment"] = json!("approved in standup");
+    let reply = app
+        .call("PUT", uri, Some(&app.admin), Some(with_comment))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_definition_change_that_breaks_an_environment_is_refused() {
+    let app = App::new().await;
+    app.create_checkout_flag().await;
+    // Production now serves "on" by default; removing the variant would break it.
+    let on = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}});
+    assert_eq!(
+        app.call("PUT", CONFIG, Some(&app.admin), Some(on))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = app
+        .call(
+            "PUT",
+            "/api/v1/projects/default/flags/new-checkout",
+            Some(&app.admin),
+            Some(json!({"key": "new-checkout", "kind": "boolean", "variants": [{"name": "off", "value": false}]})),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("production"),
+        "{}",
+        reply.body
+    );
+    let reply = app
+        .call(
+            "PUT",
+            "/api/v1/projects/default/flags/new-checkout",
+            Some(&app.admin),
+            Some(json!({"key": "new-checkout", "kind": "boolean", "description": "One-page checkout",
+                        "variants": [{"name": "on", "value": true}, {"name": "off", "value": false}]})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["flag"]["description"], "One-page checkout");
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/projects/default/flags/new-checkout/archive",
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.body["archived"], true);
+}
