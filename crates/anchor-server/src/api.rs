@@ -27,7 +27,14 @@ use crate::error::{ApiError, ApiResult};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/tokens", post(create_token))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/users", get(list_users).post(create_user))
+        .route("/audit", get(instance_audit))
+        .route(
+            "/projects/{project}/members/{username}",
+            axum::routing::put(set_member_role),
+        )
         .route("/projects", get(list_projects).post(create_project))
         .route("/projects/{project}", get(get_project))
         .route(
@@ -61,6 +68,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/projects/{project}/environments/{environment}/flags/{flag}/revisions/{version}",
             get(get_revision),
+        )
+        .route(
+            "/projects/{project}/environments/{environment}/flags/{flag}/revisions/{from}/diff/{to}",
+            get(diff_revisions),
         )
         .route(
             "/projects/{project}/environments/{environment}/flags/{flag}/revert",
@@ -172,6 +183,125 @@ async fn create_token(
             token: secret,
         }),
     ))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenInfo {
+    id: String,
+    name: String,
+    role: Role,
+    expires_at: Option<i64>,
+    created_at: i64,
+    revoked: bool,
+}
+
+/// The caller's own tokens (never their secrets).
+async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<TokenInfo>>> {
+    let tokens = state.store.tokens(&caller.user.id).await?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| TokenInfo {
+                id: t.id,
+                name: t.name,
+                role: t.role,
+                expires_at: t.expires_at,
+                created_at: t.created_at,
+                revoked: t.revoked,
+            })
+            .collect(),
+    ))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state
+        .store
+        .revoke_token(&caller.actor(), &caller.user.id, &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- users and members ----
+
+async fn list_users(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<anchor_store::User>>> {
+    caller.require_instance_admin()?;
+    Ok(Json(state.store.users().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewUser {
+    username: String,
+    password: String,
+    #[serde(default)]
+    instance_admin: bool,
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<NewUser>,
+) -> ApiResult<(StatusCode, Json<anchor_store::User>)> {
+    caller.require_instance_admin()?;
+    if body.password.chars().count() < 12 {
+        return Err(invalid(
+            "/password",
+            "passwords need at least 12 characters",
+        ));
+    }
+    let hash = auth::hash_password(&body.password)?;
+    let user = state
+        .store
+        .create_user(&caller.actor(), &body.username, &hash, body.instance_admin)
+        .await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Membership {
+    role: Role,
+}
+
+async fn set_member_role(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, username)): Path<(String, String)>,
+    Body(body): Body<Membership>,
+) -> ApiResult<StatusCode> {
+    caller.require(&state, &project, Role::Admin).await?;
+    let user = state
+        .store
+        .users()
+        .await?
+        .into_iter()
+        .find(|u| u.username == username)
+        .ok_or_else(|| ApiError::NotFound(format!("user `{username}` does not exist")))?;
+    state
+        .store
+        .set_project_role(&caller.actor(), &project, &user.id, body.role)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Events that belong to no project: users and tokens.
+async fn instance_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    caller.require_instance_admin()?;
+    Ok(Json(state.store.instance_audit(100).await?))
 }
 
 // ---- projects and environments ----
@@ -624,6 +754,27 @@ async fn get_revision(
             .flag_revision(&project, &environment, &flag, version)
             .await?,
     ))
+}
+
+/// An RFC 6902 JSON Patch from one revision to another.
+async fn diff_revisions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, flag, from, to)): Path<(String, String, String, u64, u64)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    let a = state
+        .store
+        .flag_revision(&project, &environment, &flag, from)
+        .await?;
+    let b = state
+        .store
+        .flag_revision(&project, &environment, &flag, to)
+        .await?;
+    let patch = json_patch::diff(&a.body, &b.body);
+    serde_json::to_value(patch)
+        .map(Json)
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 #[derive(Deserialize)]

@@ -60,12 +60,78 @@ fn basic(user: &str, password: &str) -> String {
     )
 }
 
+/// Declares one test per backend running the same story; PostgreSQL only when
+/// `ANCHOR_TEST_POSTGRES_URL` is set (each test in a fresh schema, dropped afterwards).
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let app = super::App::new(super::Backend::Sqlite).await;
+                    super::$name(app).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
+                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+                        return;
+                    };
+                    let schema = format!("anchor_api_{}", super::uuid_like());
+                    let app = super::App::new(super::Backend::Postgres(url.clone(), schema.clone())).await;
+                    super::$name(app).await;
+                    super::drop_schema(&url, &schema).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    people_and_tokens_are_managed_through_the_api,
+    health_is_always_answered_and_readiness_follows_the_store,
+    every_api_route_requires_credentials,
+    tokens_need_the_right_password_and_sign_ins_are_throttled,
+    a_token_never_has_more_rights_than_its_creator_and_expired_tokens_fail,
+    roles_decide_who_reads_and_who_writes,
+    flags_are_created_validated_and_listed,
+    configuration_writes_use_etags_and_a_stale_if_match_changes_nothing,
+    invalid_configurations_are_rejected_with_every_problem_and_its_path,
+    history_diff_and_revert_are_revisions_and_audit_entries,
+    environments_that_require_comments_refuse_changes_without_one,
+    a_definition_change_that_breaks_an_environment_is_refused,
+);
+
+enum Backend {
+    Sqlite,
+    Postgres(String, String),
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    use sqlx::{Connection, Executor};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .await
+        .unwrap();
+}
+
 impl App {
-    async fn new() -> App {
-        let dir = std::env::temp_dir().join(format!("anchor-api-test-{}", uuid_like()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap());
+    async fn new(backend: Backend) -> App {
+        let store: Arc<dyn Store> = match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("anchor-api-test-{}", uuid_like()));
+                std::fs::create_dir_all(&dir).unwrap();
+                Arc::new(SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap())
+            }
+            Backend::Postgres(url, schema) => {
+                Arc::new(SqlStore::open_postgres(&url, Some(&schema)).await.unwrap())
+            }
+        };
         bootstrap(store.as_ref(), Some(&Secret::new(PASSWORD)))
             .await
             .unwrap();
@@ -186,9 +252,7 @@ fn uuid_like() -> String {
 
 const CONFIG: &str = "/api/v1/projects/default/environments/production/flags/new-checkout";
 
-#[tokio::test]
-async fn health_is_always_answered_and_readiness_follows_the_store() {
-    let app = App::new().await;
+async fn health_is_always_answered_and_readiness_follows_the_store(app: App) {
     let reply = app.call("GET", "/healthz", None, None).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
@@ -202,9 +266,7 @@ async fn health_is_always_answered_and_readiness_follows_the_store() {
     );
 }
 
-#[tokio::test]
-async fn every_api_route_requires_credentials() {
-    let app = App::new().await;
+async fn every_api_route_requires_credentials(app: App) {
     app.create_checkout_flag().await;
     let routes = [
         ("GET", "/api/v1/projects"),
@@ -240,6 +302,16 @@ async fn every_api_route_requires_credentials() {
         ),
         ("GET", "/api/v1/projects/default/audit"),
         ("POST", "/api/v1/tokens"),
+        ("GET", "/api/v1/tokens"),
+        ("DELETE", "/api/v1/tokens/some-id"),
+        ("GET", "/api/v1/users"),
+        ("POST", "/api/v1/users"),
+        ("GET", "/api/v1/audit"),
+        ("PUT", "/api/v1/projects/default/members/admin"),
+        (
+            "GET",
+            "/api/v1/projects/default/environments/production/flags/new-checkout/revisions/1/diff/1",
+        ),
     ];
     let wrong_token = "Bearer anc_pat_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     for (method, uri) in routes {
@@ -263,9 +335,7 @@ async fn every_api_route_requires_credentials() {
     }
 }
 
-#[tokio::test]
-async fn tokens_need_the_right_password_and_sign_ins_are_throttled() {
-    let app = App::new().await;
+async fn tokens_need_the_right_password_and_sign_ins_are_throttled(app: App) {
     let reply = app
         .call(
             "POST",
@@ -314,9 +384,7 @@ async fn tokens_need_the_right_password_and_sign_ins_are_throttled() {
     assert_eq!(reply.body[0]["key"], "default");
 }
 
-#[tokio::test]
-async fn a_token_never_has_more_rights_than_its_creator_and_expired_tokens_fail() {
-    let app = App::new().await;
+async fn a_token_never_has_more_rights_than_its_creator_and_expired_tokens_fail(app: App) {
     let viewer = app.member("vera", Role::Viewer).await;
     // A viewer's token acts as a viewer, whatever it asks for.
     let reply = app
@@ -374,9 +442,7 @@ async fn a_token_never_has_more_rights_than_its_creator_and_expired_tokens_fail(
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn roles_decide_who_reads_and_who_writes() {
-    let app = App::new().await;
+async fn roles_decide_who_reads_and_who_writes(app: App) {
     app.create_checkout_flag().await;
     let viewer = app.member("vera", Role::Viewer).await;
     let editor = app.member("ed", Role::Editor).await;
@@ -471,9 +537,7 @@ async fn roles_decide_who_reads_and_who_writes() {
     assert_eq!(reply.body, json!([]), "an outsider sees no projects");
 }
 
-#[tokio::test]
-async fn flags_are_created_validated_and_listed() {
-    let app = App::new().await;
+async fn flags_are_created_validated_and_listed(app: App) {
     app.create_checkout_flag().await;
     let reply = app
         .call(
@@ -583,9 +647,7 @@ async fn flags_are_created_validated_and_listed() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn configuration_writes_use_etags_and_a_stale_if_match_changes_nothing() {
-    let app = App::new().await;
+async fn configuration_writes_use_etags_and_a_stale_if_match_changes_nothing(app: App) {
     app.create_checkout_flag().await;
     let reply = app.call("GET", CONFIG, Some(&app.admin), None).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -625,9 +687,7 @@ async fn configuration_writes_use_etags_and_a_stale_if_match_changes_nothing() {
     assert_eq!(reply.etag(), "\"2\"");
 }
 
-#[tokio::test]
-async fn invalid_configurations_are_rejected_with_every_problem_and_its_path() {
-    let app = App::new().await;
+async fn invalid_configurations_are_rejected_with_every_problem_and_its_path(app: App) {
     app.create_checkout_flag().await;
     let bad = json!({
         "enabled": true, "offVariant": "gone",
@@ -660,9 +720,7 @@ async fn invalid_configurations_are_rejected_with_every_problem_and_its_path() {
     assert_eq!(reply.body["version"], 1, "nothing was written");
 }
 
-#[tokio::test]
-async fn history_diff_and_revert_are_revisions_and_audit_entries() {
-    let app = App::new().await;
+async fn history_diff_and_revert_are_revisions_and_audit_entries(app: App) {
     app.create_checkout_flag().await;
     let editor = app.member("ed", Role::Editor).await;
     let on = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"},
@@ -738,9 +796,7 @@ async fn history_diff_and_revert_are_revisions_and_audit_entries() {
     );
 }
 
-#[tokio::test]
-async fn environments_that_require_comments_refuse_changes_without_one() {
-    let app = App::new().await;
+async fn environments_that_require_comments_refuse_changes_without_one(app: App) {
     app.create_checkout_flag().await;
     let reply = app
         .call(
@@ -766,9 +822,7 @@ async fn environments_that_require_comments_refuse_changes_without_one() {
     assert_eq!(reply.status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn a_definition_change_that_breaks_an_environment_is_refused() {
-    let app = App::new().await;
+async fn a_definition_change_that_breaks_an_environment_is_refused(app: App) {
     app.create_checkout_flag().await;
     // Production now serves "on" by default; removing the variant would break it.
     let on = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}});
@@ -820,4 +874,110 @@ async fn a_definition_change_that_breaks_an_environment_is_refused() {
         )
         .await;
     assert_eq!(reply.body["archived"], true);
+}
+
+async fn people_and_tokens_are_managed_through_the_api(app: App) {
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/users",
+            Some(&app.admin),
+            Some(json!({"username": "ann", "password": "a long enough password"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/users",
+            Some(&app.admin),
+            Some(json!({"username": "bob", "password": "short"})),
+        )
+        .await;
+    assert_eq!(reply.problem_paths(), ["/password"]);
+    let ann_basic = basic("ann", "a long enough password");
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&ann_basic),
+            Some(json!({"name": "laptop"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(
+        reply.body["role"], "viewer",
+        "no memberships yet: the lowest role"
+    );
+    let ann = format!("Bearer {}", reply.body["token"].as_str().unwrap());
+    assert_eq!(
+        app.call("GET", "/api/v1/projects", Some(&ann), None)
+            .await
+            .body,
+        json!([])
+    );
+    assert_eq!(
+        app.call("GET", "/api/v1/users", Some(&ann), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+
+    let reply = app
+        .call(
+            "PUT",
+            "/api/v1/projects/default/members/ann",
+            Some(&app.admin),
+            Some(json!({"role": "editor"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let reply = app
+        .call(
+            "PUT",
+            "/api/v1/projects/default/members/nobody",
+            Some(&app.admin),
+            Some(json!({"role": "editor"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let projects = app
+        .call("GET", "/api/v1/projects", Some(&ann), None)
+        .await
+        .body;
+    assert_eq!(projects[0]["key"], "default");
+
+    let reply = app.call("GET", "/api/v1/tokens", Some(&ann), None).await;
+    assert_eq!(reply.body.as_array().unwrap().len(), 1);
+    assert!(
+        !reply.body.to_string().contains("anc_pat_"),
+        "no secrets in listings"
+    );
+    let id = reply.body[0]["id"].as_str().unwrap().to_string();
+    let reply = app
+        .call("DELETE", &format!("/api/v1/tokens/{id}"), Some(&ann), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.call("GET", "/api/v1/projects", Some(&ann), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED,
+        "a revoked token stops working"
+    );
+
+    let audit = app
+        .call("GET", "/api/v1/audit", Some(&app.admin), None)
+        .await
+        .body;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"user.created") && actions.contains(&"token.revoked"),
+        "{actions:?}"
+    );
 }
