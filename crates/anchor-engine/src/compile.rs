@@ -47,6 +47,7 @@ pub(crate) type Map<V> = crate::keymap::KeyMap<V>;
 
 /// One problem found while compiling, located by a JSON pointer into the input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Diagnostic {
     /// An RFC 6901 JSON pointer, e.g. `/flags/0/config/rules/2/conditions/0/values/1`.
     pub path: String,

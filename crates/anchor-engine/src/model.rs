@@ -111,6 +111,7 @@ use serde_json::Value;
 
 /// A flag's definition, shared by every environment of a project.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Flag {
     pub key: String,
@@ -129,6 +130,7 @@ pub struct Flag {
 
 /// The type of every variant value of a flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FlagKind {
     Boolean,
@@ -160,6 +162,7 @@ impl FlagKind {
 
 /// Whether a flag is meant to be removed once its release is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
     /// A release or experiment flag: it should leave the code after its cleanup date.
@@ -171,6 +174,7 @@ pub enum Lifecycle {
 
 /// One named value a flag can serve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Variant {
     pub name: String,
@@ -181,6 +185,7 @@ pub struct Variant {
 
 /// How a flag behaves in one environment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FlagConfig {
     /// The kill switch. `false`: every context gets `offVariant` with reason `DISABLED`.
@@ -203,6 +208,7 @@ pub struct FlagConfig {
 
 /// A targeting rule: when every condition holds, serve something.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Rule {
     pub id: String,
@@ -215,6 +221,7 @@ pub struct Rule {
 
 /// What a rule or the default serve hands out: one variant, or a sticky percentage split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum Serve {
     Variant(String),
@@ -223,6 +230,7 @@ pub enum Serve {
 
 /// A sticky weighted split between variants.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
     pub variants: Vec<WeightedVariant>,
@@ -235,6 +243,7 @@ pub struct Rollout {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WeightedVariant {
     pub variant: String,
@@ -243,6 +252,7 @@ pub struct WeightedVariant {
 
 /// One test on the evaluation context.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     pub attribute: String,
@@ -267,6 +277,7 @@ fn is_false(b: &bool) -> bool {
 /// element does (before `negate` is applied); an empty array matches nothing, so `not_in`
 /// matches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Operator {
     /// Equal to one of `values` (strings, numbers, booleans; no coercion between types;
@@ -331,6 +342,7 @@ impl Operator {
 
 /// This flag applies only while `flag` serves `variant` to the same context.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Prerequisite {
     pub flag: String,
@@ -339,6 +351,7 @@ pub struct Prerequisite {
 
 /// A reusable group of contexts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Segment {
     pub key: String,
@@ -358,6 +371,7 @@ pub struct Segment {
 
 /// A segment rule: a context matching every condition is a member.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SegmentRule {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -368,6 +382,7 @@ pub struct SegmentRule {
 
 /// A flag definition together with its configuration in one environment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfiguredFlag {
     pub flag: Flag,
     pub config: FlagConfig,
@@ -375,6 +390,7 @@ pub struct ConfiguredFlag {
 
 /// Everything needed to evaluate flags in one environment.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvironmentConfig {
     #[serde(default)]
     pub flags: Vec<ConfiguredFlag>,

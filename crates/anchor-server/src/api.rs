@@ -13,71 +13,41 @@ use anchor_store::{
     AuditEntry, AuditFilter, ConfigChange, Environment, FlagFilter, FlagRecord, NewEnvironment,
     NewToken, Page, Project, Revision, Role,
 };
+use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::{self, Caller};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Problem};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/tokens", get(list_tokens).post(create_token))
-        .route("/tokens/{id}", axum::routing::delete(revoke_token))
-        .route("/users", get(list_users).post(create_user))
-        .route("/audit", get(instance_audit))
-        .route(
-            "/projects/{project}/members/{username}",
-            axum::routing::put(set_member_role),
-        )
-        .route("/projects", get(list_projects).post(create_project))
-        .route("/projects/{project}", get(get_project))
-        .route(
-            "/projects/{project}/environments",
-            get(list_environments).post(create_environment),
-        )
-        .route(
-            "/projects/{project}/flags",
-            get(list_flags).post(create_flag),
-        )
-        .route(
-            "/projects/{project}/flags/{flag}",
-            get(get_flag).put(update_flag),
-        )
-        .route(
-            "/projects/{project}/flags/{flag}/archive",
-            post(archive_flag),
-        )
-        .route(
-            "/projects/{project}/flags/{flag}/restore",
-            post(restore_flag),
-        )
-        .route(
-            "/projects/{project}/environments/{environment}/flags/{flag}",
-            get(get_flag_config).put(put_flag_config),
-        )
-        .route(
-            "/projects/{project}/environments/{environment}/flags/{flag}/revisions",
-            get(list_revisions),
-        )
-        .route(
-            "/projects/{project}/environments/{environment}/flags/{flag}/revisions/{version}",
-            get(get_revision),
-        )
-        .route(
-            "/projects/{project}/environments/{environment}/flags/{flag}/revisions/{from}/diff/{to}",
-            get(diff_revisions),
-        )
-        .route(
-            "/projects/{project}/environments/{environment}/flags/{flag}/revert",
-            post(revert_flag_config),
-        )
-        .route("/projects/{project}/audit", get(audit))
+/// The API's routes, each registered from its `#[utoipa::path]` annotation, so the OpenAPI
+/// document and the router cannot disagree.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(instance_audit))
+        .routes(routes!(set_member_role))
+        .routes(routes!(list_projects, create_project))
+        .routes(routes!(get_project))
+        .routes(routes!(list_environments, create_environment))
+        .routes(routes!(list_flags, create_flag))
+        .routes(routes!(get_flag, update_flag))
+        .routes(routes!(archive_flag))
+        .routes(routes!(restore_flag))
+        .routes(routes!(get_flag_config, put_flag_config))
+        .routes(routes!(list_revisions))
+        .routes(routes!(get_revision))
+        .routes(routes!(diff_revisions))
+        .routes(routes!(revert_flag_config))
+        .routes(routes!(audit))
 }
 
 /// A JSON body whose rejections become problem details.
@@ -98,7 +68,7 @@ where
 
 // ---- tokens ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TokenRequest {
     name: String,
@@ -108,7 +78,7 @@ struct TokenRequest {
     expires_in_days: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct TokenCreated {
     id: String,
@@ -119,6 +89,7 @@ struct TokenCreated {
     token: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "identity", summary = "Create a personal access token (the secret is shown once)", request_body = TokenRequest, responses((status = 201, body = TokenCreated), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -185,7 +156,7 @@ async fn create_token(
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct TokenInfo {
     id: String,
@@ -197,6 +168,7 @@ struct TokenInfo {
 }
 
 /// The caller's own tokens (never their secrets).
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "identity", summary = "List the caller's tokens (never their secrets)", responses((status = 200, body = Vec<TokenInfo>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json")))]
 async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
@@ -217,6 +189,7 @@ async fn list_tokens(
     ))
 }
 
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "identity", summary = "Revoke one of the caller's tokens", params(("id" = String, Path, description = "Token id")), responses((status = 204), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -231,6 +204,7 @@ async fn revoke_token(
 
 // ---- users and members ----
 
+#[utoipa::path(get, path = "/api/v1/users", tag = "identity", summary = "List users (instance admins)", responses((status = 200, body = Vec<anchor_store::User>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json")))]
 async fn list_users(
     State(state): State<AppState>,
     caller: Caller,
@@ -239,7 +213,7 @@ async fn list_users(
     Ok(Json(state.store.users().await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NewUser {
     username: String,
@@ -248,6 +222,7 @@ struct NewUser {
     instance_admin: bool,
 }
 
+#[utoipa::path(post, path = "/api/v1/users", tag = "identity", summary = "Create a user (instance admins)", request_body = NewUser, responses((status = 201, body = anchor_store::User), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -268,12 +243,13 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Membership {
     role: Role,
 }
 
+#[utoipa::path(put, path = "/api/v1/projects/{project}/members/{username}", tag = "identity", summary = "Grant or change a user's role in a project (project admins)", params(("project" = String, Path, description = "Project key"), ("username" = String, Path, description = "User name")), request_body = Membership, responses((status = 204), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn set_member_role(
     State(state): State<AppState>,
     caller: Caller,
@@ -296,6 +272,7 @@ async fn set_member_role(
 }
 
 /// Events that belong to no project: users and tokens.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", summary = "Events that belong to no project: users and tokens (instance admins)", responses((status = 200, body = Vec<AuditEntry>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json")))]
 async fn instance_audit(
     State(state): State<AppState>,
     caller: Caller,
@@ -306,6 +283,7 @@ async fn instance_audit(
 
 // ---- projects and environments ----
 
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", summary = "Projects the caller belongs to", responses((status = 200, body = Vec<Project>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json")))]
 async fn list_projects(
     State(state): State<AppState>,
     caller: Caller,
@@ -319,13 +297,14 @@ async fn list_projects(
     Ok(Json(visible))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewProject {
     key: String,
     name: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", summary = "Create a project (instance admins)", request_body = NewProject, responses((status = 201, body = Project), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 async fn create_project(
     State(state): State<AppState>,
     caller: Caller,
@@ -345,6 +324,7 @@ async fn create_project(
     Ok((StatusCode::CREATED, Json(project)))
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{project}", tag = "projects", summary = "One project", params(("project" = String, Path, description = "Project key")), responses((status = 200, body = Project), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn get_project(
     State(state): State<AppState>,
     caller: Caller,
@@ -354,6 +334,7 @@ async fn get_project(
     Ok(Json(state.store.project(&project).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments", tag = "projects", summary = "A project's environments in display order", params(("project" = String, Path, description = "Project key")), responses((status = 200, body = Vec<Environment>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn list_environments(
     State(state): State<AppState>,
     caller: Caller,
@@ -363,6 +344,7 @@ async fn list_environments(
     Ok(Json(state.store.environments(&project).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments", tag = "projects", summary = "Add an environment (project admins); existing flags start disabled there", params(("project" = String, Path, description = "Project key")), request_body = NewEnvironment, responses((status = 201, body = Environment), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 async fn create_environment(
     State(state): State<AppState>,
     caller: Caller,
@@ -385,7 +367,8 @@ async fn create_environment(
 
 // ---- flags ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FlagQuery {
     tag: Option<String>,
@@ -398,6 +381,7 @@ struct FlagQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{project}/flags", tag = "flags", summary = "List flags with filters, one page at a time", params(("project" = String, Path, description = "Project key"), FlagQuery), responses((status = 200, body = Page<FlagRecord>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn list_flags(
     State(state): State<AppState>,
     caller: Caller,
@@ -444,6 +428,7 @@ fn initial_config(flag: &Flag) -> FlagConfig {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags", tag = "flags", summary = "Create a flag; it starts disabled in every environment", params(("project" = String, Path, description = "Project key")), request_body = Flag, responses((status = 201, body = FlagRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The key exists", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 async fn create_flag(
     State(state): State<AppState>,
     caller: Caller,
@@ -476,6 +461,7 @@ async fn create_flag(
     Ok((StatusCode::CREATED, headers, Json(record)))
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{project}/flags/{flag}", tag = "flags", summary = "A flag with its configuration in every environment", params(("project" = String, Path, description = "Project key"), ("flag" = String, Path, description = "Flag key")), responses((status = 200, body = FlagRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn get_flag(
     State(state): State<AppState>,
     caller: Caller,
@@ -492,6 +478,7 @@ struct FlagUpdate {
     comment: Option<String>,
 }
 
+#[utoipa::path(put, path = "/api/v1/projects/{project}/flags/{flag}", tag = "flags", summary = "Replace a flag's definition (description, tags, variants, lifecycle)", params(("project" = String, Path, description = "Project key"), ("flag" = String, Path, description = "Flag key")), request_body = Flag, responses((status = 200, body = FlagRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 async fn update_flag(
     State(state): State<AppState>,
     caller: Caller,
@@ -545,6 +532,7 @@ fn push_unique(problems: &mut Vec<Diagnostic>, path: String, message: String) {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags/{flag}/archive", tag = "flags", summary = "Archive a flag: it leaves every environment's configuration", params(("project" = String, Path, description = "Project key"), ("flag" = String, Path, description = "Flag key")), responses((status = 200, body = FlagRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn archive_flag(
     State(state): State<AppState>,
     caller: Caller,
@@ -559,6 +547,7 @@ async fn archive_flag(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/projects/{project}/flags/{flag}/restore", tag = "flags", summary = "Restore an archived flag", params(("project" = String, Path, description = "Project key"), ("flag" = String, Path, description = "Flag key")), responses((status = 200, body = FlagRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn restore_flag(
     State(state): State<AppState>,
     caller: Caller,
@@ -618,6 +607,7 @@ async fn current_config(
         })
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}", tag = "configuration", summary = "A flag's configuration in one environment; the ETag is its version", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key")), responses((status = 200, body = FlagConfig, headers(("ETag" = String, description = "The configuration's version"))), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn get_flag_config(
     State(state): State<AppState>,
     caller: Caller,
@@ -702,6 +692,7 @@ async fn write_config(
     Ok(response)
 }
 
+#[utoipa::path(put, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}", tag = "configuration", summary = "Replace a flag's configuration in one environment (a new revision); send If-Match with the ETag you read", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key"), ("If-Match" = Option<String>, Header, description = "The ETag read; a stale one gives 412")), request_body(content = FlagConfig, description = "The configuration, optionally with a `comment`"), responses((status = 200, body = FlagConfig, headers(("ETag" = String, description = "The new version"))), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match names an outdated version; nothing was written", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 async fn put_flag_config(
     State(state): State<AppState>,
     caller: Caller,
@@ -728,6 +719,7 @@ async fn put_flag_config(
     .await
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/revisions", tag = "configuration", summary = "The history of a flag's configuration in one environment, newest first", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key")), responses((status = 200, body = Vec<Revision>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn list_revisions(
     State(state): State<AppState>,
     caller: Caller,
@@ -742,6 +734,7 @@ async fn list_revisions(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/revisions/{version}", tag = "configuration", summary = "One revision", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key"), ("version" = u64, Path, description = "Revision number")), responses((status = 200, body = Revision), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn get_revision(
     State(state): State<AppState>,
     caller: Caller,
@@ -757,6 +750,7 @@ async fn get_revision(
 }
 
 /// An RFC 6902 JSON Patch from one revision to another.
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/revisions/{from}/diff/{to}", tag = "configuration", summary = "An RFC 6902 JSON Patch from one revision to another", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key"), ("from" = u64, Path, description = "Older revision"), ("to" = u64, Path, description = "Newer revision")), responses((status = 200, description = "A JSON Patch", body = Vec<Object>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn diff_revisions(
     State(state): State<AppState>,
     caller: Caller,
@@ -777,7 +771,7 @@ async fn diff_revisions(
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevertRequest {
     version: u64,
@@ -785,6 +779,7 @@ struct RevertRequest {
 }
 
 /// Reverting writes an old revision's configuration as a new revision.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/revert", tag = "configuration", summary = "Write an old revision's configuration as a new revision", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key")), request_body = RevertRequest, responses((status = 200, body = FlagConfig), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match names an outdated version; nothing was written", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 async fn revert_flag_config(
     State(state): State<AppState>,
     caller: Caller,
@@ -813,7 +808,8 @@ async fn revert_flag_config(
 
 // ---- audit ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     actor: Option<String>,
@@ -824,6 +820,7 @@ struct AuditQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{project}/audit", tag = "audit", summary = "A project's audit log, newest first, with filters", params(("project" = String, Path, description = "Project key"), AuditQuery), responses((status = 200, body = Vec<AuditEntry>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn audit(
     State(state): State<AppState>,
     caller: Caller,

@@ -33,16 +33,19 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
+/// An RFC 9457 problem: what every error of the API looks like.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Problem<'a> {
+pub struct Problem {
+    /// A URI naming the kind of problem.
     #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
+    kind: String,
+    title: String,
     status: u16,
     detail: String,
+    /// With 422: every problem, each with the JSON pointer of the offending value.
     #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [Diagnostic]>,
+    errors: Option<Vec<Diagnostic>>,
 }
 
 impl ApiError {
@@ -95,12 +98,12 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let body = Problem {
-            kind: &kind,
-            title: status.canonical_reason().unwrap_or("Error"),
+            kind,
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
             status: status.as_u16(),
             detail,
             errors: match &self {
-                ApiError::Invalid(d) => Some(d),
+                ApiError::Invalid(d) => Some(d.clone()),
                 _ => None,
             },
         };

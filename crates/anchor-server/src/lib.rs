@@ -77,12 +77,115 @@ impl AppState {
     }
 }
 
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Release Anchor management API",
+        description = "Projects, environments, flags and their per-environment configuration, \
+                       revisions, the audit log, users and tokens. Errors are RFC 9457 problem details."
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "identity", description = "Users, project roles and personal access tokens"),
+        (name = "projects", description = "Projects and their environments"),
+        (name = "flags", description = "Flag definitions, shared by every environment"),
+        (name = "configuration", description = "A flag's configuration in one environment, its revisions and revert"),
+        (name = "audit", description = "Who changed what, when and why"),
+    )
+)]
+struct ApiDoc;
+
+/// Bearer personal access tokens for everything; HTTP Basic (a password) as well, which is how
+/// the first token is made.
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("anc_pat_…")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "password",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
+        openapi.security = Some(vec![
+            SecurityRequirement::new("token", Vec::<String>::new()),
+            SecurityRequirement::new("password", Vec::<String>::new()),
+        ]);
+    }
+}
+
+/// The API's routes and the OpenAPI document generated from the same annotations.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    utoipa_axum::router::OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .merge(api::routes())
+        .split_for_parts()
+}
+
+/// The OpenAPI 3.1 document of the management API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+fn asset(
+    content_type: &'static str,
+    body: &'static str,
+) -> impl Fn() -> std::future::Ready<([(axum::http::HeaderName, &'static str); 1], &'static str)> + Clone
+{
+    move || std::future::ready(([(axum::http::header::CONTENT_TYPE, content_type)], body))
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
+    let (api_router, document) = api();
+    let document = Arc::new(document.to_pretty_json().unwrap_or_default());
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .nest("/api/v1", api::routes())
+        .merge(api_router)
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let document = Arc::clone(&document);
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/api/v1/docs",
+            get(asset(
+                "text/html; charset=utf-8",
+                include_str!("../assets/api-reference.html"),
+            )),
+        )
+        .route(
+            "/api/v1/docs/reference.js",
+            get(asset(
+                "text/javascript; charset=utf-8",
+                include_str!("../assets/api-reference.js"),
+            )),
+        )
+        .route(
+            "/api/v1/docs/reference.css",
+            get(asset(
+                "text/css; charset=utf-8",
+                include_str!("../assets/api-reference.css"),
+            )),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {

@@ -6,8 +6,11 @@
 //! `Arc<dyn Store>`.
 //!
 //! Every mutation runs in one transaction together with its audit entry and, for flag
-//! configurations, its immutable revision and the environment's revision counter: either all of
-//! it is durable or none of it is.
+//! configurations and segments, its immutable revision and the environment's revision counter:
+//! either all of it is durable or none of it is. A segment's key lists live apart from its
+//! rules, so that a list of 100,000 keys is neither read with every listing nor rewritten whole
+//! by a change. SDK keys, like personal access tokens, are stored only as hashes of their
+//! secrets.
 //!
 //! ## Example
 //! ```
@@ -63,6 +66,8 @@ pub trait Store: Send + Sync + 'static {
     async fn project(&self, key: &str) -> Result<Project, StoreError>;
 
     /// Adds an environment; every existing flag gets `initial` (with its off variant) there.
+    /// It has no segments and no SDK keys: the server makes the keys, since only it generates
+    /// secrets.
     async fn create_environment(
         &self,
         actor: &Actor,
@@ -182,8 +187,93 @@ pub trait Store: Send + Sync + 'static {
     /// (1 to 1,000; 100 when 0). Their `project` is empty and their `environment` `None`.
     async fn instance_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 
-    /// Everything the engine needs to evaluate one environment (archived flags left out), and
-    /// the environment's revision counter.
+    /// Creates a segment in one environment (version 1, or one past the last revision of a
+    /// deleted segment of the same key, so a stale `If-Match` cannot match the new one). Its key
+    /// must satisfy [`anchor_engine::model::is_valid_key`] (`Invalid` otherwise) and be new in
+    /// the environment (`AlreadyExists { what: "segment" }`). Key lists are stored deduplicated.
+    /// A revision (the whole segment) and an audit entry (`segment.created`; key lists only
+    /// counted), and the environment's revision counter, in one transaction.
+    async fn create_segment(&self, change: &SegmentChange<'_>)
+    -> Result<SegmentRecord, StoreError>;
+    /// Replaces a segment's rules, description and key lists if its version is still
+    /// `expected_version` (when given; `VersionMismatch { what: "segment", .. }` otherwise, and
+    /// nothing changes). Only the difference of the key lists is written. Audited
+    /// (`segment.updated`) with the key lists only counted (`keyChanges`).
+    async fn update_segment(&self, change: &SegmentChange<'_>)
+    -> Result<SegmentRecord, StoreError>;
+    /// One segment with its key lists. `NotFound { what: "segment" }` when unknown.
+    async fn segment(
+        &self,
+        project: &str,
+        environment: &str,
+        key: &str,
+    ) -> Result<SegmentRecord, StoreError>;
+    /// The environment's segments without their key lists (only counted), in key order.
+    async fn segments(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<Vec<SegmentSummary>, StoreError>;
+    /// Deletes a segment and its key lists (audited `segment.deleted`, the environment's
+    /// revision counter bumped); its revisions stay. Does not check whether flags use it: the
+    /// server does that with the compiler.
+    async fn delete_segment(
+        &self,
+        actor: &Actor,
+        project: &str,
+        environment: &str,
+        key: &str,
+    ) -> Result<(), StoreError>;
+    /// The revisions of a segment, newest first (also of a deleted one; `NotFound { what:
+    /// "segment" }` when there is neither the segment nor a revision).
+    async fn segment_revisions(
+        &self,
+        project: &str,
+        environment: &str,
+        key: &str,
+    ) -> Result<Vec<Revision>, StoreError>;
+
+    /// Stores a new SDK key of an environment (its hash and prefix only). Hashes are unique
+    /// (`AlreadyExists { what: "sdk key" }`). Audited (`sdk_key.created`, keyed by the key's
+    /// id; the diff holds the kind and prefix, never the hash).
+    async fn create_sdk_key(
+        &self,
+        actor: &Actor,
+        key: &NewSdkKey,
+    ) -> Result<SdkKeyRecord, StoreError>;
+    /// Creates the new key and, in the same transaction, sets `expires_at` to `now +
+    /// overlap_ms` on every other unrevoked, unexpired key of that kind in that environment (a
+    /// key that already expires sooner keeps its expiry). `overlap_ms` must not be negative.
+    /// Audited (`sdk_key.rotated`, keyed by the new key's id, listing the keys set to expire).
+    async fn rotate_sdk_key(
+        &self,
+        actor: &Actor,
+        key: &NewSdkKey,
+        overlap_ms: i64,
+    ) -> Result<SdkKeyRecord, StoreError>;
+    /// Revokes an SDK key of the environment (`NotFound { what: "sdk key" }` when the
+    /// environment has no such key). Audited (`sdk_key.revoked`); revoking a revoked key
+    /// changes nothing.
+    async fn revoke_sdk_key(
+        &self,
+        actor: &Actor,
+        project: &str,
+        environment: &str,
+        id: &str,
+    ) -> Result<(), StoreError>;
+    /// The environment's SDK keys, newest first, revoked and expired ones included.
+    async fn sdk_keys(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<Vec<SdkKeyRecord>, StoreError>;
+    /// The SDK key with this hash, whatever its state (the caller checks `revoked` and
+    /// `expires_at`), or `None`.
+    async fn sdk_key_by_hash(&self, key_hash: &str) -> Result<Option<SdkKeyRecord>, StoreError>;
+
+    /// Everything the engine needs to evaluate one environment (archived flags left out; its
+    /// segments with their key lists, both in key order), and the environment's revision
+    /// counter, read from one consistent snapshot.
     async fn environment_config(
         &self,
         project: &str,

@@ -3,16 +3,17 @@
 //! placeholders, `ON CONFLICT` and `RETURNING`, which both accept, and each backend keeps its
 //! own migrations.
 
+use std::borrow::Cow;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anchor_engine::{ConfiguredFlag, EnvironmentConfig, Flag, FlagConfig};
+use anchor_engine::{ConfiguredFlag, EnvironmentConfig, Flag, FlagConfig, Segment};
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row};
 
 use crate::Store;
 use crate::types::*;
@@ -94,7 +95,7 @@ impl SqlStore {
                 return Err(StoreError::Invalid(format!("bad schema name `{schema}`")));
             }
             let mut conn = AnyConnection::connect(url).await?;
-            conn.execute(sqlx::AssertSqlSafe(format!(
+            conn.execute(AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema}"
             )))
             .await?;
@@ -108,7 +109,7 @@ impl SqlStore {
                 let schema = schema.clone();
                 Box::pin(async move {
                     if let Some(schema) = schema {
-                        conn.execute(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")))
+                        conn.execute(AssertSqlSafe(format!("SET search_path TO {schema}")))
                             .await?;
                     }
                     Ok(())
@@ -140,6 +141,20 @@ impl SqlStore {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Begins a read-only transaction in which every statement sees the same snapshot: on
+    /// SQLite (WAL) a deferred transaction keeps the snapshot of its first read, on PostgreSQL
+    /// that takes `REPEATABLE READ`.
+    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin().await?,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await?
+            }
         })
     }
 }
@@ -374,7 +389,9 @@ fn token_from(row: &AnyRow) -> Result<TokenRecord, StoreError> {
 
 struct RevisionRecord<'a> {
     environment_id: &'a str,
-    flag_key: &'a str,
+    /// `flag` or `segment`.
+    resource_kind: &'a str,
+    resource_key: &'a str,
     version: i64,
     body: &'a str,
     actor: &'a Actor,
@@ -389,11 +406,12 @@ async fn insert_revision(
     sqlx::query(
         "INSERT INTO revisions (id, environment_id, resource_kind, resource_key, version, body, \
          actor_kind, actor_id, comment, created_at) \
-         VALUES ($1, $2, 'flag', $3, $4, $5, $6, $7, $8, $9)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(new_id())
     .bind(r.environment_id)
-    .bind(r.flag_key)
+    .bind(r.resource_kind)
+    .bind(r.resource_key)
     .bind(r.version)
     .bind(r.body)
     .bind(r.actor.kind.as_str())
@@ -510,6 +528,280 @@ fn matches_filter(record: &FlagRecord, filter: &FlagFilter) -> bool {
         }
     }
     true
+}
+
+/// Takes the environment's row lock on PostgreSQL without changing anything, so that writers
+/// to one environment take turns (SQLite's `BEGIN IMMEDIATE` already serialises them). For
+/// writes that must not bump the revision counter, such as SDK keys.
+async fn lock_environment(
+    conn: &mut AnyConnection,
+    environment_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE environments SET revision = revision WHERE id = $1")
+        .bind(environment_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Segment keys per multi-row statement. The segment id and the list's kind are bound once (`$1`
+/// and `$2`, repeated in every row), the keys after them: 502 parameters a statement, far below
+/// SQLite's 32,766 and PostgreSQL's 65,535.
+const KEY_BATCH: usize = 500;
+
+fn insert_keys_sql(n: usize) -> String {
+    let mut sql = String::from("INSERT INTO segment_keys (segment_id, kind, key) VALUES ");
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("($1, $2, ${})", i + 3));
+    }
+    sql
+}
+
+fn delete_keys_sql(n: usize) -> String {
+    let mut sql =
+        String::from("DELETE FROM segment_keys WHERE segment_id = $1 AND kind = $2 AND key IN (");
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("${}", i + 3));
+    }
+    sql.push(')');
+    sql
+}
+
+/// The statements for a full batch, built once (and so prepared once per connection).
+static INSERT_KEYS: LazyLock<String> = LazyLock::new(|| insert_keys_sql(KEY_BATCH));
+static DELETE_KEYS: LazyLock<String> = LazyLock::new(|| delete_keys_sql(KEY_BATCH));
+
+/// Inserts (`insert`) or deletes keys of one of a segment's lists, a batch per statement.
+async fn write_segment_keys(
+    conn: &mut AnyConnection,
+    segment_id: &str,
+    kind: &str,
+    keys: &[&str],
+    insert: bool,
+) -> Result<(), StoreError> {
+    for batch in keys.chunks(KEY_BATCH) {
+        let sql: Cow<'static, str> = match (insert, batch.len() == KEY_BATCH) {
+            (true, true) => Cow::Borrowed(INSERT_KEYS.as_str()),
+            (false, true) => Cow::Borrowed(DELETE_KEYS.as_str()),
+            (true, false) => Cow::Owned(insert_keys_sql(batch.len())),
+            (false, false) => Cow::Owned(delete_keys_sql(batch.len())),
+        };
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(segment_id).bind(kind);
+        for key in batch {
+            query = query.bind(*key);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// A key list as stored: deduplicated, in byte order.
+fn key_set(keys: &[String]) -> Vec<&str> {
+    let mut set: Vec<&str> = keys.iter().map(String::as_str).collect();
+    set.sort_unstable();
+    set.dedup();
+    set
+}
+
+/// What is in `new` and not in `old`, and what is in `old` and not in `new`; both sorted.
+fn key_difference<'a>(old: &'a [String], new: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(o), Some(n)) if o.as_str() == *n => {
+                i += 1;
+                j += 1;
+            }
+            (Some(o), Some(n)) if o.as_str() < *n => {
+                removed.push(o.as_str());
+                i += 1;
+            }
+            (Some(o), None) => {
+                removed.push(o.as_str());
+                i += 1;
+            }
+            (_, Some(n)) => {
+                added.push(*n);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (added, removed)
+}
+
+/// The segment as its row keeps it: without key lists, with `version`.
+fn segment_body(segment: &Segment, version: u64) -> Segment {
+    Segment {
+        key: segment.key.clone(),
+        description: segment.description.clone(),
+        included: Vec::new(),
+        excluded: Vec::new(),
+        rules: segment.rules.clone(),
+        version,
+    }
+}
+
+/// The audit view of a segment: its row, plus how many keys each list gained and lost, so that
+/// a diff never carries 100,000 keys.
+fn segment_audit_value(
+    body: &Segment,
+    included: (usize, usize),
+    excluded: (usize, usize),
+) -> Result<Value, StoreError> {
+    let mut value = serde_json::to_value(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if let Value::Object(map) = &mut value {
+        map.insert(
+            "keyChanges".into(),
+            serde_json::json!({
+                "included": { "added": included.0, "removed": included.1 },
+                "excluded": { "added": excluded.0, "removed": excluded.1 },
+            }),
+        );
+    }
+    Ok(value)
+}
+
+async fn segment_row(
+    conn: &mut AnyConnection,
+    environment_id: &str,
+    key: &str,
+) -> Result<AnyRow, StoreError> {
+    sqlx::query(
+        "SELECT id, key, body, included_count, excluded_count, version, updated_at FROM segments \
+         WHERE environment_id = $1 AND key = $2",
+    )
+    .bind(environment_id)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::not_found("segment", key))
+}
+
+/// One of a segment's key lists (`included` or `excluded`), in byte order. One list per
+/// statement, of one column: with 100,000 keys, decoding rows is what reading costs.
+async fn load_key_list(
+    conn: &mut AnyConnection,
+    segment_id: &str,
+    kind: &str,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query("SELECT key FROM segment_keys WHERE segment_id = $1 AND kind = $2")
+        .bind(segment_id)
+        .bind(kind)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut keys = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>("key"))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Byte order on every backend, whatever PostgreSQL's collation (cheap: SQLite's rows come
+    // in primary-key order already).
+    keys.sort_unstable();
+    Ok(keys)
+}
+
+/// A segment's included and excluded keys, each in byte order.
+async fn load_segment_keys(
+    conn: &mut AnyConnection,
+    segment_id: &str,
+) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    Ok((
+        load_key_list(conn, segment_id, "included").await?,
+        load_key_list(conn, segment_id, "excluded").await?,
+    ))
+}
+
+/// The segment of a row (its version from the column), with the key lists given.
+fn segment_from(
+    row: &AnyRow,
+    included: Vec<String>,
+    excluded: Vec<String>,
+) -> Result<Segment, StoreError> {
+    let mut segment: Segment = from_json(&row.try_get::<String, _>("body")?)?;
+    segment.included = included;
+    segment.excluded = excluded;
+    segment.version = row.try_get::<i64, _>("version")? as u64;
+    Ok(segment)
+}
+
+/// At most this many characters in an SDK key's prefix.
+const MAX_SDK_KEY_PREFIX: usize = 32;
+
+fn check_new_sdk_key(key: &NewSdkKey) -> Result<(), StoreError> {
+    if key.key_hash.is_empty() {
+        return Err(StoreError::Invalid("empty SDK key hash".into()));
+    }
+    if key.prefix.is_empty() || key.prefix.chars().count() > MAX_SDK_KEY_PREFIX {
+        return Err(StoreError::Invalid(format!(
+            "an SDK key's prefix must have 1 to {MAX_SDK_KEY_PREFIX} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Stores a new SDK key (returned as created) in the environment.
+async fn insert_sdk_key(
+    conn: &mut AnyConnection,
+    environment_id: &str,
+    key: &NewSdkKey,
+    at: i64,
+) -> Result<SdkKeyRecord, StoreError> {
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO sdk_keys (id, environment_id, kind, key_hash, prefix, created_at, \
+         expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)",
+    )
+    .bind(&id)
+    .bind(environment_id)
+    .bind(key.kind.as_str())
+    .bind(&key.key_hash)
+    .bind(&key.prefix)
+    .bind(at)
+    .execute(&mut *conn)
+    .await
+    // Keyed by the prefix: the hash stays out of errors and logs.
+    .map_err(unique("sdk key", &key.prefix))?;
+    Ok(SdkKeyRecord {
+        id,
+        project: key.project.clone(),
+        environment: key.environment.clone(),
+        kind: key.kind,
+        prefix: key.prefix.clone(),
+        created_at: at,
+        expires_at: None,
+        revoked: false,
+    })
+}
+
+/// The columns [`sdk_key_from`] reads, with `FROM`: append a `WHERE` clause.
+macro_rules! select_sdk_keys {
+    () => {
+        "SELECT k.id, k.kind, k.prefix, k.created_at, k.expires_at, k.revoked_at, \
+         p.key AS project, e.key AS environment FROM sdk_keys k \
+         JOIN environments e ON e.id = k.environment_id JOIN projects p ON p.id = e.project_id "
+    };
+}
+
+fn sdk_key_from(row: &AnyRow) -> Result<SdkKeyRecord, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    Ok(SdkKeyRecord {
+        id: row.try_get("id")?,
+        project: row.try_get("project")?,
+        environment: row.try_get("environment")?,
+        kind: SdkKeyKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown SDK key kind `{kind}`")))?,
+        prefix: row.try_get("prefix")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+    })
 }
 
 #[async_trait]
@@ -654,7 +946,8 @@ impl Store for SqlStore {
                 &mut tx,
                 RevisionRecord {
                     environment_id: &env_id,
-                    flag_key: &flag.key,
+                    resource_kind: "flag",
+                    resource_key: &flag.key,
                     version: 1,
                     body: &body,
                     actor,
@@ -770,7 +1063,8 @@ impl Store for SqlStore {
                 &mut tx,
                 RevisionRecord {
                     environment_id: &env_id,
-                    flag_key: &flag.key,
+                    resource_kind: "flag",
+                    resource_key: &flag.key,
                     version: 1,
                     body: &body,
                     actor,
@@ -987,7 +1281,8 @@ impl Store for SqlStore {
             &mut tx,
             RevisionRecord {
                 environment_id: &env_id,
-                flag_key: change.flag,
+                resource_kind: "flag",
+                resource_key: change.flag,
                 version: config.version as i64,
                 body: &body,
                 actor: change.actor,
@@ -1433,18 +1728,522 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn create_segment(
+        &self,
+        change: &SegmentChange<'_>,
+    ) -> Result<SegmentRecord, StoreError> {
+        let segment = change.segment;
+        let key = segment.key.as_str();
+        if !anchor_engine::model::is_valid_key(key) {
+            return Err(StoreError::Invalid(format!("invalid segment key `{key}`")));
+        }
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, change.project).await?;
+        let env_id = environment_id(&mut tx, &project_id, change.environment).await?;
+        // First, as for flag configurations: it locks the environment's row (PostgreSQL).
+        bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
+        // Version 1, unless a deleted segment of this key left revisions: then one past them,
+        // so revisions stay unique and a stale `If-Match` cannot match the new segment.
+        let previous: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(version), 0) AS v FROM revisions \
+             WHERE environment_id = $1 AND resource_kind = 'segment' AND resource_key = $2",
+        )
+        .bind(&env_id)
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("v")?;
+        let version = previous as u64 + 1;
+        let included = key_set(&segment.included);
+        let excluded = key_set(&segment.excluded);
+        let body = segment_body(segment, version);
+        let segment_id = new_id();
+        sqlx::query(
+            "INSERT INTO segments (id, environment_id, key, body, included_count, \
+             excluded_count, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+        )
+        .bind(&segment_id)
+        .bind(&env_id)
+        .bind(key)
+        .bind(to_json(&body)?)
+        .bind(included.len() as i64)
+        .bind(excluded.len() as i64)
+        .bind(version as i64)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unique("segment", key))?;
+        write_segment_keys(&mut tx, &segment_id, "included", &included, true).await?;
+        write_segment_keys(&mut tx, &segment_id, "excluded", &excluded, true).await?;
+        let after = segment_audit_value(&body, (included.len(), 0), (excluded.len(), 0))?;
+        let stored = Segment {
+            included: included.iter().map(|k| k.to_string()).collect(),
+            excluded: excluded.iter().map(|k| k.to_string()).collect(),
+            ..body
+        };
+        insert_revision(
+            &mut tx,
+            RevisionRecord {
+                environment_id: &env_id,
+                resource_kind: "segment",
+                resource_key: key,
+                version: version as i64,
+                body: &to_json(&stored)?,
+                actor: change.actor,
+                comment: change.comment,
+                at,
+            },
+        )
+        .await?;
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&env_id),
+                actor: change.actor,
+                action: "segment.created",
+                resource_kind: "segment",
+                resource_key: key,
+                before: &Value::Null,
+                after: &after,
+                comment: change.comment,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SegmentRecord {
+            environment: change.environment.to_string(),
+            segment: stored,
+            updated_at: at,
+        })
+    }
+
+    async fn update_segment(
+        &self,
+        change: &SegmentChange<'_>,
+    ) -> Result<SegmentRecord, StoreError> {
+        let segment = change.segment;
+        let key = segment.key.as_str();
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, change.project).await?;
+        let env_id = environment_id(&mut tx, &project_id, change.environment).await?;
+        // First: it locks the environment's row (PostgreSQL), so writers take turns and each
+        // reads the version and key lists the previous one committed.
+        bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
+        let row = segment_row(&mut tx, &env_id, key).await?;
+        let segment_id: String = row.try_get("id")?;
+        let version = row.try_get::<i64, _>("version")? as u64;
+        if let Some(expected) = change.expected_version
+            && expected != version
+        {
+            return Err(StoreError::VersionMismatch {
+                what: "segment",
+                expected,
+                actual: version,
+            });
+        }
+        let before: Value = from_json(&row.try_get::<String, _>("body")?)?;
+        let included = key_set(&segment.included);
+        let excluded = key_set(&segment.excluded);
+        let body = segment_body(segment, version + 1);
+        let updated = sqlx::query(
+            "UPDATE segments SET body = $1, included_count = $2, excluded_count = $3, \
+             version = $4, updated_at = $5 WHERE id = $6 AND version = $7",
+        )
+        .bind(to_json(&body)?)
+        .bind(included.len() as i64)
+        .bind(excluded.len() as i64)
+        .bind(body.version as i64)
+        .bind(at)
+        .bind(&segment_id)
+        .bind(version as i64)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::VersionMismatch {
+                what: "segment",
+                expected: version,
+                actual: version + 1,
+            });
+        }
+        // Only the difference: a list of 100,000 keys with one more writes one row.
+        let (old_included, old_excluded) = load_segment_keys(&mut tx, &segment_id).await?;
+        let (included_added, included_removed) = key_difference(&old_included, &included);
+        let (excluded_added, excluded_removed) = key_difference(&old_excluded, &excluded);
+        write_segment_keys(&mut tx, &segment_id, "included", &included_removed, false).await?;
+        write_segment_keys(&mut tx, &segment_id, "excluded", &excluded_removed, false).await?;
+        write_segment_keys(&mut tx, &segment_id, "included", &included_added, true).await?;
+        write_segment_keys(&mut tx, &segment_id, "excluded", &excluded_added, true).await?;
+        let after = segment_audit_value(
+            &body,
+            (included_added.len(), included_removed.len()),
+            (excluded_added.len(), excluded_removed.len()),
+        )?;
+        let stored = Segment {
+            included: included.iter().map(|k| k.to_string()).collect(),
+            excluded: excluded.iter().map(|k| k.to_string()).collect(),
+            ..body
+        };
+        insert_revision(
+            &mut tx,
+            RevisionRecord {
+                environment_id: &env_id,
+                resource_kind: "segment",
+                resource_key: key,
+                version: stored.version as i64,
+                body: &to_json(&stored)?,
+                actor: change.actor,
+                comment: change.comment,
+                at,
+            },
+        )
+        .await?;
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&env_id),
+                actor: change.actor,
+                action: "segment.updated",
+                resource_kind: "segment",
+                resource_key: key,
+                before: &before,
+                after: &after,
+                comment: change.comment,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SegmentRecord {
+            environment: change.environment.to_string(),
+            segment: stored,
+            updated_at: at,
+        })
+    }
+
+    async fn segment(
+        &self,
+        project: &str,
+        environment: &str,
+        key: &str,
+    ) -> Result<SegmentRecord, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let env_id = environment_id(&mut tx, &project_id, environment).await?;
+        let row = segment_row(&mut tx, &env_id, key).await?;
+        let (included, excluded) =
+            load_segment_keys(&mut tx, &row.try_get::<String, _>("id")?).await?;
+        tx.commit().await?;
+        Ok(SegmentRecord {
+            environment: environment.to_string(),
+            segment: segment_from(&row, included, excluded)?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    async fn segments(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<Vec<SegmentSummary>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let env_id = environment_id(&mut conn, &project_id, environment).await?;
+        let rows = sqlx::query(
+            "SELECT key, body, included_count, excluded_count, version, updated_at \
+             FROM segments WHERE environment_id = $1",
+        )
+        .bind(&env_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut summaries = rows
+            .iter()
+            .map(|r| {
+                let segment = segment_from(r, Vec::new(), Vec::new())?;
+                Ok(SegmentSummary {
+                    key: r.try_get("key")?,
+                    description: segment.description,
+                    included_count: r.try_get::<i64, _>("included_count")? as u64,
+                    excluded_count: r.try_get::<i64, _>("excluded_count")? as u64,
+                    rules: segment.rules.len(),
+                    version: segment.version,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Byte order on every backend, whatever PostgreSQL's collation.
+        summaries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        Ok(summaries)
+    }
+
+    async fn delete_segment(
+        &self,
+        actor: &Actor,
+        project: &str,
+        environment: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let env_id = environment_id(&mut tx, &project_id, environment).await?;
+        bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
+        let row = segment_row(&mut tx, &env_id, key).await?;
+        let segment_id: String = row.try_get("id")?;
+        let before: Value = from_json(&row.try_get::<String, _>("body")?)?;
+        sqlx::query("DELETE FROM segment_keys WHERE segment_id = $1")
+            .bind(&segment_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM segments WHERE id = $1")
+            .bind(&segment_id)
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&env_id),
+                actor,
+                action: "segment.deleted",
+                resource_kind: "segment",
+                resource_key: key,
+                before: &before,
+                after: &Value::Null,
+                comment: None,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn segment_revisions(
+        &self,
+        project: &str,
+        environment: &str,
+        key: &str,
+    ) -> Result<Vec<Revision>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let env_id = environment_id(&mut conn, &project_id, environment).await?;
+        let rows = sqlx::query(
+            "SELECT resource_kind, resource_key, version, body, actor_kind, actor_id, comment, \
+             created_at FROM revisions WHERE environment_id = $1 \
+             AND resource_kind = 'segment' AND resource_key = $2 ORDER BY version DESC",
+        )
+        .bind(&env_id)
+        .bind(key)
+        .fetch_all(&mut *conn)
+        .await?;
+        // A segment always has its first revision, so none means no such segment, ever.
+        if rows.is_empty() {
+            return Err(StoreError::not_found("segment", key));
+        }
+        rows.iter().map(|r| revision_from(r, environment)).collect()
+    }
+
+    async fn create_sdk_key(
+        &self,
+        actor: &Actor,
+        key: &NewSdkKey,
+    ) -> Result<SdkKeyRecord, StoreError> {
+        check_new_sdk_key(key)?;
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, &key.project).await?;
+        let env_id = environment_id(&mut tx, &project_id, &key.environment).await?;
+        let record = insert_sdk_key(&mut tx, &env_id, key, at).await?;
+        // Never the key hash.
+        let after = serde_json::json!({ "kind": key.kind, "prefix": key.prefix });
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&env_id),
+                actor,
+                action: "sdk_key.created",
+                resource_kind: "sdk_key",
+                resource_key: &record.id,
+                before: &Value::Null,
+                after: &after,
+                comment: None,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn rotate_sdk_key(
+        &self,
+        actor: &Actor,
+        key: &NewSdkKey,
+        overlap_ms: i64,
+    ) -> Result<SdkKeyRecord, StoreError> {
+        check_new_sdk_key(key)?;
+        if overlap_ms < 0 {
+            return Err(StoreError::Invalid(format!(
+                "negative overlap for an SDK key rotation: {overlap_ms} ms"
+            )));
+        }
+        let at = self.now();
+        let until = at.saturating_add(overlap_ms);
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, &key.project).await?;
+        let env_id = environment_id(&mut tx, &project_id, &key.environment).await?;
+        // Concurrent rotations take turns, so each sees the key the other made and retires it.
+        lock_environment(&mut tx, &env_id).await?;
+        let record = insert_sdk_key(&mut tx, &env_id, key, at).await?;
+        // Every other live key of the kind expires at `until`; one that expires sooner (or has
+        // expired) keeps its expiry, so a rotation never lengthens a key's life.
+        let retired = sqlx::query(
+            "UPDATE sdk_keys SET expires_at = $1 WHERE environment_id = $2 AND kind = $3 \
+             AND id <> $4 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
+             RETURNING id",
+        )
+        .bind(until)
+        .bind(&env_id)
+        .bind(key.kind.as_str())
+        .bind(&record.id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>("id"))
+        .collect::<Result<Vec<_>, _>>()?;
+        let mut retired = retired;
+        retired.sort_unstable();
+        // Never the key hash.
+        let after = serde_json::json!({
+            "kind": key.kind,
+            "prefix": key.prefix,
+            "expiring": retired,
+            "expiringAt": until,
+        });
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&env_id),
+                actor,
+                action: "sdk_key.rotated",
+                resource_kind: "sdk_key",
+                resource_key: &record.id,
+                before: &Value::Null,
+                after: &after,
+                comment: None,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn revoke_sdk_key(
+        &self,
+        actor: &Actor,
+        project: &str,
+        environment: &str,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let env_id = environment_id(&mut tx, &project_id, environment).await?;
+        // Only a live key changes, so concurrent revocations write one audit entry.
+        let revoked = sqlx::query(
+            "UPDATE sdk_keys SET revoked_at = $1 \
+             WHERE id = $2 AND environment_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(&env_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if revoked == 0 {
+            let exists =
+                sqlx::query("SELECT id FROM sdk_keys WHERE id = $1 AND environment_id = $2")
+                    .bind(id)
+                    .bind(&env_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+            return if exists {
+                Ok(())
+            } else {
+                Err(StoreError::not_found("sdk key", id))
+            };
+        }
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&env_id),
+                actor,
+                action: "sdk_key.revoked",
+                resource_kind: "sdk_key",
+                resource_key: id,
+                before: &serde_json::json!({ "revoked": false }),
+                after: &serde_json::json!({ "revoked": true }),
+                comment: None,
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn sdk_keys(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> Result<Vec<SdkKeyRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let env_id = environment_id(&mut conn, &project_id, environment).await?;
+        let rows = sqlx::query(concat!(
+            select_sdk_keys!(),
+            "WHERE k.environment_id = $1 ORDER BY k.created_at DESC, k.id DESC"
+        ))
+        .bind(&env_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(sdk_key_from).collect()
+    }
+
+    async fn sdk_key_by_hash(&self, key_hash: &str) -> Result<Option<SdkKeyRecord>, StoreError> {
+        sqlx::query(concat!(select_sdk_keys!(), "WHERE k.key_hash = $1"))
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(sdk_key_from)
+            .transpose()
+    }
+
     async fn environment_config(
         &self,
         project: &str,
         environment: &str,
     ) -> Result<(EnvironmentConfig, u64), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let project_id = project_id(&mut conn, project).await?;
+        // One snapshot: the revision counter, flags, segments and their keys agree.
+        let mut tx = self.begin_read().await?;
+        let project_id = project_id(&mut tx, project).await?;
         let env =
             sqlx::query("SELECT id, revision FROM environments WHERE project_id = $1 AND key = $2")
                 .bind(&project_id)
                 .bind(environment)
-                .fetch_optional(&mut *conn)
+                .fetch_optional(&mut *tx)
                 .await?
                 .ok_or_else(|| StoreError::not_found("environment", environment))?;
         let env_id: String = env.try_get("id")?;
@@ -1457,7 +2256,7 @@ impl Store for SqlStore {
         )
         .bind(&project_id)
         .bind(&env_id)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *tx)
         .await?;
         let mut flags = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -1468,12 +2267,19 @@ impl Store for SqlStore {
                 config,
             });
         }
-        Ok((
-            EnvironmentConfig {
-                flags,
-                segments: Vec::new(),
-            },
-            revision,
-        ))
+        let rows = sqlx::query("SELECT id, body, version FROM segments WHERE environment_id = $1")
+            .bind(&env_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut segments = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let (included, excluded) =
+                load_segment_keys(&mut tx, &r.try_get::<String, _>("id")?).await?;
+            segments.push(segment_from(r, included, excluded)?);
+        }
+        tx.commit().await?;
+        // Byte order on every backend, whatever PostgreSQL's collation.
+        segments.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        Ok((EnvironmentConfig { flags, segments }, revision))
     }
 }

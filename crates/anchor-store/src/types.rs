@@ -1,12 +1,13 @@
 //! The records the store reads and writes, and its one error type.
 
-use anchor_engine::{Flag, FlagConfig, Lifecycle};
+use anchor_engine::{Flag, FlagConfig, Lifecycle, Segment};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Who made a change: a person, a token acting for one, or the system itself (the rollout
 /// controller, the scheduler, the first-start bootstrap).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Actor {
     pub kind: ActorKind,
@@ -14,6 +15,7 @@ pub struct Actor {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ActorKind {
     User,
@@ -56,6 +58,7 @@ impl Actor {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Project {
     pub key: String,
@@ -64,6 +67,7 @@ pub struct Project {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NewEnvironment {
     pub key: String,
@@ -77,6 +81,7 @@ pub struct NewEnvironment {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Environment {
     pub project: String,
@@ -92,6 +97,7 @@ pub struct Environment {
 
 /// A flag's definition and its configuration in every environment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FlagRecord {
     pub flag: Flag,
@@ -103,6 +109,7 @@ pub struct FlagRecord {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentFlagConfig {
     pub environment: String,
@@ -113,6 +120,7 @@ pub struct EnvironmentFlagConfig {
 
 /// Which flags a listing returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FlagFilter {
     pub tag: Option<String>,
@@ -129,6 +137,7 @@ pub struct FlagFilter {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -153,6 +162,7 @@ pub struct ConfigChange<'a> {
 
 /// An immutable snapshot of a configuration as it was after one change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Revision {
     pub environment: String,
@@ -166,6 +176,7 @@ pub struct Revision {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     pub id: String,
@@ -183,6 +194,7 @@ pub struct AuditEntry {
 
 /// Which audit entries to return.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AuditFilter {
     pub project: String,
@@ -199,6 +211,7 @@ pub struct AuditFilter {
 
 /// A user's role in a project; ordered: Viewer < Editor < Admin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Viewer,
@@ -227,6 +240,7 @@ impl Role {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct User {
     pub id: String,
@@ -238,6 +252,7 @@ pub struct User {
 
 /// A personal access token as stored: never the secret, only its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRecord {
     pub id: String,
@@ -254,6 +269,7 @@ pub struct TokenRecord {
 
 /// A personal access token to store: the caller makes the secret and passes only its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NewToken {
     pub user_id: String,
@@ -261,6 +277,106 @@ pub struct NewToken {
     pub token_hash: String,
     pub role: Role,
     pub expires_at: Option<i64>,
+}
+
+/// A segment of one environment as stored: the engine's [`Segment`] with its key lists (each
+/// deduplicated and in byte order) and its stored `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentRecord {
+    pub environment: String,
+    pub segment: Segment,
+    pub updated_at: i64,
+}
+
+/// A segment in a listing: everything but its key lists, which are only counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentSummary {
+    pub key: String,
+    pub description: String,
+    pub included_count: u64,
+    pub excluded_count: u64,
+    /// How many rules the segment has.
+    pub rules: usize,
+    pub version: u64,
+    pub updated_at: i64,
+}
+
+/// A segment to create or replace in one environment.
+#[derive(Debug, Clone)]
+pub struct SegmentChange<'a> {
+    pub actor: &'a Actor,
+    pub project: &'a str,
+    pub environment: &'a str,
+    /// Its `version` is ignored: the store sets it.
+    pub segment: &'a Segment,
+    /// The version the writer read (`If-Match`); `None` to write unconditionally. Ignored when
+    /// creating.
+    pub expected_version: Option<u64>,
+    pub comment: Option<&'a str>,
+}
+
+/// What an SDK key may do: a `server` key may download an environment's whole configuration
+/// and send telemetry, a `client` key may only ask for evaluations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SdkKeyKind {
+    Server,
+    Client,
+}
+
+impl SdkKeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SdkKeyKind::Server => "server",
+            SdkKeyKind::Client => "client",
+        }
+    }
+
+    /// The kind named `s` (`server` or `client`), if any.
+    pub fn parse(s: &str) -> Option<SdkKeyKind> {
+        match s {
+            "server" => Some(SdkKeyKind::Server),
+            "client" => Some(SdkKeyKind::Client),
+            _ => None,
+        }
+    }
+}
+
+/// An SDK key as stored: never the secret, only its hash (not even that is returned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SdkKeyRecord {
+    pub id: String,
+    pub project: String,
+    pub environment: String,
+    pub kind: SdkKeyKind,
+    /// The first characters of the secret, for people to tell keys apart.
+    pub prefix: String,
+    pub created_at: i64,
+    /// Unix milliseconds; a key being rotated out stays valid until then. `None` for a key
+    /// that does not expire.
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+}
+
+/// An SDK key to store: the server makes the secret and passes only its hash and prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct NewSdkKey {
+    pub project: String,
+    pub environment: String,
+    pub kind: SdkKeyKind,
+    /// The SHA-256 hex hash of the secret.
+    pub key_hash: String,
+    /// A short, non-secret beginning of the secret (at most 32 characters).
+    pub prefix: String,
 }
 
 /// What can go wrong, in terms the server maps to HTTP once.

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use anchor_engine::{Flag, FlagConfig, Lifecycle, Serve, compile};
+use anchor_engine::{EvaluationContext, Flag, FlagConfig, Lifecycle, Segment, Serve, compile};
 use anchor_store::{
-    Actor, AuditFilter, ConfigChange, FlagFilter, NewEnvironment, NewToken, Role, SqlStore, Store,
-    StoreError,
+    Actor, AuditEntry, AuditFilter, ConfigChange, FlagFilter, NewEnvironment, NewSdkKey, NewToken,
+    Role, SdkKeyKind, SegmentChange, SqlStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -112,6 +112,15 @@ contract!(
     users_are_created_once_and_their_credentials_read_back,
     project_roles_are_granted_changed_and_audited,
     tokens_are_stored_as_hashes_looked_up_listed_and_revoked,
+    a_segment_is_created_once_per_environment_read_back_and_listed_without_its_keys,
+    a_segment_update_with_a_stale_version_fails_and_changes_nothing,
+    segment_updates_write_the_key_list_difference_and_audit_counts_not_keys,
+    a_deleted_segment_is_gone_but_its_revisions_stay_and_its_key_can_return,
+    the_environment_config_includes_segments_with_their_keys_and_compiles,
+    a_segment_with_100000_keys_round_trips_through_the_environment_config,
+    sdk_keys_are_stored_as_hashes_looked_up_and_listed_newest_first,
+    rotating_an_sdk_key_sets_an_expiry_on_the_old_keys_of_its_kind_only,
+    sdk_keys_are_revoked_once_and_audited_without_their_hash,
 );
 
 fn admin() -> Actor {
@@ -488,7 +497,7 @@ async fn the_environment_config_compiles_and_leaves_archived_flags_out(f: &Fixtu
     assert_eq!(keys, ["a", "c"]);
     let (snapshot, diagnostics) = compile(&config);
     assert!(diagnostics.is_empty(), "{diagnostics:?}");
-    let e = anchor_engine::evaluate(&snapshot, "a", &anchor_engine::EvaluationContext::new());
+    let e = anchor_engine::evaluate(&snapshot, "a", &EvaluationContext::new());
     assert_eq!(e.value(), Some(&json!(true)));
     assert_eq!(e.flag_version(), Some(1));
 }
@@ -1044,5 +1053,972 @@ async fn tokens_are_stored_as_hashes_looked_up_listed_and_revoked(f: &Fixture) {
     let text = serde_json::to_string(&audit).unwrap();
     for secret in [hash(1), hash(2), hash(3), PASSWORD_HASH.to_string()] {
         assert!(!text.contains(&secret), "{secret} in {text}");
+    }
+}
+
+fn segment(key: &str, included: &[&str], excluded: &[&str]) -> Segment {
+    serde_json::from_value(json!({
+        "key": key,
+        "description": format!("The {key} segment"),
+        "included": included,
+        "excluded": excluded,
+        "rules": [{
+            "id": "staff",
+            "conditions": [{"attribute": "email", "operator": "ends_with", "values": ["@anchor.dev"]}]
+        }],
+    }))
+    .unwrap()
+}
+
+fn segment_change<'a>(
+    actor: &'a Actor,
+    environment: &'a str,
+    segment: &'a Segment,
+    expected_version: Option<u64>,
+) -> SegmentChange<'a> {
+    SegmentChange {
+        actor,
+        project: "shop",
+        environment,
+        segment,
+        expected_version,
+        comment: None,
+    }
+}
+
+async fn audit_of(f: &Fixture, resource_key: &str) -> Vec<AuditEntry> {
+    f.store
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            resource_key: Some(resource_key.into()),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn a_segment_is_created_once_per_environment_read_back_and_listed_without_its_keys(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let revision0 = s.environment("shop", "production").await.unwrap().revision;
+    let beta = segment(
+        "beta",
+        &["member-3", "member-1", "member-2", "member-1"],
+        &["member-9"],
+    );
+    let record = s
+        .create_segment(&segment_change(&admin(), "production", &beta, None))
+        .await
+        .unwrap();
+    assert_eq!(record.environment, "production");
+    assert_eq!(record.updated_at, 1_800_000_000_000);
+    assert_eq!(record.segment.version, 1);
+    assert_eq!(
+        record.segment.included,
+        ["member-1", "member-2", "member-3"],
+        "deduplicated, in order"
+    );
+    assert_eq!(record.segment.excluded, ["member-9"]);
+    assert_eq!(record.segment.rules, beta.rules);
+    assert_eq!(record.segment.description, beta.description);
+    assert_eq!(
+        s.environment("shop", "production").await.unwrap().revision,
+        revision0 + 1
+    );
+    assert_eq!(
+        s.segment("shop", "production", "beta").await.unwrap(),
+        record
+    );
+
+    assert!(matches!(
+        s.create_segment(&segment_change(&admin(), "production", &beta, None))
+            .await,
+        Err(StoreError::AlreadyExists {
+            what: "segment",
+            ..
+        })
+    ));
+    // Per environment: the same key elsewhere is another segment.
+    let staging = segment("beta", &["member-5"], &[]);
+    s.create_segment(&segment_change(&admin(), "staging", &staging, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.segment("shop", "staging", "beta")
+            .await
+            .unwrap()
+            .segment
+            .included,
+        ["member-5"]
+    );
+    for bad in ["bad key", "", "slash/"] {
+        assert!(
+            matches!(
+                s.create_segment(&segment_change(
+                    &admin(),
+                    "production",
+                    &segment(bad, &[], &[]),
+                    None
+                ))
+                .await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        s.segment("shop", "production", "ghost").await,
+        Err(StoreError::NotFound {
+            what: "segment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.segment("shop", "qa", "beta").await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.create_segment(&segment_change(&admin(), "qa", &beta, None))
+            .await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+
+    f.advance(1_000);
+    let mut alpha = segment("alpha", &[], &[]);
+    alpha.rules.clear();
+    alpha.description.clear();
+    s.create_segment(&segment_change(&admin(), "production", &alpha, None))
+        .await
+        .unwrap();
+    let listed = s.segments("shop", "production").await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(),
+        ["alpha", "beta"],
+        "in key order"
+    );
+    assert_eq!(
+        (
+            listed[0].included_count,
+            listed[0].excluded_count,
+            listed[0].rules
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(listed[0].updated_at, 1_800_000_001_000);
+    let b = &listed[1];
+    assert_eq!(b.description, "The beta segment");
+    assert_eq!((b.included_count, b.excluded_count, b.rules), (3, 1, 1));
+    assert_eq!((b.version, b.updated_at), (1, 1_800_000_000_000));
+    assert_eq!(s.segments("shop", "staging").await.unwrap().len(), 1);
+    assert!(s.segments("shop", "development").await.unwrap().is_empty());
+}
+
+async fn a_segment_update_with_a_stale_version_fails_and_changes_nothing(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let v1 = segment("beta", &["member-1"], &[]);
+    s.create_segment(&segment_change(&admin(), "production", &v1, None))
+        .await
+        .unwrap();
+    f.advance(1_000);
+    let v2 = segment("beta", &["member-1", "member-2"], &["member-3"]);
+    let stored = s
+        .update_segment(&segment_change(&admin(), "production", &v2, Some(1)))
+        .await
+        .unwrap();
+    assert_eq!(stored.segment.version, 2);
+    assert_eq!(stored.updated_at, 1_800_000_001_000);
+    assert_eq!(stored.segment.included, ["member-1", "member-2"]);
+    assert_eq!(stored.segment.excluded, ["member-3"]);
+    assert_eq!(
+        s.segment("shop", "production", "beta").await.unwrap(),
+        stored
+    );
+    let revision_before = s.environment("shop", "production").await.unwrap().revision;
+    let audit_before = audit_of(f, "beta").await.len();
+
+    f.advance(1_000);
+    let mut stale = segment("beta", &["member-7"], &[]);
+    stale.description = "Stale".into();
+    let result = s
+        .update_segment(&segment_change(&admin(), "production", &stale, Some(1)))
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::VersionMismatch {
+                what: "segment",
+                expected: 1,
+                actual: 2,
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(
+        s.segment("shop", "production", "beta").await.unwrap(),
+        stored,
+        "nothing changed"
+    );
+    assert_eq!(
+        s.environment("shop", "production").await.unwrap().revision,
+        revision_before
+    );
+    assert_eq!(audit_of(f, "beta").await.len(), audit_before);
+    assert_eq!(
+        s.segment_revisions("shop", "production", "beta")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Unconditional writes land.
+    let v3 = s
+        .update_segment(&segment_change(&admin(), "production", &stale, None))
+        .await
+        .unwrap();
+    assert_eq!(v3.segment.version, 3);
+    assert_eq!(v3.segment.included, ["member-7"]);
+    assert!(v3.segment.excluded.is_empty());
+    assert_eq!(
+        s.environment("shop", "production").await.unwrap().revision,
+        revision_before + 1
+    );
+    assert!(matches!(
+        s.update_segment(&segment_change(
+            &admin(),
+            "production",
+            &segment("ghost", &[], &[]),
+            None
+        ))
+        .await,
+        Err(StoreError::NotFound {
+            what: "segment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.update_segment(&segment_change(&admin(), "staging", &v2, None))
+            .await,
+        Err(StoreError::NotFound {
+            what: "segment",
+            ..
+        })
+    ));
+}
+
+async fn segment_updates_write_the_key_list_difference_and_audit_counts_not_keys(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let created = segment(
+        "beta",
+        &["member-1", "member-2", "member-3", "member-4", "member-5"],
+        &["member-0"],
+    );
+    s.create_segment(&segment_change(&admin(), "production", &created, None))
+        .await
+        .unwrap();
+    f.advance(1_000);
+    let mut updated = segment(
+        "beta",
+        &["member-3", "member-4", "member-5", "member-6", "member-7"],
+        &[],
+    );
+    updated.description = "Trimmed".into();
+    let ann = Actor::user("ann");
+    let mut change = segment_change(&ann, "production", &updated, Some(1));
+    change.comment = Some("trim the beta");
+    s.update_segment(&change).await.unwrap();
+    let read = s.segment("shop", "production", "beta").await.unwrap();
+    assert_eq!(
+        read.segment.included,
+        ["member-3", "member-4", "member-5", "member-6", "member-7"]
+    );
+    assert!(read.segment.excluded.is_empty());
+    assert_eq!(read.segment.description, "Trimmed");
+    // Swapping a key from one list to the other.
+    let swapped = segment("beta", &["member-4", "member-5"], &["member-3"]);
+    s.update_segment(&segment_change(&admin(), "production", &swapped, Some(2)))
+        .await
+        .unwrap();
+    let read = s.segment("shop", "production", "beta").await.unwrap();
+    assert_eq!(read.segment.included, ["member-4", "member-5"]);
+    assert_eq!(read.segment.excluded, ["member-3"]);
+
+    let audit = audit_of(f, "beta").await;
+    assert_eq!(
+        audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+        ["segment.updated", "segment.updated", "segment.created"]
+    );
+    assert!(audit.iter().all(|a| a.resource_kind == "segment"
+        && a.environment.as_deref() == Some("production")));
+    let created_entry = &audit[2];
+    assert_eq!(
+        created_entry.diff[0]["value"]["keyChanges"],
+        json!({"included": {"added": 5, "removed": 0}, "excluded": {"added": 1, "removed": 0}})
+    );
+    assert_eq!(created_entry.diff[0]["value"]["version"], json!(1));
+    let trim = &audit[1];
+    assert_eq!(trim.actor, ann);
+    assert_eq!(trim.comment.as_deref(), Some("trim the beta"));
+    let ops = trim.diff.as_array().unwrap();
+    assert!(
+        ops.iter().any(|op| op["op"] == "add"
+            && op["path"] == "/keyChanges"
+            && op["value"]
+                == json!({"included": {"added": 2, "removed": 2}, "excluded": {"added": 0, "removed": 1}})),
+        "{:#}",
+        trim.diff
+    );
+    assert!(
+        ops.iter()
+            .any(|op| op["path"] == "/description" && op["value"] == json!("Trimmed")),
+        "{:#}",
+        trim.diff
+    );
+    assert!(
+        ops.iter()
+            .any(|op| op["path"] == "/version" && op["value"] == json!(2)),
+        "{:#}",
+        trim.diff
+    );
+    assert_eq!(
+        audit[0]
+            .diff
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|op| op["path"] == "/keyChanges")
+            .unwrap()["value"],
+        json!({"included": {"added": 0, "removed": 3}, "excluded": {"added": 1, "removed": 0}})
+    );
+    let text = serde_json::to_string(&audit).unwrap();
+    assert!(
+        !text.contains("member-"),
+        "key lists in the audit log: {text}"
+    );
+
+    let history = s
+        .segment_revisions("shop", "production", "beta")
+        .await
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|r| r.version).collect::<Vec<_>>(),
+        [3, 2, 1],
+        "newest first"
+    );
+    assert!(history.iter().all(|r| r.resource_kind == "segment"
+        && r.resource_key == "beta"
+        && r.environment == "production"));
+    assert_eq!(history[1].actor, ann);
+    assert_eq!(history[1].comment.as_deref(), Some("trim the beta"));
+    assert_eq!(history[1].created_at, 1_800_000_001_000);
+    // A revision is the whole segment, key lists included.
+    let second: Segment = serde_json::from_value(history[1].body.clone()).unwrap();
+    assert_eq!(
+        second.included,
+        ["member-3", "member-4", "member-5", "member-6", "member-7"]
+    );
+    assert_eq!(second.version, 2);
+    assert_eq!(second.description, "Trimmed");
+    let first: Segment = serde_json::from_value(history[2].body.clone()).unwrap();
+    assert_eq!(first.excluded, ["member-0"]);
+    assert_eq!(first.included.len(), 5);
+}
+
+async fn a_deleted_segment_is_gone_but_its_revisions_stay_and_its_key_can_return(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let beta = segment("beta", &["member-1", "member-2"], &["member-3"]);
+    s.create_segment(&segment_change(&admin(), "production", &beta, None))
+        .await
+        .unwrap();
+    s.update_segment(&segment_change(&admin(), "production", &beta, Some(1)))
+        .await
+        .unwrap();
+    s.create_segment(&segment_change(&admin(), "staging", &beta, None))
+        .await
+        .unwrap();
+    let revision_before = s.environment("shop", "production").await.unwrap().revision;
+    let bob = Actor::user("bob");
+    s.delete_segment(&bob, "shop", "production", "beta")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.environment("shop", "production").await.unwrap().revision,
+        revision_before + 1
+    );
+    assert!(matches!(
+        s.segment("shop", "production", "beta").await,
+        Err(StoreError::NotFound {
+            what: "segment",
+            ..
+        })
+    ));
+    assert!(s.segments("shop", "production").await.unwrap().is_empty());
+    let (config, _) = s.environment_config("shop", "production").await.unwrap();
+    assert!(config.segments.is_empty());
+    // The other environment's segment of the same key is untouched.
+    assert_eq!(
+        s.segment("shop", "staging", "beta")
+            .await
+            .unwrap()
+            .segment
+            .included,
+        ["member-1", "member-2"]
+    );
+    assert!(matches!(
+        s.delete_segment(&bob, "shop", "production", "beta").await,
+        Err(StoreError::NotFound {
+            what: "segment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.delete_segment(&bob, "shop", "qa", "beta").await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+    let audit = audit_of(f, "beta").await;
+    let deleted = &audit[0];
+    assert_eq!(deleted.action, "segment.deleted");
+    assert_eq!(deleted.actor, bob);
+    assert_eq!(deleted.resource_kind, "segment");
+    assert_eq!(deleted.environment.as_deref(), Some("production"));
+    assert_eq!(
+        deleted.diff,
+        json!([{"op": "replace", "path": "", "value": null}])
+    );
+    assert_eq!(
+        s.segment_revisions("shop", "production", "beta")
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.version)
+            .collect::<Vec<_>>(),
+        [2, 1],
+        "the history stays"
+    );
+    assert!(matches!(
+        s.segment_revisions("shop", "production", "ghost").await,
+        Err(StoreError::NotFound {
+            what: "segment",
+            ..
+        })
+    ));
+
+    // Created again, it continues the versions, so a stale `If-Match` of the old one fails.
+    let again = segment("beta", &["member-4"], &[]);
+    let record = s
+        .create_segment(&segment_change(&admin(), "production", &again, None))
+        .await
+        .unwrap();
+    assert_eq!(record.segment.version, 3);
+    assert_eq!(record.segment.included, ["member-4"]);
+    assert!(record.segment.excluded.is_empty());
+    assert!(matches!(
+        s.update_segment(&segment_change(&admin(), "production", &again, Some(1)))
+            .await,
+        Err(StoreError::VersionMismatch {
+            what: "segment",
+            ..
+        })
+    ));
+    assert_eq!(
+        s.segment_revisions("shop", "production", "beta")
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+async fn the_environment_config_includes_segments_with_their_keys_and_compiles(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let uses_beta: FlagConfig = serde_json::from_value(json!({
+        "enabled": true,
+        "offVariant": "off",
+        "rules": [{
+            "id": "beta",
+            "conditions": [{"attribute": "targetingKey", "operator": "segment_match", "values": ["beta"]}],
+            "serve": {"variant": "on"}
+        }],
+        "defaultServe": {"variant": "off"}
+    }))
+    .unwrap();
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &uses_beta)
+        .await
+        .unwrap();
+    let (_, revision0) = s.environment_config("shop", "production").await.unwrap();
+    let beta = segment("beta", &["member-2", "member-1"], &["member-3"]);
+    s.create_segment(&segment_change(&admin(), "production", &beta, None))
+        .await
+        .unwrap();
+    let alpha = segment("alpha", &[], &["member-1"]);
+    s.create_segment(&segment_change(&admin(), "production", &alpha, None))
+        .await
+        .unwrap();
+    s.update_segment(&segment_change(&admin(), "production", &alpha, Some(1)))
+        .await
+        .unwrap();
+
+    let (config, revision) = s.environment_config("shop", "production").await.unwrap();
+    assert_eq!(revision, revision0 + 3, "every segment change counts");
+    assert_eq!(
+        config
+            .segments
+            .iter()
+            .map(|s| (s.key.as_str(), s.version))
+            .collect::<Vec<_>>(),
+        [("alpha", 2), ("beta", 1)]
+    );
+    let stored = &config.segments[1];
+    assert_eq!(stored.included, ["member-1", "member-2"]);
+    assert_eq!(stored.excluded, ["member-3"]);
+    assert_eq!(stored.rules, beta.rules);
+    assert_eq!(stored.description, beta.description);
+    assert_eq!(config.segments[0].excluded, ["member-1"]);
+    assert_eq!(
+        *stored,
+        s.segment("shop", "production", "beta")
+            .await
+            .unwrap()
+            .segment
+    );
+
+    let (snapshot, diagnostics) = compile(&config);
+    assert!(diagnostics.is_empty(), "{diagnostics:?}");
+    let serves = |context: EvaluationContext| {
+        anchor_engine::evaluate(&snapshot, "f", &context)
+            .value()
+            .cloned()
+    };
+    assert_eq!(
+        serves(EvaluationContext::with_targeting_key("member-1")),
+        Some(json!(true))
+    );
+    assert_eq!(
+        serves(EvaluationContext::with_targeting_key("member-3").with("email", "x@anchor.dev")),
+        Some(json!(false)),
+        "excluded"
+    );
+    assert_eq!(
+        serves(EvaluationContext::with_targeting_key("member-8").with("email", "x@anchor.dev")),
+        Some(json!(true)),
+        "by rule"
+    );
+    assert_eq!(
+        serves(EvaluationContext::with_targeting_key("member-8")),
+        Some(json!(false))
+    );
+    // Segments belong to one environment.
+    let (staging, _) = s.environment_config("shop", "staging").await.unwrap();
+    assert!(staging.segments.is_empty());
+}
+
+async fn a_segment_with_100000_keys_round_trips_through_the_environment_config(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let keys: Vec<String> = (0..100_000).map(|i| format!("user-{i:06}")).collect();
+    let mut big = segment("everyone", &[], &["user-000007"]);
+    big.included = keys.clone();
+    let record = s
+        .create_segment(&segment_change(&admin(), "production", &big, None))
+        .await
+        .unwrap();
+    assert_eq!(record.segment.included.len(), 100_000);
+    let (config, _) = s.environment_config("shop", "production").await.unwrap();
+    assert_eq!(config.segments.len(), 1);
+    assert_eq!(config.segments[0].included, keys);
+    assert_eq!(config.segments[0].excluded, ["user-000007"]);
+    let (snapshot, diagnostics) = compile(&config);
+    assert!(diagnostics.is_empty(), "{diagnostics:?}");
+    drop(snapshot);
+
+    // A thousand keys out, a thousand in: only those are written.
+    let mut next = keys[1_000..].to_vec();
+    next.extend((100_000..101_000).map(|i| format!("user-{i:06}")));
+    big.included = next.clone();
+    let updated = s
+        .update_segment(&segment_change(&admin(), "production", &big, Some(1)))
+        .await
+        .unwrap();
+    assert_eq!(updated.segment.version, 2);
+    let summary = &s.segments("shop", "production").await.unwrap()[0];
+    assert_eq!(
+        (summary.included_count, summary.excluded_count),
+        (100_000, 1)
+    );
+    let audit = audit_of(f, "everyone").await;
+    let key_changes = audit[0]
+        .diff
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|op| op["path"] == "/keyChanges")
+        .unwrap();
+    assert_eq!(
+        key_changes["value"]["included"],
+        json!({"added": 1_000, "removed": 1_000})
+    );
+    let (config, _) = s.environment_config("shop", "production").await.unwrap();
+    assert_eq!(config.segments[0].included, next);
+    assert_eq!(config.segments[0].version, 2);
+}
+
+fn sdk_key(environment: &str, kind: SdkKeyKind, i: u32) -> NewSdkKey {
+    NewSdkKey {
+        project: "shop".into(),
+        environment: environment.into(),
+        kind,
+        key_hash: sdk_hash(i),
+        prefix: format!("anc_{}_{i:04}", kind.as_str()),
+    }
+}
+
+fn sdk_hash(i: u32) -> String {
+    format!("{i:064x}")
+}
+
+async fn sdk_keys_are_stored_as_hashes_looked_up_and_listed_newest_first(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    // The server makes an environment's keys; the store makes none.
+    assert!(s.sdk_keys("shop", "production").await.unwrap().is_empty());
+    let server = s
+        .create_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Server, 1))
+        .await
+        .unwrap();
+    assert_eq!(server.project, "shop");
+    assert_eq!(server.environment, "production");
+    assert_eq!(server.kind, SdkKeyKind::Server);
+    assert_eq!(server.prefix, "anc_server_0001");
+    assert_eq!(server.created_at, 1_800_000_000_000);
+    assert_eq!(server.expires_at, None);
+    assert!(!server.revoked);
+    assert!(uuid::Uuid::parse_str(&server.id).is_ok_and(|id| id.get_version_num() == 7));
+    f.advance(1_000);
+    let client = s
+        .create_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Client, 2))
+        .await
+        .unwrap();
+    f.advance(1_000);
+    let staging = s
+        .create_sdk_key(&admin(), &sdk_key("staging", SdkKeyKind::Server, 3))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        s.sdk_key_by_hash(&sdk_hash(1)).await.unwrap(),
+        Some(server.clone())
+    );
+    assert_eq!(
+        s.sdk_key_by_hash(&sdk_hash(2)).await.unwrap(),
+        Some(client.clone())
+    );
+    assert_eq!(
+        s.sdk_key_by_hash(&sdk_hash(3)).await.unwrap(),
+        Some(staging.clone())
+    );
+    assert_eq!(s.sdk_key_by_hash(&sdk_hash(99)).await.unwrap(), None);
+    assert_eq!(
+        s.sdk_keys("shop", "production").await.unwrap(),
+        [client.clone(), server.clone()],
+        "newest first, this environment's only"
+    );
+    assert_eq!(s.sdk_keys("shop", "staging").await.unwrap(), [staging]);
+
+    assert!(matches!(
+        s.create_sdk_key(&admin(), &sdk_key("staging", SdkKeyKind::Client, 1))
+            .await,
+        Err(StoreError::AlreadyExists {
+            what: "sdk key",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.create_sdk_key(&admin(), &sdk_key("qa", SdkKeyKind::Client, 4))
+            .await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.create_sdk_key(
+            &admin(),
+            &NewSdkKey {
+                project: "nope".into(),
+                ..sdk_key("production", SdkKeyKind::Client, 5)
+            }
+        )
+        .await,
+        Err(StoreError::NotFound {
+            what: "project",
+            ..
+        })
+    ));
+    for bad in [
+        NewSdkKey {
+            key_hash: String::new(),
+            ..sdk_key("production", SdkKeyKind::Client, 6)
+        },
+        NewSdkKey {
+            prefix: String::new(),
+            ..sdk_key("production", SdkKeyKind::Client, 7)
+        },
+        NewSdkKey {
+            prefix: "x".repeat(33),
+            ..sdk_key("production", SdkKeyKind::Client, 8)
+        },
+    ] {
+        assert!(
+            matches!(
+                s.create_sdk_key(&admin(), &bad).await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        s.sdk_keys("shop", "qa").await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+    // Keys are not part of the evaluated configuration.
+    assert_eq!(
+        s.environment("shop", "production").await.unwrap().revision,
+        0
+    );
+
+    let created = audit_of(f, &server.id).await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].action, "sdk_key.created");
+    assert_eq!(created[0].resource_kind, "sdk_key");
+    assert_eq!(created[0].environment.as_deref(), Some("production"));
+    assert_eq!(
+        created[0].diff,
+        json!([{"op": "replace", "path": "", "value": {"kind": "server", "prefix": "anc_server_0001"}}])
+    );
+
+    for kind in [SdkKeyKind::Server, SdkKeyKind::Client] {
+        assert_eq!(SdkKeyKind::parse(kind.as_str()), Some(kind));
+        assert_eq!(serde_json::to_value(kind).unwrap(), json!(kind.as_str()));
+    }
+    assert_eq!(SdkKeyKind::parse("admin"), None);
+}
+
+async fn rotating_an_sdk_key_sets_an_expiry_on_the_old_keys_of_its_kind_only(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let old = s
+        .create_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Server, 1))
+        .await
+        .unwrap();
+    s.create_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Client, 2))
+        .await
+        .unwrap();
+    let staging = s
+        .create_sdk_key(&admin(), &sdk_key("staging", SdkKeyKind::Server, 3))
+        .await
+        .unwrap();
+    let revoked = s
+        .create_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Server, 4))
+        .await
+        .unwrap();
+    s.revoke_sdk_key(&admin(), "shop", "production", &revoked.id)
+        .await
+        .unwrap();
+
+    f.advance(1_000);
+    let hour = 3_600_000;
+    let t1 = 1_800_000_001_000;
+    let new = s
+        .rotate_sdk_key(
+            &admin(),
+            &sdk_key("production", SdkKeyKind::Server, 5),
+            hour,
+        )
+        .await
+        .unwrap();
+    assert_eq!(new.expires_at, None);
+    assert_eq!(new.created_at, t1);
+    let state = |i: u32| {
+        let store = Arc::clone(&f.store);
+        async move {
+            let k = store.sdk_key_by_hash(&sdk_hash(i)).await.unwrap().unwrap();
+            (k.expires_at, k.revoked)
+        }
+    };
+    assert_eq!(state(1).await, (Some(t1 + hour), false), "the old key");
+    assert_eq!(state(2).await, (None, false), "another kind");
+    assert_eq!(state(3).await, (None, false), "another environment");
+    assert_eq!(state(4).await, (None, true), "revoked stays as it is");
+    assert_eq!(state(5).await, (None, false), "the new key");
+    let rotated = audit_of(f, &new.id).await;
+    assert_eq!(rotated.len(), 1);
+    assert_eq!(rotated[0].action, "sdk_key.rotated");
+    assert_eq!(rotated[0].diff[0]["value"]["kind"], json!("server"));
+    assert_eq!(
+        rotated[0].diff[0]["value"]["prefix"],
+        json!("anc_server_0005")
+    );
+    assert_eq!(rotated[0].diff[0]["value"]["expiring"], json!([old.id]));
+    assert_eq!(rotated[0].diff[0]["value"]["expiringAt"], json!(t1 + hour));
+
+    // A second rotation retires the key the first one made; a key that already expires sooner
+    // keeps its expiry.
+    f.advance(1_000);
+    let t2 = t1 + 1_000;
+    let day = 24 * hour;
+    let newest = s
+        .rotate_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Server, 6), day)
+        .await
+        .unwrap();
+    assert_eq!(state(1).await, (Some(t1 + hour), false));
+    assert_eq!(state(5).await, (Some(t2 + day), false));
+    assert_eq!(state(6).await, (None, false));
+    // Without overlap the old key expires at once; expired keys are left alone.
+    f.advance(1_000);
+    let t3 = t2 + 1_000;
+    let immediate = s
+        .rotate_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Server, 7), 0)
+        .await
+        .unwrap();
+    assert_eq!(state(6).await, (Some(t3), false));
+    f.advance(1_000);
+    s.rotate_sdk_key(
+        &admin(),
+        &sdk_key("production", SdkKeyKind::Client, 8),
+        hour,
+    )
+    .await
+    .unwrap();
+    assert_eq!(state(2).await, (Some(t3 + 1_000 + hour), false));
+    assert_eq!(state(6).await, (Some(t3), false));
+
+    assert!(matches!(
+        s.rotate_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Server, 9), -1)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(s.sdk_key_by_hash(&sdk_hash(9)).await.unwrap(), None);
+    assert!(matches!(
+        s.rotate_sdk_key(&admin(), &sdk_key("staging", SdkKeyKind::Server, 1), hour)
+            .await,
+        Err(StoreError::AlreadyExists {
+            what: "sdk key",
+            ..
+        })
+    ));
+    assert_eq!(
+        state(3).await,
+        (None, false),
+        "a failed rotation changes nothing"
+    );
+
+    let listed = s.sdk_keys("shop", "production").await.unwrap();
+    assert_eq!(listed.len(), 7);
+    assert_eq!(
+        (listed[1].id.as_str(), listed[2].id.as_str()),
+        (immediate.id.as_str(), newest.id.as_str())
+    );
+    assert!(
+        listed
+            .windows(2)
+            .all(|w| w[0].created_at >= w[1].created_at)
+    );
+    assert_eq!(s.sdk_keys("shop", "staging").await.unwrap(), [staging]);
+}
+
+async fn sdk_keys_are_revoked_once_and_audited_without_their_hash(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let key = s
+        .create_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Client, 1))
+        .await
+        .unwrap();
+    let other = s
+        .create_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Client, 2))
+        .await
+        .unwrap();
+    f.advance(1_000);
+    // Another environment's key is not found through this one.
+    assert!(matches!(
+        s.revoke_sdk_key(&admin(), "shop", "staging", &key.id).await,
+        Err(StoreError::NotFound {
+            what: "sdk key",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.revoke_sdk_key(&admin(), "shop", "production", "no-such-key")
+            .await,
+        Err(StoreError::NotFound {
+            what: "sdk key",
+            ..
+        })
+    ));
+    let bob = Actor::user("bob");
+    s.revoke_sdk_key(&bob, "shop", "production", &key.id)
+        .await
+        .unwrap();
+    s.revoke_sdk_key(&bob, "shop", "production", &key.id)
+        .await
+        .unwrap();
+    let revoked = s.sdk_key_by_hash(&sdk_hash(1)).await.unwrap().unwrap();
+    assert!(revoked.revoked);
+    assert_eq!(revoked.expires_at, None);
+    assert!(
+        !s.sdk_key_by_hash(&sdk_hash(2))
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    assert_eq!(
+        s.sdk_keys("shop", "production")
+            .await
+            .unwrap()
+            .iter()
+            .map(|k| (k.id.as_str(), k.revoked))
+            .collect::<Vec<_>>(),
+        [(other.id.as_str(), false), (key.id.as_str(), true)]
+    );
+
+    let audit = audit_of(f, &key.id).await;
+    assert_eq!(
+        audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+        ["sdk_key.revoked", "sdk_key.created"],
+        "revoking twice audits once"
+    );
+    assert_eq!(audit[0].actor, bob);
+    assert_eq!(audit[0].created_at, 1_800_000_001_000);
+    assert_eq!(audit[0].environment.as_deref(), Some("production"));
+    let all = s
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&all).unwrap();
+    for i in 1..=2 {
+        assert!(!text.contains(&sdk_hash(i)), "a key hash in {text}");
     }
 }
