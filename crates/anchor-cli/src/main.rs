@@ -139,7 +139,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "  API tokens:         POST {url}/api/v1/tokens with the admin's user name and password (HTTP Basic)"
         );
         println!(
-            "  SDK keys:           per environment, under {url}/api/v1/projects/default/environments"
+            "  SDK keys:           POST {url}/api/v1/projects/default/environments/<environment>/keys {{\"kind\": \"server\"}} (or \"client\")"
         );
     }
     println!("Listening on {url}");

@@ -6,12 +6,13 @@
 //! `If-Match`), and are stored with their revision and audit entry in one transaction.
 
 use anchor_engine::{
-    ConfiguredFlag, Diagnostic, EnvironmentConfig, Flag, FlagConfig, FlagKind, Lifecycle, Serve,
-    compile,
+    ConfiguredFlag, Diagnostic, EnvironmentConfig, Flag, FlagConfig, FlagKind, Lifecycle, Segment,
+    Serve, compile,
 };
 use anchor_store::{
     AuditEntry, AuditFilter, ConfigChange, Environment, FlagFilter, FlagRecord, NewEnvironment,
-    NewToken, Page, Project, Revision, Role,
+    NewSdkKey, NewToken, Page, Project, Revision, Role, SdkKeyKind, SdkKeyRecord, SegmentChange,
+    SegmentRecord, SegmentSummary,
 };
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -48,6 +49,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(diff_revisions))
         .routes(routes!(revert_flag_config))
         .routes(routes!(audit))
+        .routes(routes!(list_segments, create_segment))
+        .routes(routes!(get_segment, update_segment, delete_segment))
+        .routes(routes!(list_segment_revisions))
+        .routes(routes!(list_sdk_keys, create_sdk_key))
+        .routes(routes!(rotate_sdk_key))
+        .routes(routes!(revoke_sdk_key))
 }
 
 /// A JSON body whose rejections become problem details.
@@ -866,4 +873,316 @@ fn relative(diagnostics: Vec<Diagnostic>, prefix: &str) -> Vec<Diagnostic> {
             })
         })
         .collect()
+}
+
+// ---- segments ----
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/segments", tag = "segments", summary = "An environment's segments (without their key lists)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), responses((status = 200, body = Vec<SegmentSummary>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
+async fn list_segments(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<SegmentSummary>>> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    Ok(Json(state.store.segments(&project, &environment).await?))
+}
+
+/// Compiles the environment with `segment` in place of (or added as) the segment of its key;
+/// problems with the segment come back relative to the body, problems it causes elsewhere
+/// name where.
+async fn validate_segment(
+    state: &AppState,
+    project: &str,
+    environment: &str,
+    segment: Option<&Segment>,
+    key: &str,
+) -> ApiResult<()> {
+    let (mut env, _) = state.store.environment_config(project, environment).await?;
+    let position = env.segments.iter().position(|s| s.key == key);
+    let index = match (segment, position) {
+        (Some(segment), Some(i)) => {
+            env.segments[i] = segment.clone();
+            Some(i)
+        }
+        (Some(segment), None) => {
+            env.segments.push(segment.clone());
+            Some(env.segments.len() - 1)
+        }
+        (None, Some(i)) => {
+            env.segments.remove(i);
+            None
+        }
+        (None, None) => None,
+    };
+    let (_, diagnostics) = compile(&env);
+    let mut problems = Vec::new();
+    for d in diagnostics {
+        let own = index.map(|i| format!("/segments/{i}"));
+        match own
+            .as_deref()
+            .and_then(|prefix| d.path.strip_prefix(prefix))
+        {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                push_unique(&mut problems, rest.to_string(), d.message)
+            }
+            _ => {
+                let place = describe_path(&env, &d.path);
+                push_unique(
+                    &mut problems,
+                    String::new(),
+                    format!("{place}: {}", d.message),
+                );
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else if segment.is_none() {
+        Err(ApiError::Conflict(format!(
+            "segment `{key}` is still used: {}",
+            problems
+                .iter()
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )))
+    } else {
+        Err(ApiError::Invalid(problems))
+    }
+}
+
+/// "flag `x`" or "segment `y`" for a diagnostic's JSON pointer into an environment.
+fn describe_path(env: &EnvironmentConfig, path: &str) -> String {
+    let mut parts = path.split('/').skip(1);
+    match (
+        parts.next(),
+        parts.next().and_then(|i| i.parse::<usize>().ok()),
+    ) {
+        (Some("flags"), Some(i)) => env
+            .flags
+            .get(i)
+            .map_or_else(|| path.to_string(), |f| format!("flag `{}`", f.flag.key)),
+        (Some("segments"), Some(i)) => env
+            .segments
+            .get(i)
+            .map_or_else(|| path.to_string(), |s| format!("segment `{}`", s.key)),
+        _ => path.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+struct SegmentWrite {
+    #[serde(flatten)]
+    segment: Segment,
+    comment: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/segments", tag = "segments", summary = "Create a segment (version 1)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), request_body = Segment, responses((status = 201, body = SegmentRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "In conflict with the current state", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
+async fn create_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment)): Path<(String, String)>,
+    Body(write): Body<SegmentWrite>,
+) -> ApiResult<(StatusCode, HeaderMap, Json<SegmentRecord>)> {
+    caller.require(&state, &project, Role::Editor).await?;
+    let key = write.segment.key.clone();
+    if state
+        .store
+        .segment(&project, &environment, &key)
+        .await
+        .is_ok()
+    {
+        return Err(ApiError::Conflict(format!(
+            "segment `{key}` already exists"
+        )));
+    }
+    validate_segment(&state, &project, &environment, Some(&write.segment), &key).await?;
+    let actor = caller.actor();
+    let record = state
+        .store
+        .create_segment(&SegmentChange {
+            actor: &actor,
+            project: &project,
+            environment: &environment,
+            segment: &write.segment,
+            expected_version: None,
+            comment: write.comment.as_deref(),
+        })
+        .await?;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ETAG, etag(record.segment.version));
+    Ok((StatusCode::CREATED, headers, Json(record)))
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}", tag = "segments", summary = "A segment with its key lists; the ETag is its version", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key")), responses((status = 200, body = SegmentRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
+async fn get_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, key)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    let record = state.store.segment(&project, &environment, &key).await?;
+    let version = record.segment.version;
+    let mut response = Json(record).into_response();
+    response.headers_mut().insert(header::ETAG, etag(version));
+    Ok(response)
+}
+
+#[utoipa::path(put, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}", tag = "segments", summary = "Replace a segment's rules and key lists; send If-Match with the ETag you read", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key"), ("If-Match" = Option<String>, Header, description = "The ETag read; a stale one gives 412")), request_body = Segment, responses((status = 200, body = SegmentRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match names an outdated version; nothing was written", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
+async fn update_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Body(write): Body<SegmentWrite>,
+) -> ApiResult<Response> {
+    caller.require(&state, &project, Role::Editor).await?;
+    if write.segment.key != key {
+        return Err(invalid("/key", "a segment's key cannot change"));
+    }
+    state.store.segment(&project, &environment, &key).await?;
+    validate_segment(&state, &project, &environment, Some(&write.segment), &key).await?;
+    let actor = caller.actor();
+    let record = state
+        .store
+        .update_segment(&SegmentChange {
+            actor: &actor,
+            project: &project,
+            environment: &environment,
+            segment: &write.segment,
+            expected_version: if_match(&headers)?,
+            comment: write.comment.as_deref(),
+        })
+        .await?;
+    let version = record.segment.version;
+    let mut response = Json(record).into_response();
+    response.headers_mut().insert(header::ETAG, etag(version));
+    Ok(response)
+}
+
+#[utoipa::path(delete, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}", tag = "segments", summary = "Delete a segment that no flag or segment uses", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key")), responses((status = 204), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "In conflict with the current state", body = Problem, content_type = "application/problem+json")))]
+async fn delete_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, key)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    caller.require(&state, &project, Role::Editor).await?;
+    state.store.segment(&project, &environment, &key).await?;
+    validate_segment(&state, &project, &environment, None, &key).await?;
+    state
+        .store
+        .delete_segment(&caller.actor(), &project, &environment, &key)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}/revisions", tag = "segments", summary = "A segment's history, newest first", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key")), responses((status = 200, body = Vec<Revision>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
+async fn list_segment_revisions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, key)): Path<(String, String, String)>,
+) -> ApiResult<Json<Vec<Revision>>> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    Ok(Json(
+        state
+            .store
+            .segment_revisions(&project, &environment, &key)
+            .await?,
+    ))
+}
+
+// ---- SDK keys ----
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SdkKeyRequest {
+    kind: SdkKeyKind,
+    /// With rotation: how long the keys being replaced keep working (default one day).
+    overlap_seconds: Option<u32>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SdkKeyCreated {
+    #[serde(flatten)]
+    record: SdkKeyRecord,
+    /// Shown this once; only its hash is stored.
+    key: String,
+}
+
+fn new_sdk_key(
+    project: &str,
+    environment: &str,
+    kind: SdkKeyKind,
+) -> ApiResult<(String, NewSdkKey)> {
+    let prefix = match kind {
+        SdkKeyKind::Server => "anc_srv_",
+        SdkKeyKind::Client => "anc_cli_",
+    };
+    let secret = format!("{prefix}{}", auth::random_token_body()?);
+    let record = NewSdkKey {
+        project: project.to_string(),
+        environment: environment.to_string(),
+        kind,
+        key_hash: auth::token_hash(&secret),
+        prefix: secret.chars().take(12).collect(),
+    };
+    Ok((secret, record))
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/keys", tag = "sdk keys", summary = "An environment's SDK keys (prefixes only), newest first", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), responses((status = 200, body = Vec<SdkKeyRecord>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
+async fn list_sdk_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<SdkKeyRecord>>> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    state.store.environment(&project, &environment).await?;
+    Ok(Json(state.store.sdk_keys(&project, &environment).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/keys", tag = "sdk keys", summary = "Create an SDK key (server: full configuration and telemetry; client: evaluations only); the secret is shown once", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), request_body = SdkKeyRequest, responses((status = 201, body = SdkKeyCreated), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
+async fn create_sdk_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment)): Path<(String, String)>,
+    Body(request): Body<SdkKeyRequest>,
+) -> ApiResult<(StatusCode, Json<SdkKeyCreated>)> {
+    caller.require(&state, &project, Role::Admin).await?;
+    state.store.environment(&project, &environment).await?;
+    let (key, new) = new_sdk_key(&project, &environment, request.kind)?;
+    let record = state.store.create_sdk_key(&caller.actor(), &new).await?;
+    Ok((StatusCode::CREATED, Json(SdkKeyCreated { record, key })))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/keys/rotate", tag = "sdk keys", summary = "Replace the keys of a kind: a new key now, the old ones expire after the overlap", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), request_body = SdkKeyRequest, responses((status = 201, body = SdkKeyCreated), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
+async fn rotate_sdk_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment)): Path<(String, String)>,
+    Body(request): Body<SdkKeyRequest>,
+) -> ApiResult<(StatusCode, Json<SdkKeyCreated>)> {
+    caller.require(&state, &project, Role::Admin).await?;
+    state.store.environment(&project, &environment).await?;
+    let (key, new) = new_sdk_key(&project, &environment, request.kind)?;
+    let overlap_ms = i64::from(request.overlap_seconds.unwrap_or(86_400)) * 1_000;
+    let record = state
+        .store
+        .rotate_sdk_key(&caller.actor(), &new, overlap_ms)
+        .await?;
+    Ok((StatusCode::CREATED, Json(SdkKeyCreated { record, key })))
+}
+
+#[utoipa::path(delete, path = "/api/v1/projects/{project}/environments/{environment}/keys/{id}", tag = "sdk keys", summary = "Revoke an SDK key at once", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("id" = String, Path, description = "Key id")), responses((status = 204), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
+async fn revoke_sdk_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, id)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    caller.require(&state, &project, Role::Admin).await?;
+    state
+        .store
+        .revoke_sdk_key(&caller.actor(), &project, &environment, &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -46,12 +46,14 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
     Ok(bytes)
 }
 
+/// 32 random bytes in base64url: the secret part of tokens and SDK keys (256 bits).
+pub fn random_token_body() -> Result<String, ApiError> {
+    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
+}
+
 /// A new token secret and the hash to store.
 pub fn new_token() -> Result<(String, String), ApiError> {
-    let secret = format!(
-        "{TOKEN_PREFIX}{}",
-        URL_SAFE_NO_PAD.encode(random_bytes::<32>()?)
-    );
+    let secret = format!("{TOKEN_PREFIX}{}", random_token_body()?);
     let hash = token_hash(&secret);
     Ok((secret, hash))
 }

@@ -91,6 +91,8 @@ impl AppState {
         (name = "flags", description = "Flag definitions, shared by every environment"),
         (name = "configuration", description = "A flag's configuration in one environment, its revisions and revert"),
         (name = "audit", description = "Who changed what, when and why"),
+        (name = "segments", description = "Reusable groups of contexts, per environment"),
+        (name = "sdk keys", description = "Per-environment keys for SDKs: server and client kinds"),
     )
 )]
 struct ApiDoc;

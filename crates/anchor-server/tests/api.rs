@@ -92,6 +92,8 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    segments_are_validated_versioned_and_protected_while_in_use,
+    sdk_keys_are_shown_once_rotated_with_overlap_and_revoked,
     people_and_tokens_are_managed_through_the_api,
     health_is_always_answered_and_readiness_follows_the_store,
     every_api_route_requires_credentials,
@@ -980,4 +982,193 @@ async fn people_and_tokens_are_managed_through_the_api(app: App) {
         actions.contains(&"user.created") && actions.contains(&"token.revoked"),
         "{actions:?}"
     );
+}
+
+const SEGMENTS: &str = "/api/v1/projects/default/environments/production/segments";
+
+async fn segments_are_validated_versioned_and_protected_while_in_use(app: App) {
+    app.create_checkout_flag().await;
+    let editor = app.member("ed", Role::Editor).await;
+    let beta = json!({"key": "beta", "included": ["user-1", "user-2"],
+                      "rules": [{"id": "staff", "conditions": [
+                          {"attribute": "email", "operator": "ends_with", "values": ["@example.com"]}]}]});
+    let reply = app
+        .call("POST", SEGMENTS, Some(&editor), Some(beta.clone()))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(reply.etag(), "\"1\"");
+    assert_eq!(
+        app.call("POST", SEGMENTS, Some(&editor), Some(beta.clone()))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    let bad = json!({"key": "bad key", "rules": [{"conditions": [
+        {"attribute": "email", "operator": "matches", "values": ["("]},
+        {"attribute": "x", "operator": "segment_match", "values": ["nope"]}]}]});
+    let reply = app.call("POST", SEGMENTS, Some(&editor), Some(bad)).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        reply.problem_paths(),
+        [
+            "/key",
+            "/rules/0/conditions/0/values/0",
+            "/rules/0/conditions/1/values/0"
+        ],
+        "{}",
+        reply.body
+    );
+
+    // A flag uses the segment, so it cannot be deleted.
+    let config = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "off"},
+        "rules": [{"id": "beta", "conditions": [{"attribute": "targetingKey", "operator": "segment_match", "values": ["beta"]}],
+                   "serve": {"variant": "on"}}]});
+    assert_eq!(
+        app.call("PUT", CONFIG, Some(&editor), Some(config))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = app
+        .call("DELETE", &format!("{SEGMENTS}/beta"), Some(&editor), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.body);
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("new-checkout"),
+        "{}",
+        reply.body
+    );
+
+    // Optimistic concurrency, as for flags.
+    let mut more = beta.clone();
+    more["included"] = json!(["user-1", "user-2", "user-3"]);
+    let reply = app
+        .call_with(
+            "PUT",
+            &format!("{SEGMENTS}/beta"),
+            Some(&editor),
+            Some(more.to_string()),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.etag(), "\"2\"");
+    let reply = app
+        .call_with(
+            "PUT",
+            &format!("{SEGMENTS}/beta"),
+            Some(&editor),
+            Some(beta.to_string()),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED);
+    let reply = app.call("GET", SEGMENTS, Some(&editor), None).await;
+    assert_eq!(reply.body[0]["includedCount"], 3);
+    let reply = app
+        .call(
+            "GET",
+            &format!("{SEGMENTS}/beta/revisions"),
+            Some(&editor),
+            None,
+        )
+        .await;
+    assert_eq!(reply.body.as_array().unwrap().len(), 2);
+
+    // Once no flag uses it, it can go.
+    let plain = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "off"}});
+    assert_eq!(
+        app.call("PUT", CONFIG, Some(&editor), Some(plain))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = app
+        .call("DELETE", &format!("{SEGMENTS}/beta"), Some(&editor), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.call("GET", &format!("{SEGMENTS}/beta"), Some(&editor), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+async fn sdk_keys_are_shown_once_rotated_with_overlap_and_revoked(app: App) {
+    let keys = "/api/v1/projects/default/environments/production/keys";
+    let editor = app.member("ed", Role::Editor).await;
+    let reply = app
+        .call("POST", keys, Some(&editor), Some(json!({"kind": "server"})))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FORBIDDEN,
+        "SDK keys are an admin's business"
+    );
+    let reply = app
+        .call(
+            "POST",
+            keys,
+            Some(&app.admin),
+            Some(json!({"kind": "server"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let secret = reply.body["key"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("anc_srv_") && secret.len() == 8 + 43);
+    assert_eq!(reply.body["prefix"].as_str().unwrap(), &secret[..12]);
+    let first = reply.body["id"].as_str().unwrap().to_string();
+    let reply = app
+        .call(
+            "POST",
+            keys,
+            Some(&app.admin),
+            Some(json!({"kind": "client"})),
+        )
+        .await;
+    assert!(reply.body["key"].as_str().unwrap().starts_with("anc_cli_"));
+
+    let listing = app.call("GET", keys, Some(&editor), None).await;
+    assert_eq!(listing.body.as_array().unwrap().len(), 2);
+    assert!(
+        !listing.body.to_string().contains(&secret),
+        "the secret is shown once"
+    );
+
+    let before = app.state.now_ms();
+    let reply = app
+        .call(
+            "POST",
+            &format!("{keys}/rotate"),
+            Some(&app.admin),
+            Some(json!({"kind": "server", "overlapSeconds": 3600})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let listing = app.call("GET", keys, Some(&app.admin), None).await.body;
+    let old = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == first.as_str())
+        .unwrap();
+    let expires = old["expiresAt"].as_i64().unwrap();
+    assert!(expires >= before + 3_600_000 && expires <= app.state.now_ms() + 3_600_000);
+
+    let reply = app
+        .call("DELETE", &format!("{keys}/{first}"), Some(&app.admin), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let listing = app.call("GET", keys, Some(&app.admin), None).await.body;
+    let old = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == first.as_str())
+        .unwrap();
+    assert_eq!(old["revoked"], true);
 }
