@@ -55,10 +55,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_sdk_keys, create_sdk_key))
         .routes(routes!(rotate_sdk_key))
         .routes(routes!(revoke_sdk_key))
+        .merge(crate::change_requests::routes())
 }
 
 /// A JSON body whose rejections become problem details.
-struct Body<T>(T);
+pub(crate) struct Body<T>(pub(crate) T);
 
 impl<T, S> axum::extract::FromRequest<S> for Body<T>
 where
@@ -594,7 +595,7 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
         .map_err(|_| ApiError::BadRequest(format!("If-Match `{text}` is not an ETag of this API")))
 }
 
-async fn current_config(
+pub(crate) async fn current_config(
     state: &AppState,
     project: &str,
     environment: &str,
@@ -630,15 +631,22 @@ async fn get_flag_config(
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ConfigUpdate {
     #[serde(flatten)]
     config: FlagConfig,
     comment: Option<String>,
+    /// An admin applying directly in an environment that requires approval (audited).
+    #[serde(default)]
+    break_glass: bool,
+    /// Apply at this time (unix milliseconds) instead of now: the change waits as a change
+    /// request.
+    apply_at: Option<i64>,
 }
 
 /// Checks a configuration against the rest of the environment with the engine's compiler;
 /// problems come back with paths relative to the request body.
-async fn validate_config(
+pub(crate) async fn validate_config(
     state: &AppState,
     project: &str,
     environment: &str,
@@ -707,23 +715,85 @@ async fn put_flag_config(
     headers: HeaderMap,
     Body(update): Body<ConfigUpdate>,
 ) -> ApiResult<Response> {
-    caller.require(&state, &project, Role::Editor).await?;
+    let role = caller.require(&state, &project, Role::Editor).await?;
     let expected = if_match(&headers)?;
-    let action = if update.config.enabled {
+    let env = state.store.environment(&project, &environment).await?;
+    let current = current_config(&state, &project, &environment, &flag).await?;
+    if let Some(expected) = expected
+        && expected != current.version
+    {
+        return Err(ApiError::PreconditionFailed(format!(
+            "the flag configuration changed: version {}, not {expected}",
+            current.version
+        )));
+    }
+    let kill_switch = is_kill_switch(&current, &update.config);
+    let action = if kill_switch {
+        "flag.killed"
+    } else if update.break_glass {
+        "flag.config.break_glass"
+    } else if update.config.enabled {
         "flag.config.updated"
     } else {
         "flag.config.disabled"
     };
+    if update.break_glass && (role < Role::Admin || !env.requires_approval) {
+        return Err(invalid(
+            "/breakGlass",
+            "break-glass is for admins, in environments that require approval",
+        ));
+    }
+    if update.break_glass
+        && update
+            .comment
+            .as_deref()
+            .is_none_or(|c| c.trim().is_empty())
+    {
+        return Err(invalid(
+            "/comment",
+            "a break-glass change needs a comment saying why",
+        ));
+    }
+    // The kill switch never waits for approval; anything else in an approval environment
+    // (unless an admin breaks the glass), and anything scheduled, becomes a change request.
+    let needs_request =
+        (env.requires_approval && !kill_switch && !update.break_glass) || update.apply_at.is_some();
+    if needs_request {
+        validate_config(&state, &project, &environment, &flag, &update.config).await?;
+        return crate::change_requests::propose(
+            &state,
+            &caller,
+            crate::change_requests::Proposal {
+                project: &project,
+                environment: &environment,
+                flag: &flag,
+                base_version: current.version,
+                config: &update.config,
+                comment: update.comment.as_deref(),
+                apply_at: update.apply_at,
+                pre_approved: !env.requires_approval,
+            },
+        )
+        .await;
+    }
     write_config(
         &state,
         &caller,
         (&project, &environment, &flag),
         &update.config,
-        expected,
+        Some(current.version),
         update.comment.as_deref(),
         action,
     )
     .await
+}
+
+/// Turning a flag off and changing nothing else: the kill switch, allowed everywhere.
+fn is_kill_switch(current: &FlagConfig, proposed: &FlagConfig) -> bool {
+    let mut off = current.clone();
+    off.enabled = false;
+    off.version = proposed.version;
+    current.enabled && *proposed == off
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/revisions", tag = "configuration", summary = "The history of a flag's configuration in one environment, newest first", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key")), responses((status = 200, body = Vec<Revision>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
@@ -801,6 +871,32 @@ async fn revert_flag_config(
         .await?;
     let config: FlagConfig = serde_json::from_value(revision.body)
         .map_err(|e| ApiError::Internal(format!("revision body: {e}")))?;
+    // A revert is a change like any other: in an environment that requires approval it waits
+    // as a change request.
+    if state
+        .store
+        .environment(&project, &environment)
+        .await?
+        .requires_approval
+    {
+        let current = current_config(&state, &project, &environment, &flag).await?;
+        validate_config(&state, &project, &environment, &flag, &config).await?;
+        return crate::change_requests::propose(
+            &state,
+            &caller,
+            crate::change_requests::Proposal {
+                project: &project,
+                environment: &environment,
+                flag: &flag,
+                base_version: current.version,
+                config: &config,
+                comment: request.comment.as_deref(),
+                apply_at: None,
+                pre_approved: false,
+            },
+        )
+        .await;
+    }
     write_config(
         &state,
         &caller,
@@ -854,7 +950,7 @@ async fn audit(
 
 // ---- helpers ----
 
-fn invalid(path: &str, message: &str) -> ApiError {
+pub(crate) fn invalid(path: &str, message: &str) -> ApiError {
     ApiError::Invalid(vec![Diagnostic {
         path: path.to_string(),
         message: message.to_string(),

@@ -13,6 +13,7 @@
 mod api;
 pub mod auth;
 mod bootstrap;
+pub mod change_requests;
 pub mod config;
 mod error;
 
@@ -93,6 +94,7 @@ impl AppState {
         (name = "audit", description = "Who changed what, when and why"),
         (name = "segments", description = "Reusable groups of contexts, per environment"),
         (name = "sdk keys", description = "Per-environment keys for SDKs: server and client kinds"),
+        (name = "change requests", description = "Approvals and scheduled changes"),
     )
 )]
 struct ApiDoc;
@@ -287,7 +289,20 @@ pub async fn launch(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     state.set_ready(true);
-    axum::serve(listener, router(state))
+    // The scheduler applies due change requests every second until the server stops; an
+    // apply cut short rolls back with its transaction.
+    let scheduler_state = state.clone();
+    let scheduler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            change_requests::run_due(&scheduler_state).await;
+        }
+    });
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    scheduler.abort();
+    served
 }

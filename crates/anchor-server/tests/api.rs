@@ -92,6 +92,8 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    approval_environments_turn_changes_into_change_requests,
+    scheduled_changes_apply_once_at_their_time,
     segments_are_validated_versioned_and_protected_while_in_use,
     sdk_keys_are_shown_once_rotated_with_overlap_and_revoked,
     people_and_tokens_are_managed_through_the_api,
@@ -1171,4 +1173,254 @@ async fn sdk_keys_are_shown_once_rotated_with_overlap_and_revoked(app: App) {
         .find(|k| k["id"] == first.as_str())
         .unwrap();
     assert_eq!(old["revoked"], true);
+}
+
+const GATED: &str = "/api/v1/projects/default/environments/gated/flags/new-checkout";
+
+async fn approval_environments_turn_changes_into_change_requests(app: App) {
+    app.create_checkout_flag().await;
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/projects/default/environments",
+            Some(&app.admin),
+            Some(json!({"key": "gated", "name": "Gated", "requiresApproval": true})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let ed = app.member("ed", Role::Editor).await;
+    let ann = app.member("ann", Role::Editor).await;
+    let vera = app.member("vera", Role::Viewer).await;
+    let on = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}, "comment": "launch"});
+
+    let reply = app.call("PUT", GATED, Some(&ed), Some(on.clone())).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body["status"], "open");
+    assert_eq!(reply.body["baseVersion"], 1);
+    assert!(
+        reply.body["diff"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["path"] == "/enabled"),
+        "{}",
+        reply.body
+    );
+    let location = reply
+        .headers
+        .get(header::LOCATION)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        app.call("GET", GATED, Some(&ed), None).await.body["enabled"],
+        false,
+        "nothing applied yet"
+    );
+
+    let approve = format!("{location}/approve");
+    assert_eq!(
+        app.call("POST", &approve, Some(&ed), None).await.status,
+        StatusCode::FORBIDDEN,
+        "not one's own"
+    );
+    assert_eq!(
+        app.call("POST", &approve, Some(&vera), None).await.status,
+        StatusCode::FORBIDDEN,
+        "viewers don't review"
+    );
+    let reply = app
+        .call(
+            "POST",
+            &approve,
+            Some(&ann),
+            Some(json!({"comment": "lgtm"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "approved");
+
+    // Editing voids the approvals.
+    let mut edited = on.clone();
+    edited["comment"] = json!("launch, reworded");
+    let reply = app.call("PUT", &location, Some(&ed), Some(edited)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "open");
+    assert_eq!(reply.body["reviews"], json!([]));
+    assert_eq!(
+        app.call("PUT", &location, Some(&ann), Some(on.clone()))
+            .await
+            .status,
+        StatusCode::FORBIDDEN,
+        "only the author edits"
+    );
+    let apply = format!("{location}/apply");
+    assert_eq!(
+        app.call("POST", &apply, Some(&ed), None).await.status,
+        StatusCode::CONFLICT,
+        "not approved"
+    );
+    app.call("POST", &approve, Some(&ann), None).await;
+
+    let reply = app.call("POST", &apply, Some(&ed), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "applied");
+    let config = app.call("GET", GATED, Some(&ed), None).await.body;
+    assert_eq!(config["enabled"], true);
+    assert_eq!(config["version"], 2);
+    assert_eq!(
+        app.call("POST", &apply, Some(&ed), None).await.status,
+        StatusCode::CONFLICT,
+        "applied once"
+    );
+
+    // The kill switch never waits.
+    let off = json!({"enabled": false, "offVariant": "off", "defaultServe": {"variant": "on"}});
+    let reply = app.call("PUT", GATED, Some(&ed), Some(off)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["enabled"], false);
+
+    // A request made against version 3 cannot apply after the flag moved on.
+    let reply = app.call("PUT", GATED, Some(&ed), Some(on.clone())).await;
+    let stale = reply
+        .headers
+        .get(header::LOCATION)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    app.call("POST", &format!("{stale}/approve"), Some(&ann), None)
+        .await;
+    let mut glass = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "off"}, "breakGlass": true});
+    assert_eq!(
+        app.call("PUT", GATED, Some(&ed), Some(glass.clone()))
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "editors can't break the glass"
+    );
+    assert_eq!(
+        app.call("PUT", GATED, Some(&app.admin), Some(glass.clone()))
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "break-glass needs a reason"
+    );
+    glass["comment"] = json!("incident 42");
+    assert_eq!(
+        app.call("PUT", GATED, Some(&app.admin), Some(glass))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = app
+        .call("POST", &format!("{stale}/apply"), Some(&ed), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("edit the request"),
+        "{}",
+        reply.body
+    );
+
+    let reply = app
+        .call(
+            "GET",
+            "/api/v1/projects/default/change-requests?status=applied",
+            Some(&vera),
+            None,
+        )
+        .await;
+    assert_eq!(reply.body.as_array().unwrap().len(), 1);
+    let actions: Vec<String> = app
+        .call(
+            "GET",
+            "/api/v1/projects/default/audit?environment=gated&flag=new-checkout",
+            Some(&vera),
+            None,
+        )
+        .await
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap().to_string())
+        .collect();
+    for action in [
+        "change_request.applied",
+        "flag.killed",
+        "flag.config.break_glass",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} missing from {actions:?}"
+        );
+    }
+}
+
+async fn scheduled_changes_apply_once_at_their_time(app: App) {
+    app.create_checkout_flag().await;
+    let staging = "/api/v1/projects/default/environments/staging/flags/new-checkout";
+    let now = app.state.now_ms();
+    let due = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}, "applyAt": now - 1_000});
+    let reply = app.call("PUT", staging, Some(&app.admin), Some(due)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(
+        reply.body["status"], "approved",
+        "no approval needed in staging: only the time"
+    );
+    let later = json!({"enabled": false, "offVariant": "off", "defaultServe": {"variant": "on"}, "applyAt": now + 3_600_000});
+    let reply = app
+        .call("PUT", staging, Some(&app.admin), Some(later))
+        .await;
+    let later_location = reply
+        .headers
+        .get(header::LOCATION)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    assert_eq!(anchor_server::change_requests::run_due(&app.state).await, 1);
+    assert_eq!(
+        anchor_server::change_requests::run_due(&app.state).await,
+        0,
+        "once only"
+    );
+    let config = app.call("GET", staging, Some(&app.admin), None).await.body;
+    assert_eq!(config["enabled"], true);
+    let reply = app
+        .call("GET", &later_location, Some(&app.admin), None)
+        .await;
+    assert_eq!(reply.body["status"], "approved", "not due yet");
+
+    // A due change whose flag moved on fails, and says why.
+    let stale = json!({"enabled": false, "offVariant": "off", "defaultServe": {"variant": "off"}, "applyAt": now - 1});
+    let reply = app
+        .call("PUT", staging, Some(&app.admin), Some(stale))
+        .await;
+    let stale_location = reply
+        .headers
+        .get(header::LOCATION)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let direct = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "off"}});
+    assert_eq!(
+        app.call("PUT", staging, Some(&app.admin), Some(direct))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(anchor_server::change_requests::run_due(&app.state).await, 0);
+    let reply = app
+        .call("GET", &stale_location, Some(&app.admin), None)
+        .await;
+    assert_eq!(reply.body["status"], "failed", "{}", reply.body);
+    assert!(reply.body["failure"].is_string());
 }

@@ -271,6 +271,99 @@ pub trait Store: Send + Sync + 'static {
     /// `expires_at`), or `None`.
     async fn sdk_key_by_hash(&self, key_hash: &str) -> Result<Option<SdkKeyRecord>, StoreError>;
 
+    /// Creates a change request for one flag in one environment: open, or approved when
+    /// `pre_approved`. `NotFound` for an unknown project, environment or flag;
+    /// `VersionMismatch { what: "flag configuration", .. }` when `base_version` is no longer the
+    /// configuration's version (the proposal could never apply). Audited
+    /// (`change_request.created`, resource kind `change_request`, keyed by the request's id).
+    /// Changes no configuration and not the environment's revision counter.
+    async fn create_change_request(
+        &self,
+        new: &NewChangeRequest<'_>,
+    ) -> Result<ChangeRequest, StoreError>;
+    /// One change request of the project, with the reviews of its current proposal.
+    /// `NotFound { what: "change request" }` when the project has no such request.
+    async fn change_request(&self, project: &str, id: &str) -> Result<ChangeRequest, StoreError>;
+    /// The project's change requests, newest first; only those of one status and/or one
+    /// environment when given (`NotFound { what: "environment" }` for an unknown one).
+    async fn change_requests(
+        &self,
+        project: &str,
+        status: Option<ChangeRequestStatus>,
+        environment: Option<&str>,
+    ) -> Result<Vec<ChangeRequest>, StoreError>;
+    /// Replaces the proposal, base version, comment and `apply_at` of an open or approved
+    /// request (`Invalid` in any other state): the earlier reviews no longer count (they stay
+    /// stored, but are not returned) and the status goes back to `Open`. `VersionMismatch` as
+    /// in [`Store::create_change_request`] when `base_version` is not the configuration's
+    /// current version. Audited (`change_request.updated`). The caller checks that the actor
+    /// is the author.
+    #[allow(clippy::too_many_arguments)]
+    async fn update_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        proposed: &FlagConfig,
+        base_version: u64,
+        comment: Option<&str>,
+        apply_at: Option<i64>,
+    ) -> Result<ChangeRequest, StoreError>;
+    /// Records a review of an open or approved request: `Approve` makes it (or keeps it)
+    /// `Approved`, `Reject` makes it `Rejected`. `Invalid` for a request in another state.
+    /// Audited (`change_request.approved` or `change_request.rejected`, with the review's
+    /// comment). The caller enforces roles and that the reviewer is not the author.
+    async fn review_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        decision: ReviewDecision,
+        comment: Option<&str>,
+    ) -> Result<ChangeRequest, StoreError>;
+    /// Withdraws an open or approved request (`Cancelled`; `Invalid` in any other state).
+    /// Audited (`change_request.cancelled`).
+    async fn cancel_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+    ) -> Result<ChangeRequest, StoreError>;
+    /// Applies an approved request, in one transaction: bumps the environment's revision
+    /// counter (which serialises writers), checks that the request is still `Approved`
+    /// (`Invalid` "not approved" otherwise) and that the configuration's version is still its
+    /// `base_version` (`VersionMismatch { what: "flag configuration", expected: base_version,
+    /// actual }` otherwise), and writes the proposal exactly as
+    /// [`Store::update_flag_config`] does: a new version, a revision (with the request's
+    /// comment) and an audit entry (`change_request.applied`, resource kind `flag`, the diff of
+    /// the configuration, the request's id in the comment). The request becomes `Applied` with
+    /// `applied_version`, guarded by its status, so it is applied at most once whoever tries.
+    /// On any error nothing is written. `actor` is who applies: a user, or
+    /// `Actor::system("scheduler")`.
+    async fn apply_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+    ) -> Result<ChangeRequest, StoreError>;
+    /// Approved requests with an `apply_at` at or before `now`, across all projects, oldest
+    /// `apply_at` first, at most `limit` (1 to 1,000; 100 when 0): (project key, request id).
+    async fn due_change_requests(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+    /// Marks an approved request `Failed` with `reason` (a scheduled apply that could not
+    /// apply it; `Invalid` in any other state). Audited (`change_request.failed`, the reason as
+    /// its comment).
+    async fn fail_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<ChangeRequest, StoreError>;
+
     /// Everything the engine needs to evaluate one environment (archived flags left out; its
     /// segments with their key lists, both in key order), and the environment's revision
     /// counter, read from one consistent snapshot.

@@ -423,6 +423,112 @@ async fn insert_revision(
     Ok(())
 }
 
+/// A write of one flag's configuration in one environment, see [`write_flag_config`].
+struct ConfigWrite<'a> {
+    project_id: &'a str,
+    environment_id: &'a str,
+    flag: &'a str,
+    /// Its `version` is ignored: the store sets it.
+    config: &'a FlagConfig,
+    /// The version the writer read; `None` to write unconditionally.
+    expected_version: Option<u64>,
+    actor: &'a Actor,
+    /// Kept with the revision.
+    comment: Option<&'a str>,
+    /// Kept with the audit entry.
+    audit_comment: Option<&'a str>,
+    action: &'a str,
+    at: i64,
+}
+
+/// Replaces a flag's configuration in one environment inside the caller's transaction, which
+/// has already bumped the environment's revision counter (taking its lock on PostgreSQL): checks
+/// the version, writes the configuration with the next version, its revision and its audit
+/// entry (the diff of the configuration). Returns the stored configuration with its new version.
+/// The caller rolls back on error.
+async fn write_flag_config(
+    conn: &mut AnyConnection,
+    w: ConfigWrite<'_>,
+) -> Result<FlagConfig, StoreError> {
+    let flag_id: String = flag_row(conn, w.project_id, w.flag).await?.try_get("id")?;
+    let current = sqlx::query(
+        "SELECT config, version FROM flag_configs WHERE flag_id = $1 AND environment_id = $2",
+    )
+    .bind(&flag_id)
+    .bind(w.environment_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::not_found("flag configuration", w.flag))?;
+    let version = current.try_get::<i64, _>("version")? as u64;
+    if let Some(expected) = w.expected_version
+        && expected != version
+    {
+        return Err(StoreError::VersionMismatch {
+            what: "flag configuration",
+            expected,
+            actual: version,
+        });
+    }
+    let before: Value = from_json(&current.try_get::<String, _>("config")?)?;
+    let mut config = w.config.clone();
+    config.version = version + 1;
+    let body = to_json(&config)?;
+    // The version in the WHERE clause makes the write conditional even if another writer
+    // slipped in (PostgreSQL runs these transactions concurrently).
+    let updated = sqlx::query(
+        "UPDATE flag_configs SET config = $1, enabled = $2, version = $3, updated_at = $4 \
+         WHERE flag_id = $5 AND environment_id = $6 AND version = $7",
+    )
+    .bind(&body)
+    .bind(i64::from(config.enabled))
+    .bind(config.version as i64)
+    .bind(w.at)
+    .bind(&flag_id)
+    .bind(w.environment_id)
+    .bind(version as i64)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() != 1 {
+        return Err(StoreError::VersionMismatch {
+            what: "flag configuration",
+            expected: version,
+            actual: version + 1,
+        });
+    }
+    insert_revision(
+        conn,
+        RevisionRecord {
+            environment_id: w.environment_id,
+            resource_kind: "flag",
+            resource_key: w.flag,
+            version: config.version as i64,
+            body: &body,
+            actor: w.actor,
+            comment: w.comment,
+            at: w.at,
+        },
+    )
+    .await?;
+    let after: Value = from_json(&body)?;
+    audit(
+        conn,
+        AuditRecord {
+            project_id: w.project_id,
+            environment_id: Some(w.environment_id),
+            actor: w.actor,
+            action: w.action,
+            resource_kind: "flag",
+            resource_key: w.flag,
+            before: &before,
+            after: &after,
+            comment: w.audit_comment,
+            at: w.at,
+        },
+    )
+    .await?;
+    Ok(config)
+}
+
 fn project_from(row: &AnyRow) -> Result<Project, StoreError> {
     Ok(Project {
         key: row.try_get("key")?,
@@ -802,6 +908,220 @@ fn sdk_key_from(row: &AnyRow) -> Result<SdkKeyRecord, StoreError> {
         expires_at: row.try_get("expires_at")?,
         revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
     })
+}
+
+/// The columns [`change_request_from`] reads, with `FROM`: append a `WHERE` clause.
+macro_rules! select_change_requests {
+    () => {
+        "SELECT c.id, c.edition, e.key AS environment, f.key AS flag, c.base_version, \
+         c.proposed, c.comment, c.author_kind, c.author_id, c.status, c.apply_at, \
+         c.applied_version, c.failure, c.created_at, c.updated_at FROM change_requests c \
+         JOIN environments e ON e.id = c.environment_id JOIN flags f ON f.id = c.flag_id "
+    };
+}
+
+fn status_from(text: &str) -> Result<ChangeRequestStatus, StoreError> {
+    ChangeRequestStatus::parse(text)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown change request status `{text}`")))
+}
+
+fn review_from(row: &AnyRow) -> Result<Review, StoreError> {
+    let decision: String = row.try_get("decision")?;
+    Ok(Review {
+        reviewer: Actor {
+            kind: ActorKind::parse(&row.try_get::<String, _>("reviewer_kind")?),
+            id: row.try_get("reviewer_id")?,
+        },
+        decision: ReviewDecision::parse(&decision)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown review decision `{decision}`")))?,
+        comment: row.try_get("comment")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn change_request_from(
+    row: &AnyRow,
+    project: &str,
+    reviews: Vec<Review>,
+) -> Result<ChangeRequest, StoreError> {
+    Ok(ChangeRequest {
+        id: row.try_get("id")?,
+        project: project.to_string(),
+        environment: row.try_get("environment")?,
+        flag: row.try_get("flag")?,
+        base_version: row.try_get::<i64, _>("base_version")? as u64,
+        proposed: from_json(&row.try_get::<String, _>("proposed")?)?,
+        comment: row.try_get("comment")?,
+        author: Actor {
+            kind: ActorKind::parse(&row.try_get::<String, _>("author_kind")?),
+            id: row.try_get("author_id")?,
+        },
+        status: status_from(&row.try_get::<String, _>("status")?)?,
+        reviews,
+        apply_at: row.try_get("apply_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        applied_version: row
+            .try_get::<Option<i64>, _>("applied_version")?
+            .map(|v| v as u64),
+        failure: row.try_get("failure")?,
+    })
+}
+
+/// The reviews of one edition of a change request, oldest first.
+const SELECT_REVIEWS: &str = "SELECT reviewer_kind, reviewer_id, decision, comment, created_at \
+     FROM change_request_reviews WHERE change_request_id = $1 AND edition = $2 ORDER BY seq";
+
+/// A change request of the project with the reviews of its current edition.
+async fn load_change_request(
+    conn: &mut AnyConnection,
+    project: &str,
+    project_id: &str,
+    id: &str,
+) -> Result<ChangeRequest, StoreError> {
+    let row = sqlx::query(concat!(
+        select_change_requests!(),
+        "WHERE c.id = $1 AND c.project_id = $2"
+    ))
+    .bind(id)
+    .bind(project_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::not_found("change request", id))?;
+    let reviews = sqlx::query(SELECT_REVIEWS)
+        .bind(id)
+        .bind(row.try_get::<i64, _>("edition")?)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(review_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    change_request_from(&row, project, reviews)
+}
+
+/// A change request as a state change reads it, under its row lock.
+struct ChangeRequestState {
+    environment_id: String,
+    flag_id: String,
+    flag: String,
+    status: ChangeRequestStatus,
+    edition: i64,
+    base_version: u64,
+    proposed: FlagConfig,
+    comment: Option<String>,
+    apply_at: Option<i64>,
+}
+
+impl ChangeRequestState {
+    /// `Invalid` unless the request is open or approved.
+    fn check_pending(&self, id: &str, doing: &str) -> Result<(), StoreError> {
+        if self.status.is_pending() {
+            Ok(())
+        } else {
+            Err(StoreError::Invalid(format!(
+                "cannot {doing} change request `{id}`: it is {}, not open or approved",
+                self.status
+            )))
+        }
+    }
+}
+
+/// The audit view of a change request's proposal.
+fn change_request_audit_value(
+    flag: &str,
+    status: ChangeRequestStatus,
+    base_version: u64,
+    proposed: &FlagConfig,
+    comment: Option<&str>,
+    apply_at: Option<i64>,
+) -> Value {
+    serde_json::json!({
+        "flag": flag,
+        "status": status,
+        "baseVersion": base_version,
+        "proposed": proposed,
+        "comment": comment,
+        "applyAt": apply_at,
+    })
+}
+
+/// Locks a change request of the project and reads its state. A write that changes nothing
+/// takes the row's lock on PostgreSQL (SQLite's `BEGIN IMMEDIATE` already serialises writers),
+/// so concurrent state changes of one request take turns and each sees the state the previous
+/// one committed. `NotFound { what: "change request" }` when the project has no such request.
+async fn lock_change_request(
+    conn: &mut AnyConnection,
+    project_id: &str,
+    id: &str,
+) -> Result<ChangeRequestState, StoreError> {
+    let locked = sqlx::query(
+        "UPDATE change_requests SET updated_at = updated_at WHERE id = $1 AND project_id = $2",
+    )
+    .bind(id)
+    .bind(project_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if locked == 0 {
+        return Err(StoreError::not_found("change request", id));
+    }
+    let row = sqlx::query(
+        "SELECT c.environment_id, c.flag_id, f.key AS flag, c.status, c.edition, \
+         c.base_version, c.proposed, c.comment, c.apply_at FROM change_requests c \
+         JOIN flags f ON f.id = c.flag_id WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(ChangeRequestState {
+        environment_id: row.try_get("environment_id")?,
+        flag_id: row.try_get("flag_id")?,
+        flag: row.try_get("flag")?,
+        status: status_from(&row.try_get::<String, _>("status")?)?,
+        edition: row.try_get("edition")?,
+        base_version: row.try_get::<i64, _>("base_version")? as u64,
+        proposed: from_json(&row.try_get::<String, _>("proposed")?)?,
+        comment: row.try_get("comment")?,
+        apply_at: row.try_get("apply_at")?,
+    })
+}
+
+/// `VersionMismatch` unless the flag's configuration in the environment has `base_version`: a
+/// proposal made against another version could never apply.
+async fn check_base_version(
+    conn: &mut AnyConnection,
+    flag_id: &str,
+    flag: &str,
+    environment_id: &str,
+    base_version: u64,
+) -> Result<(), StoreError> {
+    let version =
+        sqlx::query("SELECT version FROM flag_configs WHERE flag_id = $1 AND environment_id = $2")
+            .bind(flag_id)
+            .bind(environment_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| StoreError::not_found("flag configuration", flag))?
+            .try_get::<i64, _>("version")? as u64;
+    if version != base_version {
+        return Err(StoreError::VersionMismatch {
+            what: "flag configuration",
+            expected: base_version,
+            actual: version,
+        });
+    }
+    Ok(())
+}
+
+/// A proposal as stored: the configuration with `base_version` as its version.
+fn proposal_body(
+    proposed: &FlagConfig,
+    base_version: u64,
+) -> Result<(FlagConfig, String), StoreError> {
+    let mut proposed = proposed.clone();
+    proposed.version = base_version;
+    let body = to_json(&proposed)?;
+    Ok((proposed, body))
 }
 
 #[async_trait]
@@ -1230,80 +1550,18 @@ impl Store for SqlStore {
         // one environment take turns and each reads the version the previous one committed;
         // SQLite's `BEGIN IMMEDIATE` already serialises them.
         bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
-        let flag_id: String = flag_row(&mut tx, &project_id, change.flag)
-            .await?
-            .try_get("id")?;
-        let current = sqlx::query(
-            "SELECT config, version FROM flag_configs WHERE flag_id = $1 AND environment_id = $2",
-        )
-        .bind(&flag_id)
-        .bind(&env_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::not_found("flag configuration", change.flag))?;
-        let version = current.try_get::<i64, _>("version")? as u64;
-        if let Some(expected) = change.expected_version
-            && expected != version
-        {
-            return Err(StoreError::VersionMismatch {
-                what: "flag configuration",
-                expected,
-                actual: version,
-            });
-        }
-        let before: Value = from_json(&current.try_get::<String, _>("config")?)?;
-        let mut config = change.config.clone();
-        config.version = version + 1;
-        let body = to_json(&config)?;
-        // The version in the WHERE clause makes the write conditional even if another writer
-        // slipped in (PostgreSQL runs these transactions concurrently).
-        let updated = sqlx::query(
-            "UPDATE flag_configs SET config = $1, enabled = $2, version = $3, updated_at = $4 \
-             WHERE flag_id = $5 AND environment_id = $6 AND version = $7",
-        )
-        .bind(&body)
-        .bind(i64::from(config.enabled))
-        .bind(config.version as i64)
-        .bind(at)
-        .bind(&flag_id)
-        .bind(&env_id)
-        .bind(version as i64)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            return Err(StoreError::VersionMismatch {
-                what: "flag configuration",
-                expected: version,
-                actual: version + 1,
-            });
-        }
-        insert_revision(
+        let config = write_flag_config(
             &mut tx,
-            RevisionRecord {
-                environment_id: &env_id,
-                resource_kind: "flag",
-                resource_key: change.flag,
-                version: config.version as i64,
-                body: &body,
-                actor: change.actor,
-                comment: change.comment,
-                at,
-            },
-        )
-        .await?;
-        let after: Value = from_json(&body)?;
-        audit(
-            &mut tx,
-            AuditRecord {
+            ConfigWrite {
                 project_id: &project_id,
-                environment_id: Some(&env_id),
+                environment_id: &env_id,
+                flag: change.flag,
+                config: change.config,
+                expected_version: change.expected_version,
                 actor: change.actor,
-                action: change.action,
-                resource_kind: "flag",
-                resource_key: change.flag,
-                before: &before,
-                after: &after,
                 comment: change.comment,
+                audit_comment: change.comment,
+                action: change.action,
                 at,
             },
         )
@@ -2229,6 +2487,448 @@ impl Store for SqlStore {
             .as_ref()
             .map(sdk_key_from)
             .transpose()
+    }
+
+    async fn create_change_request(
+        &self,
+        new: &NewChangeRequest<'_>,
+    ) -> Result<ChangeRequest, StoreError> {
+        let at = self.now();
+        let id = new_id();
+        let status = if new.pre_approved {
+            ChangeRequestStatus::Approved
+        } else {
+            ChangeRequestStatus::Open
+        };
+        let (proposed, body) = proposal_body(new.proposed, new.base_version)?;
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, new.project).await?;
+        let env_id = environment_id(&mut tx, &project_id, new.environment).await?;
+        let flag_id: String = flag_row(&mut tx, &project_id, new.flag)
+            .await?
+            .try_get("id")?;
+        check_base_version(&mut tx, &flag_id, new.flag, &env_id, new.base_version).await?;
+        sqlx::query(
+            "INSERT INTO change_requests (id, project_id, environment_id, flag_id, base_version, \
+             proposed, comment, author_kind, author_id, status, edition, apply_at, \
+             applied_version, failure, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, NULL, NULL, $12, $12)",
+        )
+        .bind(&id)
+        .bind(&project_id)
+        .bind(&env_id)
+        .bind(&flag_id)
+        .bind(new.base_version as i64)
+        .bind(&body)
+        .bind(new.comment)
+        .bind(new.actor.kind.as_str())
+        .bind(&new.actor.id)
+        .bind(status.as_str())
+        .bind(new.apply_at)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        let after = change_request_audit_value(
+            new.flag,
+            status,
+            new.base_version,
+            &proposed,
+            new.comment,
+            new.apply_at,
+        );
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&env_id),
+                actor: new.actor,
+                action: "change_request.created",
+                resource_kind: "change_request",
+                resource_key: &id,
+                before: &Value::Null,
+                after: &after,
+                comment: new.comment,
+                at,
+            },
+        )
+        .await?;
+        let record = load_change_request(&mut tx, new.project, &project_id, &id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn change_request(&self, project: &str, id: &str) -> Result<ChangeRequest, StoreError> {
+        // One snapshot: the request and its reviews agree.
+        let mut tx = self.begin_read().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let record = load_change_request(&mut tx, project, &project_id, id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn change_requests(
+        &self,
+        project: &str,
+        status: Option<ChangeRequestStatus>,
+        environment: Option<&str>,
+    ) -> Result<Vec<ChangeRequest>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let env_id = match environment {
+            Some(key) => environment_id(&mut tx, &project_id, key).await?,
+            None => String::new(),
+        };
+        let status = status.map_or("", ChangeRequestStatus::as_str);
+        // Optional filters as "parameter is empty OR column = parameter", so one statement
+        // serves every combination.
+        let rows = sqlx::query(concat!(
+            select_change_requests!(),
+            "WHERE c.project_id = $1 AND ($2 = '' OR c.status = $2) \
+             AND ($3 = '' OR c.environment_id = $3) ORDER BY c.created_at DESC, c.seq DESC"
+        ))
+        .bind(&project_id)
+        .bind(status)
+        .bind(&env_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        // The reviews of every listed request's current edition, in one statement.
+        let review_rows = sqlx::query(
+            "SELECT r.change_request_id, r.reviewer_kind, r.reviewer_id, r.decision, r.comment, \
+             r.created_at FROM change_request_reviews r JOIN change_requests c \
+             ON c.id = r.change_request_id AND c.edition = r.edition \
+             WHERE c.project_id = $1 AND ($2 = '' OR c.status = $2) \
+             AND ($3 = '' OR c.environment_id = $3) ORDER BY r.seq",
+        )
+        .bind(&project_id)
+        .bind(status)
+        .bind(&env_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut reviews: std::collections::HashMap<String, Vec<Review>> =
+            std::collections::HashMap::new();
+        for r in &review_rows {
+            reviews
+                .entry(r.try_get("change_request_id")?)
+                .or_default()
+                .push(review_from(r)?);
+        }
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                change_request_from(r, project, reviews.remove(&id).unwrap_or_default())
+            })
+            .collect()
+    }
+
+    async fn update_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        proposed: &FlagConfig,
+        base_version: u64,
+        comment: Option<&str>,
+        apply_at: Option<i64>,
+    ) -> Result<ChangeRequest, StoreError> {
+        let at = self.now();
+        let (proposed, body) = proposal_body(proposed, base_version)?;
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let state = lock_change_request(&mut tx, &project_id, id).await?;
+        state.check_pending(id, "edit")?;
+        check_base_version(
+            &mut tx,
+            &state.flag_id,
+            &state.flag,
+            &state.environment_id,
+            base_version,
+        )
+        .await?;
+        // A new edition: the reviews of the earlier ones no longer count.
+        sqlx::query(
+            "UPDATE change_requests SET proposed = $1, base_version = $2, comment = $3, \
+             apply_at = $4, status = 'open', edition = edition + 1, updated_at = $5 \
+             WHERE id = $6",
+        )
+        .bind(&body)
+        .bind(base_version as i64)
+        .bind(comment)
+        .bind(apply_at)
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let before = change_request_audit_value(
+            &state.flag,
+            state.status,
+            state.base_version,
+            &state.proposed,
+            state.comment.as_deref(),
+            state.apply_at,
+        );
+        let after = change_request_audit_value(
+            &state.flag,
+            ChangeRequestStatus::Open,
+            base_version,
+            &proposed,
+            comment,
+            apply_at,
+        );
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&state.environment_id),
+                actor,
+                action: "change_request.updated",
+                resource_kind: "change_request",
+                resource_key: id,
+                before: &before,
+                after: &after,
+                comment,
+                at,
+            },
+        )
+        .await?;
+        let record = load_change_request(&mut tx, project, &project_id, id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn review_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        decision: ReviewDecision,
+        comment: Option<&str>,
+    ) -> Result<ChangeRequest, StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let state = lock_change_request(&mut tx, &project_id, id).await?;
+        state.check_pending(id, "review")?;
+        let (status, action) = match decision {
+            ReviewDecision::Approve => (ChangeRequestStatus::Approved, "change_request.approved"),
+            ReviewDecision::Reject => (ChangeRequestStatus::Rejected, "change_request.rejected"),
+        };
+        sqlx::query(
+            "INSERT INTO change_request_reviews (change_request_id, edition, reviewer_kind, \
+             reviewer_id, decision, comment, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(state.edition)
+        .bind(actor.kind.as_str())
+        .bind(&actor.id)
+        .bind(decision.as_str())
+        .bind(comment)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE change_requests SET status = $1, updated_at = $2 WHERE id = $3")
+            .bind(status.as_str())
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&state.environment_id),
+                actor,
+                action,
+                resource_kind: "change_request",
+                resource_key: id,
+                before: &serde_json::json!({ "status": state.status }),
+                after: &serde_json::json!({ "status": status, "decision": decision }),
+                comment,
+                at,
+            },
+        )
+        .await?;
+        let record = load_change_request(&mut tx, project, &project_id, id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn cancel_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+    ) -> Result<ChangeRequest, StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let state = lock_change_request(&mut tx, &project_id, id).await?;
+        state.check_pending(id, "cancel")?;
+        sqlx::query(
+            "UPDATE change_requests SET status = 'cancelled', updated_at = $1 WHERE id = $2",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&state.environment_id),
+                actor,
+                action: "change_request.cancelled",
+                resource_kind: "change_request",
+                resource_key: id,
+                before: &serde_json::json!({ "status": state.status }),
+                after: &serde_json::json!({ "status": ChangeRequestStatus::Cancelled }),
+                comment: None,
+                at,
+            },
+        )
+        .await?;
+        let record = load_change_request(&mut tx, project, &project_id, id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn apply_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+    ) -> Result<ChangeRequest, StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let env_id: String = sqlx::query(
+            "SELECT environment_id FROM change_requests WHERE id = $1 AND project_id = $2",
+        )
+        .bind(id)
+        .bind(&project_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::not_found("change request", id))?
+        .try_get("environment_id")?;
+        // As in `update_flag_config`: bumping the environment's revision first makes writers to
+        // the environment take turns, so this one reads what the previous one committed.
+        bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
+        let state = lock_change_request(&mut tx, &project_id, id).await?;
+        if state.status != ChangeRequestStatus::Approved {
+            return Err(StoreError::Invalid(format!(
+                "change request `{id}` is not approved: it is {}",
+                state.status
+            )));
+        }
+        let audit_comment = match state.comment.as_deref() {
+            Some(comment) => format!("{comment} (change request {id})"),
+            None => format!("change request {id}"),
+        };
+        let config = write_flag_config(
+            &mut tx,
+            ConfigWrite {
+                project_id: &project_id,
+                environment_id: &env_id,
+                flag: &state.flag,
+                config: &state.proposed,
+                expected_version: Some(state.base_version),
+                actor,
+                comment: state.comment.as_deref(),
+                audit_comment: Some(&audit_comment),
+                action: "change_request.applied",
+                at,
+            },
+        )
+        .await?;
+        // Guarded by the status: a request is applied once, whoever tries and however often.
+        let applied = sqlx::query(
+            "UPDATE change_requests SET status = 'applied', applied_version = $1, \
+             updated_at = $2 WHERE id = $3 AND status = 'approved'",
+        )
+        .bind(config.version as i64)
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if applied != 1 {
+            return Err(StoreError::Invalid(format!(
+                "change request `{id}` is not approved"
+            )));
+        }
+        let record = load_change_request(&mut tx, project, &project_id, id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn due_change_requests(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.key AS project, c.id FROM change_requests c \
+             JOIN projects p ON p.id = c.project_id \
+             WHERE c.status = 'approved' AND c.apply_at IS NOT NULL AND c.apply_at <= $1 \
+             ORDER BY c.apply_at, c.seq LIMIT $2",
+        )
+        .bind(now)
+        .bind(self::limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("project")?, r.try_get("id")?)))
+            .collect()
+    }
+
+    async fn fail_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<ChangeRequest, StoreError> {
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let state = lock_change_request(&mut tx, &project_id, id).await?;
+        if state.status != ChangeRequestStatus::Approved {
+            return Err(StoreError::Invalid(format!(
+                "cannot mark change request `{id}` failed: it is {}, not approved",
+                state.status
+            )));
+        }
+        sqlx::query(
+            "UPDATE change_requests SET status = 'failed', failure = $1, updated_at = $2 \
+             WHERE id = $3",
+        )
+        .bind(reason)
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&state.environment_id),
+                actor,
+                action: "change_request.failed",
+                resource_kind: "change_request",
+                resource_key: id,
+                before: &serde_json::json!({ "status": state.status }),
+                after: &serde_json::json!({
+                    "status": ChangeRequestStatus::Failed,
+                    "failure": reason,
+                }),
+                comment: Some(reason),
+                at,
+            },
+        )
+        .await?;
+        let record = load_change_request(&mut tx, project, &project_id, id).await?;
+        tx.commit().await?;
+        Ok(record)
     }
 
     async fn environment_config(

@@ -379,6 +379,152 @@ pub struct NewSdkKey {
     pub prefix: String,
 }
 
+/// Where a change request stands. `Open` and `Approved` requests can still be edited, reviewed
+/// and cancelled; the others are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeRequestStatus {
+    /// Waiting for an approval.
+    Open,
+    /// May be applied (by a person, or by the scheduler at `applyAt`).
+    Approved,
+    Rejected,
+    /// Its proposal became the flag's configuration.
+    Applied,
+    /// Withdrawn before it was applied.
+    Cancelled,
+    /// A scheduled apply could not apply it (see `failure`).
+    Failed,
+}
+
+impl ChangeRequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeRequestStatus::Open => "open",
+            ChangeRequestStatus::Approved => "approved",
+            ChangeRequestStatus::Rejected => "rejected",
+            ChangeRequestStatus::Applied => "applied",
+            ChangeRequestStatus::Cancelled => "cancelled",
+            ChangeRequestStatus::Failed => "failed",
+        }
+    }
+
+    /// The status named `s` (`open`, `approved`, `rejected`, `applied`, `cancelled` or
+    /// `failed`), if any.
+    pub fn parse(s: &str) -> Option<ChangeRequestStatus> {
+        match s {
+            "open" => Some(ChangeRequestStatus::Open),
+            "approved" => Some(ChangeRequestStatus::Approved),
+            "rejected" => Some(ChangeRequestStatus::Rejected),
+            "applied" => Some(ChangeRequestStatus::Applied),
+            "cancelled" => Some(ChangeRequestStatus::Cancelled),
+            "failed" => Some(ChangeRequestStatus::Failed),
+            _ => None,
+        }
+    }
+
+    /// `Open` or `Approved`: the request can still be edited, reviewed or cancelled.
+    pub fn is_pending(self) -> bool {
+        matches!(
+            self,
+            ChangeRequestStatus::Open | ChangeRequestStatus::Approved
+        )
+    }
+}
+
+impl std::fmt::Display for ChangeRequestStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reviewer's verdict on a change request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewDecision {
+    Approve,
+    Reject,
+}
+
+impl ReviewDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewDecision::Approve => "approve",
+            ReviewDecision::Reject => "reject",
+        }
+    }
+
+    /// The decision named `s` (`approve` or `reject`), if any.
+    pub fn parse(s: &str) -> Option<ReviewDecision> {
+        match s {
+            "approve" => Some(ReviewDecision::Approve),
+            "reject" => Some(ReviewDecision::Reject),
+            _ => None,
+        }
+    }
+}
+
+/// One review of a change request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Review {
+    pub reviewer: Actor,
+    pub decision: ReviewDecision,
+    pub comment: Option<String>,
+    pub created_at: i64,
+}
+
+/// A proposed configuration of one flag in one environment, to be approved and applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeRequest {
+    pub id: String,
+    pub project: String,
+    pub environment: String,
+    pub flag: String,
+    /// The configuration version the proposal was made against: applying fails once the
+    /// flag's configuration has another version.
+    pub base_version: u64,
+    /// The proposed configuration; its `version` is `baseVersion`.
+    pub proposed: FlagConfig,
+    pub comment: Option<String>,
+    pub author: Actor,
+    pub status: ChangeRequestStatus,
+    /// The reviews of the current proposal, oldest first: an edit voids the earlier ones.
+    pub reviews: Vec<Review>,
+    /// Unix milliseconds: when the scheduler applies it, once approved. `None`: applied by hand.
+    pub apply_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// The configuration version applying it produced.
+    pub applied_version: Option<u64>,
+    /// Why a scheduled apply failed.
+    pub failure: Option<String>,
+}
+
+/// A change request to create.
+#[derive(Debug, Clone)]
+pub struct NewChangeRequest<'a> {
+    pub actor: &'a Actor,
+    pub project: &'a str,
+    pub environment: &'a str,
+    pub flag: &'a str,
+    /// The version of the flag's configuration the proposal was made against; it must still be
+    /// the current one.
+    pub base_version: u64,
+    /// Its `version` is ignored: the store keeps `base_version` there.
+    pub proposed: &'a FlagConfig,
+    pub comment: Option<&'a str>,
+    /// Unix milliseconds: when the scheduler should apply it, once approved.
+    pub apply_at: Option<i64>,
+    /// Created already approved (a scheduled change where no approval is needed).
+    pub pre_approved: bool,
+}
+
 /// What can go wrong, in terms the server maps to HTTP once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

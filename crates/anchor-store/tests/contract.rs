@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use anchor_engine::{EvaluationContext, Flag, FlagConfig, Lifecycle, Segment, Serve, compile};
 use anchor_store::{
-    Actor, AuditEntry, AuditFilter, ConfigChange, FlagFilter, NewEnvironment, NewSdkKey, NewToken,
-    Role, SdkKeyKind, SegmentChange, SqlStore, Store, StoreError,
+    Actor, AuditEntry, AuditFilter, ChangeRequest, ChangeRequestStatus, ConfigChange, FlagFilter,
+    NewChangeRequest, NewEnvironment, NewSdkKey, NewToken, ReviewDecision, Role, SdkKeyKind,
+    SegmentChange, SqlStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -121,6 +122,18 @@ contract!(
     sdk_keys_are_stored_as_hashes_looked_up_and_listed_newest_first,
     rotating_an_sdk_key_sets_an_expiry_on_the_old_keys_of_its_kind_only,
     sdk_keys_are_revoked_once_and_audited_without_their_hash,
+    a_change_request_is_created_open_and_read_back_without_changing_the_flag,
+    an_approval_makes_a_request_approved_and_its_reviews_are_listed_oldest_first,
+    an_edit_voids_earlier_approvals_and_reopens_the_request,
+    applying_an_approved_request_writes_a_new_version_a_revision_and_an_audit_entry,
+    an_applied_request_cannot_be_applied_again,
+    applying_after_the_flag_changed_fails_with_a_version_mismatch_and_writes_nothing,
+    a_rejected_request_cannot_be_applied_reviewed_or_edited,
+    an_open_or_approved_request_can_be_cancelled_once,
+    change_requests_are_listed_newest_first_and_filtered_by_status_and_environment,
+    due_change_requests_are_the_approved_ones_whose_time_has_come_oldest_first,
+    two_concurrent_applies_of_one_request_apply_it_exactly_once,
+    a_scheduled_request_that_cannot_apply_is_marked_failed_with_its_reason,
 );
 
 fn admin() -> Actor {
@@ -2021,4 +2034,1067 @@ async fn sdk_keys_are_revoked_once_and_audited_without_their_hash(f: &Fixture) {
     for i in 1..=2 {
         assert!(!text.contains(&sdk_hash(i)), "a key hash in {text}");
     }
+}
+
+fn proposal<'a>(
+    actor: &'a Actor,
+    environment: &'a str,
+    flag: &'a str,
+    base_version: u64,
+    proposed: &'a FlagConfig,
+) -> NewChangeRequest<'a> {
+    NewChangeRequest {
+        actor,
+        project: "shop",
+        environment,
+        flag,
+        base_version,
+        proposed,
+        comment: Some("turn it on"),
+        apply_at: None,
+        pre_approved: false,
+    }
+}
+
+fn config_in(record: &anchor_store::FlagRecord, environment: &str) -> FlagConfig {
+    record
+        .environments
+        .iter()
+        .find(|e| e.environment == environment)
+        .unwrap()
+        .config
+        .clone()
+}
+
+/// Seeds `shop` with the flag `f` (off, version 1 everywhere) and proposes, as ann, to turn it
+/// on in production; approved by bob when `approved`.
+async fn proposed_change(f: &Fixture, approved: bool) -> ChangeRequest {
+    seed(f).await;
+    let s = &f.store;
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &off_config())
+        .await
+        .unwrap();
+    let on = on_config();
+    let request = s
+        .create_change_request(&proposal(&Actor::user("ann"), "production", "f", 1, &on))
+        .await
+        .unwrap();
+    if !approved {
+        return request;
+    }
+    s.review_change_request(
+        &Actor::user("bob"),
+        "shop",
+        &request.id,
+        ReviewDecision::Approve,
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+fn is_invalid<T: std::fmt::Debug>(result: &Result<T, StoreError>) -> bool {
+    matches!(result, Err(StoreError::Invalid(_)))
+}
+
+async fn a_change_request_is_created_open_and_read_back_without_changing_the_flag(f: &Fixture) {
+    let request = proposed_change(f, false).await;
+    let s = &f.store;
+    let ann = Actor::user("ann");
+    assert_eq!(request.status, ChangeRequestStatus::Open);
+    assert_eq!(
+        (
+            request.project.as_str(),
+            request.environment.as_str(),
+            request.flag.as_str()
+        ),
+        ("shop", "production", "f")
+    );
+    assert_eq!(request.base_version, 1);
+    assert!(request.proposed.enabled);
+    assert_eq!(request.proposed.version, 1, "the proposal carries its base");
+    assert_eq!(request.comment.as_deref(), Some("turn it on"));
+    assert_eq!(request.author, ann);
+    assert!(request.reviews.is_empty());
+    assert_eq!(
+        (request.apply_at, request.applied_version, request.failure),
+        (None, None, None)
+    );
+    assert_eq!(request.created_at, 1_800_000_000_000);
+    assert_eq!(request.updated_at, request.created_at);
+    assert_eq!(
+        s.change_request("shop", &request.id).await.unwrap(),
+        s.change_requests("shop", None, None).await.unwrap()[0]
+    );
+    assert_eq!(
+        s.change_request("shop", &request.id).await.unwrap().id,
+        request.id
+    );
+
+    // Nothing evaluated changed.
+    let prod = config_in(&s.flag("shop", "f").await.unwrap(), "production");
+    assert!(!prod.enabled);
+    assert_eq!(prod.version, 1);
+    assert_eq!(
+        s.flag_revisions("shop", "production", "f")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let audit = audit_of(f, &request.id).await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].action, "change_request.created");
+    assert_eq!(audit[0].resource_kind, "change_request");
+    assert_eq!(audit[0].actor, ann);
+    assert_eq!(audit[0].environment.as_deref(), Some("production"));
+    assert_eq!(audit[0].comment.as_deref(), Some("turn it on"));
+
+    // Pre-approved: a scheduled change where no approval is needed.
+    let on = on_config();
+    let mut scheduled = proposal(&ann, "staging", "f", 1, &on);
+    scheduled.pre_approved = true;
+    scheduled.apply_at = Some(1_800_000_060_000);
+    scheduled.comment = None;
+    let scheduled = s.create_change_request(&scheduled).await.unwrap();
+    assert_eq!(scheduled.status, ChangeRequestStatus::Approved);
+    assert_eq!(scheduled.apply_at, Some(1_800_000_060_000));
+    assert_eq!(scheduled.comment, None);
+
+    // Unknown project, environment, flag, request; a stale base version.
+    for (project, environment, flag, what) in [
+        ("nope", "production", "f", "project"),
+        ("shop", "qa", "f", "environment"),
+        ("shop", "production", "missing", "flag"),
+    ] {
+        let mut new = proposal(&ann, environment, flag, 1, &on);
+        new.project = project;
+        let result = s.create_change_request(&new).await;
+        assert!(
+            matches!(&result, Err(StoreError::NotFound { what: w, .. }) if *w == what),
+            "{result:?}"
+        );
+    }
+    assert!(matches!(
+        s.change_request("shop", "no-such-request").await,
+        Err(StoreError::NotFound {
+            what: "change request",
+            ..
+        })
+    ));
+    s.create_project(&admin(), "other", "Other").await.unwrap();
+    assert!(
+        matches!(
+            s.change_request("other", &request.id).await,
+            Err(StoreError::NotFound {
+                what: "change request",
+                ..
+            })
+        ),
+        "another project's request is not found through this one"
+    );
+    let stale = s
+        .create_change_request(&proposal(&ann, "production", "f", 7, &on))
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::VersionMismatch {
+                what: "flag configuration",
+                expected: 7,
+                actual: 1
+            })
+        ),
+        "{stale:?}"
+    );
+    assert_eq!(
+        s.change_requests("shop", None, None).await.unwrap().len(),
+        2
+    );
+}
+
+async fn an_approval_makes_a_request_approved_and_its_reviews_are_listed_oldest_first(f: &Fixture) {
+    let request = proposed_change(f, false).await;
+    let s = &f.store;
+    let (bob, carol) = (Actor::user("bob"), Actor::user("carol"));
+    f.advance(1_000);
+    let approved = s
+        .review_change_request(
+            &bob,
+            "shop",
+            &request.id,
+            ReviewDecision::Approve,
+            Some("looks good"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(approved.status, ChangeRequestStatus::Approved);
+    assert_eq!(approved.updated_at, 1_800_000_001_000);
+    assert_eq!(approved.reviews.len(), 1);
+    let review = &approved.reviews[0];
+    assert_eq!(review.reviewer, bob);
+    assert_eq!(review.decision, ReviewDecision::Approve);
+    assert_eq!(review.comment.as_deref(), Some("looks good"));
+    assert_eq!(review.created_at, 1_800_000_001_000);
+
+    // A second approval, in the same millisecond: still approved, both listed in order.
+    let twice = s
+        .review_change_request(&carol, "shop", &request.id, ReviewDecision::Approve, None)
+        .await
+        .unwrap();
+    assert_eq!(twice.status, ChangeRequestStatus::Approved);
+    assert_eq!(
+        twice
+            .reviews
+            .iter()
+            .map(|r| r.reviewer.id.as_str())
+            .collect::<Vec<_>>(),
+        ["bob", "carol"]
+    );
+    assert_eq!(s.change_request("shop", &request.id).await.unwrap(), twice);
+    let listed = s.change_requests("shop", None, None).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0], twice);
+    // The flag is untouched until the request is applied.
+    assert!(!config_in(&s.flag("shop", "f").await.unwrap(), "production").enabled);
+
+    let audit = audit_of(f, &request.id).await;
+    assert_eq!(
+        audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+        [
+            "change_request.approved",
+            "change_request.approved",
+            "change_request.created"
+        ]
+    );
+    assert_eq!(audit[1].actor, bob);
+    assert_eq!(audit[1].comment.as_deref(), Some("looks good"));
+    assert!(
+        audit[1]
+            .diff
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["path"] == "/status" && op["value"] == "approved"),
+        "{:#}",
+        audit[1].diff
+    );
+    assert!(matches!(
+        s.review_change_request(
+            &bob,
+            "shop",
+            "no-such-request",
+            ReviewDecision::Approve,
+            None
+        )
+        .await,
+        Err(StoreError::NotFound {
+            what: "change request",
+            ..
+        })
+    ));
+}
+
+async fn an_edit_voids_earlier_approvals_and_reopens_the_request(f: &Fixture) {
+    let request = proposed_change(f, true).await;
+    let s = &f.store;
+    let ann = Actor::user("ann");
+    assert_eq!(request.status, ChangeRequestStatus::Approved);
+    assert_eq!(request.reviews.len(), 1);
+    f.advance(1_000);
+    let mut edited_config = on_config();
+    edited_config.default_serve = Serve::Variant("off".into());
+    let edited = s
+        .update_change_request(
+            &ann,
+            "shop",
+            &request.id,
+            &edited_config,
+            1,
+            Some("on, but serving off"),
+            Some(1_800_000_100_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(edited.status, ChangeRequestStatus::Open);
+    assert!(edited.reviews.is_empty(), "the approval no longer counts");
+    assert_eq!(edited.proposed.default_serve, Serve::Variant("off".into()));
+    assert_eq!(edited.proposed.version, 1);
+    assert_eq!(edited.comment.as_deref(), Some("on, but serving off"));
+    assert_eq!(edited.apply_at, Some(1_800_000_100_000));
+    assert_eq!(edited.updated_at, 1_800_000_001_000);
+    assert_eq!(edited.created_at, request.created_at);
+    assert_eq!(edited.author, ann);
+    assert_eq!(s.change_request("shop", &request.id).await.unwrap(), edited);
+    assert!(
+        s.change_requests("shop", None, None).await.unwrap()[0]
+            .reviews
+            .is_empty()
+    );
+
+    // A new approval counts alone.
+    let carol = Actor::user("carol");
+    let approved = s
+        .review_change_request(&carol, "shop", &request.id, ReviewDecision::Approve, None)
+        .await
+        .unwrap();
+    assert_eq!(approved.status, ChangeRequestStatus::Approved);
+    assert_eq!(approved.reviews.len(), 1);
+    assert_eq!(approved.reviews[0].reviewer, carol);
+    assert_eq!(
+        s.change_requests("shop", None, None).await.unwrap()[0].reviews,
+        approved.reviews
+    );
+
+    // Editing an open request also works and clears its comment and time when not given.
+    let again = s
+        .update_change_request(&ann, "shop", &request.id, &on_config(), 1, None, None)
+        .await
+        .unwrap();
+    assert_eq!(again.status, ChangeRequestStatus::Open);
+    assert!(again.reviews.is_empty());
+    assert_eq!((again.comment, again.apply_at), (None, None));
+
+    // An edit against a stale version fails and changes nothing.
+    let stale = s
+        .update_change_request(&ann, "shop", &request.id, &off_config(), 5, None, None)
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::VersionMismatch {
+                expected: 5,
+                actual: 1,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    assert!(
+        s.change_request("shop", &request.id)
+            .await
+            .unwrap()
+            .proposed
+            .enabled
+    );
+
+    let audit = audit_of(f, &request.id).await;
+    assert_eq!(audit[1].action, "change_request.approved");
+    assert_eq!(audit[2].action, "change_request.updated");
+    assert_eq!(audit[2].comment.as_deref(), Some("on, but serving off"));
+    let ops = audit[2].diff.as_array().unwrap();
+    assert!(
+        ops.iter()
+            .any(|op| op["path"] == "/status" && op["value"] == "open"),
+        "{:#}",
+        audit[2].diff
+    );
+    assert!(
+        ops.iter()
+            .any(|op| op["path"] == "/proposed/defaultServe/variant" && op["value"] == "off"),
+        "{:#}",
+        audit[2].diff
+    );
+
+    // A cancelled request can no longer be edited.
+    s.cancel_change_request(&ann, "shop", &request.id)
+        .await
+        .unwrap();
+    let result = s
+        .update_change_request(&ann, "shop", &request.id, &on_config(), 1, None, None)
+        .await;
+    assert!(is_invalid(&result), "{result:?}");
+}
+
+async fn applying_an_approved_request_writes_a_new_version_a_revision_and_an_audit_entry(
+    f: &Fixture,
+) {
+    let request = proposed_change(f, true).await;
+    let s = &f.store;
+    let dave = Actor::user("dave");
+    let revision_before = s.environment("shop", "production").await.unwrap().revision;
+    f.advance(5_000);
+    let applied = s
+        .apply_change_request(&dave, "shop", &request.id)
+        .await
+        .unwrap();
+    assert_eq!(applied.status, ChangeRequestStatus::Applied);
+    assert_eq!(applied.applied_version, Some(2));
+    assert_eq!(applied.updated_at, 1_800_000_005_000);
+    assert_eq!(applied.reviews.len(), 1, "the approval stays with it");
+    assert_eq!(
+        s.change_request("shop", &request.id).await.unwrap(),
+        applied
+    );
+
+    let record = s.flag("shop", "f").await.unwrap();
+    let prod = config_in(&record, "production");
+    assert!(prod.enabled);
+    assert_eq!(prod.version, 2);
+    let mut expected = request.proposed.clone();
+    expected.version = 2;
+    assert_eq!(prod, expected);
+    assert!(
+        !config_in(&record, "staging").enabled,
+        "other environments are untouched"
+    );
+    assert!(s.environment("shop", "production").await.unwrap().revision > revision_before);
+    let (config, _) = s.environment_config("shop", "production").await.unwrap();
+    assert_eq!(config.flags[0].config.version, 2);
+
+    let history = s.flag_revisions("shop", "production", "f").await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].version, 2);
+    assert_eq!(history[0].actor, dave);
+    assert_eq!(history[0].comment.as_deref(), Some("turn it on"));
+    assert_eq!(history[0].body["enabled"], json!(true));
+
+    let audit = audit_of(f, "f").await;
+    let entry = &audit[0];
+    assert_eq!(entry.action, "change_request.applied");
+    assert_eq!(entry.resource_kind, "flag");
+    assert_eq!(entry.actor, dave);
+    assert_eq!(entry.environment.as_deref(), Some("production"));
+    assert_eq!(entry.created_at, 1_800_000_005_000);
+    let comment = entry.comment.as_deref().unwrap();
+    assert!(
+        comment.contains(&request.id) && comment.contains("turn it on"),
+        "{comment}"
+    );
+    assert!(
+        entry
+            .diff
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["path"] == "/enabled" && op["value"] == json!(true)),
+        "{:#}",
+        entry.diff
+    );
+
+    // The scheduler applies too, as the system.
+    let on = on_config();
+    let ann = Actor::user("ann");
+    let mut scheduled = proposal(&ann, "staging", "f", 1, &on);
+    scheduled.pre_approved = true;
+    scheduled.apply_at = Some(1_800_000_000_000);
+    let scheduled = s.create_change_request(&scheduled).await.unwrap();
+    let applied = s
+        .apply_change_request(&Actor::system("scheduler"), "shop", &scheduled.id)
+        .await
+        .unwrap();
+    assert_eq!(applied.applied_version, Some(2));
+    assert_eq!(
+        s.flag_revisions("shop", "staging", "f").await.unwrap()[0].actor,
+        Actor::system("scheduler")
+    );
+    assert!(matches!(
+        s.apply_change_request(&dave, "shop", "no-such-request")
+            .await,
+        Err(StoreError::NotFound {
+            what: "change request",
+            ..
+        })
+    ));
+}
+
+async fn an_applied_request_cannot_be_applied_again(f: &Fixture) {
+    let request = proposed_change(f, true).await;
+    let s = &f.store;
+    s.apply_change_request(&admin(), "shop", &request.id)
+        .await
+        .unwrap();
+    let revision = s.environment("shop", "production").await.unwrap().revision;
+    let audit_count = audit_of(f, "f").await.len();
+
+    let again = s.apply_change_request(&admin(), "shop", &request.id).await;
+    match &again {
+        Err(StoreError::Invalid(message)) => {
+            assert!(message.contains("not approved"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        config_in(&s.flag("shop", "f").await.unwrap(), "production").version,
+        2
+    );
+    assert_eq!(
+        s.flag_revisions("shop", "production", "f")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.environment("shop", "production").await.unwrap().revision,
+        revision
+    );
+    assert_eq!(audit_of(f, "f").await.len(), audit_count);
+    let stored = s.change_request("shop", &request.id).await.unwrap();
+    assert_eq!(stored.status, ChangeRequestStatus::Applied);
+    assert_eq!(stored.applied_version, Some(2));
+
+    // Nor can an applied request be reviewed, edited, cancelled or failed; nor an open one
+    // applied.
+    let bob = Actor::user("bob");
+    for result in [
+        s.review_change_request(&bob, "shop", &request.id, ReviewDecision::Reject, None)
+            .await,
+        s.update_change_request(&bob, "shop", &request.id, &off_config(), 2, None, None)
+            .await,
+        s.cancel_change_request(&bob, "shop", &request.id).await,
+        s.fail_change_request(&bob, "shop", &request.id, "no").await,
+    ] {
+        assert!(is_invalid(&result), "{result:?}");
+    }
+    let on = on_config();
+    let open = s
+        .create_change_request(&proposal(&bob, "staging", "f", 1, &on))
+        .await
+        .unwrap();
+    let result = s.apply_change_request(&admin(), "shop", &open.id).await;
+    assert!(is_invalid(&result), "{result:?}");
+    assert_eq!(
+        config_in(&s.flag("shop", "f").await.unwrap(), "staging").version,
+        1
+    );
+}
+
+async fn applying_after_the_flag_changed_fails_with_a_version_mismatch_and_writes_nothing(
+    f: &Fixture,
+) {
+    let request = proposed_change(f, true).await;
+    let s = &f.store;
+    // Someone changes the flag directly after the request was made against version 1.
+    let off = off_config();
+    let hotfixer = admin();
+    let mut direct = change(&hotfixer, "production", "f", &off, Some(1));
+    direct.comment = Some("hotfix");
+    s.update_flag_config(&direct).await.unwrap();
+    let revision = s.environment("shop", "production").await.unwrap().revision;
+    let audit_count = s
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len();
+
+    let result = s.apply_change_request(&admin(), "shop", &request.id).await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::VersionMismatch {
+                what: "flag configuration",
+                expected: 1,
+                actual: 2
+            })
+        ),
+        "{result:?}"
+    );
+    let prod = config_in(&s.flag("shop", "f").await.unwrap(), "production");
+    assert_eq!(prod.version, 2);
+    assert!(!prod.enabled);
+    assert_eq!(
+        s.flag_revisions("shop", "production", "f")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.environment("shop", "production").await.unwrap().revision,
+        revision,
+        "the revision counter's bump is rolled back"
+    );
+    assert_eq!(
+        s.audit(&AuditFilter {
+            project: "shop".into(),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        audit_count
+    );
+    let stored = s.change_request("shop", &request.id).await.unwrap();
+    assert_eq!(stored.status, ChangeRequestStatus::Approved);
+    assert_eq!(stored.applied_version, None);
+}
+
+async fn a_rejected_request_cannot_be_applied_reviewed_or_edited(f: &Fixture) {
+    let request = proposed_change(f, true).await;
+    let s = &f.store;
+    let carol = Actor::user("carol");
+    // Rejecting an approved request: a later reviewer disagrees.
+    let rejected = s
+        .review_change_request(
+            &carol,
+            "shop",
+            &request.id,
+            ReviewDecision::Reject,
+            Some("not during the sale"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rejected.status, ChangeRequestStatus::Rejected);
+    assert_eq!(
+        rejected
+            .reviews
+            .iter()
+            .map(|r| (r.reviewer.id.as_str(), r.decision))
+            .collect::<Vec<_>>(),
+        [
+            ("bob", ReviewDecision::Approve),
+            ("carol", ReviewDecision::Reject)
+        ]
+    );
+    let result = s.apply_change_request(&admin(), "shop", &request.id).await;
+    match &result {
+        Err(StoreError::Invalid(message)) => {
+            assert!(message.contains("not approved"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!config_in(&s.flag("shop", "f").await.unwrap(), "production").enabled);
+    for result in [
+        s.review_change_request(&carol, "shop", &request.id, ReviewDecision::Approve, None)
+            .await,
+        s.update_change_request(
+            &Actor::user("ann"),
+            "shop",
+            &request.id,
+            &on_config(),
+            1,
+            None,
+            None,
+        )
+        .await,
+        s.cancel_change_request(&carol, "shop", &request.id).await,
+    ] {
+        assert!(is_invalid(&result), "{result:?}");
+    }
+    assert_eq!(
+        s.change_request("shop", &request.id).await.unwrap(),
+        rejected
+    );
+    let audit = audit_of(f, &request.id).await;
+    assert_eq!(audit[0].action, "change_request.rejected");
+    assert_eq!(audit[0].actor, carol);
+    assert_eq!(audit[0].comment.as_deref(), Some("not during the sale"));
+}
+
+async fn an_open_or_approved_request_can_be_cancelled_once(f: &Fixture) {
+    let open = proposed_change(f, false).await;
+    let s = &f.store;
+    let ann = Actor::user("ann");
+    f.advance(1_000);
+    let cancelled = s
+        .cancel_change_request(&ann, "shop", &open.id)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, ChangeRequestStatus::Cancelled);
+    assert_eq!(cancelled.updated_at, 1_800_000_001_000);
+    let again = s.cancel_change_request(&ann, "shop", &open.id).await;
+    assert!(is_invalid(&again), "{again:?}");
+    let review = s
+        .review_change_request(
+            &Actor::user("bob"),
+            "shop",
+            &open.id,
+            ReviewDecision::Approve,
+            None,
+        )
+        .await;
+    assert!(is_invalid(&review), "{review:?}");
+    let apply = s.apply_change_request(&admin(), "shop", &open.id).await;
+    assert!(is_invalid(&apply), "{apply:?}");
+
+    let on = on_config();
+    let mut approved = proposal(&ann, "staging", "f", 1, &on);
+    approved.pre_approved = true;
+    let approved = s.create_change_request(&approved).await.unwrap();
+    let cancelled = s
+        .cancel_change_request(&ann, "shop", &approved.id)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, ChangeRequestStatus::Cancelled);
+    let apply = s.apply_change_request(&admin(), "shop", &approved.id).await;
+    assert!(is_invalid(&apply), "{apply:?}");
+    assert!(matches!(
+        s.cancel_change_request(&ann, "shop", "no-such-request")
+            .await,
+        Err(StoreError::NotFound {
+            what: "change request",
+            ..
+        })
+    ));
+
+    let audit = audit_of(f, &open.id).await;
+    assert_eq!(
+        audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+        ["change_request.cancelled", "change_request.created"],
+        "cancelling twice audits once"
+    );
+    assert_eq!(audit[0].actor, ann);
+    assert_eq!(
+        s.change_requests("shop", Some(ChangeRequestStatus::Cancelled), None)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+async fn change_requests_are_listed_newest_first_and_filtered_by_status_and_environment(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    for key in ["a", "b"] {
+        s.create_flag(&admin(), "shop", &boolean_flag(key, &[]), &off_config())
+            .await
+            .unwrap();
+    }
+    let (ann, bob) = (Actor::user("ann"), Actor::user("bob"));
+    let on = on_config();
+    // Six requests; the first three in one millisecond, so order does not rest on the clock.
+    let mut ids = Vec::new();
+    for (i, (environment, flag)) in [
+        ("production", "a"),
+        ("staging", "a"),
+        ("production", "b"),
+        ("staging", "b"),
+        ("production", "a"),
+        ("development", "b"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i >= 3 {
+            f.advance(1_000);
+        }
+        let request = s
+            .create_change_request(&proposal(&ann, environment, flag, 1, &on))
+            .await
+            .unwrap();
+        ids.push(request.id);
+    }
+    // 0: open, 1: approved, 2: rejected, 3: cancelled, 4: approved, 5: open.
+    for i in [1, 4] {
+        s.review_change_request(&bob, "shop", &ids[i], ReviewDecision::Approve, Some("ok"))
+            .await
+            .unwrap();
+    }
+    s.review_change_request(&bob, "shop", &ids[2], ReviewDecision::Reject, None)
+        .await
+        .unwrap();
+    s.cancel_change_request(&ann, "shop", &ids[3])
+        .await
+        .unwrap();
+
+    let listed = |status: Option<ChangeRequestStatus>, environment: Option<&'static str>| {
+        let store = Arc::clone(&f.store);
+        async move {
+            store
+                .change_requests("shop", status, environment)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = listed(None, None).await;
+    assert_eq!(
+        all,
+        [5, 4, 3, 2, 1, 0].map(|i| ids[i].clone()),
+        "newest first"
+    );
+    assert_eq!(
+        listed(Some(ChangeRequestStatus::Approved), None).await,
+        [ids[4].clone(), ids[1].clone()]
+    );
+    assert_eq!(
+        listed(Some(ChangeRequestStatus::Open), None).await,
+        [ids[5].clone(), ids[0].clone()]
+    );
+    assert_eq!(
+        listed(None, Some("production")).await,
+        [ids[4].clone(), ids[2].clone(), ids[0].clone()]
+    );
+    assert_eq!(
+        listed(Some(ChangeRequestStatus::Approved), Some("staging")).await,
+        [ids[1].clone()]
+    );
+    assert!(
+        listed(Some(ChangeRequestStatus::Applied), None)
+            .await
+            .is_empty()
+    );
+    // The listing carries each request's reviews.
+    let approved = s
+        .change_requests("shop", Some(ChangeRequestStatus::Approved), None)
+        .await
+        .unwrap();
+    assert!(approved.iter().all(|r| r.reviews.len() == 1
+        && r.reviews[0].reviewer == bob
+        && r.reviews[0].comment.as_deref() == Some("ok")));
+    for r in &approved {
+        assert_eq!(&s.change_request("shop", &r.id).await.unwrap(), r);
+    }
+    assert!(matches!(
+        s.change_requests("shop", None, Some("qa")).await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.change_requests("nope", None, None).await,
+        Err(StoreError::NotFound {
+            what: "project",
+            ..
+        })
+    ));
+    // Another project's requests are its own.
+    s.create_project(&admin(), "other", "Other").await.unwrap();
+    assert!(
+        s.change_requests("other", None, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn due_change_requests_are_the_approved_ones_whose_time_has_come_oldest_first(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    s.create_project(&admin(), "blog", "Blog").await.unwrap();
+    s.create_environment(
+        &admin(),
+        "blog",
+        &NewEnvironment {
+            key: "production".into(),
+            name: "Production".into(),
+            requires_approval: true,
+            requires_comment: false,
+        },
+    )
+    .await
+    .unwrap();
+    for project in ["shop", "blog"] {
+        s.create_flag(&admin(), project, &boolean_flag("f", &[]), &off_config())
+            .await
+            .unwrap();
+    }
+    let ann = Actor::user("ann");
+    let on = on_config();
+    let t0 = 1_800_000_000_000;
+    let create = |project: &'static str, apply_at: Option<i64>, pre_approved: bool| {
+        let store = Arc::clone(&f.store);
+        let (ann, on) = (ann.clone(), on.clone());
+        async move {
+            let mut new = proposal(&ann, "production", "f", 1, &on);
+            new.project = project;
+            new.apply_at = apply_at;
+            new.pre_approved = pre_approved;
+            store.create_change_request(&new).await.unwrap().id
+        }
+    };
+    let late = create("shop", Some(t0 + 60_000), true).await;
+    let early_blog = create("blog", Some(t0 - 5_000), true).await;
+    let now_shop = create("shop", Some(t0), true).await;
+    let _open = create("shop", Some(t0 - 10_000), false).await;
+    let _unscheduled = create("shop", None, true).await;
+    let cancelled = create("shop", Some(t0 - 20_000), true).await;
+    s.cancel_change_request(&ann, "shop", &cancelled)
+        .await
+        .unwrap();
+    let failed = create("blog", Some(t0 - 30_000), true).await;
+    s.fail_change_request(&Actor::system("scheduler"), "blog", &failed, "x")
+        .await
+        .unwrap();
+    // Approved by review (not pre-approved), due earliest of all.
+    let reviewed = create("shop", Some(t0 - 40_000), false).await;
+    s.review_change_request(
+        &Actor::user("bob"),
+        "shop",
+        &reviewed,
+        ReviewDecision::Approve,
+        None,
+    )
+    .await
+    .unwrap();
+
+    let due = s.due_change_requests(t0, 100).await.unwrap();
+    assert_eq!(
+        due,
+        [
+            ("shop".to_string(), reviewed.clone()),
+            ("blog".to_string(), early_blog.clone()),
+            ("shop".to_string(), now_shop.clone()),
+        ]
+    );
+    assert_eq!(
+        s.due_change_requests(t0, 2).await.unwrap(),
+        due[..2].to_vec(),
+        "at most `limit`"
+    );
+    assert!(
+        s.due_change_requests(t0 - 50_000, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.due_change_requests(t0 + 60_000, 100)
+            .await
+            .unwrap()
+            .last(),
+        Some(&("shop".to_string(), late.clone()))
+    );
+    // Applied requests are no longer due.
+    s.apply_change_request(&Actor::system("scheduler"), "shop", &reviewed)
+        .await
+        .unwrap();
+    assert_eq!(s.due_change_requests(t0, 100).await.unwrap(), due[1..]);
+}
+
+async fn two_concurrent_applies_of_one_request_apply_it_exactly_once(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &off_config())
+        .await
+        .unwrap();
+    // Several rounds, each racing two appliers (a person and the scheduler, say) on one request.
+    for round in 0..5u64 {
+        let base = 1 + round;
+        let config = if round % 2 == 0 {
+            on_config()
+        } else {
+            off_config()
+        };
+        let ann = Actor::user("ann");
+        let mut new = proposal(&ann, "production", "f", base, &config);
+        new.pre_approved = true;
+        let request = s.create_change_request(&new).await.unwrap();
+        let tasks: Vec<_> = [Actor::user("bob"), Actor::system("scheduler")]
+            .into_iter()
+            .map(|actor| {
+                let store = Arc::clone(&f.store);
+                let id = request.id.clone();
+                tokio::spawn(async move { store.apply_change_request(&actor, "shop", &id).await })
+            })
+            .collect();
+        let mut applied = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(r) => applied.push(r),
+                Err(StoreError::Invalid(message)) => {
+                    assert!(message.contains("not approved"), "{message}")
+                }
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert_eq!(applied.len(), 1, "round {round}");
+        assert_eq!(applied[0].applied_version, Some(base + 1));
+        let prod = config_in(&s.flag("shop", "f").await.unwrap(), "production");
+        assert_eq!(prod.version, base + 1);
+        let applied_entries = audit_of(f, "f")
+            .await
+            .into_iter()
+            .filter(|a| {
+                a.action == "change_request.applied"
+                    && a.comment.as_deref().unwrap_or("").contains(&request.id)
+            })
+            .count();
+        assert_eq!(applied_entries, 1);
+    }
+    assert_eq!(
+        s.flag_revisions("shop", "production", "f")
+            .await
+            .unwrap()
+            .len(),
+        6
+    );
+}
+
+async fn a_scheduled_request_that_cannot_apply_is_marked_failed_with_its_reason(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &off_config())
+        .await
+        .unwrap();
+    let on = on_config();
+    let ann = Actor::user("ann");
+    let mut new = proposal(&ann, "production", "f", 1, &on);
+    new.pre_approved = true;
+    new.apply_at = Some(1_800_000_060_000);
+    let request = s.create_change_request(&new).await.unwrap();
+    // The flag changes before the request's time.
+    let off = off_config();
+    s.update_flag_config(&change(&admin(), "production", "f", &off, None))
+        .await
+        .unwrap();
+    f.advance(60_000);
+    let due = s.due_change_requests(1_800_000_060_000, 10).await.unwrap();
+    assert_eq!(due, [("shop".to_string(), request.id.clone())]);
+    let scheduler = Actor::system("scheduler");
+    let result = s
+        .apply_change_request(&scheduler, "shop", &request.id)
+        .await;
+    let reason = match result {
+        Err(e @ StoreError::VersionMismatch { .. }) => e.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let failed = s
+        .fail_change_request(&scheduler, "shop", &request.id, &reason)
+        .await
+        .unwrap();
+    assert_eq!(failed.status, ChangeRequestStatus::Failed);
+    assert_eq!(failed.failure.as_deref(), Some(reason.as_str()));
+    assert_eq!(failed.updated_at, 1_800_000_060_000);
+    assert_eq!(failed.applied_version, None);
+    assert_eq!(s.change_request("shop", &request.id).await.unwrap(), failed);
+    assert!(
+        s.due_change_requests(i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        config_in(&s.flag("shop", "f").await.unwrap(), "production").version,
+        2
+    );
+
+    let audit = audit_of(f, &request.id).await;
+    assert_eq!(audit[0].action, "change_request.failed");
+    assert_eq!(audit[0].actor, scheduler);
+    assert_eq!(audit[0].comment.as_deref(), Some(reason.as_str()));
+
+    // Only an approved request can fail: not a failed, open or applied one.
+    let again = s
+        .fail_change_request(&scheduler, "shop", &request.id, "again")
+        .await;
+    assert!(is_invalid(&again), "{again:?}");
+    let open = s
+        .create_change_request(&proposal(&Actor::user("ann"), "staging", "f", 1, &on))
+        .await
+        .unwrap();
+    let result = s
+        .fail_change_request(&scheduler, "shop", &open.id, "no")
+        .await;
+    assert!(is_invalid(&result), "{result:?}");
+    assert!(matches!(
+        s.fail_change_request(&scheduler, "shop", "no-such-request", "no")
+            .await,
+        Err(StoreError::NotFound {
+            what: "change request",
+            ..
+        })
+    ));
 }
