@@ -92,6 +92,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    every_documented_operation_refuses_sdk_keys_expired_tokens_and_viewers_writes,
     approval_environments_turn_changes_into_change_requests,
     scheduled_changes_apply_once_at_their_time,
     segments_are_validated_versioned_and_protected_while_in_use,
@@ -1423,4 +1424,98 @@ async fn scheduled_changes_apply_once_at_their_time(app: App) {
         .await;
     assert_eq!(reply.body["status"], "failed", "{}", reply.body);
     assert!(reply.body["failure"].is_string());
+}
+
+/// The documented operations with their path parameters filled in.
+fn operations() -> Vec<(String, String)> {
+    let doc = serde_json::to_value(anchor_server::openapi()).unwrap();
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let uri = path
+            .split('/')
+            .map(|segment| match segment {
+                "{project}" => "default",
+                "{environment}" => "production",
+                "{flag}" => "new-checkout",
+                "{segment}" => "beta",
+                "{username}" => "admin",
+                "{version}" | "{from}" | "{to}" => "1",
+                s if s.starts_with('{') => "x",
+                s => s,
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in item.as_object().unwrap().keys() {
+            ops.push((method.to_uppercase(), uri.clone()));
+        }
+    }
+    ops
+}
+
+async fn every_documented_operation_refuses_sdk_keys_expired_tokens_and_viewers_writes(app: App) {
+    app.create_checkout_flag().await;
+    let keys = "/api/v1/projects/default/environments/production/keys";
+    let server = app
+        .call(
+            "POST",
+            keys,
+            Some(&app.admin),
+            Some(json!({"kind": "server"})),
+        )
+        .await;
+    let client = app
+        .call(
+            "POST",
+            keys,
+            Some(&app.admin),
+            Some(json!({"kind": "client"})),
+        )
+        .await;
+    let expired = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&app.admin),
+            Some(json!({"name": "old", "expiresInDays": 0})),
+        )
+        .await;
+    let viewer = app.member("vera", Role::Viewer).await;
+    let refused = [
+        format!("Bearer {}", server.body["key"].as_str().unwrap()),
+        format!("Bearer {}", client.body["key"].as_str().unwrap()),
+        format!("Bearer {}", expired.body["token"].as_str().unwrap()),
+    ];
+    let ops = operations();
+    assert!(ops.len() >= 40);
+    for (method, uri) in &ops {
+        for credential in &refused {
+            let reply = app
+                .call(method, uri, Some(credential), Some(json!({})))
+                .await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} with {}",
+                &credential[..15]
+            );
+        }
+        // A viewer reads, and changes nothing but their own tokens.
+        let reply = app
+            .call(method, uri, Some(&viewer), Some(json!({"name": "v"})))
+            .await;
+        if method == "GET" {
+            assert!(
+                [StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::FORBIDDEN]
+                    .contains(&reply.status),
+                "GET {uri}: {}",
+                reply.status
+            );
+        } else if !uri.starts_with("/api/v1/tokens") {
+            assert!(
+                !reply.status.is_success(),
+                "a viewer changed something: {method} {uri} gave {}",
+                reply.status
+            );
+        }
+    }
 }
