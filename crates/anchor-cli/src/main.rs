@@ -123,7 +123,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!(
             "Release Anchor is set up: a project `default` with environments development, staging and production."
         );
-        println!("  Dashboard and API:  {url}  (API under {url}/api/v1)");
+        println!("  API:                {url}/api/v1  (reference: {url}/api/v1/docs)");
         match &report.generated_password {
             Some(password) => println!(
                 "  Admin user:         {}  one-time password: {}  (shown only now)",
