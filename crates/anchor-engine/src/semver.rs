@@ -49,37 +49,41 @@ impl OwnedVersion {
 impl<'a> Version<'a> {
     /// One pass over the bytes: the numeric core, then the pre-release and build parts, which
     /// are validated but not split (precedence splits the pre-release lazily).
-    #[inline(always)]
+    #[inline]
     pub(crate) fn parse(s: &'a str) -> Option<Self> {
         let b = s.as_bytes();
         let mut i = usize::from(matches!(b.first(), Some(b'v' | b'V')));
         let mut core = [0u64; 3];
-        let mut parts = 0;
-        loop {
-            let start = i;
-            let mut n: u64 = 0;
-            while let Some(&c) = b.get(i) {
-                if !c.is_ascii_digit() {
-                    break;
-                }
-                // 19 digits always fit; a 20th may overflow and is checked.
-                n = if i - start < 19 {
-                    n * 10 + u64::from(c - b'0')
+        let mut parts = 1;
+        let mut digits = 0usize;
+        let mut first = 0u8;
+        // One pass over the core `N[.N[.N]]`, one byte at a time, with no inner loops: each
+        // number has at least one digit, no leading zero, and fits in a u64.
+        while let Some(&c) = b.get(i) {
+            if c.is_ascii_digit() {
+                let n = &mut core[parts - 1];
+                *n = if digits < 19 {
+                    *n * 10 + u64::from(c - b'0')
                 } else {
                     n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?
                 };
-                i += 1;
+                if digits == 0 {
+                    first = c;
+                }
+                digits += 1;
+            } else if c == b'.' && parts < 3 {
+                if digits == 0 || (first == b'0' && digits > 1) {
+                    return None;
+                }
+                parts += 1;
+                digits = 0;
+            } else {
+                break;
             }
-            // Empty numbers and leading zeros are not SemVer.
-            if i == start || (b[start] == b'0' && i - start > 1) {
-                return None;
-            }
-            core[parts] = n;
-            parts += 1;
-            match b.get(i) {
-                Some(b'.') if parts < 3 => i += 1,
-                _ => break,
-            }
+            i += 1;
+        }
+        if digits == 0 || (first == b'0' && digits > 1) {
+            return None;
         }
         if i == b.len() {
             // The common case: a plain release, nothing left to validate.
@@ -177,12 +181,6 @@ fn compare_pre(a: &str, b: &str) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cmp(a: &str, b: &str) -> Ordering {
-        Version::parse(a)
-            .unwrap()
-            .precedence(&Version::parse(b).unwrap())
-    }
 
     #[test]
     fn the_specification_example_ordering_holds() {
