@@ -182,6 +182,12 @@ fn compare_pre(a: &str, b: &str) -> Ordering {
 mod tests {
     use super::*;
 
+    fn cmp(a: &str, b: &str) -> Ordering {
+        Version::parse(a)
+            .unwrap()
+            .precedence(&Version::parse(b).unwrap())
+    }
+
     #[test]
     fn the_specification_example_ordering_holds() {
         let ordered = [
