@@ -56,6 +56,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_sdk_key))
         .routes(routes!(revoke_sdk_key))
         .merge(crate::change_requests::routes())
+        .routes(routes!(sign_in, sign_out))
 }
 
 /// A JSON body whose rejections become problem details.
@@ -1281,4 +1282,77 @@ async fn revoke_sdk_key(
         .revoke_sdk_key(&caller.actor(), &project, &environment, &id)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- dashboard sessions ----
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SessionStarted {
+    username: String,
+    /// Repeat it in `X-CSRF-Token` on every write made with the session cookie.
+    csrf_token: String,
+    expires_at: i64,
+}
+
+#[utoipa::path(post, path = "/api/v1/session", tag = "identity", summary = "Sign in to the dashboard: sets an HttpOnly, SameSite=Strict session cookie and returns the CSRF token for writes", request_body = SignIn, responses((status = 201, body = SessionStarted, headers(("Set-Cookie" = String, description = "The session cookie"))), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed attempts", body = Problem, content_type = "application/problem+json")), security(()))]
+async fn sign_in(State(state): State<AppState>, Body(body): Body<SignIn>) -> ApiResult<Response> {
+    let caller = auth::sign_in(&state, &body.username, &body.password).await?;
+    let id = auth::random_token_body()?;
+    let csrf = auth::random_token_body()?;
+    let now = state.now_ms();
+    let expires_at = now + auth::SESSION_TTL_MS;
+    state
+        .store
+        .create_session(&anchor_store::NewSession {
+            id_hash: auth::token_hash(&id),
+            user_id: caller.user.id.clone(),
+            csrf_hash: auth::token_hash(&csrf),
+            created_at: now,
+            expires_at,
+        })
+        .await?;
+    let cookie = format!(
+        "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        auth::SESSION_COOKIE,
+        auth::SESSION_TTL_MS / 1_000
+    );
+    let mut response = (
+        StatusCode::CREATED,
+        Json(SessionStarted {
+            username: caller.user.username,
+            csrf_token: csrf,
+            expires_at,
+        }),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+#[utoipa::path(delete, path = "/api/v1/session", tag = "identity", summary = "Sign out: ends the session and clears its cookie", responses((status = 204), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json")))]
+/// Signing out needs the session itself (and, being a write, its CSRF token).
+async fn sign_out(
+    State(state): State<AppState>,
+    _caller: Caller,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if let Some(id) = auth::session_cookie_in(&headers) {
+        state.store.delete_session(&auth::token_hash(&id)).await?;
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("anchor_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    Ok(response)
 }

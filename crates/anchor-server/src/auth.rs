@@ -24,6 +24,12 @@ use crate::AppState;
 use crate::error::ApiError;
 
 pub const TOKEN_PREFIX: &str = "anc_pat_";
+/// The dashboard's session cookie: HttpOnly, SameSite=Strict.
+pub const SESSION_COOKIE: &str = "anchor_session";
+/// Writes authenticated by the session cookie must repeat the session's CSRF token here.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// How long a dashboard session lasts.
+pub const SESSION_TTL_MS: i64 = 12 * 3_600_000;
 
 /// An Argon2id PHC string for `password`.
 pub fn hash_password(password: &str) -> Result<String, ApiError> {
@@ -137,11 +143,34 @@ impl Caller {
 enum Credentials {
     Bearer(String),
     Basic { username: String, password: String },
+    Session(String),
+}
+
+/// The value of the session cookie, if the request carries one.
+fn session_cookie(parts: &Parts) -> Option<String> {
+    session_cookie_in(&parts.headers)
+}
+
+/// The value of the session cookie among these headers.
+pub(crate) fn session_cookie_in(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_string())
+}
+
+/// Equality that takes as long whatever the inputs share.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn credentials(parts: &Parts) -> Result<Option<Credentials>, ApiError> {
     let Some(value) = parts.headers.get(AUTHORIZATION) else {
-        return Ok(None);
+        return Ok(session_cookie(parts).map(Credentials::Session));
     };
     let value = value.to_str().map_err(|_| ApiError::Unauthenticated)?;
     let (scheme, rest) = value.split_once(' ').ok_or(ApiError::Unauthenticated)?;
@@ -224,6 +253,47 @@ async fn from_token(state: &AppState, secret: &str, now_ms: i64) -> Result<Calle
     })
 }
 
+/// A dashboard session: found by the hash of its id; writes must repeat its CSRF token in
+/// `X-CSRF-Token`, which a page on another origin cannot read.
+async fn from_session(state: &AppState, parts: &Parts, id: &str) -> Result<Caller, ApiError> {
+    let session = state
+        .store
+        .session(&token_hash(id), state.now_ms())
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let safe = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe {
+        let presented = parts
+            .headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(token_hash)
+            .unwrap_or_default();
+        if !constant_time_eq(presented.as_bytes(), session.csrf_hash.as_bytes()) {
+            return Err(ApiError::Forbidden(
+                "writes with a session cookie need the session's X-CSRF-Token header".into(),
+            ));
+        }
+    }
+    Ok(Caller {
+        user: session.user,
+        cap: Role::Admin,
+        token_id: None,
+    })
+}
+
+/// Signs in with a password (throttled per user name).
+pub(crate) async fn sign_in(
+    state: &AppState,
+    username: &str,
+    password: &str,
+) -> Result<Caller, ApiError> {
+    from_password(state, username, password).await
+}
+
 async fn from_password(
     state: &AppState,
     username: &str,
@@ -266,6 +336,7 @@ impl FromRequestParts<AppState> for Caller {
             Some(Credentials::Basic { username, password }) => {
                 from_password(state, &username, &password).await
             }
+            Some(Credentials::Session(id)) => from_session(state, parts, &id).await,
         }
     }
 }

@@ -92,6 +92,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    dashboard_sessions_use_httponly_cookies_and_csrf_tokens_for_writes,
     every_documented_operation_refuses_sdk_keys_expired_tokens_and_viewers_writes,
     approval_environments_turn_changes_into_change_requests,
     scheduled_changes_apply_once_at_their_time,
@@ -1488,6 +1489,9 @@ async fn every_documented_operation_refuses_sdk_keys_expired_tokens_and_viewers_
     let ops = operations();
     assert!(ops.len() >= 40);
     for (method, uri) in &ops {
+        if uri == "/api/v1/session" && method == "POST" {
+            continue; // signing in takes a password in its body, not credentials
+        }
         for credential in &refused {
             let reply = app
                 .call(method, uri, Some(credential), Some(json!({})))
@@ -1499,7 +1503,7 @@ async fn every_documented_operation_refuses_sdk_keys_expired_tokens_and_viewers_
                 &credential[..15]
             );
         }
-        // A viewer reads, and changes nothing but their own tokens.
+        // A viewer reads, and changes nothing but their own tokens and session.
         let reply = app
             .call(method, uri, Some(&viewer), Some(json!({"name": "v"})))
             .await;
@@ -1510,7 +1514,7 @@ async fn every_documented_operation_refuses_sdk_keys_expired_tokens_and_viewers_
                 "GET {uri}: {}",
                 reply.status
             );
-        } else if !uri.starts_with("/api/v1/tokens") {
+        } else if !uri.starts_with("/api/v1/tokens") && uri != "/api/v1/session" {
             assert!(
                 !reply.status.is_success(),
                 "a viewer changed something: {method} {uri} gave {}",
@@ -1518,4 +1522,126 @@ async fn every_documented_operation_refuses_sdk_keys_expired_tokens_and_viewers_
             );
         }
     }
+}
+
+async fn dashboard_sessions_use_httponly_cookies_and_csrf_tokens_for_writes(app: App) {
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/session",
+            None,
+            Some(json!({"username": "admin", "password": "wrong"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let reply = app
+        .call(
+            "POST",
+            "/api/v1/session",
+            None,
+            Some(json!({"username": "admin", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let set_cookie = reply
+        .headers
+        .get(header::SET_COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let csrf = reply.body["csrfToken"].as_str().unwrap().to_string();
+    assert!(
+        !reply
+            .body
+            .to_string()
+            .contains(cookie.split('=').nth(1).unwrap()),
+        "the session id stays in the cookie"
+    );
+
+    let reply = app
+        .call_with(
+            "GET",
+            "/api/v1/projects",
+            None,
+            None,
+            &[("cookie", &cookie)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "reads need only the cookie");
+    let flag = json!({"key": "from-dashboard", "kind": "boolean", "variants": [{"name": "on", "value": true}]}).to_string();
+    let flags = "/api/v1/projects/default/flags";
+    let reply = app
+        .call_with(
+            "POST",
+            flags,
+            None,
+            Some(flag.clone()),
+            &[("cookie", &cookie)],
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FORBIDDEN,
+        "a write without the CSRF token"
+    );
+    let reply = app
+        .call_with(
+            "POST",
+            flags,
+            None,
+            Some(flag.clone()),
+            &[("cookie", &cookie), ("x-csrf-token", "guess")],
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FORBIDDEN,
+        "a write with a wrong CSRF token"
+    );
+    let reply = app
+        .call_with(
+            "POST",
+            flags,
+            None,
+            Some(flag),
+            &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+
+    let reply = app
+        .call_with(
+            "DELETE",
+            "/api/v1/session",
+            None,
+            None,
+            &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert!(
+        reply
+            .headers
+            .get(header::SET_COOKIE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let reply = app
+        .call_with(
+            "GET",
+            "/api/v1/projects",
+            None,
+            None,
+            &[("cookie", &cookie)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "signed out");
 }

@@ -187,6 +187,14 @@ pub trait Store: Send + Sync + 'static {
     /// (1 to 1,000; 100 when 0). Their `project` is empty and their `environment` `None`.
     async fn instance_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 
+    /// Stores a dashboard session: the hashes of its id and of its CSRF token. Sessions past
+    /// their expiry are deleted on the way.
+    async fn create_session(&self, session: &NewSession) -> Result<(), StoreError>;
+    /// The session with this id hash, if it exists and has not expired at `now`.
+    async fn session(&self, id_hash: &str, now: i64) -> Result<Option<SessionRecord>, StoreError>;
+    /// Ends a session (signing out); unknown sessions are ignored.
+    async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError>;
+
     /// Creates a segment in one environment (version 1, or one past the last revision of a
     /// deleted segment of the same key, so a stale `If-Match` cannot match the new one). Its key
     /// must satisfy [`anchor_engine::model::is_valid_key`] (`Invalid` otherwise) and be new in

@@ -556,3 +556,21 @@ impl StoreError {
         }
     }
 }
+
+/// A dashboard session to store: hashes only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    pub id_hash: String,
+    pub user_id: String,
+    pub csrf_hash: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A live dashboard session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub user: User,
+    pub csrf_hash: String,
+    pub expires_at: i64,
+}

@@ -100,6 +100,7 @@ macro_rules! contract {
 }
 
 contract!(
+    sessions_are_found_by_hash_until_they_expire_or_end,
     projects_and_environments_are_created_once_and_listed_in_order,
     a_new_flag_gets_version_one_in_every_environment_with_a_revision_and_an_audit_entry,
     a_write_with_a_stale_version_fails_and_changes_nothing,
@@ -3097,4 +3098,46 @@ async fn a_scheduled_request_that_cannot_apply_is_marked_failed_with_its_reason(
             ..
         })
     ));
+}
+
+async fn sessions_are_found_by_hash_until_they_expire_or_end(f: &Fixture) {
+    let s = &f.store;
+    let user = s
+        .create_user(&Actor::system("test"), "sam", "$argon2id$stub", false)
+        .await
+        .unwrap();
+    let now = 1_800_000_000_000;
+    s.create_session(&anchor_store::NewSession {
+        id_hash: "h1".into(),
+        user_id: user.id.clone(),
+        csrf_hash: "c1".into(),
+        created_at: now,
+        expires_at: now + 1_000,
+    })
+    .await
+    .unwrap();
+    let found = s.session("h1", now + 999).await.unwrap().unwrap();
+    assert_eq!(found.user.username, "sam");
+    assert_eq!(found.csrf_hash, "c1");
+    assert!(
+        s.session("h1", now + 1_000).await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(s.session("h2", now).await.unwrap().is_none(), "unknown");
+    // A later sign-in sweeps expired sessions away.
+    s.create_session(&anchor_store::NewSession {
+        id_hash: "h2".into(),
+        user_id: user.id.clone(),
+        csrf_hash: "c2".into(),
+        created_at: now + 5_000,
+        expires_at: now + 10_000,
+    })
+    .await
+    .unwrap();
+    assert!(s.session("h1", now).await.unwrap().is_none(), "swept");
+    s.delete_session("h2").await.unwrap();
+    assert!(
+        s.session("h2", now + 6_000).await.unwrap().is_none(),
+        "signed out"
+    );
 }
