@@ -57,6 +57,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_sdk_key))
         .merge(crate::change_requests::routes())
         .routes(routes!(sign_in, sign_out))
+        .routes(routes!(explain_flag))
 }
 
 /// A JSON body whose rejections become problem details.
@@ -1355,4 +1356,56 @@ async fn sign_out(
         HeaderValue::from_static("anchor_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
     );
     Ok(response)
+}
+
+// ---- evaluation with explanation ----
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ExplainedEvaluation {
+    /// The environment revision the answer was computed from.
+    revision: u64,
+    /// The evaluation and every step taken, as the engine records them.
+    #[schema(value_type = Object)]
+    explanation: serde_json::Value,
+    /// The same steps as sentences.
+    text: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/evaluate", tag = "configuration", summary = "Evaluate a flag for an evaluation context and explain why it gets that value", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key")), request_body(content = Object, description = "The evaluation context, e.g. {\"targetingKey\": \"user-42\", \"country\": \"DE\"}"), responses((status = 200, body = ExplainedEvaluation), (status = 400, description = "Not an evaluation context", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
+async fn explain_flag(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment, flag)): Path<(String, String, String)>,
+    Body(context): Body<serde_json::Value>,
+) -> ApiResult<Json<ExplainedEvaluation>> {
+    caller.require(&state, &project, Role::Viewer).await?;
+    state.store.environment(&project, &environment).await?;
+    let context = anchor_engine::EvaluationContext::from_value(context)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let held = match state.snapshots.get(&project, &environment) {
+        Some(held) => held,
+        None => {
+            state
+                .snapshots
+                .refresh(state.store.as_ref(), &project, &environment)
+                .await?;
+            state
+                .snapshots
+                .get(&project, &environment)
+                .ok_or_else(|| ApiError::Internal("no snapshot after building it".into()))?
+        }
+    };
+    if held.snapshot.flag_kind(&flag).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "flag `{flag}` is not evaluated in `{environment}` (unknown or archived)"
+        )));
+    }
+    let explanation = anchor_engine::explain(&held.snapshot, &flag, &context);
+    Ok(Json(ExplainedEvaluation {
+        revision: held.revision,
+        text: explanation.to_string(),
+        explanation: serde_json::to_value(&explanation)
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+    }))
 }

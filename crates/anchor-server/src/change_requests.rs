@@ -383,7 +383,16 @@ pub async fn run_due(state: &AppState) -> usize {
             Err(e) => Err(e.to_string()),
         };
         match outcome {
-            Ok(_) => applied += 1,
+            Ok(request) => {
+                applied += 1;
+                if let Err(e) = state
+                    .snapshots
+                    .refresh(state.store.as_ref(), &project, &request.environment)
+                    .await
+                {
+                    tracing::warn!(error = %e, %project, "cannot rebuild a snapshot after a scheduled change");
+                }
+            }
             Err(reason) => {
                 tracing::warn!(%project, %id, %reason, "a scheduled change could not be applied");
                 let _ = state

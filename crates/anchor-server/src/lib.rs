@@ -16,6 +16,7 @@ mod bootstrap;
 pub mod change_requests;
 pub mod config;
 mod error;
+pub mod snapshots;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct AppState {
     login_throttle: Arc<auth::LoginThrottle>,
     /// Verified against when a username does not exist, so that the answer takes as long.
     dummy_password_hash: Arc<str>,
+    /// The compiled environments that evaluations read.
+    pub snapshots: Arc<snapshots::Snapshots>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -62,6 +65,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(false)),
             login_throttle: Arc::default(),
             dummy_password_hash: dummy.into(),
+            snapshots: Arc::default(),
         })
     }
 
@@ -190,6 +194,10 @@ pub fn router(state: AppState) -> Router {
                 include_str!("../assets/api-reference.css"),
             )),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refresh_after_writes,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -199,6 +207,49 @@ pub fn router(state: AppState) -> Router {
             },
         ))
         .with_state(state)
+}
+
+/// After a successful write under `/api/v1/projects/{project}`, rebuilds the snapshots it may
+/// have changed (the environment named in the path, else every environment of the project)
+/// before answering, so a caller reads its own writes in evaluations.
+async fn refresh_after_writes(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    // Evaluating is a read that happens to carry a body.
+    let write = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    ) && !request.uri().path().ends_with("/evaluate");
+    let scope: Option<(String, Option<String>)> = {
+        let mut parts = request.uri().path().split('/').skip(1);
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("api"), Some("v1"), Some("projects"), Some(project)) => {
+                let environment = match (parts.next(), parts.next()) {
+                    (Some("environments"), Some(env)) => Some(env.to_string()),
+                    _ => None,
+                };
+                Some((project.to_string(), environment))
+            }
+            _ => None,
+        }
+    };
+    let response = next.run(request).await;
+    if write
+        && response.status().is_success()
+        && let Some((project, environment)) = scope
+    {
+        let store = state.store.as_ref();
+        let refreshed = match environment {
+            Some(env) => state.snapshots.refresh(store, &project, &env).await,
+            None => state.snapshots.refresh_project(store, &project).await,
+        };
+        if let Err(e) = refreshed {
+            tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
+        }
+    }
+    response
 }
 
 /// Ready once bootstrapped, and only while the store answers.
@@ -288,6 +339,12 @@ pub async fn launch(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Not ready until every environment's snapshot is built.
+    state
+        .snapshots
+        .build_all(state.store.as_ref())
+        .await
+        .map_err(|e| std::io::Error::other(format!("building the environments' snapshots: {e}")))?;
     state.set_ready(true);
     // The scheduler applies due change requests every second until the server stops; an
     // apply cut short rolls back with its transaction.

@@ -92,6 +92,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    evaluations_follow_every_committed_change_and_explain_themselves,
     dashboard_sessions_use_httponly_cookies_and_csrf_tokens_for_writes,
     every_documented_operation_refuses_sdk_keys_expired_tokens_and_viewers_writes,
     approval_environments_turn_changes_into_change_requests,
@@ -1503,7 +1504,8 @@ async fn every_documented_operation_refuses_sdk_keys_expired_tokens_and_viewers_
                 &credential[..15]
             );
         }
-        // A viewer reads, and changes nothing but their own tokens and session.
+        // A viewer reads (evaluating is a read, with a POST body), and changes nothing but
+        // their own tokens and session.
         let reply = app
             .call(method, uri, Some(&viewer), Some(json!({"name": "v"})))
             .await;
@@ -1514,7 +1516,10 @@ async fn every_documented_operation_refuses_sdk_keys_expired_tokens_and_viewers_
                 "GET {uri}: {}",
                 reply.status
             );
-        } else if !uri.starts_with("/api/v1/tokens") && uri != "/api/v1/session" {
+        } else if !uri.starts_with("/api/v1/tokens")
+            && uri != "/api/v1/session"
+            && !uri.ends_with("/evaluate")
+        {
             assert!(
                 !reply.status.is_success(),
                 "a viewer changed something: {method} {uri} gave {}",
@@ -1644,4 +1649,101 @@ async fn dashboard_sessions_use_httponly_cookies_and_csrf_tokens_for_writes(app:
         )
         .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "signed out");
+}
+
+async fn evaluations_follow_every_committed_change_and_explain_themselves(app: App) {
+    app.create_checkout_flag().await;
+    let evaluate = format!("{CONFIG}/evaluate");
+    let german = json!({"targetingKey": "user-42", "country": "DE"});
+    let reply = app
+        .call("POST", &evaluate, Some(&app.admin), Some(german.clone()))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        reply.body["explanation"]["evaluation"]["reason"],
+        "DISABLED"
+    );
+    let first_revision = reply.body["revision"].as_u64().unwrap();
+
+    let on = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "off"},
+        "rules": [{"id": "germany", "conditions": [{"attribute": "country", "operator": "in", "values": ["DE"]}],
+                   "serve": {"variant": "on"}}]});
+    assert_eq!(
+        app.call("PUT", CONFIG, Some(&app.admin), Some(on))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = app
+        .call("POST", &evaluate, Some(&app.admin), Some(german.clone()))
+        .await;
+    assert_eq!(
+        reply.body["explanation"]["evaluation"]["value"], true,
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        reply.body["explanation"]["evaluation"]["reason"],
+        "TARGETING_MATCH"
+    );
+    assert!(
+        reply.body["text"]
+            .as_str()
+            .unwrap()
+            .contains("rule 0 `germany` matched"),
+        "{}",
+        reply.body["text"]
+    );
+    assert!(reply.body["revision"].as_u64().unwrap() > first_revision);
+    let french = json!({"targetingKey": "user-43", "country": "FR"});
+    let reply = app
+        .call("POST", &evaluate, Some(&app.admin), Some(french))
+        .await;
+    assert_eq!(reply.body["explanation"]["evaluation"]["reason"], "DEFAULT");
+
+    let reply = app
+        .call(
+            "POST",
+            &format!("{CONFIG}/revert"),
+            Some(&app.admin),
+            Some(json!({"version": 1})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let reply = app
+        .call("POST", &evaluate, Some(&app.admin), Some(german.clone()))
+        .await;
+    assert_eq!(
+        reply.body["explanation"]["evaluation"]["reason"], "DISABLED",
+        "the revert is live"
+    );
+
+    // A scheduled change is live once the scheduler applied it.
+    let scheduled = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"},
+                           "applyAt": app.state.now_ms() - 1});
+    assert_eq!(
+        app.call("PUT", CONFIG, Some(&app.admin), Some(scheduled))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(anchor_server::change_requests::run_due(&app.state).await, 1);
+    let reply = app
+        .call("POST", &evaluate, Some(&app.admin), Some(german))
+        .await;
+    assert_eq!(reply.body["explanation"]["evaluation"]["reason"], "STATIC");
+
+    let missing = "/api/v1/projects/default/environments/production/flags/missing/evaluate";
+    assert_eq!(
+        app.call("POST", missing, Some(&app.admin), Some(json!({})))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call("POST", &evaluate, Some(&app.admin), Some(json!([1, 2])))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
 }
