@@ -60,19 +60,34 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(explain_flag))
 }
 
-/// A JSON body whose rejections become problem details.
-pub(crate) struct Body<T>(pub(crate) T);
+/// A JSON body whose problems are reported only when the handler asks for it
+/// ([`Body::into_inner`]), after it has checked the caller's rights: someone who may not do a
+/// thing learns that (403), not what is wrong with their request (422).
+pub(crate) struct Body<T>(Result<T, ApiError>);
+
+impl<T> Body<T> {
+    pub(crate) fn into_inner(self) -> ApiResult<T> {
+        self.0
+    }
+}
 
 impl<T, S> axum::extract::FromRequest<S> for Body<T>
 where
     Json<T>: axum::extract::FromRequest<S, Rejection = JsonRejection>,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = std::convert::Infallible;
 
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
-        Ok(Body(value))
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, std::convert::Infallible> {
+        Ok(Body(
+            Json::<T>::from_request(req, state)
+                .await
+                .map(|Json(value)| value)
+                .map_err(ApiError::from),
+        ))
     }
 }
 
@@ -103,8 +118,9 @@ struct TokenCreated {
 async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
-    Body(request): Body<TokenRequest>,
+    request: Body<TokenRequest>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    let request = request.into_inner()?;
     if request.name.trim().is_empty() || request.name.len() > 100 {
         return Err(invalid(
             "/name",
@@ -236,9 +252,10 @@ struct NewUser {
 async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
-    Body(body): Body<NewUser>,
+    body: Body<NewUser>,
 ) -> ApiResult<(StatusCode, Json<anchor_store::User>)> {
     caller.require_instance_admin()?;
+    let body = body.into_inner()?;
     if body.password.chars().count() < 12 {
         return Err(invalid(
             "/password",
@@ -264,9 +281,10 @@ async fn set_member_role(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, username)): Path<(String, String)>,
-    Body(body): Body<Membership>,
+    body: Body<Membership>,
 ) -> ApiResult<StatusCode> {
     caller.require(&state, &project, Role::Admin).await?;
+    let body = body.into_inner()?;
     let user = state
         .store
         .users()
@@ -318,9 +336,10 @@ struct NewProject {
 async fn create_project(
     State(state): State<AppState>,
     caller: Caller,
-    Body(body): Body<NewProject>,
+    body: Body<NewProject>,
 ) -> ApiResult<(StatusCode, Json<Project>)> {
     caller.require_instance_admin()?;
+    let body = body.into_inner()?;
     if !anchor_engine::model::is_valid_key(&body.key) {
         return Err(invalid(
             "/key",
@@ -359,9 +378,10 @@ async fn create_environment(
     State(state): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
-    Body(body): Body<NewEnvironment>,
+    body: Body<NewEnvironment>,
 ) -> ApiResult<(StatusCode, Json<Environment>)> {
     caller.require(&state, &project, Role::Admin).await?;
+    let body = body.into_inner()?;
     if !anchor_engine::model::is_valid_key(&body.key) {
         return Err(invalid(
             "/key",
@@ -443,9 +463,10 @@ async fn create_flag(
     State(state): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
-    Body(flag): Body<Flag>,
+    flag: Body<Flag>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<FlagRecord>)> {
     caller.require(&state, &project, Role::Editor).await?;
+    let flag = flag.into_inner()?;
     let config = initial_config(&flag);
     let env = EnvironmentConfig {
         flags: vec![ConfiguredFlag {
@@ -493,9 +514,10 @@ async fn update_flag(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, key)): Path<(String, String)>,
-    Body(update): Body<FlagUpdate>,
+    update: Body<FlagUpdate>,
 ) -> ApiResult<Json<FlagRecord>> {
     caller.require(&state, &project, Role::Editor).await?;
+    let update = update.into_inner()?;
     let flag = update.flag;
     if flag.key != key {
         return Err(invalid("/key", "a flag's key cannot change"));
@@ -715,9 +737,10 @@ async fn put_flag_config(
     caller: Caller,
     Path((project, environment, flag)): Path<(String, String, String)>,
     headers: HeaderMap,
-    Body(update): Body<ConfigUpdate>,
+    update: Body<ConfigUpdate>,
 ) -> ApiResult<Response> {
     let role = caller.require(&state, &project, Role::Editor).await?;
+    let update = update.into_inner()?;
     let expected = if_match(&headers)?;
     let env = state.store.environment(&project, &environment).await?;
     let current = current_config(&state, &project, &environment, &flag).await?;
@@ -864,9 +887,10 @@ async fn revert_flag_config(
     caller: Caller,
     Path((project, environment, flag)): Path<(String, String, String)>,
     headers: HeaderMap,
-    Body(request): Body<RevertRequest>,
+    request: Body<RevertRequest>,
 ) -> ApiResult<Response> {
     caller.require(&state, &project, Role::Editor).await?;
+    let request = request.into_inner()?;
     let revision = state
         .store
         .flag_revision(&project, &environment, &flag, request.version)
@@ -1080,9 +1104,10 @@ async fn create_segment(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
-    Body(write): Body<SegmentWrite>,
+    write: Body<SegmentWrite>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<SegmentRecord>)> {
     caller.require(&state, &project, Role::Editor).await?;
+    let write = write.into_inner()?;
     let key = write.segment.key.clone();
     if state
         .store
@@ -1132,9 +1157,10 @@ async fn update_segment(
     caller: Caller,
     Path((project, environment, key)): Path<(String, String, String)>,
     headers: HeaderMap,
-    Body(write): Body<SegmentWrite>,
+    write: Body<SegmentWrite>,
 ) -> ApiResult<Response> {
     caller.require(&state, &project, Role::Editor).await?;
+    let write = write.into_inner()?;
     if write.segment.key != key {
         return Err(invalid("/key", "a segment's key cannot change"));
     }
@@ -1244,9 +1270,10 @@ async fn create_sdk_key(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
-    Body(request): Body<SdkKeyRequest>,
+    request: Body<SdkKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<SdkKeyCreated>)> {
     caller.require(&state, &project, Role::Admin).await?;
+    let request = request.into_inner()?;
     state.store.environment(&project, &environment).await?;
     let (key, new) = new_sdk_key(&project, &environment, request.kind)?;
     let record = state.store.create_sdk_key(&caller.actor(), &new).await?;
@@ -1258,9 +1285,10 @@ async fn rotate_sdk_key(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
-    Body(request): Body<SdkKeyRequest>,
+    request: Body<SdkKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<SdkKeyCreated>)> {
     caller.require(&state, &project, Role::Admin).await?;
+    let request = request.into_inner()?;
     state.store.environment(&project, &environment).await?;
     let (key, new) = new_sdk_key(&project, &environment, request.kind)?;
     let overlap_ms = i64::from(request.overlap_seconds.unwrap_or(86_400)) * 1_000;
@@ -1304,7 +1332,8 @@ struct SessionStarted {
 }
 
 #[utoipa::path(post, path = "/api/v1/session", tag = "identity", summary = "Sign in to the dashboard: sets an HttpOnly, SameSite=Strict session cookie and returns the CSRF token for writes", request_body = SignIn, responses((status = 201, body = SessionStarted, headers(("Set-Cookie" = String, description = "The session cookie"))), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed attempts", body = Problem, content_type = "application/problem+json")), security(()))]
-async fn sign_in(State(state): State<AppState>, Body(body): Body<SignIn>) -> ApiResult<Response> {
+async fn sign_in(State(state): State<AppState>, body: Body<SignIn>) -> ApiResult<Response> {
+    let body = body.into_inner()?;
     let caller = auth::sign_in(&state, &body.username, &body.password).await?;
     let id = auth::random_token_body()?;
     let csrf = auth::random_token_body()?;
@@ -1377,9 +1406,10 @@ async fn explain_flag(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, flag)): Path<(String, String, String)>,
-    Body(context): Body<serde_json::Value>,
+    context: Body<serde_json::Value>,
 ) -> ApiResult<Json<ExplainedEvaluation>> {
     caller.require(&state, &project, Role::Viewer).await?;
+    let context = context.into_inner()?;
     state.store.environment(&project, &environment).await?;
     let context = anchor_engine::EvaluationContext::from_value(context)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;

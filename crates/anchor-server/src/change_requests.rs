@@ -167,7 +167,7 @@ async fn edit_change_request(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
-    Body(edit): Body<Edit>,
+    edit: Body<Edit>,
 ) -> ApiResult<Json<ChangeRequestView>> {
     caller.require(&state, &project, Role::Editor).await?;
     let request = state.store.change_request(&project, &id).await?;
@@ -176,6 +176,7 @@ async fn edit_change_request(
             "only the author edits a change request".into(),
         ));
     }
+    let edit = edit.into_inner()?;
     validate_config(
         &state,
         &project,

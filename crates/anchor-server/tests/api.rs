@@ -92,6 +92,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    every_operation_allows_exactly_the_roles_it_is_designed_for,
     evaluations_follow_every_committed_change_and_explain_themselves,
     dashboard_sessions_use_httponly_cookies_and_csrf_tokens_for_writes,
     every_documented_operation_refuses_sdk_keys_expired_tokens_and_viewers_writes,
@@ -1746,4 +1747,92 @@ async fn evaluations_follow_every_committed_change_and_explain_themselves(app: A
             .status,
         StatusCode::BAD_REQUEST
     );
+}
+
+/// The least a caller needs for each documented operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Needs {
+    /// Any signed-in user (their own tokens, their own session, their project list).
+    SignedIn,
+    Viewer,
+    Editor,
+    Admin,
+    InstanceAdmin,
+}
+
+fn needs(method: &str, template: &str) -> Needs {
+    use Needs::*;
+    let read = method == "GET" || template.ends_with("/evaluate");
+    match template {
+        "/api/v1/tokens" | "/api/v1/tokens/{id}" | "/api/v1/session" => SignedIn,
+        "/api/v1/projects" if method == "GET" => SignedIn,
+        "/api/v1/projects" | "/api/v1/users" | "/api/v1/audit" => InstanceAdmin,
+        t if t.contains("/members/") => Admin,
+        t if t.ends_with("/environments") && !read => Admin,
+        t if t.contains("/keys") && !read => Admin,
+        _ if read => Viewer,
+        _ => Editor,
+    }
+}
+
+async fn every_operation_allows_exactly_the_roles_it_is_designed_for(app: App) {
+    app.create_checkout_flag().await;
+    let callers = [
+        (Needs::Viewer, app.member("vera", Role::Viewer).await),
+        (Needs::Editor, app.member("ed", Role::Editor).await),
+        (Needs::Admin, app.member("adam", Role::Admin).await),
+        (Needs::InstanceAdmin, app.admin.clone()),
+    ];
+    let doc = serde_json::to_value(anchor_server::openapi()).unwrap();
+    let mut checked = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            if template == "/api/v1/session" && method == "POST" {
+                continue; // signing in takes a password, not a credential
+            }
+            let uri = operations_uri(template);
+            let required = needs(&method, template);
+            for (level, credential) in &callers {
+                let reply = app
+                    .call(&method, &uri, Some(credential), Some(json!({})))
+                    .await;
+                if *level < required {
+                    assert_eq!(
+                        reply.status,
+                        StatusCode::FORBIDDEN,
+                        "{method} {template} must be refused to {level:?}: {}",
+                        reply.body
+                    );
+                } else {
+                    assert!(
+                        reply.status != StatusCode::FORBIDDEN
+                            && reply.status != StatusCode::UNAUTHORIZED,
+                        "{method} {template} must be allowed to {level:?}, got {}: {}",
+                        reply.status,
+                        reply.body
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 4 * 43, "{checked} checks");
+}
+
+fn operations_uri(template: &str) -> String {
+    template
+        .split('/')
+        .map(|segment| match segment {
+            "{project}" => "default",
+            "{environment}" => "production",
+            "{flag}" => "new-checkout",
+            "{segment}" => "beta",
+            "{username}" => "vera",
+            "{version}" | "{from}" | "{to}" => "1",
+            s if s.starts_with('{') => "x",
+            s => s,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
