@@ -293,3 +293,57 @@ fn acknowledged_writes_survive_kill_9() {
     restarted.signal("-TERM");
     assert!(restarted.wait().success());
 }
+
+/// SIGTERM lets a request in flight finish: its answer arrives and its write is kept.
+#[test]
+fn a_request_in_flight_finishes_after_sigterm() {
+    let dir = temp_dir("in-flight");
+    let server = start(&dir, Some(PASSWORD));
+    let (_, token) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/tokens",
+        Some(&basic("admin", PASSWORD)),
+        Some(&json!({"name": "t"})),
+    );
+    let auth = format!("Bearer {}", token["token"].as_str().expect("a token"));
+    let body = json!({"key": "late", "kind": "boolean",
+                      "variants": [{"name": "on", "value": true}, {"name": "off", "value": false}]})
+    .to_string();
+    // Send the headers and half the body, then signal, then the rest.
+    let mut stream = TcpStream::connect(&server.addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a timeout");
+    let head = format!(
+        "POST /api/v1/projects/default/flags HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+         Authorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    let (first, rest) = body.split_at(body.len() / 2);
+    stream.write_all(head.as_bytes()).expect("writes");
+    stream.write_all(first.as_bytes()).expect("writes");
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    stream
+        .write_all(rest.as_bytes())
+        .expect("the server still reads");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("an answer");
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    assert!(server.wait().success());
+
+    let restarted = start(&dir, Some(PASSWORD));
+    let (status, _) = http(
+        &restarted.addr,
+        "GET",
+        "/api/v1/projects/default/flags/late",
+        Some(&auth),
+        None,
+    );
+    assert_eq!(status, 200, "the acknowledged write was kept");
+    restarted.signal("-TERM");
+    assert!(restarted.wait().success());
+}
