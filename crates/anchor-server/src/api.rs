@@ -1009,6 +1009,24 @@ async fn list_segments(
     Ok(Json(state.store.segments(&project, &environment).await?))
 }
 
+/// Segment changes cannot wait as change requests yet, so in an environment that requires
+/// approval only admins may make them; elsewhere editors may.
+async fn require_segment_writer(
+    state: &AppState,
+    caller: &Caller,
+    project: &str,
+    environment: &str,
+) -> ApiResult<()> {
+    let role = caller.require(state, project, Role::Editor).await?;
+    let env = state.store.environment(project, environment).await?;
+    if env.requires_approval && role < Role::Admin {
+        return Err(ApiError::Forbidden(format!(
+            "segments in `{environment}` change with approval only: ask an admin"
+        )));
+    }
+    Ok(())
+}
+
 /// Compiles the environment with `segment` in place of (or added as) the segment of its key;
 /// problems with the segment come back relative to the body, problems it causes elsewhere
 /// name where.
@@ -1106,7 +1124,7 @@ async fn create_segment(
     Path((project, environment)): Path<(String, String)>,
     write: Body<SegmentWrite>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<SegmentRecord>)> {
-    caller.require(&state, &project, Role::Editor).await?;
+    require_segment_writer(&state, &caller, &project, &environment).await?;
     let write = write.into_inner()?;
     let key = write.segment.key.clone();
     if state
@@ -1159,7 +1177,7 @@ async fn update_segment(
     headers: HeaderMap,
     write: Body<SegmentWrite>,
 ) -> ApiResult<Response> {
-    caller.require(&state, &project, Role::Editor).await?;
+    require_segment_writer(&state, &caller, &project, &environment).await?;
     let write = write.into_inner()?;
     if write.segment.key != key {
         return Err(invalid("/key", "a segment's key cannot change"));
@@ -1190,7 +1208,7 @@ async fn delete_segment(
     caller: Caller,
     Path((project, environment, key)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
-    caller.require(&state, &project, Role::Editor).await?;
+    require_segment_writer(&state, &caller, &project, &environment).await?;
     state.store.segment(&project, &environment, &key).await?;
     validate_segment(&state, &project, &environment, None, &key).await?;
     state

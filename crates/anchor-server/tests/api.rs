@@ -1279,6 +1279,22 @@ async fn approval_environments_turn_changes_into_change_requests(app: App) {
         "applied once"
     );
 
+    // Segments there change only by admins (they cannot wait as change requests yet).
+    let gated_segments = "/api/v1/projects/default/environments/gated/segments";
+    let beta = json!({"key": "beta", "included": ["user-1"]});
+    assert_eq!(
+        app.call("POST", gated_segments, Some(&ed), Some(beta.clone()))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.call("POST", gated_segments, Some(&app.admin), Some(beta))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+
     // The kill switch never waits.
     let off = json!({"enabled": false, "offVariant": "off", "defaultServe": {"variant": "on"}});
     let reply = app.call("PUT", GATED, Some(&ed), Some(off)).await;
