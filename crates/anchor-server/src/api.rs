@@ -418,8 +418,8 @@ async fn list_flags(
     Path(project): Path<String>,
     query: Result<Query<FlagQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Page<FlagRecord>>> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     caller.require(&state, &project, Role::Viewer).await?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if query.limit.is_some_and(|l| l == 0 || l > 1_000) {
         return Err(ApiError::BadRequest(
             "limit must be between 1 and 1000".into(),
@@ -956,8 +956,8 @@ async fn audit(
     Path(project): Path<String>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     caller.require(&state, &project, Role::Viewer).await?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     Ok(Json(
         state
             .store

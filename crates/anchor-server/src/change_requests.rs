@@ -132,8 +132,8 @@ async fn list_change_requests(
     Path(project): Path<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<ChangeRequest>>> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     caller.require(&state, &project, Role::Viewer).await?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     Ok(Json(
         state
             .store
