@@ -1009,28 +1009,60 @@ async fn list_segments(
     Ok(Json(state.store.segments(&project, &environment).await?))
 }
 
-/// Segment changes cannot wait as change requests yet, so in an environment that requires
-/// approval only admins may make them; elsewhere editors may.
-async fn require_segment_writer(
+/// Whether an editor's segment write must wait as a change request: in an environment that
+/// requires approval, unless the caller is an admin.
+async fn segment_write_needs_approval(
     state: &AppState,
     caller: &Caller,
     project: &str,
     environment: &str,
-) -> ApiResult<()> {
+) -> ApiResult<bool> {
     let role = caller.require(state, project, Role::Editor).await?;
     let env = state.store.environment(project, environment).await?;
-    if env.requires_approval && role < Role::Admin {
-        return Err(ApiError::Forbidden(format!(
-            "segments in `{environment}` change with approval only: ask an admin"
-        )));
+    Ok(env.requires_approval && role < Role::Admin)
+}
+
+/// Stores a validated segment proposal as a change request: 202 Accepted.
+async fn propose_segment(
+    state: &AppState,
+    caller: &Caller,
+    project: &str,
+    environment: &str,
+    segment: &Segment,
+    comment: Option<&str>,
+) -> ApiResult<Response> {
+    let base_version = match state
+        .store
+        .segment(project, environment, &segment.key)
+        .await
+    {
+        Ok(current) => current.segment.version,
+        Err(anchor_store::StoreError::NotFound { .. }) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    let request = state
+        .store
+        .create_segment_change_request(
+            &caller.actor(),
+            project,
+            environment,
+            segment,
+            base_version,
+            comment,
+        )
+        .await?;
+    let location = format!("/api/v1/projects/{project}/change-requests/{}", request.id);
+    let mut response = (StatusCode::ACCEPTED, Json(request)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
     }
-    Ok(())
+    Ok(response)
 }
 
 /// Compiles the environment with `segment` in place of (or added as) the segment of its key;
 /// problems with the segment come back relative to the body, problems it causes elsewhere
 /// name where.
-async fn validate_segment(
+pub(crate) async fn validate_segment(
     state: &AppState,
     project: &str,
     environment: &str,
@@ -1117,14 +1149,15 @@ struct SegmentWrite {
     comment: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/segments", tag = "segments", summary = "Create a segment (version 1)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), request_body = Segment, responses((status = 201, body = SegmentRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "In conflict with the current state", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/segments", tag = "segments", summary = "Create a segment (version 1); in an environment that requires approval, an editor's segment waits as a change request (202)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), request_body = Segment, responses((status = 201, body = SegmentRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "In conflict with the current state", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 async fn create_segment(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
     write: Body<SegmentWrite>,
-) -> ApiResult<(StatusCode, HeaderMap, Json<SegmentRecord>)> {
-    require_segment_writer(&state, &caller, &project, &environment).await?;
+) -> ApiResult<Response> {
+    let needs_approval =
+        segment_write_needs_approval(&state, &caller, &project, &environment).await?;
     let write = write.into_inner()?;
     let key = write.segment.key.clone();
     if state
@@ -1138,6 +1171,17 @@ async fn create_segment(
         )));
     }
     validate_segment(&state, &project, &environment, Some(&write.segment), &key).await?;
+    if needs_approval {
+        return propose_segment(
+            &state,
+            &caller,
+            &project,
+            &environment,
+            &write.segment,
+            write.comment.as_deref(),
+        )
+        .await;
+    }
     let actor = caller.actor();
     let record = state
         .store
@@ -1150,9 +1194,10 @@ async fn create_segment(
             comment: write.comment.as_deref(),
         })
         .await?;
-    let mut headers = HeaderMap::new();
-    headers.insert(header::ETAG, etag(record.segment.version));
-    Ok((StatusCode::CREATED, headers, Json(record)))
+    let version = record.segment.version;
+    let mut response = (StatusCode::CREATED, Json(record)).into_response();
+    response.headers_mut().insert(header::ETAG, etag(version));
+    Ok(response)
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}", tag = "segments", summary = "A segment with its key lists; the ETag is its version", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key")), responses((status = 200, body = SegmentRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
@@ -1169,7 +1214,7 @@ async fn get_segment(
     Ok(response)
 }
 
-#[utoipa::path(put, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}", tag = "segments", summary = "Replace a segment's rules and key lists; send If-Match with the ETag you read", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key"), ("If-Match" = Option<String>, Header, description = "The ETag read; a stale one gives 412")), request_body = Segment, responses((status = 200, body = SegmentRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match names an outdated version; nothing was written", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}", tag = "segments", summary = "Replace a segment's rules and key lists; send If-Match with the ETag you read. In an environment that requires approval, an editor's change waits as a change request (202)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key"), ("If-Match" = Option<String>, Header, description = "The ETag read; a stale one gives 412")), request_body = Segment, responses((status = 200, body = SegmentRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match names an outdated version; nothing was written", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 async fn update_segment(
     State(state): State<AppState>,
     caller: Caller,
@@ -1177,13 +1222,33 @@ async fn update_segment(
     headers: HeaderMap,
     write: Body<SegmentWrite>,
 ) -> ApiResult<Response> {
-    require_segment_writer(&state, &caller, &project, &environment).await?;
+    let needs_approval =
+        segment_write_needs_approval(&state, &caller, &project, &environment).await?;
     let write = write.into_inner()?;
     if write.segment.key != key {
         return Err(invalid("/key", "a segment's key cannot change"));
     }
-    state.store.segment(&project, &environment, &key).await?;
+    let current = state.store.segment(&project, &environment, &key).await?;
     validate_segment(&state, &project, &environment, Some(&write.segment), &key).await?;
+    if needs_approval {
+        if let Some(expected) = if_match(&headers)?
+            && expected != current.segment.version
+        {
+            return Err(ApiError::PreconditionFailed(format!(
+                "the segment changed: version {}, not {expected}",
+                current.segment.version
+            )));
+        }
+        return propose_segment(
+            &state,
+            &caller,
+            &project,
+            &environment,
+            &write.segment,
+            write.comment.as_deref(),
+        )
+        .await;
+    }
     let actor = caller.actor();
     let record = state
         .store
@@ -1208,7 +1273,11 @@ async fn delete_segment(
     caller: Caller,
     Path((project, environment, key)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
-    require_segment_writer(&state, &caller, &project, &environment).await?;
+    if segment_write_needs_approval(&state, &caller, &project, &environment).await? {
+        return Err(ApiError::Forbidden(format!(
+            "deleting a segment in `{environment}`, which requires approval, is an admin's decision"
+        )));
+    }
     state.store.segment(&project, &environment, &key).await?;
     validate_segment(&state, &project, &environment, None, &key).await?;
     state

@@ -91,12 +91,30 @@ pub(crate) struct ChangeRequestView {
 }
 
 async fn view(state: &AppState, request: ChangeRequest) -> ApiResult<ChangeRequestView> {
-    let current =
-        current_config(state, &request.project, &request.environment, &request.flag).await?;
-    let mut before =
-        serde_json::to_value(&current).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut after =
-        serde_json::to_value(&request.proposed).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (current_version, mut before, mut after) = match &request.segment {
+        Some(proposed) => {
+            let current = state
+                .store
+                .segment(&request.project, &request.environment, &request.flag)
+                .await
+                .ok();
+            (
+                current.as_ref().map_or(0, |c| c.segment.version),
+                current.map_or(Ok(serde_json::Value::Null), |c| to_json(&c.segment))?,
+                to_json(proposed)?,
+            )
+        }
+        None => {
+            let current =
+                current_config(state, &request.project, &request.environment, &request.flag)
+                    .await?;
+            (
+                current.version,
+                to_json(&current)?,
+                to_json(&request.proposed)?,
+            )
+        }
+    };
     // Versions are bookkeeping, not part of the change.
     for v in [&mut before, &mut after] {
         if let Some(o) = v.as_object_mut() {
@@ -106,10 +124,44 @@ async fn view(state: &AppState, request: ChangeRequest) -> ApiResult<ChangeReque
     let diff = serde_json::to_value(json_patch::diff(&before, &after))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(ChangeRequestView {
-        current_version: current.version,
+        current_version,
         request,
         diff,
     })
+}
+
+fn to_json<T: Serialize>(value: &T) -> ApiResult<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Checks a change request's proposal against the environment as it is now.
+async fn validate_proposal(
+    state: &AppState,
+    project: &str,
+    request: &ChangeRequest,
+) -> ApiResult<()> {
+    match &request.segment {
+        Some(segment) => {
+            crate::api::validate_segment(
+                state,
+                project,
+                &request.environment,
+                Some(segment),
+                &request.flag,
+            )
+            .await
+        }
+        None => {
+            validate_config(
+                state,
+                project,
+                &request.environment,
+                &request.flag,
+                &request.proposed,
+            )
+            .await
+        }
+    }
 }
 
 fn same_person(actor: &Actor, caller: &Caller) -> bool {
@@ -297,14 +349,7 @@ async fn apply_change_request(
             "a change request is applied by its author or one of its approvers".into(),
         ));
     }
-    validate_config(
-        &state,
-        &project,
-        &request.environment,
-        &request.flag,
-        &request.proposed,
-    )
-    .await?;
+    validate_proposal(&state, &project, &request).await?;
     let applied = state
         .store
         .apply_change_request(&caller.actor(), &project, &id)
@@ -363,24 +408,14 @@ pub async fn run_due(state: &AppState) -> usize {
     let mut applied = 0;
     for (project, id) in due {
         let outcome = match state.store.change_request(&project, &id).await {
-            Ok(request) => {
-                match validate_config(
-                    state,
-                    &project,
-                    &request.environment,
-                    &request.flag,
-                    &request.proposed,
-                )
-                .await
-                {
-                    Ok(()) => state
-                        .store
-                        .apply_change_request(&scheduler, &project, &id)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("the configuration is no longer valid: {e:?}")),
-                }
-            }
+            Ok(request) => match validate_proposal(state, &project, &request).await {
+                Ok(()) => state
+                    .store
+                    .apply_change_request(&scheduler, &project, &id)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("the configuration is no longer valid: {e:?}")),
+            },
             Err(e) => Err(e.to_string()),
         };
         match outcome {

@@ -1279,20 +1279,55 @@ async fn approval_environments_turn_changes_into_change_requests(app: App) {
         "applied once"
     );
 
-    // Segments there change only by admins (they cannot wait as change requests yet).
+    // Segments there wait for approval too.
     let gated_segments = "/api/v1/projects/default/environments/gated/segments";
-    let beta = json!({"key": "beta", "included": ["user-1"]});
+    let beta = json!({"key": "beta", "included": ["user-1"], "comment": "beta testers"});
+    let reply = app
+        .call("POST", gated_segments, Some(&ed), Some(beta))
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let segment_request = reply
+        .headers
+        .get(header::LOCATION)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
-        app.call("POST", gated_segments, Some(&ed), Some(beta.clone()))
+        app.call("GET", &format!("{gated_segments}/beta"), Some(&ed), None)
             .await
             .status,
-        StatusCode::FORBIDDEN
+        StatusCode::NOT_FOUND,
+        "not before approval"
     );
+    let reply = app.call("GET", &segment_request, Some(&vera), None).await;
+    assert_eq!(reply.body["resourceKind"], "segment", "{}", reply.body);
+    assert!(
+        reply.body["diff"].as_array().is_some_and(|d| !d.is_empty()),
+        "{}",
+        reply.body
+    );
+    app.call(
+        "POST",
+        &format!("{segment_request}/approve"),
+        Some(&ann),
+        None,
+    )
+    .await;
+    let reply = app
+        .call("POST", &format!("{segment_request}/apply"), Some(&ed), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = app
+        .call("GET", &format!("{gated_segments}/beta"), Some(&ed), None)
+        .await;
+    assert_eq!(reply.body["segment"]["included"], json!(["user-1"]));
     assert_eq!(
-        app.call("POST", gated_segments, Some(&app.admin), Some(beta))
+        app.call("DELETE", &format!("{gated_segments}/beta"), Some(&ed), None)
             .await
             .status,
-        StatusCode::CREATED
+        StatusCode::FORBIDDEN,
+        "deleting a segment there is an admin's decision"
     );
 
     // The kill switch never waits.
@@ -1355,7 +1390,11 @@ async fn approval_environments_turn_changes_into_change_requests(app: App) {
             None,
         )
         .await;
-    assert_eq!(reply.body.as_array().unwrap().len(), 1);
+    assert_eq!(
+        reply.body.as_array().unwrap().len(),
+        2,
+        "the flag's and the segment's requests"
+    );
     let actions: Vec<String> = app
         .call(
             "GET",

@@ -289,6 +289,23 @@ pub trait Store: Send + Sync + 'static {
         &self,
         new: &NewChangeRequest<'_>,
     ) -> Result<ChangeRequest, StoreError>;
+    /// A change request proposing a segment (create or replace) in one environment, made
+    /// against the segment's current version (0 when it does not exist yet), always open.
+    /// `Invalid` for a segment key that fails [`anchor_engine::model::is_valid_key`];
+    /// `NotFound` for an unknown project or environment; `VersionMismatch { what: "segment",
+    /// .. }` when `base_version` is not the segment's current version (the proposal could never
+    /// apply). The proposal keeps the key lists deduplicated and in byte order. Audited
+    /// (`change_request.created`, resource kind `change_request`, keyed by the request's id;
+    /// key lists only counted). Changes no segment and not the environment's revision counter.
+    async fn create_segment_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        environment: &str,
+        segment: &anchor_engine::Segment,
+        base_version: u64,
+        comment: Option<&str>,
+    ) -> Result<ChangeRequest, StoreError>;
     /// One change request of the project, with the reviews of its current proposal.
     /// `NotFound { what: "change request" }` when the project has no such request.
     async fn change_request(&self, project: &str, id: &str) -> Result<ChangeRequest, StoreError>;
@@ -305,7 +322,7 @@ pub trait Store: Send + Sync + 'static {
     /// stored, but are not returned) and the status goes back to `Open`. `VersionMismatch` as
     /// in [`Store::create_change_request`] when `base_version` is not the configuration's
     /// current version. Audited (`change_request.updated`). The caller checks that the actor
-    /// is the author.
+    /// is the author. Flag requests only: `Invalid` for a segment request.
     #[allow(clippy::too_many_arguments)]
     async fn update_change_request(
         &self,
@@ -348,6 +365,13 @@ pub trait Store: Send + Sync + 'static {
     /// `applied_version`, guarded by its status, so it is applied at most once whoever tries.
     /// On any error nothing is written. `actor` is who applies: a user, or
     /// `Actor::system("scheduler")`.
+    ///
+    /// A segment request applies the same way: the segment's version must still be its
+    /// `base_version` (0: it must not exist; `VersionMismatch { what: "segment", .. }`
+    /// otherwise), then the segment is created or replaced exactly as
+    /// [`Store::create_segment`] / [`Store::update_segment`] do (revision with the request's
+    /// comment; audit entry `change_request.applied`, resource kind `segment`), and
+    /// `applied_version` is the segment's new version.
     async fn apply_change_request(
         &self,
         actor: &Actor,

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anchor_engine::{ConfiguredFlag, EnvironmentConfig, Flag, FlagConfig, Segment};
+use anchor_engine::{ConfiguredFlag, EnvironmentConfig, Flag, FlagConfig, Segment, Serve};
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -837,6 +837,241 @@ fn segment_from(
     Ok(segment)
 }
 
+/// A write of one segment in one environment, see [`insert_segment`] and [`replace_segment`].
+struct SegmentWrite<'a> {
+    project_id: &'a str,
+    environment_id: &'a str,
+    /// Its `version` is ignored: the store sets it.
+    segment: &'a Segment,
+    /// The version the writer read; `None` to write unconditionally. Ignored when inserting.
+    expected_version: Option<u64>,
+    actor: &'a Actor,
+    /// Kept with the revision.
+    comment: Option<&'a str>,
+    /// Kept with the audit entry.
+    audit_comment: Option<&'a str>,
+    action: &'a str,
+    at: i64,
+}
+
+/// Creates a segment inside the caller's transaction, which has already bumped the environment's
+/// revision counter (taking its lock on PostgreSQL): the row (version 1, or one past the last
+/// revision of a deleted segment of the same key), its key lists, its revision and its audit
+/// entry. Returns the stored segment. The caller checks the key and rolls back on error.
+async fn insert_segment(
+    conn: &mut AnyConnection,
+    w: SegmentWrite<'_>,
+) -> Result<Segment, StoreError> {
+    let segment = w.segment;
+    let key = segment.key.as_str();
+    // Version 1, unless a deleted segment of this key left revisions: then one past them,
+    // so revisions stay unique and a stale `If-Match` cannot match the new segment.
+    let previous: i64 = sqlx::query(
+        "SELECT COALESCE(MAX(version), 0) AS v FROM revisions \
+         WHERE environment_id = $1 AND resource_kind = 'segment' AND resource_key = $2",
+    )
+    .bind(w.environment_id)
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get("v")?;
+    let version = previous as u64 + 1;
+    let included = key_set(&segment.included);
+    let excluded = key_set(&segment.excluded);
+    let body = segment_body(segment, version);
+    let segment_id = new_id();
+    sqlx::query(
+        "INSERT INTO segments (id, environment_id, key, body, included_count, \
+         excluded_count, version, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+    )
+    .bind(&segment_id)
+    .bind(w.environment_id)
+    .bind(key)
+    .bind(to_json(&body)?)
+    .bind(included.len() as i64)
+    .bind(excluded.len() as i64)
+    .bind(version as i64)
+    .bind(w.at)
+    .execute(&mut *conn)
+    .await
+    .map_err(unique("segment", key))?;
+    write_segment_keys(conn, &segment_id, "included", &included, true).await?;
+    write_segment_keys(conn, &segment_id, "excluded", &excluded, true).await?;
+    let after = segment_audit_value(&body, (included.len(), 0), (excluded.len(), 0))?;
+    let stored = Segment {
+        included: included.iter().map(|k| k.to_string()).collect(),
+        excluded: excluded.iter().map(|k| k.to_string()).collect(),
+        ..body
+    };
+    insert_revision(
+        conn,
+        RevisionRecord {
+            environment_id: w.environment_id,
+            resource_kind: "segment",
+            resource_key: key,
+            version: version as i64,
+            body: &to_json(&stored)?,
+            actor: w.actor,
+            comment: w.comment,
+            at: w.at,
+        },
+    )
+    .await?;
+    audit(
+        conn,
+        AuditRecord {
+            project_id: w.project_id,
+            environment_id: Some(w.environment_id),
+            actor: w.actor,
+            action: w.action,
+            resource_kind: "segment",
+            resource_key: key,
+            before: &Value::Null,
+            after: &after,
+            comment: w.audit_comment,
+            at: w.at,
+        },
+    )
+    .await?;
+    Ok(stored)
+}
+
+/// Replaces a segment inside the caller's transaction, which has already bumped the
+/// environment's revision counter (taking its lock on PostgreSQL): checks the version
+/// (`expected_version`, when given), writes the row with the next version and only the
+/// difference of the key lists, its revision and its audit entry. Returns the stored segment.
+/// The caller rolls back on error.
+async fn replace_segment(
+    conn: &mut AnyConnection,
+    w: SegmentWrite<'_>,
+) -> Result<Segment, StoreError> {
+    let segment = w.segment;
+    let key = segment.key.as_str();
+    let row = segment_row(conn, w.environment_id, key).await?;
+    let segment_id: String = row.try_get("id")?;
+    let version = row.try_get::<i64, _>("version")? as u64;
+    if let Some(expected) = w.expected_version
+        && expected != version
+    {
+        return Err(StoreError::VersionMismatch {
+            what: "segment",
+            expected,
+            actual: version,
+        });
+    }
+    let before: Value = from_json(&row.try_get::<String, _>("body")?)?;
+    let included = key_set(&segment.included);
+    let excluded = key_set(&segment.excluded);
+    let body = segment_body(segment, version + 1);
+    let updated = sqlx::query(
+        "UPDATE segments SET body = $1, included_count = $2, excluded_count = $3, \
+         version = $4, updated_at = $5 WHERE id = $6 AND version = $7",
+    )
+    .bind(to_json(&body)?)
+    .bind(included.len() as i64)
+    .bind(excluded.len() as i64)
+    .bind(body.version as i64)
+    .bind(w.at)
+    .bind(&segment_id)
+    .bind(version as i64)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() != 1 {
+        return Err(StoreError::VersionMismatch {
+            what: "segment",
+            expected: version,
+            actual: version + 1,
+        });
+    }
+    // Only the difference: a list of 100,000 keys with one more writes one row.
+    let (old_included, old_excluded) = load_segment_keys(conn, &segment_id).await?;
+    let (included_added, included_removed) = key_difference(&old_included, &included);
+    let (excluded_added, excluded_removed) = key_difference(&old_excluded, &excluded);
+    write_segment_keys(conn, &segment_id, "included", &included_removed, false).await?;
+    write_segment_keys(conn, &segment_id, "excluded", &excluded_removed, false).await?;
+    write_segment_keys(conn, &segment_id, "included", &included_added, true).await?;
+    write_segment_keys(conn, &segment_id, "excluded", &excluded_added, true).await?;
+    let after = segment_audit_value(
+        &body,
+        (included_added.len(), included_removed.len()),
+        (excluded_added.len(), excluded_removed.len()),
+    )?;
+    let stored = Segment {
+        included: included.iter().map(|k| k.to_string()).collect(),
+        excluded: excluded.iter().map(|k| k.to_string()).collect(),
+        ..body
+    };
+    insert_revision(
+        conn,
+        RevisionRecord {
+            environment_id: w.environment_id,
+            resource_kind: "segment",
+            resource_key: key,
+            version: stored.version as i64,
+            body: &to_json(&stored)?,
+            actor: w.actor,
+            comment: w.comment,
+            at: w.at,
+        },
+    )
+    .await?;
+    audit(
+        conn,
+        AuditRecord {
+            project_id: w.project_id,
+            environment_id: Some(w.environment_id),
+            actor: w.actor,
+            action: w.action,
+            resource_kind: "segment",
+            resource_key: key,
+            before: &before,
+            after: &after,
+            comment: w.audit_comment,
+            at: w.at,
+        },
+    )
+    .await?;
+    Ok(stored)
+}
+
+/// The current version of a segment, 0 when it does not exist.
+async fn segment_version(
+    conn: &mut AnyConnection,
+    environment_id: &str,
+    key: &str,
+) -> Result<u64, StoreError> {
+    Ok(
+        sqlx::query("SELECT version FROM segments WHERE environment_id = $1 AND key = $2")
+            .bind(environment_id)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.try_get::<i64, _>("version"))
+            .transpose()?
+            .map_or(0, |v| v as u64),
+    )
+}
+
+/// `VersionMismatch { what: "segment", .. }` unless the segment's version is `base_version` (0:
+/// it must not exist).
+async fn check_segment_base_version(
+    conn: &mut AnyConnection,
+    environment_id: &str,
+    key: &str,
+    base_version: u64,
+) -> Result<(), StoreError> {
+    let version = segment_version(conn, environment_id, key).await?;
+    if version != base_version {
+        return Err(StoreError::VersionMismatch {
+            what: "segment",
+            expected: base_version,
+            actual: version,
+        });
+    }
+    Ok(())
+}
+
 /// At most this many characters in an SDK key's prefix.
 const MAX_SDK_KEY_PREFIX: usize = 32;
 
@@ -913,10 +1148,11 @@ fn sdk_key_from(row: &AnyRow) -> Result<SdkKeyRecord, StoreError> {
 /// The columns [`change_request_from`] reads, with `FROM`: append a `WHERE` clause.
 macro_rules! select_change_requests {
     () => {
-        "SELECT c.id, c.edition, e.key AS environment, f.key AS flag, c.base_version, \
-         c.proposed, c.comment, c.author_kind, c.author_id, c.status, c.apply_at, \
-         c.applied_version, c.failure, c.created_at, c.updated_at FROM change_requests c \
-         JOIN environments e ON e.id = c.environment_id JOIN flags f ON f.id = c.flag_id "
+        "SELECT c.id, c.edition, e.key AS environment, COALESCE(f.key, c.segment_key) AS flag, \
+         c.resource_kind, c.base_version, c.proposed, c.proposed_segment, c.comment, \
+         c.author_kind, c.author_id, c.status, c.apply_at, c.applied_version, c.failure, \
+         c.created_at, c.updated_at FROM change_requests c \
+         JOIN environments e ON e.id = c.environment_id LEFT JOIN flags f ON f.id = c.flag_id "
     };
 }
 
@@ -949,8 +1185,14 @@ fn change_request_from(
         project: project.to_string(),
         environment: row.try_get("environment")?,
         flag: row.try_get("flag")?,
+        resource_kind: row.try_get("resource_kind")?,
         base_version: row.try_get::<i64, _>("base_version")? as u64,
         proposed: from_json(&row.try_get::<String, _>("proposed")?)?,
+        segment: row
+            .try_get::<Option<String>, _>("proposed_segment")?
+            .as_deref()
+            .map(from_json)
+            .transpose()?,
         comment: row.try_get("comment")?,
         author: Actor {
             kind: ActorKind::parse(&row.try_get::<String, _>("author_kind")?),
@@ -1002,8 +1244,14 @@ async fn load_change_request(
 /// A change request as a state change reads it, under its row lock.
 struct ChangeRequestState {
     environment_id: String,
-    flag_id: String,
+    /// `None` for a segment request.
+    flag_id: Option<String>,
+    /// The key of the flag or segment.
     flag: String,
+    /// `flag` or `segment`.
+    resource_kind: String,
+    /// The proposed segment (JSON) of a segment request.
+    proposed_segment: Option<String>,
     status: ChangeRequestStatus,
     edition: i64,
     base_version: u64,
@@ -1066,9 +1314,10 @@ async fn lock_change_request(
         return Err(StoreError::not_found("change request", id));
     }
     let row = sqlx::query(
-        "SELECT c.environment_id, c.flag_id, f.key AS flag, c.status, c.edition, \
-         c.base_version, c.proposed, c.comment, c.apply_at FROM change_requests c \
-         JOIN flags f ON f.id = c.flag_id WHERE c.id = $1",
+        "SELECT c.environment_id, c.flag_id, COALESCE(f.key, c.segment_key) AS flag, \
+         c.resource_kind, c.proposed_segment, c.status, c.edition, c.base_version, c.proposed, \
+         c.comment, c.apply_at FROM change_requests c \
+         LEFT JOIN flags f ON f.id = c.flag_id WHERE c.id = $1",
     )
     .bind(id)
     .fetch_one(&mut *conn)
@@ -1077,6 +1326,8 @@ async fn lock_change_request(
         environment_id: row.try_get("environment_id")?,
         flag_id: row.try_get("flag_id")?,
         flag: row.try_get("flag")?,
+        resource_kind: row.try_get("resource_kind")?,
+        proposed_segment: row.try_get("proposed_segment")?,
         status: status_from(&row.try_get::<String, _>("status")?)?,
         edition: row.try_get("edition")?,
         base_version: row.try_get::<i64, _>("base_version")? as u64,
@@ -1122,6 +1373,19 @@ fn proposal_body(
     proposed.version = base_version;
     let body = to_json(&proposed)?;
     Ok((proposed, body))
+}
+
+/// The `proposed` configuration of a segment request, which has none: empty and disabled.
+fn empty_config() -> FlagConfig {
+    FlagConfig {
+        enabled: false,
+        off_variant: String::new(),
+        targets: Default::default(),
+        rules: Vec::new(),
+        default_serve: Serve::Variant(String::new()),
+        prerequisites: Vec::new(),
+        version: 0,
+    }
 }
 
 #[async_trait]
@@ -1247,7 +1511,7 @@ impl Store for SqlStore {
                 off_variant: off.clone(),
                 targets: Default::default(),
                 rules: Vec::new(),
-                default_serve: anchor_engine::Serve::Variant(off),
+                default_serve: Serve::Variant(off),
                 prerequisites: Vec::new(),
                 version: 1,
             };
@@ -2050,72 +2314,17 @@ impl Store for SqlStore {
         let env_id = environment_id(&mut tx, &project_id, change.environment).await?;
         // First, as for flag configurations: it locks the environment's row (PostgreSQL).
         bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
-        // Version 1, unless a deleted segment of this key left revisions: then one past them,
-        // so revisions stay unique and a stale `If-Match` cannot match the new segment.
-        let previous: i64 = sqlx::query(
-            "SELECT COALESCE(MAX(version), 0) AS v FROM revisions \
-             WHERE environment_id = $1 AND resource_kind = 'segment' AND resource_key = $2",
-        )
-        .bind(&env_id)
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("v")?;
-        let version = previous as u64 + 1;
-        let included = key_set(&segment.included);
-        let excluded = key_set(&segment.excluded);
-        let body = segment_body(segment, version);
-        let segment_id = new_id();
-        sqlx::query(
-            "INSERT INTO segments (id, environment_id, key, body, included_count, \
-             excluded_count, version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-        )
-        .bind(&segment_id)
-        .bind(&env_id)
-        .bind(key)
-        .bind(to_json(&body)?)
-        .bind(included.len() as i64)
-        .bind(excluded.len() as i64)
-        .bind(version as i64)
-        .bind(at)
-        .execute(&mut *tx)
-        .await
-        .map_err(unique("segment", key))?;
-        write_segment_keys(&mut tx, &segment_id, "included", &included, true).await?;
-        write_segment_keys(&mut tx, &segment_id, "excluded", &excluded, true).await?;
-        let after = segment_audit_value(&body, (included.len(), 0), (excluded.len(), 0))?;
-        let stored = Segment {
-            included: included.iter().map(|k| k.to_string()).collect(),
-            excluded: excluded.iter().map(|k| k.to_string()).collect(),
-            ..body
-        };
-        insert_revision(
+        let stored = insert_segment(
             &mut tx,
-            RevisionRecord {
-                environment_id: &env_id,
-                resource_kind: "segment",
-                resource_key: key,
-                version: version as i64,
-                body: &to_json(&stored)?,
-                actor: change.actor,
-                comment: change.comment,
-                at,
-            },
-        )
-        .await?;
-        audit(
-            &mut tx,
-            AuditRecord {
+            SegmentWrite {
                 project_id: &project_id,
-                environment_id: Some(&env_id),
+                environment_id: &env_id,
+                segment,
+                expected_version: None,
                 actor: change.actor,
-                action: "segment.created",
-                resource_kind: "segment",
-                resource_key: key,
-                before: &Value::Null,
-                after: &after,
                 comment: change.comment,
+                audit_comment: change.comment,
+                action: "segment.created",
                 at,
             },
         )
@@ -2133,7 +2342,6 @@ impl Store for SqlStore {
         change: &SegmentChange<'_>,
     ) -> Result<SegmentRecord, StoreError> {
         let segment = change.segment;
-        let key = segment.key.as_str();
         let at = self.now();
         let mut tx = self.begin().await?;
         let project_id = project_id(&mut tx, change.project).await?;
@@ -2141,86 +2349,17 @@ impl Store for SqlStore {
         // First: it locks the environment's row (PostgreSQL), so writers take turns and each
         // reads the version and key lists the previous one committed.
         bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
-        let row = segment_row(&mut tx, &env_id, key).await?;
-        let segment_id: String = row.try_get("id")?;
-        let version = row.try_get::<i64, _>("version")? as u64;
-        if let Some(expected) = change.expected_version
-            && expected != version
-        {
-            return Err(StoreError::VersionMismatch {
-                what: "segment",
-                expected,
-                actual: version,
-            });
-        }
-        let before: Value = from_json(&row.try_get::<String, _>("body")?)?;
-        let included = key_set(&segment.included);
-        let excluded = key_set(&segment.excluded);
-        let body = segment_body(segment, version + 1);
-        let updated = sqlx::query(
-            "UPDATE segments SET body = $1, included_count = $2, excluded_count = $3, \
-             version = $4, updated_at = $5 WHERE id = $6 AND version = $7",
-        )
-        .bind(to_json(&body)?)
-        .bind(included.len() as i64)
-        .bind(excluded.len() as i64)
-        .bind(body.version as i64)
-        .bind(at)
-        .bind(&segment_id)
-        .bind(version as i64)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            return Err(StoreError::VersionMismatch {
-                what: "segment",
-                expected: version,
-                actual: version + 1,
-            });
-        }
-        // Only the difference: a list of 100,000 keys with one more writes one row.
-        let (old_included, old_excluded) = load_segment_keys(&mut tx, &segment_id).await?;
-        let (included_added, included_removed) = key_difference(&old_included, &included);
-        let (excluded_added, excluded_removed) = key_difference(&old_excluded, &excluded);
-        write_segment_keys(&mut tx, &segment_id, "included", &included_removed, false).await?;
-        write_segment_keys(&mut tx, &segment_id, "excluded", &excluded_removed, false).await?;
-        write_segment_keys(&mut tx, &segment_id, "included", &included_added, true).await?;
-        write_segment_keys(&mut tx, &segment_id, "excluded", &excluded_added, true).await?;
-        let after = segment_audit_value(
-            &body,
-            (included_added.len(), included_removed.len()),
-            (excluded_added.len(), excluded_removed.len()),
-        )?;
-        let stored = Segment {
-            included: included.iter().map(|k| k.to_string()).collect(),
-            excluded: excluded.iter().map(|k| k.to_string()).collect(),
-            ..body
-        };
-        insert_revision(
+        let stored = replace_segment(
             &mut tx,
-            RevisionRecord {
-                environment_id: &env_id,
-                resource_kind: "segment",
-                resource_key: key,
-                version: stored.version as i64,
-                body: &to_json(&stored)?,
-                actor: change.actor,
-                comment: change.comment,
-                at,
-            },
-        )
-        .await?;
-        audit(
-            &mut tx,
-            AuditRecord {
+            SegmentWrite {
                 project_id: &project_id,
-                environment_id: Some(&env_id),
+                environment_id: &env_id,
+                segment,
+                expected_version: change.expected_version,
                 actor: change.actor,
-                action: "segment.updated",
-                resource_kind: "segment",
-                resource_key: key,
-                before: &before,
-                after: &after,
                 comment: change.comment,
+                audit_comment: change.comment,
+                action: "segment.updated",
                 at,
             },
         )
@@ -2606,6 +2745,90 @@ impl Store for SqlStore {
         Ok(record)
     }
 
+    async fn create_segment_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        environment: &str,
+        segment: &Segment,
+        base_version: u64,
+        comment: Option<&str>,
+    ) -> Result<ChangeRequest, StoreError> {
+        let key = segment.key.as_str();
+        if !anchor_engine::model::is_valid_key(key) {
+            return Err(StoreError::Invalid(format!("invalid segment key `{key}`")));
+        }
+        let at = self.now();
+        let id = new_id();
+        let status = ChangeRequestStatus::Open;
+        // The proposal as stored: key lists deduplicated and in byte order, `base_version` as
+        // its version; `proposed` (NOT NULL for flags) an empty, disabled configuration.
+        let included = key_set(&segment.included);
+        let excluded = key_set(&segment.excluded);
+        let proposal = Segment {
+            included: included.iter().map(|k| k.to_string()).collect(),
+            excluded: excluded.iter().map(|k| k.to_string()).collect(),
+            ..segment_body(segment, base_version)
+        };
+        let (_, config_body) = proposal_body(&empty_config(), base_version)?;
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let env_id = environment_id(&mut tx, &project_id, environment).await?;
+        check_segment_base_version(&mut tx, &env_id, key, base_version).await?;
+        sqlx::query(
+            "INSERT INTO change_requests (id, project_id, environment_id, flag_id, base_version, \
+             proposed, comment, author_kind, author_id, status, edition, apply_at, \
+             applied_version, failure, created_at, updated_at, resource_kind, \
+             proposed_segment, segment_key) \
+             VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9, 0, NULL, NULL, NULL, $10, $10, \
+             'segment', $11, $12)",
+        )
+        .bind(&id)
+        .bind(&project_id)
+        .bind(&env_id)
+        .bind(base_version as i64)
+        .bind(&config_body)
+        .bind(comment)
+        .bind(actor.kind.as_str())
+        .bind(&actor.id)
+        .bind(status.as_str())
+        .bind(at)
+        .bind(to_json(&proposal)?)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+        // Key lists only counted, as in the segments' own audit entries.
+        let after = serde_json::json!({
+            "segment": key,
+            "status": status,
+            "baseVersion": base_version,
+            "proposed": segment_body(segment, base_version),
+            "includedCount": included.len(),
+            "excludedCount": excluded.len(),
+            "comment": comment,
+            "applyAt": Value::Null,
+        });
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&env_id),
+                actor,
+                action: "change_request.created",
+                resource_kind: "change_request",
+                resource_key: &id,
+                before: &Value::Null,
+                after: &after,
+                comment,
+                at,
+            },
+        )
+        .await?;
+        let record = load_change_request(&mut tx, project, &project_id, &id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
     async fn change_request(&self, project: &str, id: &str) -> Result<ChangeRequest, StoreError> {
         // One snapshot: the request and its reviews agree.
         let mut tx = self.begin_read().await?;
@@ -2685,10 +2908,15 @@ impl Store for SqlStore {
         let mut tx = self.begin().await?;
         let project_id = project_id(&mut tx, project).await?;
         let state = lock_change_request(&mut tx, &project_id, id).await?;
+        let Some(flag_id) = state.flag_id.as_deref() else {
+            return Err(StoreError::Invalid(
+                "segment change requests cannot be edited yet".into(),
+            ));
+        };
         state.check_pending(id, "edit")?;
         check_base_version(
             &mut tx,
-            &state.flag_id,
+            flag_id,
             &state.flag,
             &state.environment_id,
             base_version,
@@ -2873,28 +3101,60 @@ impl Store for SqlStore {
             Some(comment) => format!("{comment} (change request {id})"),
             None => format!("change request {id}"),
         };
-        let config = write_flag_config(
-            &mut tx,
-            ConfigWrite {
-                project_id: &project_id,
-                environment_id: &env_id,
-                flag: &state.flag,
-                config: &state.proposed,
-                expected_version: Some(state.base_version),
-                actor,
-                comment: state.comment.as_deref(),
-                audit_comment: Some(&audit_comment),
-                action: "change_request.applied",
-                at,
-            },
-        )
-        .await?;
+        let applied_version = match (state.resource_kind.as_str(), &state.proposed_segment) {
+            ("segment", None) => {
+                return Err(StoreError::Corrupt(format!(
+                    "segment change request `{id}` has no proposed segment"
+                )));
+            }
+            ("segment", Some(proposed)) => {
+                let segment: Segment = from_json(proposed)?;
+                check_segment_base_version(&mut tx, &env_id, &segment.key, state.base_version)
+                    .await?;
+                let write = SegmentWrite {
+                    project_id: &project_id,
+                    environment_id: &env_id,
+                    segment: &segment,
+                    expected_version: Some(state.base_version),
+                    actor,
+                    comment: state.comment.as_deref(),
+                    audit_comment: Some(&audit_comment),
+                    action: "change_request.applied",
+                    at,
+                };
+                let stored = if state.base_version == 0 {
+                    insert_segment(&mut tx, write).await?
+                } else {
+                    replace_segment(&mut tx, write).await?
+                };
+                stored.version
+            }
+            _ => {
+                write_flag_config(
+                    &mut tx,
+                    ConfigWrite {
+                        project_id: &project_id,
+                        environment_id: &env_id,
+                        flag: &state.flag,
+                        config: &state.proposed,
+                        expected_version: Some(state.base_version),
+                        actor,
+                        comment: state.comment.as_deref(),
+                        audit_comment: Some(&audit_comment),
+                        action: "change_request.applied",
+                        at,
+                    },
+                )
+                .await?
+                .version
+            }
+        };
         // Guarded by the status: a request is applied once, whoever tries and however often.
         let applied = sqlx::query(
             "UPDATE change_requests SET status = 'applied', applied_version = $1, \
              updated_at = $2 WHERE id = $3 AND status = 'approved'",
         )
-        .bind(config.version as i64)
+        .bind(applied_version as i64)
         .bind(at)
         .bind(id)
         .execute(&mut *tx)

@@ -477,7 +477,14 @@ pub struct Review {
     pub created_at: i64,
 }
 
-/// A proposed configuration of one flag in one environment, to be approved and applied.
+/// A proposed change of one resource in one environment, to be approved and applied: a flag's
+/// configuration (`resourceKind` `flag`) or a segment, created or replaced (`resourceKind`
+/// `segment`).
+///
+/// For a flag request, `flag` is the flag's key, `proposed` the proposed configuration and
+/// `segment` is `None`. For a segment request, `flag` is the segment's key, `segment` carries
+/// the proposed segment (its `version` is `baseVersion`, its key lists deduplicated and in byte
+/// order) and `proposed` means nothing: it is an empty, disabled configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -485,12 +492,20 @@ pub struct ChangeRequest {
     pub id: String,
     pub project: String,
     pub environment: String,
+    /// The key of the resource the request changes: the flag's, or the segment's.
     pub flag: String,
-    /// The configuration version the proposal was made against: applying fails once the
-    /// flag's configuration has another version.
+    /// What the request changes: `flag` or `segment`.
+    #[serde(default = "flag_resource_kind")]
+    pub resource_kind: String,
+    /// The version the proposal was made against: applying fails once the flag's
+    /// configuration (the segment) has another version. For a segment, 0: it must not exist.
     pub base_version: u64,
-    /// The proposed configuration; its `version` is `baseVersion`.
+    /// The proposed configuration; its `version` is `baseVersion`. Only meaningful for a flag
+    /// request.
     pub proposed: FlagConfig,
+    /// The proposed segment of a segment request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<Segment>,
     pub comment: Option<String>,
     pub author: Actor,
     pub status: ChangeRequestStatus,
@@ -504,6 +519,10 @@ pub struct ChangeRequest {
     pub applied_version: Option<u64>,
     /// Why a scheduled apply failed.
     pub failure: Option<String>,
+}
+
+fn flag_resource_kind() -> String {
+    "flag".to_string()
 }
 
 /// A change request to create.

@@ -135,6 +135,8 @@ contract!(
     due_change_requests_are_the_approved_ones_whose_time_has_come_oldest_first,
     two_concurrent_applies_of_one_request_apply_it_exactly_once,
     a_scheduled_request_that_cannot_apply_is_marked_failed_with_its_reason,
+    a_segment_change_request_is_created_open_approved_and_applied,
+    applying_a_segment_request_after_the_segment_changed_fails_and_writes_nothing,
 );
 
 fn admin() -> Actor {
@@ -3140,4 +3142,287 @@ async fn sessions_are_found_by_hash_until_they_expire_or_end(f: &Fixture) {
         s.session("h2", now + 6_000).await.unwrap().is_none(),
         "signed out"
     );
+}
+
+/// Proposes, as ann, the segment `segment` in production against `base_version`; approved by
+/// bob when `approved`.
+async fn proposed_segment_change(
+    f: &Fixture,
+    segment: &Segment,
+    base_version: u64,
+    approved: bool,
+) -> ChangeRequest {
+    let s = &f.store;
+    let request = s
+        .create_segment_change_request(
+            &Actor::user("ann"),
+            "shop",
+            "production",
+            segment,
+            base_version,
+            Some("add beta"),
+        )
+        .await
+        .unwrap();
+    if !approved {
+        return request;
+    }
+    s.review_change_request(
+        &Actor::user("bob"),
+        "shop",
+        &request.id,
+        ReviewDecision::Approve,
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+async fn a_segment_change_request_is_created_open_approved_and_applied(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let ann = Actor::user("ann");
+    let dave = Actor::user("dave");
+    let proposed = segment("beta", &["m-2", "m-1", "m-1"], &["x-1"]);
+    let request = proposed_segment_change(f, &proposed, 0, false).await;
+    assert_eq!(request.status, ChangeRequestStatus::Open);
+    assert_eq!(request.resource_kind, "segment");
+    assert_eq!(
+        (request.environment.as_str(), request.flag.as_str()),
+        ("production", "beta")
+    );
+    assert_eq!(request.base_version, 0);
+    assert!(!request.proposed.enabled, "no flag configuration proposed");
+    let carried = request.segment.clone().unwrap();
+    assert_eq!(
+        carried.included,
+        ["m-1", "m-2"],
+        "deduplicated, in byte order"
+    );
+    assert_eq!(carried.excluded, ["x-1"]);
+    assert_eq!(carried.rules, proposed.rules);
+    assert_eq!(carried.version, 0, "the proposal carries its base");
+    assert_eq!(request.author, ann);
+    assert!(matches!(
+        s.segment("shop", "production", "beta").await,
+        Err(StoreError::NotFound {
+            what: "segment",
+            ..
+        })
+    ));
+    assert_eq!(
+        s.change_request("shop", &request.id).await.unwrap(),
+        request
+    );
+    assert_eq!(
+        s.change_requests("shop", None, None).await.unwrap(),
+        std::slice::from_ref(&request)
+    );
+    assert_eq!(
+        audit_of(f, &request.id)
+            .await
+            .iter()
+            .map(|a| a.action.as_str())
+            .collect::<Vec<_>>(),
+        ["change_request.created"]
+    );
+    // A flag request beside it keeps its kind.
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &off_config())
+        .await
+        .unwrap();
+    let on = on_config();
+    let flag_request = s
+        .create_change_request(&proposal(&ann, "production", "f", 1, &on))
+        .await
+        .unwrap();
+    assert_eq!(flag_request.resource_kind, "flag");
+    assert_eq!(flag_request.segment, None);
+    let kinds = s.change_requests("shop", None, None).await.unwrap();
+    assert_eq!(
+        kinds
+            .iter()
+            .map(|r| (r.resource_kind.as_str(), r.flag.as_str()))
+            .collect::<Vec<_>>(),
+        [("flag", "f"), ("segment", "beta")]
+    );
+    // Not editable yet; a base that is not the segment's version could never apply.
+    assert!(is_invalid(
+        &s.update_change_request(&ann, "shop", &request.id, &on, 0, None, None)
+            .await
+    ));
+    let stale = s
+        .create_segment_change_request(&ann, "shop", "production", &proposed, 3, None)
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::VersionMismatch {
+                what: "segment",
+                expected: 3,
+                actual: 0
+            })
+        ),
+        "{stale:?}"
+    );
+    // Not approved yet: nothing applies.
+    assert!(is_invalid(
+        &s.apply_change_request(&dave, "shop", &request.id).await
+    ));
+
+    let approved = s
+        .review_change_request(
+            &Actor::user("bob"),
+            "shop",
+            &request.id,
+            ReviewDecision::Approve,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(approved.status, ChangeRequestStatus::Approved);
+    let revision_before = s.environment("shop", "production").await.unwrap().revision;
+    f.advance(5_000);
+    let applied = s
+        .apply_change_request(&dave, "shop", &request.id)
+        .await
+        .unwrap();
+    assert_eq!(applied.status, ChangeRequestStatus::Applied);
+    assert_eq!(applied.applied_version, Some(1));
+    assert_eq!(applied.segment, request.segment);
+    assert!(s.environment("shop", "production").await.unwrap().revision > revision_before);
+    let stored = s.segment("shop", "production", "beta").await.unwrap();
+    assert_eq!(stored.segment.version, 1);
+    assert_eq!(stored.segment.included, ["m-1", "m-2"]);
+    assert_eq!(stored.segment.excluded, ["x-1"]);
+    assert_eq!(stored.segment.description, "The beta segment");
+    assert_eq!(stored.updated_at, 1_800_000_005_000);
+    let history = s
+        .segment_revisions("shop", "production", "beta")
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].version, 1);
+    assert_eq!(history[0].actor, dave);
+    assert_eq!(history[0].comment.as_deref(), Some("add beta"));
+    let audit = audit_of(f, "beta").await;
+    assert_eq!(audit[0].action, "change_request.applied");
+    assert_eq!(audit[0].resource_kind, "segment");
+    assert_eq!(audit[0].actor, dave);
+    assert!(
+        audit[0].comment.as_deref().unwrap().contains(&request.id),
+        "{:?}",
+        audit[0].comment
+    );
+    assert!(is_invalid(
+        &s.apply_change_request(&dave, "shop", &request.id).await
+    ));
+
+    // A replacement, against version 1, writes version 2.
+    let replacement = segment("beta", &["m-3"], &[]);
+    let second = proposed_segment_change(f, &replacement, 1, true).await;
+    let applied = s
+        .apply_change_request(&dave, "shop", &second.id)
+        .await
+        .unwrap();
+    assert_eq!(applied.applied_version, Some(2));
+    let stored = s.segment("shop", "production", "beta").await.unwrap();
+    assert_eq!(stored.segment.version, 2);
+    assert_eq!(stored.segment.included, ["m-3"]);
+    assert!(stored.segment.excluded.is_empty());
+}
+
+async fn applying_a_segment_request_after_the_segment_changed_fails_and_writes_nothing(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let dave = Actor::user("dave");
+    s.create_segment(&segment_change(
+        &admin(),
+        "production",
+        &segment("beta", &["m-1"], &[]),
+        None,
+    ))
+    .await
+    .unwrap();
+    let request = proposed_segment_change(f, &segment("beta", &["m-9"], &[]), 1, true).await;
+    let meanwhile = segment("beta", &["m-1", "m-2"], &[]);
+    s.update_segment(&segment_change(&admin(), "production", &meanwhile, Some(1)))
+        .await
+        .unwrap();
+    let before = s.segment("shop", "production", "beta").await.unwrap();
+    let revision_before = s.environment("shop", "production").await.unwrap().revision;
+    let audit_before = audit_of(f, "beta").await.len();
+    let revisions_before = s
+        .segment_revisions("shop", "production", "beta")
+        .await
+        .unwrap()
+        .len();
+
+    f.advance(1_000);
+    let result = s.apply_change_request(&dave, "shop", &request.id).await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::VersionMismatch {
+                what: "segment",
+                expected: 1,
+                actual: 2
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(
+        s.segment("shop", "production", "beta").await.unwrap(),
+        before
+    );
+    assert_eq!(
+        s.environment("shop", "production").await.unwrap().revision,
+        revision_before
+    );
+    assert_eq!(audit_of(f, "beta").await.len(), audit_before);
+    assert_eq!(
+        s.segment_revisions("shop", "production", "beta")
+            .await
+            .unwrap()
+            .len(),
+        revisions_before
+    );
+    let unchanged = s.change_request("shop", &request.id).await.unwrap();
+    assert_eq!(unchanged.status, ChangeRequestStatus::Approved);
+    assert_eq!(unchanged.applied_version, None);
+
+    // A proposed new segment that someone created meanwhile cannot apply either.
+    let gamma = segment("gamma", &["m-1"], &[]);
+    let create = proposed_segment_change(f, &gamma, 0, true).await;
+    s.create_segment(&segment_change(&admin(), "production", &gamma, None))
+        .await
+        .unwrap();
+    let result = s.apply_change_request(&dave, "shop", &create.id).await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::VersionMismatch {
+                what: "segment",
+                expected: 0,
+                actual: 1
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(
+        s.segment_revisions("shop", "production", "gamma")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // The scheduler's way out works for segment requests too.
+    let failed = s
+        .fail_change_request(&Actor::system("scheduler"), "shop", &request.id, "stale")
+        .await
+        .unwrap();
+    assert_eq!(failed.status, ChangeRequestStatus::Failed);
+    assert_eq!(failed.failure.as_deref(), Some("stale"));
+    assert_eq!(failed.resource_kind, "segment");
 }
