@@ -1267,24 +1267,40 @@ async fn update_segment(
     Ok(response)
 }
 
-#[utoipa::path(delete, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}", tag = "segments", summary = "Delete a segment that no flag or segment uses", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key")), responses((status = 204), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "In conflict with the current state", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}", tag = "segments", summary = "Delete a segment that no flag or segment uses; in an environment that requires approval, an editor's deletion waits as a change request (202)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key")), responses((status = 204), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "In conflict with the current state", body = Problem, content_type = "application/problem+json")))]
 async fn delete_segment(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, key)): Path<(String, String, String)>,
-) -> ApiResult<StatusCode> {
-    if segment_write_needs_approval(&state, &caller, &project, &environment).await? {
-        return Err(ApiError::Forbidden(format!(
-            "deleting a segment in `{environment}`, which requires approval, is an admin's decision"
-        )));
-    }
-    state.store.segment(&project, &environment, &key).await?;
+) -> ApiResult<Response> {
+    let needs_approval =
+        segment_write_needs_approval(&state, &caller, &project, &environment).await?;
+    let current = state.store.segment(&project, &environment, &key).await?;
     validate_segment(&state, &project, &environment, None, &key).await?;
+    if needs_approval {
+        let request = state
+            .store
+            .create_segment_deletion_request(
+                &caller.actor(),
+                &project,
+                &environment,
+                &key,
+                current.segment.version,
+                None,
+            )
+            .await?;
+        let location = format!("/api/v1/projects/{project}/change-requests/{}", request.id);
+        let mut response = (StatusCode::ACCEPTED, Json(request)).into_response();
+        if let Ok(location) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        return Ok(response);
+    }
     state
         .store
         .delete_segment(&caller.actor(), &project, &environment, &key)
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}/revisions", tag = "segments", summary = "A segment's history, newest first", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key")), responses((status = 200, body = Vec<Revision>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]

@@ -92,6 +92,17 @@ pub(crate) struct ChangeRequestView {
 
 async fn view(state: &AppState, request: ChangeRequest) -> ApiResult<ChangeRequestView> {
     let (current_version, mut before, mut after) = match &request.segment {
+        None if request.resource_kind == "segment_deletion" => {
+            let current = state
+                .store
+                .segment(&request.project, &request.environment, &request.flag)
+                .await?;
+            (
+                current.segment.version,
+                to_json(&current.segment)?,
+                serde_json::Value::Null,
+            )
+        }
         Some(proposed) => {
             let current = state
                 .store
@@ -141,6 +152,10 @@ async fn validate_proposal(
     request: &ChangeRequest,
 ) -> ApiResult<()> {
     match &request.segment {
+        None if request.resource_kind == "segment_deletion" => {
+            crate::api::validate_segment(state, project, &request.environment, None, &request.flag)
+                .await
+        }
         Some(segment) => {
             crate::api::validate_segment(
                 state,
@@ -214,12 +229,12 @@ struct Edit {
     apply_at: Option<i64>,
 }
 
-#[utoipa::path(put, path = "/api/v1/projects/{project}/change-requests/{id}", tag = "change requests", summary = "Edit a change request (its author): against the current configuration, and voiding its approvals", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Change request id")), request_body = FlagConfig, responses((status = 200, body = ChangeRequestView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Not the author", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/api/v1/projects/{project}/change-requests/{id}", tag = "change requests", summary = "Edit a change request (its author): a flag configuration or a segment, against the current state, voiding its approvals", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Change request id")), request_body = FlagConfig, responses((status = 200, body = ChangeRequestView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Not the author", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 async fn edit_change_request(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
-    edit: Body<Edit>,
+    edit: Body<serde_json::Value>,
 ) -> ApiResult<Json<ChangeRequestView>> {
     caller.require(&state, &project, Role::Editor).await?;
     let request = state.store.change_request(&project, &id).await?;
@@ -229,30 +244,86 @@ async fn edit_change_request(
         ));
     }
     let edit = edit.into_inner()?;
-    validate_config(
-        &state,
-        &project,
-        &request.environment,
-        &request.flag,
-        &edit.config,
-    )
-    .await?;
-    // An edit is a rebase: it is made against the configuration as it is now.
-    let current = current_config(&state, &project, &request.environment, &request.flag).await?;
-    let updated = state
-        .store
-        .update_change_request(
-            &caller.actor(),
-            &project,
-            &id,
-            &edit.config,
-            current.version,
-            edit.comment.as_deref(),
-            edit.apply_at,
-        )
-        .await
-        .map_err(state_error)?;
+    let parse = |what: &str| {
+        let what = what.to_string();
+        move |e: serde_json::Error| invalid("", &format!("not {what}: {e}"))
+    };
+    // An edit is a rebase: it is made against the resource as it is now.
+    let updated = match request.resource_kind.as_str() {
+        "segment" => {
+            let edit: SegmentEdit = serde_json::from_value(edit).map_err(parse("a segment"))?;
+            if edit.segment.key != request.flag {
+                return Err(invalid("/key", "a segment request's key cannot change"));
+            }
+            crate::api::validate_segment(
+                &state,
+                &project,
+                &request.environment,
+                Some(&edit.segment),
+                &request.flag,
+            )
+            .await?;
+            let base = match state
+                .store
+                .segment(&project, &request.environment, &request.flag)
+                .await
+            {
+                Ok(current) => current.segment.version,
+                Err(StoreError::NotFound { .. }) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            state
+                .store
+                .update_segment_change_request(
+                    &caller.actor(),
+                    &project,
+                    &id,
+                    &edit.segment,
+                    base,
+                    edit.comment.as_deref(),
+                )
+                .await
+        }
+        "flag" => {
+            let edit: Edit = serde_json::from_value(edit).map_err(parse("a flag configuration"))?;
+            validate_config(
+                &state,
+                &project,
+                &request.environment,
+                &request.flag,
+                &edit.config,
+            )
+            .await?;
+            let current =
+                current_config(&state, &project, &request.environment, &request.flag).await?;
+            state
+                .store
+                .update_change_request(
+                    &caller.actor(),
+                    &project,
+                    &id,
+                    &edit.config,
+                    current.version,
+                    edit.comment.as_deref(),
+                    edit.apply_at,
+                )
+                .await
+        }
+        _ => {
+            return Err(ApiError::Conflict(
+                "a deletion request cannot be edited; cancel it instead".into(),
+            ));
+        }
+    }
+    .map_err(state_error)?;
     Ok(Json(view(&state, updated).await?))
+}
+
+#[derive(Deserialize)]
+struct SegmentEdit {
+    #[serde(flatten)]
+    segment: anchor_engine::Segment,
+    comment: Option<String>,
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]

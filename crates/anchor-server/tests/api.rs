@@ -1322,12 +1322,82 @@ async fn approval_environments_turn_changes_into_change_requests(app: App) {
         .call("GET", &format!("{gated_segments}/beta"), Some(&ed), None)
         .await;
     assert_eq!(reply.body["segment"]["included"], json!(["user-1"]));
+    // An edit of a segment request voids its approval; a deletion waits too.
+    let mut more = json!({"key": "beta", "included": ["user-1", "user-2"]});
+    let reply = app
+        .call(
+            "PUT",
+            &format!("{gated_segments}/beta"),
+            Some(&ed),
+            Some(more.clone()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let update_request = reply
+        .headers
+        .get(header::LOCATION)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    app.call(
+        "POST",
+        &format!("{update_request}/approve"),
+        Some(&ann),
+        None,
+    )
+    .await;
+    more["included"] = json!(["user-1", "user-2", "user-3"]);
+    let reply = app
+        .call("PUT", &update_request, Some(&ed), Some(more))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "open", "the edit voided the approval");
+    app.call(
+        "POST",
+        &format!("{update_request}/approve"),
+        Some(&ann),
+        None,
+    )
+    .await;
     assert_eq!(
-        app.call("DELETE", &format!("{gated_segments}/beta"), Some(&ed), None)
+        app.call("POST", &format!("{update_request}/apply"), Some(&ed), None)
             .await
             .status,
-        StatusCode::FORBIDDEN,
-        "deleting a segment there is an admin's decision"
+        StatusCode::OK
+    );
+    let reply = app
+        .call("GET", &format!("{gated_segments}/beta"), Some(&ed), None)
+        .await;
+    assert_eq!(
+        reply.body["segment"]["included"],
+        json!(["user-1", "user-2", "user-3"])
+    );
+    let reply = app
+        .call("DELETE", &format!("{gated_segments}/beta"), Some(&ed), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let deletion = reply
+        .headers
+        .get(header::LOCATION)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    app.call("POST", &format!("{deletion}/approve"), Some(&ann), None)
+        .await;
+    assert_eq!(
+        app.call("POST", &format!("{deletion}/apply"), Some(&ed), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.call("GET", &format!("{gated_segments}/beta"), Some(&ed), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND,
+        "deleted once approved"
     );
 
     // The kill switch never waits.
@@ -1392,8 +1462,8 @@ async fn approval_environments_turn_changes_into_change_requests(app: App) {
         .await;
     assert_eq!(
         reply.body.as_array().unwrap().len(),
-        2,
-        "the flag's and the segment's requests"
+        4,
+        "the flag's request and the segment's creation, edit and deletion"
     );
     let actions: Vec<String> = app
         .call(

@@ -334,6 +334,36 @@ pub trait Store: Send + Sync + 'static {
         comment: Option<&str>,
         apply_at: Option<i64>,
     ) -> Result<ChangeRequest, StoreError>;
+    /// Replaces the proposed segment (and comment) of an open or approved segment change
+    /// request, made against `base_version` (the segment's current version, 0 when it does not
+    /// exist): the earlier reviews no longer count and the status goes back to `Open`, as
+    /// [`Store::update_change_request`] does for flag requests (audited
+    /// `change_request.updated`). `Invalid` for a flag request, a deletion request, a segment
+    /// of another key or a request in another state; `VersionMismatch { what: "segment" }`
+    /// when `base_version` is not current. The caller checks that the actor is the author.
+    async fn update_segment_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        segment: &anchor_engine::Segment,
+        base_version: u64,
+        comment: Option<&str>,
+    ) -> Result<ChangeRequest, StoreError>;
+    /// A change request proposing to delete a segment, which must exist (`NotFound { what:
+    /// "segment" }` otherwise), made against its current version (`VersionMismatch { what:
+    /// "segment" }` otherwise). Read back with `resource_kind` `segment_deletion`, `flag` the
+    /// segment's key and no `segment`; applying it deletes the segment as
+    /// [`Store::delete_segment`] does. Not editable. Audited (`change_request.created`).
+    async fn create_segment_deletion_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        environment: &str,
+        key: &str,
+        base_version: u64,
+        comment: Option<&str>,
+    ) -> Result<ChangeRequest, StoreError>;
     /// Records a review of an open or approved request: `Approve` makes it (or keeps it)
     /// `Approved`, `Reject` makes it `Rejected`. `Invalid` for a request in another state.
     /// Audited (`change_request.approved` or `change_request.rejected`, with the review's

@@ -1035,6 +1035,55 @@ async fn replace_segment(
     Ok(stored)
 }
 
+/// A deletion of one segment in one environment, see [`remove_segment`].
+struct SegmentDeletion<'a> {
+    project_id: &'a str,
+    environment_id: &'a str,
+    key: &'a str,
+    actor: &'a Actor,
+    action: &'a str,
+    /// Kept with the audit entry.
+    audit_comment: Option<&'a str>,
+    at: i64,
+}
+
+/// Deletes a segment inside the caller's transaction, which has already bumped the
+/// environment's revision counter (taking its lock on PostgreSQL): its key lists, its row, and
+/// an audit entry; its revisions stay. `NotFound { what: "segment" }` when it does not exist.
+/// The caller rolls back on error.
+async fn remove_segment(
+    conn: &mut AnyConnection,
+    d: SegmentDeletion<'_>,
+) -> Result<(), StoreError> {
+    let row = segment_row(conn, d.environment_id, d.key).await?;
+    let segment_id: String = row.try_get("id")?;
+    let before: Value = from_json(&row.try_get::<String, _>("body")?)?;
+    sqlx::query("DELETE FROM segment_keys WHERE segment_id = $1")
+        .bind(&segment_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM segments WHERE id = $1")
+        .bind(&segment_id)
+        .execute(&mut *conn)
+        .await?;
+    audit(
+        conn,
+        AuditRecord {
+            project_id: d.project_id,
+            environment_id: Some(d.environment_id),
+            actor: d.actor,
+            action: d.action,
+            resource_kind: "segment",
+            resource_key: d.key,
+            before: &before,
+            after: &Value::Null,
+            comment: d.audit_comment,
+            at: d.at,
+        },
+    )
+    .await
+}
+
 /// The current version of a segment, 0 when it does not exist.
 async fn segment_version(
     conn: &mut AnyConnection,
@@ -1180,19 +1229,20 @@ fn change_request_from(
     project: &str,
     reviews: Vec<Review>,
 ) -> Result<ChangeRequest, StoreError> {
+    let segment: Option<Segment> = row
+        .try_get::<Option<String>, _>("proposed_segment")?
+        .as_deref()
+        .map(from_json)
+        .transpose()?;
     Ok(ChangeRequest {
         id: row.try_get("id")?,
         project: project.to_string(),
         environment: row.try_get("environment")?,
         flag: row.try_get("flag")?,
-        resource_kind: row.try_get("resource_kind")?,
+        resource_kind: reported_resource_kind(row.try_get("resource_kind")?, segment.is_some()),
         base_version: row.try_get::<i64, _>("base_version")? as u64,
         proposed: from_json(&row.try_get::<String, _>("proposed")?)?,
-        segment: row
-            .try_get::<Option<String>, _>("proposed_segment")?
-            .as_deref()
-            .map(from_json)
-            .transpose()?,
+        segment,
         comment: row.try_get("comment")?,
         author: Actor {
             kind: ActorKind::parse(&row.try_get::<String, _>("author_kind")?),
@@ -1207,6 +1257,56 @@ fn change_request_from(
             .try_get::<Option<i64>, _>("applied_version")?
             .map(|v| v as u64),
         failure: row.try_get("failure")?,
+    })
+}
+
+/// A request to delete a segment is stored as a segment request without a proposed segment
+/// (`resource_kind` `segment`, `proposed_segment` NULL: 0006's CHECK allows no other kind) and
+/// reported with this kind.
+const SEGMENT_DELETION: &str = "segment_deletion";
+
+/// The `resource_kind` a change request is reported with, from the stored one.
+fn reported_resource_kind(stored: String, has_segment: bool) -> String {
+    if stored == "segment" && !has_segment {
+        SEGMENT_DELETION.to_string()
+    } else {
+        stored
+    }
+}
+
+/// A segment as a change request proposes it: key lists deduplicated and in byte order,
+/// `base_version` as its version.
+fn segment_proposal(segment: &Segment, base_version: u64) -> Segment {
+    Segment {
+        included: key_set(&segment.included)
+            .iter()
+            .map(|k| k.to_string())
+            .collect(),
+        excluded: key_set(&segment.excluded)
+            .iter()
+            .map(|k| k.to_string())
+            .collect(),
+        ..segment_body(segment, base_version)
+    }
+}
+
+/// The audit view of a segment request's proposal (see [`segment_proposal`]): key lists only
+/// counted, as in the segments' own audit entries.
+fn segment_request_audit_value(
+    proposal: &Segment,
+    status: ChangeRequestStatus,
+    comment: Option<&str>,
+    apply_at: Option<i64>,
+) -> Value {
+    serde_json::json!({
+        "segment": proposal.key,
+        "status": status,
+        "baseVersion": proposal.version,
+        "proposed": segment_body(proposal, proposal.version),
+        "includedCount": proposal.included.len(),
+        "excludedCount": proposal.excluded.len(),
+        "comment": comment,
+        "applyAt": apply_at,
     })
 }
 
@@ -2439,29 +2539,15 @@ impl Store for SqlStore {
         let project_id = project_id(&mut tx, project).await?;
         let env_id = environment_id(&mut tx, &project_id, environment).await?;
         bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
-        let row = segment_row(&mut tx, &env_id, key).await?;
-        let segment_id: String = row.try_get("id")?;
-        let before: Value = from_json(&row.try_get::<String, _>("body")?)?;
-        sqlx::query("DELETE FROM segment_keys WHERE segment_id = $1")
-            .bind(&segment_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM segments WHERE id = $1")
-            .bind(&segment_id)
-            .execute(&mut *tx)
-            .await?;
-        audit(
+        remove_segment(
             &mut tx,
-            AuditRecord {
+            SegmentDeletion {
                 project_id: &project_id,
-                environment_id: Some(&env_id),
+                environment_id: &env_id,
+                key,
                 actor,
                 action: "segment.deleted",
-                resource_kind: "segment",
-                resource_key: key,
-                before: &before,
-                after: &Value::Null,
-                comment: None,
+                audit_comment: None,
                 at,
             },
         )
@@ -2761,15 +2847,9 @@ impl Store for SqlStore {
         let at = self.now();
         let id = new_id();
         let status = ChangeRequestStatus::Open;
-        // The proposal as stored: key lists deduplicated and in byte order, `base_version` as
-        // its version; `proposed` (NOT NULL for flags) an empty, disabled configuration.
-        let included = key_set(&segment.included);
-        let excluded = key_set(&segment.excluded);
-        let proposal = Segment {
-            included: included.iter().map(|k| k.to_string()).collect(),
-            excluded: excluded.iter().map(|k| k.to_string()).collect(),
-            ..segment_body(segment, base_version)
-        };
+        // The proposal as stored; `proposed` (NOT NULL for flags) an empty, disabled
+        // configuration.
+        let proposal = segment_proposal(segment, base_version);
         let (_, config_body) = proposal_body(&empty_config(), base_version)?;
         let mut tx = self.begin().await?;
         let project_id = project_id(&mut tx, project).await?;
@@ -2797,14 +2877,74 @@ impl Store for SqlStore {
         .bind(key)
         .execute(&mut *tx)
         .await?;
-        // Key lists only counted, as in the segments' own audit entries.
+        let after = segment_request_audit_value(&proposal, status, comment, None);
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&env_id),
+                actor,
+                action: "change_request.created",
+                resource_kind: "change_request",
+                resource_key: &id,
+                before: &Value::Null,
+                after: &after,
+                comment,
+                at,
+            },
+        )
+        .await?;
+        let record = load_change_request(&mut tx, project, &project_id, &id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn create_segment_deletion_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        environment: &str,
+        key: &str,
+        base_version: u64,
+        comment: Option<&str>,
+    ) -> Result<ChangeRequest, StoreError> {
+        let at = self.now();
+        let id = new_id();
+        let status = ChangeRequestStatus::Open;
+        let (_, config_body) = proposal_body(&empty_config(), base_version)?;
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let env_id = environment_id(&mut tx, &project_id, environment).await?;
+        segment_row(&mut tx, &env_id, key).await?;
+        check_segment_base_version(&mut tx, &env_id, key, base_version).await?;
+        // Stored as a segment request without a proposed segment: see `SEGMENT_DELETION`.
+        sqlx::query(
+            "INSERT INTO change_requests (id, project_id, environment_id, flag_id, base_version, \
+             proposed, comment, author_kind, author_id, status, edition, apply_at, \
+             applied_version, failure, created_at, updated_at, resource_kind, \
+             proposed_segment, segment_key) \
+             VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9, 0, NULL, NULL, NULL, $10, $10, \
+             'segment', NULL, $11)",
+        )
+        .bind(&id)
+        .bind(&project_id)
+        .bind(&env_id)
+        .bind(base_version as i64)
+        .bind(&config_body)
+        .bind(comment)
+        .bind(actor.kind.as_str())
+        .bind(&actor.id)
+        .bind(status.as_str())
+        .bind(at)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
         let after = serde_json::json!({
             "segment": key,
             "status": status,
             "baseVersion": base_version,
-            "proposed": segment_body(segment, base_version),
-            "includedCount": included.len(),
-            "excludedCount": excluded.len(),
+            "proposed": Value::Null,
+            "deletion": true,
             "comment": comment,
             "applyAt": Value::Null,
         });
@@ -2825,6 +2965,81 @@ impl Store for SqlStore {
         )
         .await?;
         let record = load_change_request(&mut tx, project, &project_id, &id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn update_segment_change_request(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        segment: &Segment,
+        base_version: u64,
+        comment: Option<&str>,
+    ) -> Result<ChangeRequest, StoreError> {
+        let at = self.now();
+        let proposal = segment_proposal(segment, base_version);
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let state = lock_change_request(&mut tx, &project_id, id).await?;
+        let Some(old) = state.proposed_segment.as_deref() else {
+            return Err(StoreError::Invalid(if state.flag_id.is_some() {
+                "a flag change request is edited with update_change_request".into()
+            } else {
+                format!("segment deletion request `{id}` cannot be edited")
+            }));
+        };
+        if segment.key != state.flag {
+            return Err(StoreError::Invalid(format!(
+                "change request `{id}` proposes segment `{}`, not `{}`",
+                state.flag, segment.key
+            )));
+        }
+        state.check_pending(id, "edit")?;
+        check_segment_base_version(&mut tx, &state.environment_id, &state.flag, base_version)
+            .await?;
+        // A new edition: the reviews of the earlier ones no longer count.
+        sqlx::query(
+            "UPDATE change_requests SET proposed_segment = $1, base_version = $2, comment = $3, \
+             status = 'open', edition = edition + 1, updated_at = $4 WHERE id = $5",
+        )
+        .bind(to_json(&proposal)?)
+        .bind(base_version as i64)
+        .bind(comment)
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let before = segment_request_audit_value(
+            &from_json(old)?,
+            state.status,
+            state.comment.as_deref(),
+            state.apply_at,
+        );
+        let after = segment_request_audit_value(
+            &proposal,
+            ChangeRequestStatus::Open,
+            comment,
+            state.apply_at,
+        );
+        audit(
+            &mut tx,
+            AuditRecord {
+                project_id: &project_id,
+                environment_id: Some(&state.environment_id),
+                actor,
+                action: "change_request.updated",
+                resource_kind: "change_request",
+                resource_key: id,
+                before: &before,
+                after: &after,
+                comment,
+                at,
+            },
+        )
+        .await?;
+        let record = load_change_request(&mut tx, project, &project_id, id).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -2910,7 +3125,7 @@ impl Store for SqlStore {
         let state = lock_change_request(&mut tx, &project_id, id).await?;
         let Some(flag_id) = state.flag_id.as_deref() else {
             return Err(StoreError::Invalid(
-                "segment change requests cannot be edited yet".into(),
+                "a segment change request is edited with update_segment_change_request".into(),
             ));
         };
         state.check_pending(id, "edit")?;
@@ -3103,9 +3318,23 @@ impl Store for SqlStore {
         };
         let applied_version = match (state.resource_kind.as_str(), &state.proposed_segment) {
             ("segment", None) => {
-                return Err(StoreError::Corrupt(format!(
-                    "segment change request `{id}` has no proposed segment"
-                )));
+                // A deletion (see `SEGMENT_DELETION`).
+                check_segment_base_version(&mut tx, &env_id, &state.flag, state.base_version)
+                    .await?;
+                remove_segment(
+                    &mut tx,
+                    SegmentDeletion {
+                        project_id: &project_id,
+                        environment_id: &env_id,
+                        key: &state.flag,
+                        actor,
+                        action: "change_request.applied",
+                        audit_comment: Some(&audit_comment),
+                        at,
+                    },
+                )
+                .await?;
+                None
             }
             ("segment", Some(proposed)) => {
                 let segment: Segment = from_json(proposed)?;
@@ -3127,9 +3356,9 @@ impl Store for SqlStore {
                 } else {
                     replace_segment(&mut tx, write).await?
                 };
-                stored.version
+                Some(stored.version)
             }
-            _ => {
+            _ => Some(
                 write_flag_config(
                     &mut tx,
                     ConfigWrite {
@@ -3146,15 +3375,15 @@ impl Store for SqlStore {
                     },
                 )
                 .await?
-                .version
-            }
+                .version,
+            ),
         };
         // Guarded by the status: a request is applied once, whoever tries and however often.
         let applied = sqlx::query(
             "UPDATE change_requests SET status = 'applied', applied_version = $1, \
              updated_at = $2 WHERE id = $3 AND status = 'approved'",
         )
-        .bind(applied_version as i64)
+        .bind(applied_version.map(|v| v as i64))
         .bind(at)
         .bind(id)
         .execute(&mut *tx)

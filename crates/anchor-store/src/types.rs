@@ -494,7 +494,8 @@ pub struct ChangeRequest {
     pub environment: String,
     /// The key of the resource the request changes: the flag's, or the segment's.
     pub flag: String,
-    /// What the request changes: `flag` or `segment`.
+    /// What the request changes: `flag`, `segment`, or `segment_deletion` (a proposal to
+    /// delete the segment: `segment` is then `None`).
     #[serde(default = "flag_resource_kind")]
     pub resource_kind: String,
     /// The version the proposal was made against: applying fails once the flag's

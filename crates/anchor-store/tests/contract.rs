@@ -137,6 +137,9 @@ contract!(
     a_scheduled_request_that_cannot_apply_is_marked_failed_with_its_reason,
     a_segment_change_request_is_created_open_approved_and_applied,
     applying_a_segment_request_after_the_segment_changed_fails_and_writes_nothing,
+    editing_a_segment_request_voids_its_approval_and_the_edited_segment_applies,
+    a_segment_deletion_request_once_approved_and_applied_deletes_the_segment,
+    a_segment_deletion_request_fails_with_a_version_mismatch_if_the_segment_changed,
 );
 
 fn admin() -> Actor {
@@ -3425,4 +3428,343 @@ async fn applying_a_segment_request_after_the_segment_changed_fails_and_writes_n
     assert_eq!(failed.status, ChangeRequestStatus::Failed);
     assert_eq!(failed.failure.as_deref(), Some("stale"));
     assert_eq!(failed.resource_kind, "segment");
+}
+
+async fn editing_a_segment_request_voids_its_approval_and_the_edited_segment_applies(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let ann = Actor::user("ann");
+    let bob = Actor::user("bob");
+    let dave = Actor::user("dave");
+    s.create_segment(&segment_change(
+        &admin(),
+        "production",
+        &segment("beta", &["m-1"], &[]),
+        None,
+    ))
+    .await
+    .unwrap();
+    let request = proposed_segment_change(f, &segment("beta", &["m-2"], &[]), 1, true).await;
+    assert_eq!(request.status, ChangeRequestStatus::Approved);
+    assert_eq!(request.reviews.len(), 1);
+
+    f.advance(1_000);
+    let edit = segment("beta", &["m-4", "m-3", "m-3"], &["x-1"]);
+    let edited = s
+        .update_segment_change_request(&ann, "shop", &request.id, &edit, 1, Some("edited"))
+        .await
+        .unwrap();
+    assert_eq!(edited.status, ChangeRequestStatus::Open);
+    assert!(edited.reviews.is_empty(), "the approval no longer counts");
+    assert_eq!(edited.resource_kind, "segment");
+    assert_eq!(edited.flag, "beta");
+    assert_eq!(edited.base_version, 1);
+    assert_eq!(edited.comment.as_deref(), Some("edited"));
+    let carried = edited.segment.clone().unwrap();
+    assert_eq!(
+        carried.included,
+        ["m-3", "m-4"],
+        "deduplicated, in byte order"
+    );
+    assert_eq!(carried.excluded, ["x-1"]);
+    assert_eq!(carried.version, 1);
+    assert_eq!(edited.updated_at, 1_800_000_001_000);
+    assert_eq!(s.change_request("shop", &request.id).await.unwrap(), edited);
+    assert!(
+        audit_of(f, &request.id)
+            .await
+            .iter()
+            .any(|a| a.action == "change_request.updated")
+    );
+    // Open again: nothing applies until it is approved again.
+    assert!(is_invalid(
+        &s.apply_change_request(&dave, "shop", &request.id).await
+    ));
+    // A stale base, another segment's key, or the flag method: refused, nothing changes.
+    let stale = s
+        .update_segment_change_request(&ann, "shop", &request.id, &edit, 0, None)
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::VersionMismatch {
+                what: "segment",
+                expected: 0,
+                actual: 1
+            })
+        ),
+        "{stale:?}"
+    );
+    assert!(is_invalid(
+        &s.update_segment_change_request(
+            &ann,
+            "shop",
+            &request.id,
+            &segment("gamma", &[], &[]),
+            1,
+            None
+        )
+        .await
+    ));
+    assert!(is_invalid(
+        &s.update_change_request(&ann, "shop", &request.id, &on_config(), 1, None, None)
+            .await
+    ));
+    assert_eq!(s.change_request("shop", &request.id).await.unwrap(), edited);
+    // A flag request is not edited as a segment request.
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &off_config())
+        .await
+        .unwrap();
+    let on = on_config();
+    let flag_request = s
+        .create_change_request(&proposal(&ann, "production", "f", 1, &on))
+        .await
+        .unwrap();
+    assert!(is_invalid(
+        &s.update_segment_change_request(&ann, "shop", &flag_request.id, &edit, 1, None)
+            .await
+    ));
+
+    s.review_change_request(&bob, "shop", &request.id, ReviewDecision::Approve, None)
+        .await
+        .unwrap();
+    let applied = s
+        .apply_change_request(&dave, "shop", &request.id)
+        .await
+        .unwrap();
+    assert_eq!(applied.status, ChangeRequestStatus::Applied);
+    assert_eq!(applied.applied_version, Some(2));
+    let stored = s.segment("shop", "production", "beta").await.unwrap();
+    assert_eq!(stored.segment.version, 2);
+    assert_eq!(
+        stored.segment.included,
+        ["m-3", "m-4"],
+        "the edited proposal"
+    );
+    assert_eq!(stored.segment.excluded, ["x-1"]);
+    // Applied: no longer editable.
+    assert!(is_invalid(
+        &s.update_segment_change_request(&ann, "shop", &request.id, &edit, 2, None)
+            .await
+    ));
+}
+
+async fn a_segment_deletion_request_once_approved_and_applied_deletes_the_segment(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let ann = Actor::user("ann");
+    let bob = Actor::user("bob");
+    let dave = Actor::user("dave");
+    s.create_segment(&segment_change(
+        &admin(),
+        "production",
+        &segment("beta", &["m-1", "m-2"], &[]),
+        None,
+    ))
+    .await
+    .unwrap();
+    // The segment must exist, at the given version.
+    assert!(matches!(
+        s.create_segment_deletion_request(&ann, "shop", "production", "nope", 0, None)
+            .await,
+        Err(StoreError::NotFound {
+            what: "segment",
+            ..
+        })
+    ));
+    let stale = s
+        .create_segment_deletion_request(&ann, "shop", "production", "beta", 2, None)
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::VersionMismatch {
+                what: "segment",
+                expected: 2,
+                actual: 1
+            })
+        ),
+        "{stale:?}"
+    );
+    let request = s
+        .create_segment_deletion_request(&ann, "shop", "production", "beta", 1, Some("drop beta"))
+        .await
+        .unwrap();
+    assert_eq!(request.status, ChangeRequestStatus::Open);
+    assert_eq!(request.resource_kind, "segment_deletion");
+    assert_eq!(request.segment, None);
+    assert_eq!(
+        (request.environment.as_str(), request.flag.as_str()),
+        ("production", "beta")
+    );
+    assert_eq!(request.base_version, 1);
+    assert_eq!(request.comment.as_deref(), Some("drop beta"));
+    assert_eq!(request.author, ann);
+    assert_eq!(
+        s.change_request("shop", &request.id).await.unwrap(),
+        request
+    );
+    assert_eq!(
+        s.change_requests("shop", None, None).await.unwrap(),
+        std::slice::from_ref(&request)
+    );
+    assert_eq!(
+        audit_of(f, &request.id)
+            .await
+            .iter()
+            .map(|a| a.action.as_str())
+            .collect::<Vec<_>>(),
+        ["change_request.created"]
+    );
+    // Not editable, by either method.
+    assert!(is_invalid(
+        &s.update_segment_change_request(
+            &ann,
+            "shop",
+            &request.id,
+            &segment("beta", &[], &[]),
+            1,
+            None
+        )
+        .await
+    ));
+    assert!(is_invalid(
+        &s.update_change_request(&ann, "shop", &request.id, &on_config(), 1, None, None)
+            .await
+    ));
+    assert!(is_invalid(
+        &s.apply_change_request(&dave, "shop", &request.id).await
+    ));
+    assert_eq!(
+        s.segment("shop", "production", "beta")
+            .await
+            .unwrap()
+            .segment
+            .version,
+        1
+    );
+
+    s.review_change_request(&bob, "shop", &request.id, ReviewDecision::Approve, None)
+        .await
+        .unwrap();
+    let revision_before = s.environment("shop", "production").await.unwrap().revision;
+    let audit_before = audit_of(f, "beta").await.len();
+    f.advance(5_000);
+    let applied = s
+        .apply_change_request(&dave, "shop", &request.id)
+        .await
+        .unwrap();
+    assert_eq!(applied.status, ChangeRequestStatus::Applied);
+    assert_eq!(applied.applied_version, None);
+    assert_eq!(applied.resource_kind, "segment_deletion");
+    assert_eq!(applied.segment, None);
+    assert!(matches!(
+        s.segment("shop", "production", "beta").await,
+        Err(StoreError::NotFound {
+            what: "segment",
+            ..
+        })
+    ));
+    assert!(s.environment("shop", "production").await.unwrap().revision > revision_before);
+    // As `delete_segment`: the revisions stay, one audit entry for the segment.
+    let history = s
+        .segment_revisions("shop", "production", "beta")
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    let audit = audit_of(f, "beta").await;
+    assert_eq!(audit.len(), audit_before + 1);
+    assert_eq!(audit[0].action, "change_request.applied");
+    assert_eq!(audit[0].resource_kind, "segment");
+    assert_eq!(audit[0].actor, dave);
+    assert!(
+        audit[0].comment.as_deref().unwrap().contains(&request.id),
+        "{:?}",
+        audit[0].comment
+    );
+    assert!(is_invalid(
+        &s.apply_change_request(&dave, "shop", &request.id).await
+    ));
+    // Its key can return, past the old revisions.
+    let back = s
+        .create_segment(&segment_change(
+            &admin(),
+            "production",
+            &segment("beta", &[], &[]),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(back.segment.version, 2);
+}
+
+async fn a_segment_deletion_request_fails_with_a_version_mismatch_if_the_segment_changed(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let ann = Actor::user("ann");
+    let bob = Actor::user("bob");
+    let dave = Actor::user("dave");
+    for key in ["beta", "gamma"] {
+        s.create_segment(&segment_change(
+            &admin(),
+            "production",
+            &segment(key, &["m-1"], &[]),
+            None,
+        ))
+        .await
+        .unwrap();
+    }
+    let mut requests = Vec::new();
+    for key in ["beta", "gamma"] {
+        let request = s
+            .create_segment_deletion_request(&ann, "shop", "production", key, 1, None)
+            .await
+            .unwrap();
+        s.review_change_request(&bob, "shop", &request.id, ReviewDecision::Approve, None)
+            .await
+            .unwrap();
+        requests.push(request);
+    }
+    // beta changed, gamma was deleted meanwhile.
+    s.update_segment(&segment_change(
+        &admin(),
+        "production",
+        &segment("beta", &["m-1", "m-2"], &[]),
+        Some(1),
+    ))
+    .await
+    .unwrap();
+    s.delete_segment(&admin(), "shop", "production", "gamma")
+        .await
+        .unwrap();
+    let before = s.segment("shop", "production", "beta").await.unwrap();
+    let revision_before = s.environment("shop", "production").await.unwrap().revision;
+    let audit_before = audit_of(f, "beta").await.len();
+
+    f.advance(1_000);
+    for (request, actual) in requests.iter().zip([2, 0]) {
+        let result = s.apply_change_request(&dave, "shop", &request.id).await;
+        assert!(
+            matches!(
+                result,
+                Err(StoreError::VersionMismatch { what: "segment", expected: 1, actual: a })
+                    if a == actual
+            ),
+            "{result:?}"
+        );
+        let unchanged = s.change_request("shop", &request.id).await.unwrap();
+        assert_eq!(unchanged.status, ChangeRequestStatus::Approved);
+        assert_eq!(unchanged.applied_version, None);
+    }
+    assert_eq!(
+        s.segment("shop", "production", "beta").await.unwrap(),
+        before
+    );
+    assert_eq!(
+        s.environment("shop", "production").await.unwrap().revision,
+        revision_before
+    );
+    assert_eq!(audit_of(f, "beta").await.len(), audit_before);
 }
