@@ -16,6 +16,7 @@ mod bootstrap;
 pub mod change_requests;
 pub mod config;
 mod error;
+pub mod ofrep;
 pub mod snapshots;
 
 use std::future::Future;
@@ -47,6 +48,8 @@ pub struct AppState {
     dummy_password_hash: Arc<str>,
     /// The compiled environments that evaluations read.
     pub snapshots: Arc<snapshots::Snapshots>,
+    /// SDK keys already seen by OFREP.
+    pub sdk_keys: Arc<ofrep::SdkKeyCache>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -66,6 +69,7 @@ impl AppState {
             login_throttle: Arc::default(),
             dummy_password_hash: dummy.into(),
             snapshots: Arc::default(),
+            sdk_keys: Arc::default(),
         })
     }
 
@@ -161,6 +165,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(api_router)
+        .merge(ofrep::routes())
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -235,7 +240,11 @@ async fn refresh_after_writes(
             _ => None,
         }
     };
+    let keys_changed = request.uri().path().contains("/keys");
     let response = next.run(request).await;
+    if write && keys_changed && response.status().is_success() {
+        state.sdk_keys.clear();
+    }
     if write
         && response.status().is_success()
         && let Some((project, environment)) = scope

@@ -92,6 +92,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    ofrep_answers_sdk_keys_from_the_live_snapshot_in_the_protocol_shapes,
     every_operation_allows_exactly_the_roles_it_is_designed_for,
     evaluations_follow_every_committed_change_and_explain_themselves,
     dashboard_sessions_use_httponly_cookies_and_csrf_tokens_for_writes,
@@ -1960,4 +1961,228 @@ fn operations_uri(template: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+async fn ofrep_answers_sdk_keys_from_the_live_snapshot_in_the_protocol_shapes(app: App) {
+    app.create_checkout_flag().await;
+    let config = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "off"},
+        "rules": [{"id": "germany", "conditions": [{"attribute": "country", "operator": "in", "values": ["DE"]}],
+                   "serve": {"variant": "on"}}]});
+    assert_eq!(
+        app.call("PUT", CONFIG, Some(&app.admin), Some(config))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = app
+        .call("POST", "/api/v1/projects/default/flags", Some(&app.admin),
+              Some(json!({"key": "split", "kind": "string", "variants": [{"name": "a", "value": "A"}, {"name": "b", "value": "B"}]})))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let split = json!({"enabled": true, "offVariant": "a", "defaultServe": {"rollout": {"variants": [
+        {"variant": "a", "weight": 50000}, {"variant": "b", "weight": 50000}]}}});
+    let split_uri = "/api/v1/projects/default/environments/production/flags/split";
+    assert_eq!(
+        app.call("PUT", split_uri, Some(&app.admin), Some(split))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let keys = "/api/v1/projects/default/environments/production/keys";
+    let reply = app
+        .call(
+            "POST",
+            keys,
+            Some(&app.admin),
+            Some(json!({"kind": "client"})),
+        )
+        .await;
+    let client = reply.body["key"].as_str().unwrap().to_string();
+    let client_id = reply.body["id"].as_str().unwrap().to_string();
+
+    let one = "/ofrep/v1/evaluate/flags/new-checkout";
+    let german = json!({"context": {"targetingKey": "user-1", "country": "DE"}}).to_string();
+    let reply = app
+        .call_with(
+            "POST",
+            one,
+            None,
+            Some(german.clone()),
+            &[("x-api-key", &client)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["key"], "new-checkout");
+    assert_eq!(reply.body["value"], true);
+    assert_eq!(reply.body["variant"], "on");
+    assert_eq!(reply.body["reason"], "TARGETING_MATCH");
+    assert_eq!(reply.body["metadata"]["ruleId"], "germany");
+    assert_eq!(reply.body["metadata"]["flagVersion"], 2);
+    let bearer = format!("Bearer {client}");
+    let reply = app
+        .call_with("POST", one, Some(&bearer), Some(german.clone()), &[])
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "Authorization: Bearer works too"
+    );
+
+    // Errors in the protocol's shapes.
+    assert_eq!(
+        app.call_with("POST", one, None, Some(german.clone()), &[])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.call_with("POST", one, Some(&app.admin), Some(german.clone()), &[])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED,
+        "a personal token is not an SDK key"
+    );
+    let reply = app
+        .call_with(
+            "POST",
+            "/ofrep/v1/evaluate/flags/missing",
+            None,
+            Some(german.clone()),
+            &[("x-api-key", &client)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        reply.body,
+        json!({"key": "missing", "errorCode": "FLAG_NOT_FOUND", "errorDetails": reply.body["errorDetails"]})
+    );
+    let reply = app
+        .call_with(
+            "POST",
+            "/ofrep/v1/evaluate/flags/split",
+            None,
+            Some(json!({"context": {}}).to_string()),
+            &[("x-api-key", &client)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body["errorCode"], "TARGETING_KEY_MISSING");
+    let reply = app
+        .call_with(
+            "POST",
+            one,
+            None,
+            Some(json!({"context": {"targetingKey": 7}}).to_string()),
+            &[("x-api-key", &client)],
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["errorCode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("INVALID_CONTEXT"))
+    );
+    let reply = app
+        .call_with(
+            "POST",
+            one,
+            None,
+            Some("{oops".into()),
+            &[("x-api-key", &client)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+
+    // Bulk, with an ETag over configuration and context.
+    let bulk = "/ofrep/v1/evaluate/flags";
+    let reply = app
+        .call_with(
+            "POST",
+            bulk,
+            None,
+            Some(german.clone()),
+            &[("x-api-key", &client)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let flags = reply.body["flags"].as_array().unwrap();
+    assert_eq!(flags.len(), 2);
+    assert!(
+        flags
+            .iter()
+            .any(|f| f["key"] == "split" && (f["value"] == "A" || f["value"] == "B"))
+    );
+    let etag = reply.etag();
+    let reply = app
+        .call_with(
+            "POST",
+            bulk,
+            None,
+            Some(german.clone()),
+            &[("x-api-key", &client), ("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_MODIFIED);
+    let french = json!({"context": {"targetingKey": "user-1", "country": "FR"}}).to_string();
+    let reply = app
+        .call_with(
+            "POST",
+            bulk,
+            None,
+            Some(french),
+            &[("x-api-key", &client), ("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "another context, another ETag"
+    );
+    let off = json!({"enabled": false, "offVariant": "off", "defaultServe": {"variant": "off"}});
+    assert_eq!(
+        app.call("PUT", CONFIG, Some(&app.admin), Some(off))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = app
+        .call_with(
+            "POST",
+            bulk,
+            None,
+            Some(german.clone()),
+            &[("x-api-key", &client), ("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "a new revision, a new ETag");
+    let reply = app
+        .call_with(
+            "POST",
+            one,
+            None,
+            Some(german.clone()),
+            &[("x-api-key", &client)],
+        )
+        .await;
+    assert_eq!(
+        (reply.body["reason"].clone(), reply.body["value"].clone()),
+        (json!("DISABLED"), json!(false))
+    );
+
+    // A revoked key stops working at once.
+    assert_eq!(
+        app.call(
+            "DELETE",
+            &format!("{keys}/{client_id}"),
+            Some(&app.admin),
+            None
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.call_with("POST", one, None, Some(german), &[("x-api-key", &client)])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -1,0 +1,241 @@
+//! The OpenFeature Remote Evaluation Protocol (OFREP): evaluations for any OpenFeature SDK.
+//!
+//! `POST /ofrep/v1/evaluate/flags/{key}` and `POST /ofrep/v1/evaluate/flags`, authenticated
+//! with an environment's SDK key (server or client kind) as `Authorization: Bearer …` or
+//! `X-API-Key`. Answers come from the environment's in-memory snapshot; the database is read
+//! only to look a key up the first time it is seen.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use anchor_engine::{ErrorCode, Evaluation, EvaluationContext, evaluate, evaluate_all};
+use anchor_store::SdkKeyRecord;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::auth::token_hash;
+use crate::snapshots::EnvironmentSnapshot;
+
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
+        .route("/ofrep/v1/evaluate/flags", post(evaluate_bulk))
+}
+
+/// SDK keys already looked up, by the hash of their secret. Emptied whenever keys change
+/// through the API, so a revoked key stops working at once.
+#[derive(Debug, Default)]
+pub struct SdkKeyCache {
+    keys: RwLock<HashMap<String, SdkKeyRecord>>,
+}
+
+impl SdkKeyCache {
+    pub fn clear(&self) {
+        if let Ok(mut keys) = self.keys.write() {
+            keys.clear();
+        }
+    }
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<String> {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(key.trim().to_string());
+    }
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim().to_string())
+}
+
+/// The environment an SDK key belongs to, if the key is valid now.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<SdkKeyRecord, Response> {
+    let unauthorized = || StatusCode::UNAUTHORIZED.into_response();
+    let secret = presented_key(headers).ok_or_else(unauthorized)?;
+    if !(secret.starts_with("anc_srv_") || secret.starts_with("anc_cli_")) {
+        return Err(unauthorized());
+    }
+    let hash = token_hash(&secret);
+    let cached = state
+        .sdk_keys
+        .keys
+        .read()
+        .ok()
+        .and_then(|keys| keys.get(&hash).cloned());
+    let record = match cached {
+        Some(record) => record,
+        None => {
+            let record = state
+                .store
+                .sdk_key_by_hash(&hash)
+                .await
+                .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?
+                .ok_or_else(unauthorized)?;
+            if let Ok(mut keys) = state.sdk_keys.keys.write() {
+                keys.insert(hash, record.clone());
+            }
+            record
+        }
+    };
+    let now = state.now_ms();
+    if record.revoked || record.expires_at.is_some_and(|t| t <= now) {
+        return Err(unauthorized());
+    }
+    Ok(record)
+}
+
+async fn snapshot(
+    state: &AppState,
+    key: &SdkKeyRecord,
+) -> Result<std::sync::Arc<EnvironmentSnapshot>, Response> {
+    if let Some(held) = state.snapshots.get(&key.project, &key.environment) {
+        return Ok(held);
+    }
+    state
+        .snapshots
+        .refresh(state.store.as_ref(), &key.project, &key.environment)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+    state
+        .snapshots
+        .get(&key.project, &key.environment)
+        .ok_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The evaluation context of a request body `{"context": {…}}` (an absent body or context is
+/// an empty context).
+fn context_of(body: &[u8]) -> Result<EvaluationContext, (&'static str, String)> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(EvaluationContext::new());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ("GENERAL", format!("the body is not JSON: {e}")))?;
+    match value.get("context") {
+        None | Some(Value::Null) => Ok(EvaluationContext::new()),
+        Some(context) => EvaluationContext::from_value(context.clone())
+            .map_err(|e| ("INVALID_CONTEXT", e.to_string())),
+    }
+}
+
+fn failure(key: &str, code: &str, details: &str) -> Value {
+    json!({ "key": key, "errorCode": code, "errorDetails": details })
+}
+
+/// One flag's answer as OFREP shapes it: success, or failure with its error code.
+fn answer(key: &str, e: &Evaluation<'_>) -> Value {
+    match (e.error_code(), e.value()) {
+        (None, Some(value)) => {
+            let mut metadata = Map::new();
+            if let Some(version) = e.flag_version() {
+                metadata.insert("flagVersion".into(), json!(version));
+            }
+            if let Some(rule) = e.rule() {
+                metadata.insert("ruleId".into(), json!(rule.id));
+            }
+            if let Some(p) = e.failed_prerequisite() {
+                metadata.insert("failedPrerequisite".into(), json!(p));
+            }
+            json!({
+                "key": key,
+                "value": value,
+                "reason": e.reason().as_str(),
+                "variant": e.variant(),
+                "metadata": metadata,
+            })
+        }
+        (code, _) => failure(
+            key,
+            code.unwrap_or(ErrorCode::General).as_str(),
+            e.error_message().unwrap_or("the evaluation failed"),
+        ),
+    }
+}
+
+async fn evaluate_one(
+    State(state): State<AppState>,
+    Path(flag): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let key = match authenticate(&state, &headers).await {
+        Ok(key) => key,
+        Err(response) => return response,
+    };
+    let context = match context_of(&body) {
+        Ok(context) => context,
+        Err((code, details)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(failure(&flag, code, &details)),
+            )
+                .into_response();
+        }
+    };
+    let held = match snapshot(&state, &key).await {
+        Ok(held) => held,
+        Err(response) => return response,
+    };
+    let e = evaluate(&held.snapshot, &flag, &context);
+    let status = match e.error_code() {
+        None => StatusCode::OK,
+        Some(ErrorCode::FlagNotFound) => StatusCode::NOT_FOUND,
+        Some(_) => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(answer(&flag, &e))).into_response()
+}
+
+async fn evaluate_bulk(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let key = match authenticate(&state, &headers).await {
+        Ok(key) => key,
+        Err(response) => return response,
+    };
+    let context = match context_of(&body) {
+        Ok(context) => context,
+        Err((code, details)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "errorCode": code, "errorDetails": details })),
+            )
+                .into_response();
+        }
+    };
+    let held = match snapshot(&state, &key).await {
+        Ok(held) => held,
+        Err(response) => return response,
+    };
+    // The ETag covers the configuration (its revision) and the context.
+    let context_json = serde_json::to_string(&context.to_map()).unwrap_or_default();
+    let etag = format!(
+        "\"{}\"",
+        &token_hash(&format!("{}:{}", held.revision, context_json))[..32]
+    );
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
+    let mut response = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let flags: Vec<Value> = evaluate_all(&held.snapshot, &context)
+            .iter()
+            .map(|(key, e)| answer(key, e))
+            .collect();
+        (StatusCode::OK, Json(json!({ "flags": flags }))).into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
