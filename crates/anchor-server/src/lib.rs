@@ -50,6 +50,8 @@ pub struct AppState {
     pub snapshots: Arc<snapshots::Snapshots>,
     /// SDK keys already seen by OFREP.
     pub sdk_keys: Arc<ofrep::SdkKeyCache>,
+    /// Requests per SDK key.
+    pub rate_limiter: Arc<ofrep::RateLimiter>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -70,7 +72,14 @@ impl AppState {
             dummy_password_hash: dummy.into(),
             snapshots: Arc::default(),
             sdk_keys: Arc::default(),
+            rate_limiter: Arc::default(),
         })
+    }
+
+    /// Limits each SDK key to `per_second` requests (bursts up to `burst`).
+    pub fn with_rate_limit(mut self, per_second: f64, burst: f64) -> Self {
+        self.rate_limiter = Arc::new(ofrep::RateLimiter::new(per_second, burst));
+        self
     }
 
     /// Marks the server ready to serve (the store answered and everything is loaded).

@@ -25,6 +25,52 @@ pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
         .route("/ofrep/v1/evaluate/flags", post(evaluate_bulk))
+        .route("/sdk/v1/config", axum::routing::get(download_config))
+}
+
+/// Requests per SDK key: a token bucket refilled at `per_second`, holding at most `burst`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: std::sync::Mutex<HashMap<String, (f64, std::time::Instant)>>,
+}
+
+impl Default for RateLimiter {
+    /// Generous: a client key is shared by every user of an application.
+    fn default() -> Self {
+        RateLimiter::new(10_000.0, 20_000.0)
+    }
+}
+
+impl RateLimiter {
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        RateLimiter {
+            per_second,
+            burst,
+            buckets: std::sync::Mutex::default(),
+        }
+    }
+
+    /// `Ok` to go ahead, or the number of whole seconds after which a request would be allowed.
+    fn take(&self, key_id: &str) -> Result<(), u64> {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        let (tokens, since) = buckets
+            .entry(key_id.to_string())
+            .or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*since).as_secs_f64() * self.per_second).min(self.burst);
+        *since = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
+        }
+    }
 }
 
 /// SDK keys already looked up, by the hash of their secret. Emptied whenever keys change
@@ -85,6 +131,17 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<SdkKeyRec
     let now = state.now_ms();
     if record.revoked || record.expires_at.is_some_and(|t| t <= now) {
         return Err(unauthorized());
+    }
+    if let Err(seconds) = state.rate_limiter.take(&record.id) {
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"errorDetails": "this SDK key is over its rate limit"})),
+        )
+            .into_response();
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Err(response);
     }
     Ok(record)
 }
@@ -233,6 +290,45 @@ async fn evaluate_bulk(
             .map(|(key, e)| answer(key, e))
             .collect();
         (StatusCode::OK, Json(json!({ "flags": flags }))).into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+/// The whole configuration of the key's environment, for server-side SDKs that evaluate
+/// locally: server keys only (a client key never sees rules or segment lists). `ETag` is the
+/// environment's revision; `If-None-Match` with it gets 304.
+async fn download_config(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let key = match authenticate(&state, &headers).await {
+        Ok(key) => key,
+        Err(response) => return response,
+    };
+    if key.kind != anchor_store::SdkKeyKind::Server {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let held = match snapshot(&state, &key).await {
+        Ok(held) => held,
+        Err(response) => return response,
+    };
+    let etag = format!("\"{}\"", held.revision);
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
+    let mut response = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(json!({
+            "revision": held.revision,
+            "flags": held.config.flags,
+            "segments": held.config.segments,
+        }))
+        .into_response()
     };
     if let Ok(value) = HeaderValue::from_str(&etag) {
         response.headers_mut().insert(header::ETAG, value);

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use anchor_engine::{Diagnostic, Snapshot, compile};
+use anchor_engine::{Diagnostic, EnvironmentConfig, Snapshot, compile};
 use anchor_store::{Store, StoreError};
 
 /// A compiled environment and the revision it was compiled from.
@@ -19,6 +19,8 @@ pub struct EnvironmentSnapshot {
     pub environment: String,
     pub revision: u64,
     pub snapshot: Snapshot,
+    /// The configuration compiled, as server-side SDKs download it.
+    pub config: EnvironmentConfig,
     /// Problems the compiler found (flags with problems evaluate to `PARSE_ERROR`).
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -70,6 +72,7 @@ impl Snapshots {
             environment: environment.to_string(),
             revision,
             snapshot,
+            config,
             diagnostics,
         });
         if let Ok(mut held) = self.held.write() {

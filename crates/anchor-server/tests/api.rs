@@ -92,6 +92,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    server_sdks_download_the_configuration_and_keys_are_rate_limited,
     ofrep_answers_sdk_keys_from_the_live_snapshot_in_the_protocol_shapes,
     every_operation_allows_exactly_the_roles_it_is_designed_for,
     evaluations_follow_every_committed_change_and_explain_themselves,
@@ -2185,4 +2186,96 @@ async fn ofrep_answers_sdk_keys_from_the_live_snapshot_in_the_protocol_shapes(ap
             .status,
         StatusCode::UNAUTHORIZED
     );
+}
+
+async fn server_sdks_download_the_configuration_and_keys_are_rate_limited(app: App) {
+    app.create_checkout_flag().await;
+    let keys = "/api/v1/projects/default/environments/production/keys";
+    let server = app
+        .call(
+            "POST",
+            keys,
+            Some(&app.admin),
+            Some(json!({"kind": "server"})),
+        )
+        .await
+        .body["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client = app
+        .call(
+            "POST",
+            keys,
+            Some(&app.admin),
+            Some(json!({"kind": "client"})),
+        )
+        .await
+        .body["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = app
+        .call_with(
+            "GET",
+            "/sdk/v1/config",
+            None,
+            None,
+            &[("x-api-key", &server)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["flags"][0]["flag"]["key"], "new-checkout");
+    assert!(reply.body["revision"].as_u64().is_some());
+    let etag = reply.etag();
+    let reply = app
+        .call_with(
+            "GET",
+            "/sdk/v1/config",
+            None,
+            None,
+            &[("x-api-key", &server), ("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        app.call_with(
+            "GET",
+            "/sdk/v1/config",
+            None,
+            None,
+            &[("x-api-key", &client)]
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN,
+        "a client key never sees rules or segments"
+    );
+    assert_eq!(
+        app.call_with("GET", "/sdk/v1/config", Some(&app.admin), None, &[])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A key over its rate limit is told when to come back.
+    let limited = router(app.state.clone().with_rate_limit(1.0, 2.0));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/ofrep/v1/evaluate/flags/new-checkout")
+            .header("x-api-key", &client)
+            .body(Body::from(r#"{"context": {"targetingKey": "u"}}"#))
+            .unwrap();
+        let response = limited.clone().oneshot(request).await.unwrap();
+        statuses.push((
+            response.status(),
+            response.headers().get(header::RETRY_AFTER).cloned(),
+        ));
+    }
+    assert_eq!(statuses[0].0, StatusCode::OK);
+    assert_eq!(statuses[1].0, StatusCode::OK);
+    assert_eq!(statuses[2].0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(statuses[2].1.as_ref().unwrap(), "1");
 }
