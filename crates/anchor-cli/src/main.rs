@@ -36,7 +36,10 @@ struct ServeArgs {
     /// A postgres:// URL, to use PostgreSQL instead of the embedded store
     #[arg(long, env = "ANCHOR_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// A TOML file with any of: listen, data_dir, database_url, admin_password
+    /// Origins whose pages may call OFREP from a browser (comma-separated)
+    #[arg(long, env = "ANCHOR_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+    /// A TOML file with any of: listen, data_dir, database_url, admin_password, cors_origins
     #[arg(long, env = "ANCHOR_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -49,6 +52,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     database_url: Option<Secret>,
     admin_password: Option<Secret>,
+    #[serde(default)]
+    cors_origins: Vec<String>,
 }
 
 fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
@@ -74,12 +79,15 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         .ok()
         .map(Secret::new)
         .or(file.admin_password);
-    Ok(ServerConfig::from_settings(
-        &listen,
-        data_dir,
-        database_url,
-        admin_password,
-    )?)
+    let cors_origins = if args.cors_origins.is_empty() {
+        file.cors_origins
+    } else {
+        args.cors_origins
+    };
+    Ok(
+        ServerConfig::from_settings(&listen, data_dir, database_url, admin_password)?
+            .with_cors_origins(cors_origins)?,
+    )
 }
 
 /// A future that completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this

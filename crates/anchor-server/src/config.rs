@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub database: Database,
     /// The first admin's password, instead of a generated one-time password.
     pub admin_password: Option<Secret>,
+    /// Origins whose pages may call the OFREP routes from a browser (CORS), e.g.
+    /// `https://app.example.com`. None by default.
+    pub cors_origins: Vec<String>,
 }
 
 /// Every problem with a configuration, reported together.
@@ -107,9 +110,32 @@ impl ServerConfig {
                 listen,
                 database,
                 admin_password,
+                cors_origins: Vec::new(),
             }),
             _ => Err(ConfigError(problems)),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Sets the origins allowed to call OFREP from a browser; each must be a bare
+    /// `http(s)://host[:port]` origin.
+    pub fn with_cors_origins(mut self, origins: Vec<String>) -> Result<Self, ConfigError> {
+        let bad: Vec<String> = origins
+            .iter()
+            .filter(|o| {
+                let rest = o
+                    .strip_prefix("https://")
+                    .or_else(|| o.strip_prefix("http://"));
+                !rest.is_some_and(|r| !r.is_empty() && !r.contains('/'))
+            })
+            .map(|o| format!("CORS origin `{o}` is not of the form https://host[:port]"))
+            .collect();
+        if !bad.is_empty() {
+            return Err(ConfigError(bad));
+        }
+        self.cors_origins = origins;
+        Ok(self)
     }
 }
 
@@ -143,6 +169,21 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn cors_origins_must_be_bare_origins() {
+        let config = ServerConfig::from_settings("127.0.0.1:4242", "d".into(), None, None).unwrap();
+        assert!(
+            config
+                .clone()
+                .with_cors_origins(vec!["https://app.example.com".into()])
+                .is_ok()
+        );
+        let err = config
+            .with_cors_origins(vec!["app.example.com".into(), "https://x.com/path".into()])
+            .unwrap_err();
+        assert_eq!(err.0.len(), 2);
     }
 
     #[test]

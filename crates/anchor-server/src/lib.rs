@@ -52,6 +52,8 @@ pub struct AppState {
     pub sdk_keys: Arc<ofrep::SdkKeyCache>,
     /// Requests per SDK key.
     pub rate_limiter: Arc<ofrep::RateLimiter>,
+    /// Origins allowed to call OFREP from a browser.
+    cors_origins: Arc<Vec<String>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -73,7 +75,14 @@ impl AppState {
             snapshots: Arc::default(),
             sdk_keys: Arc::default(),
             rate_limiter: Arc::default(),
+            cors_origins: Arc::default(),
         })
+    }
+
+    /// Lets pages of these origins call the OFREP routes from a browser.
+    pub fn with_cors_origins(mut self, origins: Vec<String>) -> Self {
+        self.cors_origins = Arc::new(origins);
+        self
     }
 
     /// Limits each SDK key to `per_second` requests (bursts up to `burst`).
@@ -174,7 +183,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(api_router)
-        .merge(ofrep::routes())
+        .merge(ofrep::routes(&state.cors_origins))
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -331,7 +340,9 @@ pub async fn start(config: &ServerConfig) -> Result<Started, StartError> {
     let report = bootstrap(store.as_ref(), config.admin_password.as_ref())
         .await
         .map_err(StartError::Bootstrap)?;
-    let state = AppState::new(store).map_err(StartError::Bootstrap)?;
+    let state = AppState::new(store)
+        .map_err(StartError::Bootstrap)?
+        .with_cors_origins(config.cors_origins.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {

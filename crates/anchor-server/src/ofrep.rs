@@ -21,11 +21,31 @@ use crate::AppState;
 use crate::auth::token_hash;
 use crate::snapshots::EnvironmentSnapshot;
 
-pub fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
+/// The SDK routes; the OFREP ones answer browsers of `cors_origins` (CORS), the others never.
+pub fn routes(cors_origins: &[String]) -> axum::Router<AppState> {
+    let mut ofrep = axum::Router::new()
         .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
-        .route("/ofrep/v1/evaluate/flags", post(evaluate_bulk))
-        .route("/sdk/v1/config", axum::routing::get(download_config))
+        .route("/ofrep/v1/evaluate/flags", post(evaluate_bulk));
+    let origins: Vec<HeaderValue> = cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if !origins.is_empty() {
+        use axum::http::{HeaderName, Method};
+        ofrep = ofrep.layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::POST, Method::OPTIONS])
+                .allow_headers([
+                    header::CONTENT_TYPE,
+                    header::AUTHORIZATION,
+                    header::IF_NONE_MATCH,
+                    HeaderName::from_static("x-api-key"),
+                ])
+                .expose_headers([header::ETAG, header::RETRY_AFTER]),
+        );
+    }
+    ofrep.route("/sdk/v1/config", axum::routing::get(download_config))
 }
 
 /// Requests per SDK key: a token bucket refilled at `per_second`, holding at most `burst`.

@@ -92,6 +92,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    browsers_of_allowed_origins_may_call_ofrep_and_nothing_else,
     server_sdks_download_the_configuration_and_keys_are_rate_limited,
     ofrep_answers_sdk_keys_from_the_live_snapshot_in_the_protocol_shapes,
     every_operation_allows_exactly_the_roles_it_is_designed_for,
@@ -2278,4 +2279,76 @@ async fn server_sdks_download_the_configuration_and_keys_are_rate_limited(app: A
     assert_eq!(statuses[1].0, StatusCode::OK);
     assert_eq!(statuses[2].0, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(statuses[2].1.as_ref().unwrap(), "1");
+}
+
+async fn browsers_of_allowed_origins_may_call_ofrep_and_nothing_else(app: App) {
+    let with_cors = router(
+        app.state
+            .clone()
+            .with_cors_origins(vec!["https://app.example.com".into()]),
+    );
+    let preflight = |uri: &'static str, origin: &'static str| {
+        Request::builder()
+            .method("OPTIONS")
+            .uri(uri)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "x-api-key,content-type")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let allowed = |response: &axum::response::Response| {
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let response = with_cors
+        .clone()
+        .oneshot(preflight(
+            "/ofrep/v1/evaluate/flags",
+            "https://app.example.com",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed(&response).as_deref(),
+        Some("https://app.example.com")
+    );
+    let headers = response
+        .headers()
+        .get("access-control-allow-headers")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(headers.contains("x-api-key"), "{headers}");
+    let response = with_cors
+        .clone()
+        .oneshot(preflight(
+            "/ofrep/v1/evaluate/flags/x",
+            "https://evil.example.com",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(allowed(&response), None, "other origins get no CORS grant");
+    for uri in ["/api/v1/projects", "/sdk/v1/config"] {
+        let response = with_cors
+            .clone()
+            .oneshot(preflight(uri, "https://app.example.com"))
+            .await
+            .unwrap();
+        assert_eq!(allowed(&response), None, "{uri} is not for browsers");
+    }
+    // Without configured origins, nobody gets a grant.
+    let response = app
+        .router
+        .clone()
+        .oneshot(preflight(
+            "/ofrep/v1/evaluate/flags",
+            "https://app.example.com",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(allowed(&response), None);
 }
