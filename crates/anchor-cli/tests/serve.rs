@@ -347,3 +347,48 @@ fn a_request_in_flight_finishes_after_sigterm() {
     restarted.signal("-TERM");
     assert!(restarted.wait().success());
 }
+
+/// An open SDK stream does not hold up shutdown: SIGTERM ends it and the server exits.
+#[test]
+fn open_sdk_streams_end_when_the_server_stops() {
+    let dir = temp_dir("streams");
+    let server = start(&dir, Some(PASSWORD));
+    let (_, token) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/tokens",
+        Some(&basic("admin", PASSWORD)),
+        Some(&json!({"name": "t"})),
+    );
+    let auth = format!("Bearer {}", token["token"].as_str().expect("a token"));
+    let (status, key) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/projects/default/environments/production/keys",
+        Some(&auth),
+        Some(&json!({"kind": "server"})),
+    );
+    assert_eq!(status, 201);
+    let key = key["key"].as_str().expect("an SDK key").to_string();
+    let mut stream = TcpStream::connect(&server.addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a timeout");
+    let request = format!(
+        "GET /sdk/v1/stream HTTP/1.1\r\nHost: {}\r\nX-API-Key: {key}\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).expect("writes");
+    let mut seen = String::new();
+    let mut buffer = [0u8; 4096];
+    while !seen.contains("event: config") {
+        let n = stream.read(&mut buffer).expect("reads the stream");
+        assert!(n > 0, "the stream closed early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    server.signal("-TERM");
+    assert!(
+        server.wait().success(),
+        "the server stopped despite the open stream"
+    );
+}

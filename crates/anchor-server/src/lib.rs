@@ -54,6 +54,10 @@ pub struct AppState {
     pub rate_limiter: Arc<ofrep::RateLimiter>,
     /// Origins allowed to call OFREP from a browser.
     cors_origins: Arc<Vec<String>>,
+    /// Open SDK streams per key.
+    pub streams: Arc<ofrep::StreamCounter>,
+    /// Set when the server begins to shut down: streams end so that shutdown can finish.
+    pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -76,6 +80,8 @@ impl AppState {
             sdk_keys: Arc::default(),
             rate_limiter: Arc::default(),
             cors_origins: Arc::default(),
+            streams: Arc::default(),
+            shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 
@@ -386,8 +392,14 @@ pub async fn launch(
             change_requests::run_due(&scheduler_state).await;
         }
     });
+    // Open streams never end by themselves: tell them to, or graceful shutdown would wait
+    // for them forever.
+    let stopping = Arc::clone(&state.shutdown);
     let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        })
         .await;
     scheduler.abort();
     served

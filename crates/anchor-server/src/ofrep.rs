@@ -45,7 +45,123 @@ pub fn routes(cors_origins: &[String]) -> axum::Router<AppState> {
                 .expose_headers([header::ETAG, header::RETRY_AFTER]),
         );
     }
-    ofrep.route("/sdk/v1/config", axum::routing::get(download_config))
+    ofrep
+        .route("/sdk/v1/config", axum::routing::get(download_config))
+        .route("/sdk/v1/stream", axum::routing::get(stream))
+}
+
+/// Open streams per SDK key, so one key cannot exhaust the server.
+#[derive(Debug, Default)]
+pub struct StreamCounter {
+    open: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// The most streams one SDK key may hold open.
+pub const MAX_STREAMS_PER_KEY: usize = 100;
+
+/// Counts a stream as open until it is dropped.
+struct StreamSlot {
+    counter: std::sync::Arc<StreamCounter>,
+    key_id: String,
+}
+
+impl StreamCounter {
+    fn acquire(counter: &std::sync::Arc<StreamCounter>, key_id: &str) -> Option<StreamSlot> {
+        let mut open = counter.open.lock().ok()?;
+        let n = open.entry(key_id.to_string()).or_insert(0);
+        if *n >= MAX_STREAMS_PER_KEY {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            counter: std::sync::Arc::clone(counter),
+            key_id: key_id.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.counter.open.lock()
+            && let Some(n) = open.get_mut(&self.key_id)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+fn config_event(held: &EnvironmentSnapshot) -> axum::response::sse::Event {
+    axum::response::sse::Event::default()
+        .event("config")
+        .id(held.revision.to_string())
+        .json_data(json!({
+            "revision": held.revision,
+            "flags": held.config.flags,
+            "segments": held.config.segments,
+        }))
+        .unwrap_or_else(|_| axum::response::sse::Event::default().comment("unserialisable"))
+}
+
+/// Server-Sent Events for server-side SDKs (server keys only): the environment's whole
+/// configuration on connect (unless `Last-Event-ID` names the current revision), then again
+/// after every change, each with the revision as its id; a heartbeat comment every 15 s. A
+/// slow reader skips to the latest configuration. Streams end when the server shuts down.
+async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let key = match authenticate(&state, &headers).await {
+        Ok(key) => key,
+        Err(response) => return response,
+    };
+    if key.kind != anchor_store::SdkKeyKind::Server {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let Some(slot) = StreamCounter::acquire(&state.streams, &key.id) else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"errorDetails": "too many open streams for this SDK key"})),
+        )
+            .into_response();
+    };
+    let mut updates = match state
+        .snapshots
+        .subscribe(state.store.as_ref(), &key.project, &key.environment)
+        .await
+    {
+        Ok(updates) => updates,
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    let last_seen: Option<u64> = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let current = std::sync::Arc::clone(&updates.borrow_and_update());
+    let first = (last_seen != Some(current.revision)).then_some(current);
+    let shutdown = state.shutdown.subscribe();
+    let events = futures_util::stream::unfold(
+        (updates, first, shutdown, slot),
+        |(mut updates, first, mut shutdown, slot)| async move {
+            if let Some(held) = first {
+                let event: Result<Event, std::convert::Infallible> = Ok(config_event(&held));
+                return Some((event, (updates, None, shutdown, slot)));
+            }
+            let changed = tokio::select! {
+                changed = updates.changed() => changed.is_ok(),
+                _ = shutdown.wait_for(|stopping| *stopping) => false,
+            };
+            if !changed {
+                return None;
+            }
+            let held = std::sync::Arc::clone(&updates.borrow_and_update());
+            Some((Ok(config_event(&held)), (updates, None, shutdown, slot)))
+        },
+    );
+    Sse::new(events)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(std::time::Duration::from_secs(15))
+                .text("heartbeat"),
+        )
+        .into_response()
 }
 
 /// Requests per SDK key: a token bucket refilled at `per_second`, holding at most `burst`.

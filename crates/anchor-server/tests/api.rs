@@ -92,6 +92,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    server_sdks_stream_every_change_and_resume_from_the_last_revision,
     browsers_of_allowed_origins_may_call_ofrep_and_nothing_else,
     server_sdks_download_the_configuration_and_keys_are_rate_limited,
     ofrep_answers_sdk_keys_from_the_live_snapshot_in_the_protocol_shapes,
@@ -2351,4 +2352,135 @@ async fn browsers_of_allowed_origins_may_call_ofrep_and_nothing_else(app: App) {
         .await
         .unwrap();
     assert_eq!(allowed(&response), None);
+}
+
+/// The next SSE event (skipping heartbeats), or `None` when the stream ends or nothing comes
+/// within `wait`.
+async fn next_event(
+    body: &mut (impl futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin),
+    wait: std::time::Duration,
+) -> Option<String> {
+    use futures_util::StreamExt;
+    loop {
+        match tokio::time::timeout(wait, body.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                let text = String::from_utf8_lossy(&chunk).into_owned();
+                if text.contains("event: config") {
+                    return Some(text);
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn event_id(event: &str) -> u64 {
+    event
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .and_then(|id| id.trim().parse().ok())
+        .expect("an id line")
+}
+
+async fn server_sdks_stream_every_change_and_resume_from_the_last_revision(app: App) {
+    app.create_checkout_flag().await;
+    let keys = "/api/v1/projects/default/environments/production/keys";
+    let server = app
+        .call(
+            "POST",
+            keys,
+            Some(&app.admin),
+            Some(json!({"kind": "server"})),
+        )
+        .await
+        .body["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client = app
+        .call(
+            "POST",
+            keys,
+            Some(&app.admin),
+            Some(json!({"kind": "client"})),
+        )
+        .await
+        .body["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let open = |key: &str, last: Option<u64>| {
+        let mut request = Request::builder()
+            .uri("/sdk/v1/stream")
+            .header("x-api-key", key);
+        if let Some(last) = last {
+            request = request.header("last-event-id", last.to_string());
+        }
+        app.router
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+    };
+    assert_eq!(
+        open(&client, None).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let response = open(&server, None).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers().get(header::CONTENT_TYPE).unwrap(),
+        "text/event-stream"
+    );
+    let mut body = response.into_body().into_data_stream();
+    let wait = std::time::Duration::from_secs(5);
+    let first = next_event(&mut body, wait)
+        .await
+        .expect("the configuration on connect");
+    assert!(first.contains("new-checkout"), "{first}");
+    let connected_at = event_id(&first);
+
+    let on = json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}});
+    assert_eq!(
+        app.call("PUT", CONFIG, Some(&app.admin), Some(on))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let change = next_event(&mut body, wait)
+        .await
+        .expect("the change, pushed");
+    let changed_at = event_id(&change);
+    assert!(changed_at > connected_at);
+    assert!(change.contains("\"enabled\":true"), "{change}");
+
+    // Resuming at the current revision sends nothing until the next change.
+    let resumed = open(&server, Some(changed_at)).await.unwrap();
+    let mut resumed = resumed.into_body().into_data_stream();
+    assert_eq!(
+        next_event(&mut resumed, std::time::Duration::from_millis(300)).await,
+        None
+    );
+    let off = json!({"enabled": false, "offVariant": "off", "defaultServe": {"variant": "on"}});
+    assert_eq!(
+        app.call("PUT", CONFIG, Some(&app.admin), Some(off))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let next = next_event(&mut resumed, wait)
+        .await
+        .expect("the next change");
+    assert!(event_id(&next) > changed_at);
+
+    // Shutting down ends every stream (a change already waiting may or may not go out first).
+    app.state.shutdown.send_replace(true);
+    use futures_util::StreamExt;
+    let mut after = 0;
+    loop {
+        match tokio::time::timeout(wait, body.next()).await {
+            Ok(None) => break,
+            Ok(Some(_)) => after += 1,
+            Err(_) => panic!("the stream did not end at shutdown"),
+        }
+    }
+    assert!(after <= 1, "{after} chunks after shutdown");
 }
