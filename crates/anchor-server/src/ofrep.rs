@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::token_hash;
@@ -320,33 +320,82 @@ fn failure(key: &str, code: &str, details: &str) -> Value {
     json!({ "key": key, "errorCode": code, "errorDetails": details })
 }
 
-/// One flag's answer as OFREP shapes it: success, or failure with its error code.
-fn answer(key: &str, e: &Evaluation<'_>) -> Value {
-    match (e.error_code(), e.value()) {
-        (None, Some(value)) => {
-            let mut metadata = Map::new();
-            if let Some(version) = e.flag_version() {
-                metadata.insert("flagVersion".into(), json!(version));
+/// One flag's answer as OFREP shapes it: success, or failure with its error code. It is
+/// serialised straight from the evaluation, with no intermediate JSON tree: a bulk answer for
+/// 1,000 flags is written in one pass.
+struct Answer<'a> {
+    key: &'a str,
+    evaluation: Evaluation<'a>,
+}
+
+impl serde::Serialize for Answer<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = &self.evaluation;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("key", self.key)?;
+        match (e.error_code(), e.value()) {
+            (None, Some(value)) => {
+                map.serialize_entry("value", value)?;
+                map.serialize_entry("reason", e.reason().as_str())?;
+                map.serialize_entry("variant", &e.variant())?;
+                map.serialize_entry("metadata", &Metadata(e))?;
             }
-            if let Some(rule) = e.rule() {
-                metadata.insert("ruleId".into(), json!(rule.id));
+            (code, _) => {
+                map.serialize_entry("errorCode", code.unwrap_or(ErrorCode::General).as_str())?;
+                map.serialize_entry(
+                    "errorDetails",
+                    e.error_message().unwrap_or("the evaluation failed"),
+                )?;
             }
-            if let Some(p) = e.failed_prerequisite() {
-                metadata.insert("failedPrerequisite".into(), json!(p));
-            }
-            json!({
-                "key": key,
-                "value": value,
-                "reason": e.reason().as_str(),
-                "variant": e.variant(),
-                "metadata": metadata,
-            })
         }
-        (code, _) => failure(
-            key,
-            code.unwrap_or(ErrorCode::General).as_str(),
-            e.error_message().unwrap_or("the evaluation failed"),
-        ),
+        map.end()
+    }
+}
+
+/// `flagVersion`, and `ruleId` / `failedPrerequisite` when there is one.
+struct Metadata<'a, 'b>(&'b Evaluation<'a>);
+
+impl serde::Serialize for Metadata<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(version) = e.flag_version() {
+            map.serialize_entry("flagVersion", &version)?;
+        }
+        if let Some(rule) = e.rule() {
+            map.serialize_entry("ruleId", rule.id)?;
+        }
+        if let Some(p) = e.failed_prerequisite() {
+            map.serialize_entry("failedPrerequisite", p)?;
+        }
+        map.end()
+    }
+}
+
+/// `{"flags": [...]}`.
+struct Bulk<'a>(Vec<(&'a str, Evaluation<'a>)>);
+
+impl serde::Serialize for Bulk<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct Flags<'x, 'a>(&'x [(&'a str, Evaluation<'a>)]);
+        impl serde::Serialize for Flags<'_, '_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+                for (key, evaluation) in self.0 {
+                    seq.serialize_element(&Answer {
+                        key,
+                        evaluation: *evaluation,
+                    })?;
+                }
+                seq.end()
+            }
+        }
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("flags", &Flags(&self.0))?;
+        map.end()
     }
 }
 
@@ -380,7 +429,14 @@ async fn evaluate_one(
         Some(ErrorCode::FlagNotFound) => StatusCode::NOT_FOUND,
         Some(_) => StatusCode::BAD_REQUEST,
     };
-    (status, Json(answer(&flag, &e))).into_response()
+    (
+        status,
+        Json(Answer {
+            key: &flag,
+            evaluation: e,
+        }),
+    )
+        .into_response()
 }
 
 async fn evaluate_bulk(
@@ -422,11 +478,11 @@ async fn evaluate_bulk(
     let mut response = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let flags: Vec<Value> = evaluate_all(&held.snapshot, &context)
-            .iter()
-            .map(|(key, e)| answer(key, e))
-            .collect();
-        (StatusCode::OK, Json(json!({ "flags": flags }))).into_response()
+        (
+            StatusCode::OK,
+            Json(Bulk(evaluate_all(&held.snapshot, &context))),
+        )
+            .into_response()
     };
     if let Ok(value) = HeaderValue::from_str(&etag) {
         response.headers_mut().insert(header::ETAG, value);
