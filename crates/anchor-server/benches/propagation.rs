@@ -62,6 +62,7 @@ async fn follow(response: reqwest::Response, arrivals: mpsc::UnboundedSender<Ins
 }
 
 #[tokio::main]
+#[allow(clippy::print_stdout, reason = "a benchmark binary prints its table")]
 async fn main() {
     let clients = env_number("CLIENTS", 1_000).max(1);
     let rounds = env_number("ROUNDS", 10).max(1);
