@@ -52,11 +52,8 @@ async fn follow(response: reqwest::Response, arrivals: mpsc::UnboundedSender<Ins
                 return;
             }
         }
-        let keep = if found > 0 {
-            0
-        } else {
-            MARKER.len().saturating_sub(1).min(carry.len())
-        };
+        // Fewer bytes than the marker cannot hold a counted marker, but may start the next one.
+        let keep = (MARKER.len() - 1).min(carry.len());
         carry.drain(..carry.len() - keep);
     }
 }

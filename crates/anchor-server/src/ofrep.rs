@@ -375,28 +375,9 @@ impl serde::Serialize for Metadata<'_, '_> {
 }
 
 /// `{"flags": [...]}`.
-struct Bulk<'a>(Vec<(&'a str, Evaluation<'a>)>);
-
-impl serde::Serialize for Bulk<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{SerializeMap, SerializeSeq};
-        struct Flags<'x, 'a>(&'x [(&'a str, Evaluation<'a>)]);
-        impl serde::Serialize for Flags<'_, '_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-                for (key, evaluation) in self.0 {
-                    seq.serialize_element(&Answer {
-                        key,
-                        evaluation: *evaluation,
-                    })?;
-                }
-                seq.end()
-            }
-        }
-        let mut map = serializer.serialize_map(Some(1))?;
-        map.serialize_entry("flags", &Flags(&self.0))?;
-        map.end()
-    }
+#[derive(serde::Serialize)]
+struct Bulk<'a> {
+    flags: Vec<Answer<'a>>,
 }
 
 async fn evaluate_one(
@@ -480,7 +461,12 @@ async fn evaluate_bulk(
     } else {
         (
             StatusCode::OK,
-            Json(Bulk(evaluate_all(&held.snapshot, &context))),
+            Json(Bulk {
+                flags: evaluate_all(&held.snapshot, &context)
+                    .into_iter()
+                    .map(|(key, evaluation)| Answer { key, evaluation })
+                    .collect(),
+            }),
         )
             .into_response()
     };
