@@ -63,8 +63,13 @@ fn build(config: Value) -> Snapshot {
 
 /// Scenarios (a), (b), (c) and (e): flags `always-on`, `half`, `targeted`, `in-segment`.
 pub fn small_snapshot() -> Snapshot {
+    build(small_config())
+}
+
+/// The configuration of [`small_snapshot`], as JSON.
+pub fn small_config() -> Value {
     let segment_keys: Vec<String> = (0..SEGMENT_KEYS).map(|i| user_id(i * 97 * 2)).collect();
-    build(json!({
+    json!({
         "flags": [
             boolean_flag("always-on", json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}})),
             half("half"),
@@ -92,7 +97,7 @@ pub fn small_snapshot() -> Snapshot {
             }))
         ],
         "segments": [{"key": "big", "included": segment_keys}]
-    }))
+    })
 }
 
 /// The keys of the 1,000 flags of scenarios (d) and (f).
@@ -102,6 +107,11 @@ pub fn many_keys() -> Vec<String> {
 
 /// Scenarios (d) and (f): 1,000 flags, each a 50/50 rollout.
 pub fn many_snapshot() -> Snapshot {
+    build(many_config())
+}
+
+/// The configuration of [`many_snapshot`], as JSON.
+pub fn many_config() -> Value {
     let flags: Vec<Value> = many_keys().iter().map(|k| half(k)).collect();
-    build(json!({ "flags": flags }))
+    json!({ "flags": flags })
 }

@@ -90,6 +90,16 @@ impl Snapshot {
         self.flags.iter().map(|f| &*f.key)
     }
 
+    /// The variant names of the flag at `flag_index` (a position in [`Snapshot::flag_keys`]'s
+    /// order, as [`Evaluation::flag_index`](crate::Evaluation::flag_index) reports it), in the
+    /// order [`Evaluation::variant_index`](crate::Evaluation::variant_index) counts them.
+    pub fn variant_names(&self, flag_index: usize) -> impl Iterator<Item = &str> {
+        self.flags
+            .get(flag_index)
+            .into_iter()
+            .flat_map(|f| f.variants.iter().map(|(name, _)| &**name))
+    }
+
     /// The kind of a flag, if it exists.
     pub fn flag_kind(&self, key: &str) -> Option<FlagKind> {
         self.flag(key).map(|f| f.kind)
@@ -104,6 +114,8 @@ impl Snapshot {
 #[derive(Debug)]
 pub(crate) struct CompiledFlag {
     pub(crate) key: Box<str>,
+    /// The flag's position in the snapshot's key order.
+    pub(crate) index: u32,
     pub(crate) kind: FlagKind,
     pub(crate) version: u64,
     pub(crate) variants: Vec<(Box<str>, Value)>,
@@ -327,7 +339,8 @@ pub fn compile(config: &EnvironmentConfig) -> (Snapshot, Vec<Diagnostic>) {
         .iter()
         .filter_map(|&old| slots[old as usize].take())
         .collect();
-    for flag in &mut sorted {
+    for (position, flag) in sorted.iter_mut().enumerate() {
+        flag.index = position as u32;
         if let Some(config) = &mut flag.config {
             for p in &mut config.prerequisites {
                 p.flag = new_position[p.flag as usize];
@@ -537,6 +550,7 @@ impl Compiler {
         let ok = self.diagnostics.len() == errors_before && is_valid_key(&flag.key);
         CompiledFlag {
             key: flag.key.as_str().into(),
+            index: 0,
             kind: flag.kind,
             version: entry.config.version,
             variants,

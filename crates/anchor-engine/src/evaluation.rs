@@ -200,6 +200,19 @@ impl<'a> Evaluation<'a> {
         self.served_entry().map(|s| &s.1)
     }
 
+    /// The flag's position in the snapshot's key order; `None` for an unknown flag. Callers
+    /// that keep a table per flag (an SDK's evaluation counters) index it with this.
+    #[inline]
+    pub fn flag_index(&self) -> Option<usize> {
+        self.flag.map(|f| f.index as usize)
+    }
+
+    /// The served variant's position among the flag's variants; `None` when nothing was served.
+    #[inline]
+    pub fn variant_index(&self) -> Option<usize> {
+        self.field(VARIANT_SHIFT, 24)
+    }
+
     /// The served variant's name.
     #[inline]
     pub fn variant(&self) -> Option<&'a str> {

@@ -1,0 +1,200 @@
+//! The configuration the client evaluates against, its compiled snapshot and its evaluation
+//! counters, replaced as one immutable value on every change.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anchor_engine::{ConfiguredFlag, EnvironmentConfig, Evaluation, Segment, Snapshot, compile};
+use serde::{Deserialize, Serialize};
+
+/// Where the held configuration came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Nothing yet: an empty configuration.
+    Empty,
+    /// The server (stream) or the cache the SDK wrote from it: its revision is the server's.
+    Server,
+    /// A bootstrap or offline file: its revision is whatever the file says.
+    File,
+}
+
+/// The configuration as `GET /sdk/v1/config` and the stream's `config` event carry it; also the
+/// format of the cache and bootstrap files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ConfigPayload {
+    #[serde(default)]
+    pub revision: u64,
+    #[serde(flatten)]
+    pub config: EnvironmentConfig,
+}
+
+/// A stream `patch` event: what changed on top of `previous_revision`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Patch {
+    pub revision: u64,
+    pub previous_revision: u64,
+    #[serde(default)]
+    pub flags: Vec<ConfiguredFlag>,
+    #[serde(default)]
+    pub deleted_flags: Vec<String>,
+    #[serde(default)]
+    pub segments: Vec<Segment>,
+    #[serde(default)]
+    pub deleted_segments: Vec<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub revision: u64,
+    pub source: Source,
+    pub config: EnvironmentConfig,
+    pub snapshot: Snapshot,
+    pub counters: Counters,
+}
+
+impl Held {
+    pub(crate) fn new(revision: u64, source: Source, config: EnvironmentConfig) -> Self {
+        let (snapshot, diagnostics) = compile(&config);
+        if !diagnostics.is_empty() {
+            // The flags concerned evaluate to PARSE_ERROR; the others are unaffected.
+            tracing::warn!(
+                problems = diagnostics.len(),
+                "the configuration has problems; the flags concerned evaluate to PARSE_ERROR"
+            );
+        }
+        let counters = Counters::for_snapshot(&snapshot);
+        Held {
+            revision,
+            source,
+            config,
+            snapshot,
+            counters,
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Held::new(0, Source::Empty, EnvironmentConfig::default())
+    }
+
+    /// The configuration after a patch, and the keys of the flags it touched (`None` when it
+    /// changed segments, which may touch any flag).
+    pub(crate) fn patched(&self, patch: Patch) -> (EnvironmentConfig, Option<Vec<String>>) {
+        let segments_changed = !patch.segments.is_empty() || !patch.deleted_segments.is_empty();
+        let mut config = self.config.clone();
+        let mut touched: Vec<String> = patch.deleted_flags.clone();
+        config
+            .flags
+            .retain(|f| !patch.deleted_flags.contains(&f.flag.key));
+        for flag in patch.flags {
+            touched.push(flag.flag.key.clone());
+            match config
+                .flags
+                .iter_mut()
+                .find(|f| f.flag.key == flag.flag.key)
+            {
+                Some(slot) => *slot = flag,
+                None => config.flags.push(flag),
+            }
+        }
+        config
+            .segments
+            .retain(|s| !patch.deleted_segments.contains(&s.key));
+        for segment in patch.segments {
+            match config.segments.iter_mut().find(|s| s.key == segment.key) {
+                Some(slot) => *slot = segment,
+                None => config.segments.push(segment),
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        (config, (!segments_changed).then_some(touched))
+    }
+}
+
+/// The keys of flags that differ between two configurations (added, removed or changed).
+pub(crate) fn changed_flags(old: &EnvironmentConfig, new: &EnvironmentConfig) -> Vec<String> {
+    let before: HashMap<&str, &ConfiguredFlag> =
+        old.flags.iter().map(|f| (f.flag.key.as_str(), f)).collect();
+    let after: HashMap<&str, &ConfiguredFlag> =
+        new.flags.iter().map(|f| (f.flag.key.as_str(), f)).collect();
+    // A changed segment can change any flag that uses it: report every flag then.
+    let segments_changed = old.segments != new.segments;
+    let mut keys: Vec<String> = after
+        .iter()
+        .filter(|(key, flag)| segments_changed || before.get(*key) != Some(*flag))
+        .map(|(key, _)| key.to_string())
+        .chain(
+            before
+                .keys()
+                .filter(|key| !after.contains_key(*key))
+                .map(|key| key.to_string()),
+        )
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Evaluations per flag and variant since the last drain: one atomic counter per (flag,
+/// variant) of the snapshot, plus one per flag for evaluations that served no variant (the
+/// caller's default). Counting is a relaxed add; nothing on the evaluation path locks or
+/// allocates.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    /// Where each flag's counters start; a flag's first slot counts "no variant".
+    offsets: Box<[u32]>,
+    counts: Box<[AtomicU64]>,
+}
+
+impl Counters {
+    fn for_snapshot(snapshot: &Snapshot) -> Self {
+        let mut offsets = Vec::with_capacity(snapshot.len());
+        let mut total = 0u32;
+        for i in 0..snapshot.len() {
+            offsets.push(total);
+            total += 1 + snapshot.variant_names(i).count() as u32;
+        }
+        Counters {
+            offsets: offsets.into(),
+            counts: (0..total).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn count(&self, evaluation: &Evaluation<'_>) {
+        let Some(flag) = evaluation.flag_index() else {
+            return;
+        };
+        let Some(&offset) = self.offsets.get(flag) else {
+            return;
+        };
+        let slot = offset as usize + evaluation.variant_index().map_or(0, |v| v + 1);
+        if let Some(counter) = self.counts.get(slot) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the counts (leaving zeros) into `out`, keyed by flag key and variant name.
+    pub(crate) fn drain(
+        &self,
+        snapshot: &Snapshot,
+        out: &mut HashMap<(String, Option<String>), u64>,
+    ) {
+        for (i, key) in snapshot.flag_keys().enumerate() {
+            let Some(&offset) = self.offsets.get(i) else {
+                continue;
+            };
+            let variants = std::iter::once(None).chain(snapshot.variant_names(i).map(Some));
+            for (j, variant) in variants.enumerate() {
+                let Some(counter) = self.counts.get(offset as usize + j) else {
+                    continue;
+                };
+                let n = counter.swap(0, Ordering::Relaxed);
+                if n > 0 {
+                    *out.entry((key.to_string(), variant.map(str::to_string)))
+                        .or_insert(0) += n;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! The Release Anchor SDK for Rust: flag decisions in nanoseconds, made locally.
+//!
+//! A [`Client`] downloads the environment's configuration (flags and segments) from the
+//! server's SDK stream, keeps it current as changes stream in, and evaluates every flag in
+//! process with `anchor-engine`, the same engine the server uses, so the SDK and the server can
+//! never disagree. It keeps serving when the server is away (fail-static): from the last
+//! configuration it received, from the cache it wrote to disk (opt-in), or from a bootstrap
+//! file, reconnecting in the background with jittered exponential backoff.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), anchor_sdk::Error> {
+//! use anchor_sdk::{Client, EvaluationContext};
+//! let client = Client::builder("http://127.0.0.1:7070", "srv-…").build().await?;
+//! let context = EvaluationContext::with_targeting_key("user-42").with("country", "DE");
+//! if client.bool_value("new-checkout", &context, false) {
+//!     // the new checkout
+//! }
+//! client.close().await; // flushes the evaluation counts
+//! # Ok(()) }
+//! ```
+//!
+//! Offline, from a file (tests, air-gapped use), reloaded when the file changes:
+//! `Client::offline("flags.json").watch(Duration::from_secs(1)).build().await`.
+//!
+//! With the `openfeature` feature, [`provider::AnchorProvider`] plugs the client into the
+//! OpenFeature SDK (`open-feature` crate).
+
+mod error;
+mod files;
+mod held;
+#[cfg(feature = "openfeature")]
+pub mod provider;
+mod sse;
+mod stream;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use anchor_engine::{ErrorCode, EvaluationContext, Reason};
+use anchor_engine::{
+    Evaluation, Resolution, evaluate_bool, evaluate_integer, evaluate_json, evaluate_number,
+    evaluate_string,
+};
+use arc_swap::ArcSwap;
+use serde_json::Value;
+use tokio::sync::{broadcast, watch};
+
+pub use error::Error;
+use held::{ConfigPayload, Held, Source, changed_flags};
+
+/// Whether the client's configuration is current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Connected and current (or, offline, the file was read).
+    Ready,
+    /// Serving the last configuration it has while it cannot reach the server.
+    Stale,
+    /// The server refused the key, or an offline file is unreadable; still serving the last
+    /// configuration it has.
+    Error,
+}
+
+/// What change listeners hear.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeEvent {
+    /// A new configuration is in use; `flags` are the keys of the flags whose definition,
+    /// configuration or segments changed (every flag when a segment changed).
+    Configuration { revision: u64, flags: Vec<String> },
+    /// The status changed.
+    Status(Status),
+}
+
+/// One evaluation with everything OpenFeature reports about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Details<T> {
+    pub flag_key: String,
+    /// The served value, or the caller's default on an error.
+    pub value: T,
+    pub variant: Option<String>,
+    pub reason: Reason,
+    pub error_code: Option<ErrorCode>,
+    pub error_message: Option<String>,
+    /// The id of the rule that decided, if a rule did.
+    pub rule_id: Option<String>,
+    /// The version of the flag's configuration that decided.
+    pub flag_version: Option<u64>,
+}
+
+impl<T> Details<T> {
+    fn of(flag_key: &str, value: T, evaluation: &Evaluation<'_>) -> Self {
+        Details {
+            flag_key: flag_key.to_string(),
+            value,
+            variant: evaluation.variant().map(str::to_string),
+            reason: evaluation.reason(),
+            error_code: evaluation.error_code(),
+            error_message: evaluation.error_message().map(str::to_string),
+            rule_id: evaluation.rule().map(|r| r.id.to_string()),
+            flag_version: evaluation.flag_version(),
+        }
+    }
+}
+
+/// The most change events a listener may fall behind by before it misses some.
+const CHANGE_BUFFER: usize = 64;
+
+/// State shared by the client's handles and its background tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    held: ArcSwap<Held>,
+    /// Serialises replacements of `held`, so a late fallback can never replace a newer
+    /// configuration.
+    install_lock: Mutex<()>,
+    status: watch::Sender<Status>,
+    last_error: Mutex<Option<String>>,
+    changes: broadcast::Sender<ChangeEvent>,
+    /// Configurations replaced since the last telemetry drain, whose counters still hold
+    /// evaluations.
+    retired: Mutex<Vec<Arc<Held>>>,
+    counting: bool,
+    cache_path: Option<PathBuf>,
+}
+
+impl Shared {
+    fn new(counting: bool, cache_path: Option<PathBuf>) -> Self {
+        Shared {
+            held: ArcSwap::from_pointee(Held::empty()),
+            install_lock: Mutex::new(()),
+            status: watch::Sender::new(Status::Stale),
+            last_error: Mutex::new(None),
+            changes: broadcast::channel(CHANGE_BUFFER).0,
+            retired: Mutex::new(Vec::new()),
+            counting,
+            cache_path,
+        }
+    }
+
+    /// Replaces the configuration if `accept` agrees, given the one held now.
+    pub(crate) fn install(
+        &self,
+        payload: ConfigPayload,
+        source: Source,
+        touched: Option<Vec<String>>,
+        accept: impl FnOnce(&Held) -> bool,
+    ) -> bool {
+        let Ok(_guard) = self.install_lock.lock() else {
+            return false;
+        };
+        let current = self.held.load_full();
+        if !accept(&current) {
+            return false;
+        }
+        let flags = touched.unwrap_or_else(|| changed_flags(&current.config, &payload.config));
+        let revision = payload.revision;
+        if source == Source::Server
+            && let Some(path) = self.cache_path.clone()
+        {
+            let copy = payload.clone();
+            // Off the caller's thread: a slow disk must not delay the swap.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = files::write(&path, &copy) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not write the configuration cache");
+                }
+            });
+        }
+        let old = self
+            .held
+            .swap(Arc::new(Held::new(revision, source, payload.config)));
+        if self.counting
+            && let Ok(mut retired) = self.retired.lock()
+        {
+            retired.push(old);
+        }
+        let _ = self
+            .changes
+            .send(ChangeEvent::Configuration { revision, flags });
+        true
+    }
+
+    pub(crate) fn set_status(&self, status: Status, error: Option<String>) {
+        if (error.is_some() || status == Status::Ready)
+            && let Ok(mut last) = self.last_error.lock()
+        {
+            *last = error;
+        }
+        let changed = self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+        if changed {
+            let _ = self.changes.send(ChangeEvent::Status(status));
+        }
+    }
+}
+
+/// Tells the background tasks to stop when the last handle of a client goes away.
+#[derive(Debug)]
+struct Tasks {
+    shutdown: watch::Sender<bool>,
+    telemetry: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    telemetry_state: Option<Arc<telemetry::Telemetry>>,
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// A Release Anchor client: cheap to clone (clones share everything), safe to use from any
+/// thread. Evaluation methods never block and never fail: on any problem they return the
+/// caller's default, and the `*_details` variants say why.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    tasks: Arc<Tasks>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("revision", &self.revision())
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+enum Mode {
+    Server { url: String, key: String },
+    Offline { path: PathBuf },
+}
+
+/// Configures a [`Client`]; see [`Client::builder`] and [`Client::offline`].
+pub struct Builder {
+    mode: Mode,
+    init_timeout: Duration,
+    bootstrap: Option<PathBuf>,
+    cache: Option<PathBuf>,
+    telemetry: bool,
+    telemetry_interval: Option<Duration>,
+    watch: Option<Duration>,
+    backoff: (Duration, Duration),
+}
+
+impl std::fmt::Debug for Builder {
+    // Never prints the SDK key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = f.debug_struct("Builder");
+        match &self.mode {
+            Mode::Server { url, .. } => s.field("url", url),
+            Mode::Offline { path } => s.field("offline", path),
+        };
+        s.field("init_timeout", &self.init_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// How long `build` waits for the first configuration (default 5 s) before it falls back
+    /// to the cache or bootstrap file, or fails.
+    pub fn init_timeout(mut self, timeout: Duration) -> Self {
+        self.init_timeout = timeout;
+        self
+    }
+
+    /// A configuration file (the JSON of `GET /sdk/v1/config`) to start from when the server
+    /// cannot be reached at start and there is no cache.
+    pub fn bootstrap_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bootstrap = Some(path.into());
+        self
+    }
+
+    /// Persists every configuration received to this file, and starts from it when the server
+    /// cannot be reached at start.
+    pub fn cache_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cache = Some(path.into());
+        self
+    }
+
+    /// Whether to count evaluations per flag and variant and send the counts to the server
+    /// (default: on when connected to a server).
+    pub fn telemetry(mut self, on: bool) -> Self {
+        self.telemetry = on;
+        self
+    }
+
+    /// Sends counts this often instead of once a minute, on the minute (for tests). Each send
+    /// is attributed to the minute its counting began in.
+    pub fn telemetry_interval(mut self, every: Duration) -> Self {
+        self.telemetry_interval = Some(every);
+        self
+    }
+
+    /// Offline mode: checks the file this often and reloads it when it changed.
+    pub fn watch(mut self, every: Duration) -> Self {
+        self.watch = Some(every);
+        self
+    }
+
+    /// The first and the longest delay between reconnection attempts (default 250 ms and
+    /// 30 s); each attempt waits a random time between half and all of the current delay.
+    pub fn reconnect_backoff(mut self, first: Duration, longest: Duration) -> Self {
+        self.backoff = (first, longest.max(first));
+        self
+    }
+
+    /// Connects and waits for the first configuration (see [`Builder::init_timeout`]).
+    pub async fn build(self) -> Result<Client, Error> {
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        match self.mode {
+            Mode::Offline { ref path } => {
+                // Stamped before reading: a write in between is seen as a change.
+                let stamp = files::stamp(path);
+                let payload = files::read(path)?;
+                let shared = Arc::new(Shared::new(false, None));
+                shared.install(payload, Source::File, None, |_| true);
+                shared.set_status(Status::Ready, None);
+                let (shutdown, stop) = watch::channel(false);
+                if let Some(every) = self.watch {
+                    tokio::spawn(stream::watch_file(
+                        Arc::clone(&shared),
+                        path.clone(),
+                        stamp,
+                        every,
+                        stop,
+                    ));
+                }
+                Ok(Client {
+                    shared,
+                    tasks: Arc::new(Tasks {
+                        shutdown,
+                        telemetry: tokio::sync::Mutex::new(None),
+                        telemetry_state: None,
+                    }),
+                })
+            }
+            Mode::Server { ref url, ref key } => {
+                let (url, key) = (url.clone(), key.clone());
+                self.connect(url, key).await
+            }
+        }
+    }
+
+    async fn connect(self, url: String, key: String) -> Result<Client, Error> {
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Url(url));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::Url(format!("{url}: {e}")))?;
+        let shared = Arc::new(Shared::new(self.telemetry, self.cache.clone()));
+        let (shutdown, stop) = watch::channel(false);
+        let (init_tx, mut init_rx) = watch::channel(stream::Init::Pending);
+        tokio::spawn(stream::run(
+            Arc::clone(&shared),
+            stream::Connection {
+                http: http.clone(),
+                url: base.clone(),
+                key: key.clone(),
+                backoff: self.backoff,
+            },
+            init_tx,
+            stop.clone(),
+        ));
+        let (telemetry, telemetry_state) = if self.telemetry {
+            let state = Arc::new(telemetry::Telemetry::new(http, base.clone(), key));
+            let handle = tokio::spawn(telemetry::run(
+                Arc::clone(&shared),
+                Arc::clone(&state),
+                self.telemetry_interval,
+                stop,
+            ));
+            (Some(handle), Some(state))
+        } else {
+            (None, None)
+        };
+        let client = Client {
+            shared,
+            tasks: Arc::new(Tasks {
+                shutdown,
+                telemetry: tokio::sync::Mutex::new(telemetry),
+                telemetry_state,
+            }),
+        };
+        let waited = tokio::time::timeout(
+            self.init_timeout,
+            init_rx.wait_for(|init| !matches!(init, stream::Init::Pending)),
+        )
+        .await;
+        let outcome = match waited {
+            Ok(Ok(init)) => init.clone(),
+            _ => stream::Init::Pending,
+        };
+        match outcome {
+            stream::Init::Ready => Ok(client),
+            stream::Init::Refused { status, message } => {
+                Err(Error::Unauthorized { status, message })
+            }
+            stream::Init::Pending => {
+                let fallback = [(self.cache, Source::Server), (self.bootstrap, Source::File)]
+                    .into_iter()
+                    .filter_map(|(path, source)| Some((path?, source)))
+                    .find_map(|(path, source)| match files::read(&path) {
+                        Ok(payload) => Some((payload, source)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot start from this file");
+                            None
+                        }
+                    });
+                let last_error = client
+                    .last_error()
+                    .unwrap_or_else(|| "no answer".to_string());
+                match fallback {
+                    Some((payload, source)) => {
+                        // Only if the stream has still delivered nothing.
+                        client
+                            .shared
+                            .install(payload, source, None, |held| held.source == Source::Empty);
+                        Ok(client)
+                    }
+                    None => Err(Error::NotReady {
+                        url: base,
+                        timeout_ms: self.init_timeout.as_millis(),
+                        last_error,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+impl Client {
+    /// A client of the server at `url` (its base, such as `https://flags.example.com`) with an
+    /// environment's server-side SDK key.
+    pub fn builder(url: impl Into<String>, server_key: impl Into<String>) -> Builder {
+        Builder::new(Mode::Server {
+            url: url.into(),
+            key: server_key.into(),
+        })
+    }
+
+    /// A client that evaluates the configuration in a local file (the JSON of
+    /// `GET /sdk/v1/config`), never talking to a server.
+    pub fn offline(path: impl Into<PathBuf>) -> Builder {
+        let mut builder = Builder::new(Mode::Offline { path: path.into() });
+        builder.telemetry = false;
+        builder
+    }
+
+    /// The configuration's revision (the server's counter of changes to the environment).
+    pub fn revision(&self) -> u64 {
+        self.shared.held.load().revision
+    }
+
+    pub fn status(&self) -> Status {
+        *self.shared.status.borrow()
+    }
+
+    /// Why the status is not `Ready`, if it is not.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.last_error.lock().ok()?.clone()
+    }
+
+    /// Configuration and status changes from now on. A listener that falls more than 64
+    /// events behind misses the oldest (the receiver reports how many).
+    pub fn changes(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Keys of the flags in the configuration, in order.
+    pub fn flag_keys(&self) -> Vec<String> {
+        self.shared
+            .held
+            .load()
+            .snapshot
+            .flag_keys()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[inline]
+    fn with<R>(&self, f: impl for<'s> FnOnce(&'s Held) -> (R, Evaluation<'s>)) -> R {
+        let held = self.shared.held.load();
+        let (result, evaluation) = f(&held);
+        if self.shared.counting {
+            held.counters.count(&evaluation);
+        }
+        result
+    }
+
+    /// A boolean flag's value; `default` on any error (unknown flag, wrong type, …).
+    #[inline]
+    pub fn bool_value(&self, flag_key: &str, context: &EvaluationContext, default: bool) -> bool {
+        self.with(|held| {
+            let Resolution { value, details } =
+                evaluate_bool(&held.snapshot, flag_key, context, default);
+            (value, details)
+        })
+    }
+
+    pub fn bool_details(
+        &self,
+        flag_key: &str,
+        context: &EvaluationContext,
+        default: bool,
+    ) -> Details<bool> {
+        self.with(|held| {
+            let r = evaluate_bool(&held.snapshot, flag_key, context, default);
+            (Details::of(flag_key, r.value, &r.details), r.details)
+        })
+    }
+
+    pub fn string_value(
+        &self,
+        flag_key: &str,
+        context: &EvaluationContext,
+        default: &str,
+    ) -> String {
+        self.string_details(flag_key, context, default).value
+    }
+
+    pub fn string_details(
+        &self,
+        flag_key: &str,
+        context: &EvaluationContext,
+        default: &str,
+    ) -> Details<String> {
+        self.with(|held| {
+            // The engine's default must live as long as the snapshot; the caller's is applied
+            // here instead.
+            let r = evaluate_string(&held.snapshot, flag_key, context, "");
+            let value = if r.details.is_error() {
+                default
+            } else {
+                r.value
+            };
+            (
+                Details::of(flag_key, value.to_string(), &r.details),
+                r.details,
+            )
+        })
+    }
+
+    pub fn number_value(&self, flag_key: &str, context: &EvaluationContext, default: f64) -> f64 {
+        self.number_details(flag_key, context, default).value
+    }
+
+    pub fn number_details(
+        &self,
+        flag_key: &str,
+        context: &EvaluationContext,
+        default: f64,
+    ) -> Details<f64> {
+        self.with(|held| {
+            let r = evaluate_number(&held.snapshot, flag_key, context, default);
+            (Details::of(flag_key, r.value, &r.details), r.details)
+        })
+    }
+
+    /// A number flag's value as an integer; a served value with a fraction is a
+    /// `TYPE_MISMATCH`.
+    pub fn integer_value(&self, flag_key: &str, context: &EvaluationContext, default: i64) -> i64 {
+        self.integer_details(flag_key, context, default).value
+    }
+
+    pub fn integer_details(
+        &self,
+        flag_key: &str,
+        context: &EvaluationContext,
+        default: i64,
+    ) -> Details<i64> {
+        self.with(|held| {
+            let r = evaluate_integer(&held.snapshot, flag_key, context, default);
+            (Details::of(flag_key, r.value, &r.details), r.details)
+        })
+    }
+
+    pub fn json_value(&self, flag_key: &str, context: &EvaluationContext, default: Value) -> Value {
+        self.json_details(flag_key, context, default).value
+    }
+
+    pub fn json_details(
+        &self,
+        flag_key: &str,
+        context: &EvaluationContext,
+        default: Value,
+    ) -> Details<Value> {
+        self.with(|held| {
+            let r = evaluate_json(&held.snapshot, flag_key, context, &Value::Null);
+            let value = if r.details.is_error() {
+                default
+            } else {
+                r.value.clone()
+            };
+            (Details::of(flag_key, value, &r.details), r.details)
+        })
+    }
+
+    /// One flag of any kind, its value as JSON (`None` where it failed), as OFREP answers.
+    pub fn evaluate(&self, flag_key: &str, context: &EvaluationContext) -> Details<Option<Value>> {
+        self.with(|held| {
+            let evaluation = anchor_engine::evaluate(&held.snapshot, flag_key, context);
+            (
+                Details::of(flag_key, evaluation.value().cloned(), &evaluation),
+                evaluation,
+            )
+        })
+    }
+
+    /// Every flag for one context, in key order; `value` is `None` where the flag failed.
+    pub fn evaluate_all(&self, context: &EvaluationContext) -> Vec<Details<Option<Value>>> {
+        let held = self.shared.held.load();
+        anchor_engine::evaluate_all(&held.snapshot, context)
+            .into_iter()
+            .map(|(key, evaluation)| {
+                if self.shared.counting {
+                    held.counters.count(&evaluation);
+                }
+                Details::of(key, evaluation.value().cloned(), &evaluation)
+            })
+            .collect()
+    }
+
+    /// Why this context gets what it gets: one line per step the engine took. Not counted as
+    /// an evaluation.
+    pub fn explain(&self, flag_key: &str, context: &EvaluationContext) -> String {
+        let held = self.shared.held.load();
+        anchor_engine::explain(&held.snapshot, flag_key, context).to_string()
+    }
+
+    /// Sends the evaluation counts gathered so far now (the background task does this once a
+    /// minute). Returns whether everything pending reached the server.
+    pub async fn flush(&self) -> bool {
+        match &self.tasks.telemetry_state {
+            Some(state) => state.flush(&self.shared).await,
+            None => true,
+        }
+    }
+
+    /// Stops the background work and sends the last evaluation counts (waiting at most 5 s).
+    /// The client keeps answering from its last configuration afterwards.
+    pub async fn close(&self) {
+        self.tasks.shutdown.send_replace(true);
+        let handle = self.tasks.telemetry.lock().await.take();
+        if let Some(handle) = handle {
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+        }
+    }
+}
+
+impl Builder {
+    fn new(mode: Mode) -> Self {
+        Builder {
+            mode,
+            init_timeout: Duration::from_secs(5),
+            bootstrap: None,
+            cache: None,
+            telemetry: true,
+            telemetry_interval: None,
+            watch: None,
+            backoff: (Duration::from_millis(250), Duration::from_secs(30)),
+        }
+    }
+}
