@@ -198,3 +198,101 @@ impl Counters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anchor_engine::EvaluationContext;
+    use serde_json::json;
+
+    fn config(value: serde_json::Value) -> EnvironmentConfig {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn flag(key: &str, variant: &str) -> serde_json::Value {
+        json!({"flag": {"key": key, "kind": "boolean", "variants": [
+                   {"name": "on", "value": true}, {"name": "off", "value": false}]},
+               "config": {"enabled": true, "offVariant": "off", "defaultServe": {"variant": variant}}})
+    }
+
+    #[test]
+    fn a_patch_replaces_adds_and_deletes_by_key() {
+        let held = Held::new(
+            3,
+            Source::Server,
+            config(
+                json!({"flags": [flag("a", "on"), flag("b", "on"), flag("c", "on")],
+                          "segments": [{"key": "s", "included": ["u1"]}]}),
+            ),
+        );
+        let patch: Patch = serde_json::from_value(json!({
+            "revision": 4, "previousRevision": 3,
+            "flags": [flag("b", "off"), flag("d", "on")], "deletedFlags": ["c"]
+        }))
+        .unwrap();
+        let (patched, touched) = held.patched(patch);
+        let keys: Vec<&str> = patched.flags.iter().map(|f| f.flag.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "d"]);
+        assert_eq!(touched.unwrap(), ["b", "c", "d"]);
+        assert_eq!(patched.segments.len(), 1, "segments untouched");
+        let after = Held::new(4, Source::Server, patched);
+        let ctx = EvaluationContext::with_targeting_key("u1");
+        assert_eq!(
+            anchor_engine::evaluate(&after.snapshot, "b", &ctx).variant(),
+            Some("off")
+        );
+
+        let segment_patch: Patch = serde_json::from_value(json!({
+            "revision": 5, "previousRevision": 4, "deletedSegments": ["s"]
+        }))
+        .unwrap();
+        let (patched, touched) = after.patched(segment_patch);
+        assert!(patched.segments.is_empty());
+        assert_eq!(touched, None, "a segment change may touch any flag");
+    }
+
+    #[test]
+    fn changed_flags_lists_added_removed_and_changed_flags() {
+        let old = config(json!({"flags": [flag("a", "on"), flag("b", "on"), flag("c", "on")]}));
+        let new = config(json!({"flags": [flag("a", "on"), flag("b", "off"), flag("d", "on")]}));
+        assert_eq!(changed_flags(&old, &new), ["b", "c", "d"]);
+        let with_segment = config(json!({"flags": [flag("a", "on")],
+                                         "segments": [{"key": "s"}]}));
+        let without = config(json!({"flags": [flag("a", "on")]}));
+        assert_eq!(changed_flags(&without, &with_segment), ["a"]);
+    }
+
+    #[test]
+    fn counters_count_per_flag_and_variant_and_drain_to_zero() {
+        let held = Held::new(
+            1,
+            Source::Server,
+            config(json!({"flags": [flag("a", "on"), flag("b", "off")]})),
+        );
+        let ctx = EvaluationContext::with_targeting_key("u1");
+        for _ in 0..3 {
+            held.counters
+                .count(&anchor_engine::evaluate(&held.snapshot, "a", &ctx));
+        }
+        held.counters
+            .count(&anchor_engine::evaluate(&held.snapshot, "b", &ctx));
+        // A type mismatch served nothing: counted under no variant.
+        held.counters
+            .count(&anchor_engine::evaluate_string(&held.snapshot, "b", &ctx, "x").details);
+        held.counters
+            .count(&anchor_engine::evaluate(&held.snapshot, "missing", &ctx));
+        let mut out = HashMap::new();
+        held.counters.drain(&held.snapshot, &mut out);
+        let expected: HashMap<(String, Option<String>), u64> = [
+            (("a".to_string(), Some("on".to_string())), 3),
+            (("b".to_string(), Some("off".to_string())), 1),
+            (("b".to_string(), None), 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(out, expected);
+        let mut again = HashMap::new();
+        held.counters.drain(&held.snapshot, &mut again);
+        assert!(again.is_empty(), "drained to zero");
+    }
+}

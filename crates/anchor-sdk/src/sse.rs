@@ -152,4 +152,14 @@ mod tests {
         let got = events(parser.feed(b"data: 1\n\n").unwrap());
         assert_eq!(got[0].name, "message");
     }
+
+    #[test]
+    fn a_crlf_split_between_chunks_is_one_line_break() {
+        let mut parser = Parser::default();
+        // Had the LF counted as a second line break, it would have ended the event early.
+        let mut got = events(parser.feed(b"data: 1\r").unwrap());
+        got.extend(events(parser.feed(b"\ndata: 2\r\n\r\n").unwrap()));
+        let data: Vec<&str> = got.iter().map(|e| e.data.as_str()).collect();
+        assert_eq!(data, ["1\n2"]);
+    }
 }
