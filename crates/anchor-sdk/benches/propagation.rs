@@ -113,7 +113,7 @@ async fn main() {
         let mut changes = client.changes();
         let (sender, receiver) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Ok(event) = changes.recv().await {
+            while let Some(event) = changes.recv().await {
                 if matches!(event, ChangeEvent::Configuration { .. })
                     && sender.send(Instant::now()).is_err()
                 {

@@ -72,6 +72,36 @@ pub enum ChangeEvent {
     Status(Status),
 }
 
+/// A change listener: see [`Client::changes`].
+#[derive(Debug)]
+pub struct Changes(broadcast::Receiver<ChangeEvent>);
+
+impl Changes {
+    /// The next change; `None` once the client is gone. A listener that fell behind skips
+    /// the changes it missed and gets the next one (the configuration in use is always the
+    /// client's latest, so nothing is lost by skipping announcements).
+    pub async fn recv(&mut self) -> Option<ChangeEvent> {
+        loop {
+            match self.0.recv().await {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// A change that has already happened, without waiting.
+    pub fn try_recv(&mut self) -> Option<ChangeEvent> {
+        loop {
+            match self.0.try_recv() {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
 /// One evaluation with everything OpenFeature reports about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Details<T> {
@@ -468,9 +498,9 @@ impl Client {
     }
 
     /// Configuration and status changes from now on. A listener that falls more than 64
-    /// events behind misses the oldest (the receiver reports how many).
-    pub fn changes(&self) -> broadcast::Receiver<ChangeEvent> {
-        self.shared.changes.subscribe()
+    /// events behind misses the oldest.
+    pub fn changes(&self) -> Changes {
+        Changes(self.shared.changes.subscribe())
     }
 
     /// Keys of the flags in the configuration, in order.
