@@ -13,7 +13,9 @@
 //! whole configuration. The broadcast channel holds the same number of patches: a stream that
 //! falls further behind than the history cannot be caught up by patches any more, so it is
 //! ended (see `ofrep`) and its client reconnects. A waiting stream holds only a broadcast
-//! receiver (a pointer and a position), never a queue of its own.
+//! receiver (a pointer and a position), never a queue of its own. A stream learns that it fell
+//! behind when it is next polled: at once for a reader that is merely slow, and for a stalled
+//! one once it reads what its socket's buffers already hold.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};

@@ -623,3 +623,23 @@ async fn a_refetch_naming_a_newer_revision_catches_up_a_server_that_missed_the_c
     .await;
     assert_eq!(value(&fresh), true);
 }
+
+#[tokio::test]
+async fn both_kinds_of_stream_end_when_the_server_shuts_down() {
+    let server = Server::start().await;
+    let mut sdk = server.stream(None).await;
+    assert_eq!(sdk.event().await.event, "config");
+    let mut ofrep = Events::new(
+        server
+            .http
+            .get(format!("{}/ofrep/v1/events", server.base))
+            .bearer_auth(&server.client_key)
+            .send()
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(ofrep.next(QUIET).await, Next::Quiet));
+    server.state.shutdown.send_replace(true);
+    assert!(matches!(sdk.next(WAIT).await, Next::End));
+    assert!(matches!(ofrep.next(WAIT).await, Next::End));
+}
