@@ -19,6 +19,48 @@ const QUIET: Duration = Duration::from_millis(300);
 /// The patch history of the test servers: small, so a few changes outrun it.
 const HISTORY: usize = 4;
 
+/// Declares one test per backend running the same story; PostgreSQL only when
+/// `ANCHOR_TEST_POSTGRES_URL` is set (each test in a fresh schema, dropped afterwards).
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Server::start(None).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
+                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+                        return;
+                    };
+                    let schema = format!("anchor_streaming_{}", super::uuid_like());
+                    let server = super::Server::start(Some((&url, &schema))).await;
+                    super::$name(server).await;
+                    super::drop_schema(&url, &schema).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    a_change_to_one_flag_sends_a_patch_with_only_that_flag,
+    archiving_a_flag_lists_it_in_deleted_flags_and_restoring_sends_it_whole,
+    segment_changes_send_the_segment_whole_and_deletions_by_key,
+    resuming_from_a_recent_revision_sends_the_missed_patches_in_order,
+    resuming_from_an_unknown_or_forgotten_revision_sends_the_whole_configuration,
+    a_reader_that_falls_more_than_the_history_behind_is_disconnected,
+    the_bulk_answer_names_an_event_stream_that_says_refetch_after_every_change,
+    a_refetch_naming_a_newer_revision_catches_up_a_server_that_missed_the_change,
+    both_kinds_of_stream_end_when_the_server_shuts_down,
+);
+
 struct Server {
     base: String,
     state: AppState,
@@ -42,11 +84,25 @@ fn uuid_like() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn store() -> Arc<dyn Store> {
-    let dir = std::env::temp_dir().join(format!("anchor-streaming-test-{}", uuid_like()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap());
+async fn drop_schema(url: &str, schema: &str) {
+    use sqlx::{Connection, Executor};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .await
+        .unwrap();
+}
+
+/// A bootstrapped store: SQLite in a temporary directory, or PostgreSQL `(url, schema)`.
+async fn store(postgres: Option<(&str, &str)>) -> Arc<dyn Store> {
+    let store: Arc<dyn Store> = match postgres {
+        Some((url, schema)) => Arc::new(SqlStore::open_postgres(url, Some(schema)).await.unwrap()),
+        None => {
+            let dir = std::env::temp_dir().join(format!("anchor-streaming-test-{}", uuid_like()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Arc::new(SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap())
+        }
+    };
     bootstrap(store.as_ref(), Some(&Secret::new(PASSWORD)))
         .await
         .unwrap();
@@ -56,8 +112,8 @@ async fn store() -> Arc<dyn Store> {
 impl Server {
     /// A server on a port with two configured flags (`new-checkout`, `dark-mode`), a server
     /// key and a client key for production, and a history of [`HISTORY`] patches.
-    async fn start() -> Server {
-        let state = AppState::new(store().await)
+    async fn start(postgres: Option<(&str, &str)>) -> Server {
+        let state = AppState::new(store(postgres).await)
             .unwrap()
             .with_cors_origins(vec!["https://app.example.com".into()])
             .with_stream_history(HISTORY);
@@ -287,9 +343,7 @@ impl Events {
     }
 }
 
-#[tokio::test]
-async fn a_change_to_one_flag_sends_a_patch_with_only_that_flag() {
-    let server = Server::start().await;
+async fn a_change_to_one_flag_sends_a_patch_with_only_that_flag(server: Server) {
     let mut stream = server.stream(None).await;
     let config = stream.event().await;
     assert_eq!(config.event, "config");
@@ -311,9 +365,7 @@ async fn a_change_to_one_flag_sends_a_patch_with_only_that_flag() {
     }
 }
 
-#[tokio::test]
-async fn archiving_a_flag_lists_it_in_deleted_flags_and_restoring_sends_it_whole() {
-    let server = Server::start().await;
+async fn archiving_a_flag_lists_it_in_deleted_flags_and_restoring_sends_it_whole(server: Server) {
     let mut stream = server.stream(None).await;
     let config = stream.event().await;
 
@@ -343,9 +395,7 @@ async fn archiving_a_flag_lists_it_in_deleted_flags_and_restoring_sends_it_whole
     assert!(restored.keys("deletedFlags").is_empty());
 }
 
-#[tokio::test]
-async fn segment_changes_send_the_segment_whole_and_deletions_by_key() {
-    let server = Server::start().await;
+async fn segment_changes_send_the_segment_whole_and_deletions_by_key(server: Server) {
     let mut stream = server.stream(None).await;
     stream.event().await;
     let segments = format!("{PRODUCTION}/segments");
@@ -386,9 +436,7 @@ async fn segment_changes_send_the_segment_whole_and_deletions_by_key() {
     assert!(deleted.keys("segments").is_empty());
 }
 
-#[tokio::test]
-async fn resuming_from_a_recent_revision_sends_the_missed_patches_in_order() {
-    let server = Server::start().await;
+async fn resuming_from_a_recent_revision_sends_the_missed_patches_in_order(server: Server) {
     let mut stream = server.stream(None).await;
     let config = stream.event().await;
     drop(stream);
@@ -420,9 +468,9 @@ async fn resuming_from_a_recent_revision_sends_the_missed_patches_in_order() {
     assert_eq!(patch.data["previousRevision"], at);
 }
 
-#[tokio::test]
-async fn resuming_from_an_unknown_or_forgotten_revision_sends_the_whole_configuration() {
-    let server = Server::start().await;
+async fn resuming_from_an_unknown_or_forgotten_revision_sends_the_whole_configuration(
+    server: Server,
+) {
     let mut stream = server.stream(None).await;
     let config = stream.event().await;
     drop(stream);
@@ -445,10 +493,8 @@ async fn resuming_from_an_unknown_or_forgotten_revision_sends_the_whole_configur
     assert!(matches!(resumed.next(QUIET).await, Next::Quiet));
 }
 
-#[tokio::test]
-async fn a_reader_that_falls_more_than_the_history_behind_is_disconnected() {
+async fn a_reader_that_falls_more_than_the_history_behind_is_disconnected(server: Server) {
     use futures_util::StreamExt;
-    let server = Server::start().await;
     // Through the router, without a socket: the stream is polled only when this test reads,
     // exactly like a server whose socket buffers toward a stalled client are full. (Through a
     // real socket, the kernel's buffers would take these small patches and the server would
@@ -486,9 +532,9 @@ async fn a_reader_that_falls_more_than_the_history_behind_is_disconnected() {
     }
 }
 
-#[tokio::test]
-async fn the_bulk_answer_names_an_event_stream_that_says_refetch_after_every_change() {
-    let server = Server::start().await;
+async fn the_bulk_answer_names_an_event_stream_that_says_refetch_after_every_change(
+    server: Server,
+) {
     let (status, answer) = server.bulk(&server.client_key, "").await;
     assert_eq!(status, 200);
     let streams = answer["eventStreams"].as_array().expect("eventStreams");
@@ -574,9 +620,9 @@ async fn the_bulk_answer_names_an_event_stream_that_says_refetch_after_every_cha
     }
 }
 
-#[tokio::test]
-async fn a_refetch_naming_a_newer_revision_catches_up_a_server_that_missed_the_change() {
-    let server = Server::start().await;
+async fn a_refetch_naming_a_newer_revision_catches_up_a_server_that_missed_the_change(
+    server: Server,
+) {
     // A second server over the same store, that learns of no change by itself.
     let other = AppState::new(Arc::clone(&server.state.store)).unwrap();
     other
@@ -624,9 +670,7 @@ async fn a_refetch_naming_a_newer_revision_catches_up_a_server_that_missed_the_c
     assert_eq!(value(&fresh), true);
 }
 
-#[tokio::test]
-async fn both_kinds_of_stream_end_when_the_server_shuts_down() {
-    let server = Server::start().await;
+async fn both_kinds_of_stream_end_when_the_server_shuts_down(server: Server) {
     let mut sdk = server.stream(None).await;
     assert_eq!(sdk.event().await.event, "config");
     let mut ofrep = Events::new(
