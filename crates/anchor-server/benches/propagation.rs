@@ -40,7 +40,7 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-/// Reads one stream and reports the instant each configuration event arrives.
+/// Reads one stream and reports the instant each event (configuration or patch) arrives.
 async fn follow(response: reqwest::Response, arrivals: mpsc::UnboundedSender<Instant>) {
     let mut response = response;
     // The marker may straddle two chunks: keep the end of the previous one.

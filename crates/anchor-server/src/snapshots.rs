@@ -29,6 +29,12 @@ use tokio::sync::broadcast;
 /// broadcast channel's own rule), so that both bounds are the same number.
 pub const PATCH_HISTORY: usize = 128;
 
+/// The most bytes of patches each environment keeps for resuming streams: a change to a segment
+/// of 100,000 keys carries the whole segment, and a history of such patches could otherwise
+/// weigh hundreds of megabytes. The oldest patches go first; a client resuming from before them
+/// gets the whole configuration, as it would if the count bound had dropped them.
+pub const PATCH_HISTORY_BYTES: usize = 16 * 1024 * 1024;
+
 /// A compiled environment and the revision it was compiled from.
 #[derive(Debug)]
 pub struct EnvironmentSnapshot {
@@ -118,8 +124,15 @@ struct Channel {
     /// Oldest first, each applying on top of the one before. Its lock also serialises the
     /// writers of `current`, and subscribers take it to see `current`, the history and the
     /// broadcast at one consistent point.
-    history: Mutex<VecDeque<Arc<Patch>>>,
+    history: Mutex<History>,
     patches: broadcast::Sender<Arc<Patch>>,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    patches: VecDeque<Arc<Patch>>,
+    /// The sum of the patches' JSON lengths.
+    bytes: usize,
 }
 
 /// What a new stream starts from.
@@ -206,7 +219,7 @@ impl Snapshots {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        let catch_up = last_seen.and_then(|seen| chain(&history, seen, current.revision));
+        let catch_up = last_seen.and_then(|seen| chain(&history.patches, seen, current.revision));
         Ok(Subscription {
             current,
             catch_up,
@@ -268,7 +281,7 @@ impl Snapshots {
                         key(project, environment),
                         Arc::new(Channel {
                             current: RwLock::new(fresh),
-                            history: Mutex::new(VecDeque::with_capacity(self.history_limit)),
+                            history: Mutex::default(),
                             patches,
                         }),
                     );
@@ -295,10 +308,15 @@ impl Snapshots {
             .current
             .write()
             .unwrap_or_else(PoisonError::into_inner) = fresh;
-        if history.len() >= self.history_limit {
-            history.pop_front();
+        history.bytes += patch.json.len();
+        history.patches.push_back(Arc::clone(&patch));
+        while history.patches.len() > self.history_limit
+            || (history.bytes > PATCH_HISTORY_BYTES && history.patches.len() > 1)
+        {
+            if let Some(oldest) = history.patches.pop_front() {
+                history.bytes -= oldest.json.len();
+            }
         }
-        history.push_back(Arc::clone(&patch));
         // An error only means that no stream is listening.
         let _ = channel.patches.send(patch);
         Ok(())
