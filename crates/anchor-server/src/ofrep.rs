@@ -682,17 +682,27 @@ async fn evaluate_bulk(
     };
     // A notification naming a revision this server does not hold yet came from another server
     // over the same store: catch up before answering, so the refetch it prompted is not stale.
-    if flag_config_etag
-        .as_deref()
-        .and_then(revision_of)
-        .is_some_and(|announced| announced > held.revision)
-    {
-        if let Err(e) = state
-            .snapshots
-            .refresh(state.store.as_ref(), &key.project, &key.environment)
+    // The cheap read of the revision comes first, so a made-up revision costs one small query
+    // rather than a read of the whole environment.
+    let announced = flag_config_etag.as_deref().and_then(revision_of);
+    if announced.is_some_and(|announced| announced > held.revision) {
+        let stored = state
+            .store
+            .environment(&key.project, &key.environment)
             .await
-        {
-            tracing::warn!(error = %e, "cannot rebuild a snapshot for a notified revision");
+            .map(|environment| environment.revision);
+        let refreshed = match stored {
+            Ok(stored) if stored > held.revision => {
+                state
+                    .snapshots
+                    .refresh(state.store.as_ref(), &key.project, &key.environment)
+                    .await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = refreshed {
+            tracing::warn!(error = %e, "cannot catch up with a notified revision");
         }
         if let Some(fresh) = state.snapshots.get(&key.project, &key.environment) {
             held = fresh;
