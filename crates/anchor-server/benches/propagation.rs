@@ -4,7 +4,7 @@
 //! `CLIENTS` (default 1,000) Server-Sent Event streams on `/sdk/v1/stream` spread over server
 //! keys (each key may hold 100 streams), then `ROUNDS` (default 10) times changes a flag's
 //! configuration through the management API and times, for each stream, the interval from
-//! the `PUT`'s 2xx to the stream holding the new configuration. Prints p50, p99 and max per
+//! the `PUT`'s 2xx to the stream holding the change (a patch). Prints p50, p99 and max per
 //! round and over all rounds, and how long each `PUT` took.
 //!
 //! `cargo bench -p anchor-server --bench propagation` (`CLIENTS=… ROUNDS=…` to change the setup).
@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 
 const PASSWORD: &str = "bench password, not a secret";
 const STREAMS_PER_KEY: usize = 100;
-const MARKER: &[u8] = b"event: config";
+/// Starts every event: the whole configuration on connect (`event: config`), then each change
+/// (`event: patch`); heartbeats are comments and never match.
+const MARKER: &[u8] = b"event: ";
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -38,7 +40,7 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-/// Reads one stream and reports the instant each configuration event arrives.
+/// Reads one stream and reports the instant each event (configuration or patch) arrives.
 async fn follow(response: reqwest::Response, arrivals: mpsc::UnboundedSender<Instant>) {
     let mut response = response;
     // The marker may straddle two chunks: keep the end of the previous one.

@@ -56,6 +56,8 @@ pub struct AppState {
     cors_origins: Arc<Vec<String>>,
     /// Open SDK streams per key.
     pub streams: Arc<ofrep::StreamCounter>,
+    /// Open OFREP event streams per key.
+    pub event_streams: Arc<ofrep::StreamCounter>,
     /// Set when the server begins to shut down: streams end so that shutdown can finish.
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -81,6 +83,7 @@ impl AppState {
             rate_limiter: Arc::default(),
             cors_origins: Arc::default(),
             streams: Arc::default(),
+            event_streams: Arc::default(),
             shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
@@ -94,6 +97,14 @@ impl AppState {
     /// Limits each SDK key to `per_second` requests (bursts up to `burst`).
     pub fn with_rate_limit(mut self, per_second: f64, burst: f64) -> Self {
         self.rate_limiter = Arc::new(ofrep::RateLimiter::new(per_second, burst));
+        self
+    }
+
+    /// Keeps `patches` recent patches per environment for resuming SDK streams, which is also
+    /// how far a stream may fall behind before it is ended (default
+    /// [`snapshots::PATCH_HISTORY`]). Call before building the router or launching.
+    pub fn with_stream_history(mut self, patches: usize) -> Self {
+        self.snapshots = Arc::new(snapshots::Snapshots::with_history(patches));
         self
     }
 

@@ -4,6 +4,11 @@
 //! with an environment's SDK key (server or client kind) as `Authorization: Bearer …` or
 //! `X-API-Key`. Answers come from the environment's in-memory snapshot; the database is read
 //! only to look a key up the first time it is seen.
+//!
+//! The bulk answer carries OFREP 0.3.0's `eventStreams`: one Server-Sent Events stream,
+//! `GET /ofrep/v1/events`, that sends `refetchEvaluation` whenever the environment changes
+//! (ADR-0008 of open-feature/protocol). Server-side SDKs that evaluate locally use
+//! `/sdk/v1/config` and `/sdk/v1/stream` instead: the whole configuration, then patches.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -11,21 +16,24 @@ use std::sync::RwLock;
 use anchor_engine::{ErrorCode, Evaluation, EvaluationContext, evaluate, evaluate_all};
 use anchor_store::SdkKeyRecord;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 
 use crate::AppState;
 use crate::auth::token_hash;
-use crate::snapshots::EnvironmentSnapshot;
+use crate::snapshots::{EnvironmentSnapshot, Patch};
 
 /// The SDK routes; the OFREP ones answer browsers of `cors_origins` (CORS), the others never.
 pub fn routes(cors_origins: &[String]) -> axum::Router<AppState> {
     let mut ofrep = axum::Router::new()
         .route("/ofrep/v1/evaluate/flags/{key}", post(evaluate_one))
-        .route("/ofrep/v1/evaluate/flags", post(evaluate_bulk));
+        .route("/ofrep/v1/evaluate/flags", post(evaluate_bulk))
+        .route(EVENTS_PATH, axum::routing::get(events));
     let origins: Vec<HeaderValue> = cors_origins
         .iter()
         .filter_map(|o| HeaderValue::from_str(o).ok())
@@ -35,12 +43,13 @@ pub fn routes(cors_origins: &[String]) -> axum::Router<AppState> {
         ofrep = ofrep.layer(
             tower_http::cors::CorsLayer::new()
                 .allow_origin(origins)
-                .allow_methods([Method::POST, Method::OPTIONS])
+                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
                 .allow_headers([
                     header::CONTENT_TYPE,
                     header::AUTHORIZATION,
                     header::IF_NONE_MATCH,
                     HeaderName::from_static("x-api-key"),
+                    HeaderName::from_static("last-event-id"),
                 ])
                 .expose_headers([header::ETAG, header::RETRY_AFTER]),
         );
@@ -56,8 +65,12 @@ pub struct StreamCounter {
     open: std::sync::Mutex<HashMap<String, usize>>,
 }
 
-/// The most streams one SDK key may hold open.
+/// The most `/sdk/v1/stream` streams one SDK key may hold open.
 pub const MAX_STREAMS_PER_KEY: usize = 100;
+
+/// The most `/ofrep/v1/events` streams one SDK key may hold open: a client key is shared by
+/// every browser of an application, each with its own stream.
+pub const MAX_EVENT_STREAMS_PER_KEY: usize = 10_000;
 
 /// Counts a stream as open until it is dropped.
 struct StreamSlot {
@@ -66,10 +79,14 @@ struct StreamSlot {
 }
 
 impl StreamCounter {
-    fn acquire(counter: &std::sync::Arc<StreamCounter>, key_id: &str) -> Option<StreamSlot> {
+    fn acquire(
+        counter: &std::sync::Arc<StreamCounter>,
+        key_id: &str,
+        limit: usize,
+    ) -> Option<StreamSlot> {
         let mut open = counter.open.lock().ok()?;
         let n = open.entry(key_id.to_string()).or_insert(0);
-        if *n >= MAX_STREAMS_PER_KEY {
+        if *n >= limit {
             return None;
         }
         *n += 1;
@@ -90,8 +107,8 @@ impl Drop for StreamSlot {
     }
 }
 
-fn config_event(held: &EnvironmentSnapshot) -> axum::response::sse::Event {
-    axum::response::sse::Event::default()
+fn config_event(held: &EnvironmentSnapshot) -> Event {
+    Event::default()
         .event("config")
         .id(held.revision.to_string())
         .json_data(json!({
@@ -99,69 +116,227 @@ fn config_event(held: &EnvironmentSnapshot) -> axum::response::sse::Event {
             "flags": held.config.flags,
             "segments": held.config.segments,
         }))
-        .unwrap_or_else(|_| axum::response::sse::Event::default().comment("unserialisable"))
+        .unwrap_or_else(|_| Event::default().comment("unserialisable"))
+}
+
+fn patch_event(patch: &Patch) -> Event {
+    Event::default()
+        .event("patch")
+        .id(patch.revision.to_string())
+        .data(&patch.json)
+}
+
+/// The revision a reconnecting client last received, from `Last-Event-ID`.
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// What a `/sdk/v1/stream` stream holds between events.
+struct SdkStream {
+    /// The whole configuration, still to be sent first.
+    first: Option<std::sync::Arc<EnvironmentSnapshot>>,
+    /// Patches that catch a reconnecting client up, still to be sent.
+    catch_up: std::vec::IntoIter<std::sync::Arc<Patch>>,
+    patches: broadcast::Receiver<std::sync::Arc<Patch>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    _slot: StreamSlot,
+}
+
+impl SdkStream {
+    /// The next event, or `None` to end the stream: at shutdown, or when the client has fallen
+    /// so far behind that the patches it missed are gone (it reconnects with `Last-Event-ID`
+    /// and is sent the whole configuration).
+    async fn next(&mut self) -> Option<Event> {
+        if let Some(held) = self.first.take() {
+            return Some(config_event(&held));
+        }
+        if let Some(patch) = self.catch_up.next() {
+            return Some(patch_event(&patch));
+        }
+        tokio::select! {
+            received = self.patches.recv() => received.ok().map(|patch| patch_event(&patch)),
+            _ = self.shutdown.wait_for(|stopping| *stopping) => None,
+        }
+    }
 }
 
 /// Server-Sent Events for server-side SDKs (server keys only): the environment's whole
-/// configuration on connect (unless `Last-Event-ID` names the current revision), then again
-/// after every change, each with the revision as its id; a heartbeat comment every 15 s. A
-/// slow reader skips to the latest configuration. Streams end when the server shuts down.
+/// configuration on connect (`event: config`), then one `event: patch` per change with only
+/// the flags and segments that changed, each with the revision as its id; a heartbeat comment
+/// every 15 s. A client reconnecting with `Last-Event-ID` gets the patches it missed while the
+/// history still holds them, else the whole configuration; a reader that falls further behind
+/// than the history is disconnected. Streams end when the server shuts down.
 async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    let key = match authenticate(&state, &headers).await {
+    let key = match authenticate(&state, &headers, None).await {
         Ok(key) => key,
         Err(response) => return response,
     };
     if key.kind != anchor_store::SdkKeyKind::Server {
         return StatusCode::FORBIDDEN.into_response();
     }
-    let Some(slot) = StreamCounter::acquire(&state.streams, &key.id) else {
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({"errorDetails": "too many open streams for this SDK key"})),
-        )
-            .into_response();
+    let Some(slot) = StreamCounter::acquire(&state.streams, &key.id, MAX_STREAMS_PER_KEY) else {
+        return too_many_streams();
     };
-    let mut updates = match state
+    let subscription = match state
         .snapshots
-        .subscribe(state.store.as_ref(), &key.project, &key.environment)
+        .subscribe(
+            state.store.as_ref(),
+            &key.project,
+            &key.environment,
+            last_event_id(&headers),
+        )
         .await
     {
-        Ok(updates) => updates,
+        Ok(subscription) => subscription,
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
-    let last_seen: Option<u64> = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
-    let current = std::sync::Arc::clone(&updates.borrow_and_update());
-    let first = (last_seen != Some(current.revision)).then_some(current);
-    let shutdown = state.shutdown.subscribe();
-    let events = futures_util::stream::unfold(
-        (updates, first, shutdown, slot),
-        |(mut updates, first, mut shutdown, slot)| async move {
-            if let Some(held) = first {
-                let event: Result<Event, std::convert::Infallible> = Ok(config_event(&held));
-                return Some((event, (updates, None, shutdown, slot)));
-            }
-            let changed = tokio::select! {
-                changed = updates.changed() => changed.is_ok(),
-                _ = shutdown.wait_for(|stopping| *stopping) => false,
-            };
-            if !changed {
-                return None;
-            }
-            let held = std::sync::Arc::clone(&updates.borrow_and_update());
-            Some((Ok(config_event(&held)), (updates, None, shutdown, slot)))
-        },
-    );
-    Sse::new(events)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(std::time::Duration::from_secs(15))
-                .text("heartbeat"),
-        )
+    let (first, catch_up) = match subscription.catch_up {
+        Some(patches) => (None, patches),
+        None => (Some(subscription.current), Vec::new()),
+    };
+    let stream = SdkStream {
+        first,
+        catch_up: catch_up.into_iter(),
+        patches: subscription.patches,
+        shutdown: state.shutdown.subscribe(),
+        _slot: slot,
+    };
+    let events = futures_util::stream::unfold(stream, |mut stream| async move {
+        let event = stream.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), stream))
+    });
+    Sse::new(events).keep_alive(heartbeat()).into_response()
+}
+
+fn heartbeat() -> KeepAlive {
+    KeepAlive::new()
+        .interval(std::time::Duration::from_secs(15))
+        .text("heartbeat")
+}
+
+fn too_many_streams() -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(json!({"errorDetails": "too many open streams for this SDK key"})),
+    )
         .into_response()
+}
+
+/// The path of the OFREP change notifications.
+const EVENTS_PATH: &str = "/ofrep/v1/events";
+
+/// The flag configuration validator of a revision, as `refetchEvaluation` carries it in
+/// `etag` and providers send it back as `flagConfigEtag` (and as `/sdk/v1/config`'s `ETag`).
+fn config_etag(revision: u64) -> String {
+    format!("\"{revision}\"")
+}
+
+/// The revision a configuration validator names.
+fn revision_of(etag: &str) -> Option<u64> {
+    etag.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+fn refetch_event(revision: u64) -> Event {
+    Event::default()
+        .event("message")
+        .id(revision.to_string())
+        .json_data(json!({"type": "refetchEvaluation", "etag": config_etag(revision)}))
+        .unwrap_or_else(|_| Event::default().comment("unserialisable"))
+}
+
+/// What a `/ofrep/v1/events` stream holds between events.
+struct OfrepStream {
+    /// Whether a reconnecting client missed changes and must be told at once.
+    missed: Option<u64>,
+    patches: broadcast::Receiver<std::sync::Arc<Patch>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    _slot: StreamSlot,
+}
+
+impl OfrepStream {
+    /// The next notification, or `None` at shutdown. Notifications only say "fetch again", so
+    /// a burst of changes (or a reader that lagged behind them) becomes one notification
+    /// naming the latest revision, and nobody is disconnected for being slow.
+    async fn next(&mut self) -> Option<Event> {
+        if let Some(revision) = self.missed.take() {
+            return Some(refetch_event(revision));
+        }
+        let mut latest = loop {
+            tokio::select! {
+                received = self.patches.recv() => match received {
+                    Ok(patch) => break patch.revision,
+                    // The newest patches are still there: the next receive returns them.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = self.shutdown.wait_for(|stopping| *stopping) => return None,
+            }
+        };
+        loop {
+            match self.patches.try_recv() {
+                Ok(patch) => latest = latest.max(patch.revision),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+        Some(refetch_event(latest))
+    }
+}
+
+/// OFREP change notifications (ADR-0008): `event: message`, the revision as `id`, data
+/// `{"type": "refetchEvaluation", "etag": "\"<revision>\""}` after every change of the key's
+/// environment; a heartbeat comment every 15 s. Nothing is sent on connect unless
+/// `Last-Event-ID` names an older revision than the current one, which gets one notification
+/// at once. Browsers' `EventSource` cannot send headers, so a client key may also come as the
+/// `key` query parameter (the `eventStreams` entry of a client key's bulk answer includes it);
+/// a server key must come in a header, so that it never lands in URLs and their logs.
+async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Response {
+    let key = match authenticate(&state, &headers, query.key.as_deref()).await {
+        Ok(key) => key,
+        Err(response) => return response,
+    };
+    let Some(slot) =
+        StreamCounter::acquire(&state.event_streams, &key.id, MAX_EVENT_STREAMS_PER_KEY)
+    else {
+        return too_many_streams();
+    };
+    let last_seen = last_event_id(&headers);
+    let subscription = match state
+        .snapshots
+        .subscribe(state.store.as_ref(), &key.project, &key.environment, None)
+        .await
+    {
+        Ok(subscription) => subscription,
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    let current = subscription.current.revision;
+    let stream = OfrepStream {
+        missed: last_seen.filter(|seen| *seen != current).map(|_| current),
+        patches: subscription.patches,
+        shutdown: state.shutdown.subscribe(),
+        _slot: slot,
+    };
+    let events = futures_util::stream::unfold(stream, |mut stream| async move {
+        let event = stream.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), stream))
+    });
+    Sse::new(events).keep_alive(heartbeat()).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct EventsQuery {
+    key: Option<String>,
 }
 
 /// Requests per SDK key: a token bucket refilled at `per_second`, holding at most `burst`.
@@ -236,10 +411,22 @@ fn presented_key(headers: &HeaderMap) -> Option<String> {
         .then(|| rest.trim().to_string())
 }
 
-/// The environment an SDK key belongs to, if the key is valid now.
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<SdkKeyRecord, Response> {
+/// The environment an SDK key belongs to, if the key is valid now. The key comes in a header,
+/// or else (for client keys only, which browsers hold anyway) as `from_query`.
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    from_query: Option<&str>,
+) -> Result<SdkKeyRecord, Response> {
     let unauthorized = || StatusCode::UNAUTHORIZED.into_response();
-    let secret = presented_key(headers).ok_or_else(unauthorized)?;
+    let secret = match presented_key(headers) {
+        Some(secret) => secret,
+        None => from_query
+            .map(str::trim)
+            .filter(|secret| secret.starts_with("anc_cli_"))
+            .ok_or_else(unauthorized)?
+            .to_string(),
+    };
     if !(secret.starts_with("anc_srv_") || secret.starts_with("anc_cli_")) {
         return Err(unauthorized());
     }
@@ -374,10 +561,48 @@ impl serde::Serialize for Metadata<'_, '_> {
     }
 }
 
-/// `{"flags": [...]}`.
+/// `{"flags": [...], "eventStreams": [...]}`.
 #[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Bulk<'a> {
     flags: Vec<Answer<'a>>,
+    event_streams: [EventStream; 1],
+}
+
+/// An `eventStreams` entry (OFREP 0.3.0): a Server-Sent Events stream on this server, named by
+/// its request target so that the provider puts it after the OFREP base URL it already uses
+/// (proxies and all).
+#[derive(serde::Serialize)]
+struct EventStream {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    endpoint: EventStreamEndpoint,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventStreamEndpoint {
+    request_uri: String,
+}
+
+/// The `eventStreams` entry for a caller with `key`: browsers cannot send headers on an event
+/// stream, so a client key (which they hold anyway) goes in its query; a server key never does
+/// (its provider sends the key in a header, as for evaluations).
+fn event_stream_for(key: &SdkKeyRecord, secret: Option<&str>) -> EventStream {
+    let url_safe = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let request_uri = match secret {
+        Some(secret) if key.kind == anchor_store::SdkKeyKind::Client && url_safe(secret) => {
+            format!("{EVENTS_PATH}?key={secret}")
+        }
+        _ => EVENTS_PATH.to_string(),
+    };
+    EventStream {
+        kind: "sse",
+        endpoint: EventStreamEndpoint { request_uri },
+    }
 }
 
 async fn evaluate_one(
@@ -386,7 +611,7 @@ async fn evaluate_one(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let key = match authenticate(&state, &headers).await {
+    let key = match authenticate(&state, &headers, None).await {
         Ok(key) => key,
         Err(response) => return response,
     };
@@ -420,12 +645,24 @@ async fn evaluate_one(
         .into_response()
 }
 
+/// The query of a bulk evaluation: `flagConfigEtag` (OFREP 0.3.0) is the `etag` of the
+/// `refetchEvaluation` notification that prompted it (`flagConfigLastModified` is never sent by
+/// this server, so it is ignored).
+#[derive(Debug, serde::Deserialize)]
+struct BulkQuery {
+    #[serde(rename = "flagConfigEtag")]
+    flag_config_etag: Option<String>,
+}
+
 async fn evaluate_bulk(
     State(state): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<BulkQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Bytes,
 ) -> Response {
-    let key = match authenticate(&state, &headers).await {
+    // The query is only a hint: one that does not parse is ignored rather than refused.
+    let flag_config_etag = query.ok().and_then(|Query(q)| q.flag_config_etag);
+    let key = match authenticate(&state, &headers, None).await {
         Ok(key) => key,
         Err(response) => return response,
     };
@@ -439,10 +676,38 @@ async fn evaluate_bulk(
                 .into_response();
         }
     };
-    let held = match snapshot(&state, &key).await {
+    let mut held = match snapshot(&state, &key).await {
         Ok(held) => held,
         Err(response) => return response,
     };
+    // A notification naming a revision this server does not hold yet came from another server
+    // over the same store: catch up before answering, so the refetch it prompted is not stale.
+    // The cheap read of the revision comes first, so a made-up revision costs one small query
+    // rather than a read of the whole environment.
+    let announced = flag_config_etag.as_deref().and_then(revision_of);
+    if announced.is_some_and(|announced| announced > held.revision) {
+        let stored = state
+            .store
+            .environment(&key.project, &key.environment)
+            .await
+            .map(|environment| environment.revision);
+        let refreshed = match stored {
+            Ok(stored) if stored > held.revision => {
+                state
+                    .snapshots
+                    .refresh(state.store.as_ref(), &key.project, &key.environment)
+                    .await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = refreshed {
+            tracing::warn!(error = %e, "cannot catch up with a notified revision");
+        }
+        if let Some(fresh) = state.snapshots.get(&key.project, &key.environment) {
+            held = fresh;
+        }
+    }
     // The ETag covers the configuration (its revision) and the context.
     let context_json = serde_json::to_string(&context.to_map()).unwrap_or_default();
     let etag = format!(
@@ -466,6 +731,7 @@ async fn evaluate_bulk(
                     .into_iter()
                     .map(|(key, evaluation)| Answer { key, evaluation })
                     .collect(),
+                event_streams: [event_stream_for(&key, presented_key(&headers).as_deref())],
             }),
         )
             .into_response()
@@ -480,7 +746,7 @@ async fn evaluate_bulk(
 /// locally: server keys only (a client key never sees rules or segment lists). `ETag` is the
 /// environment's revision; `If-None-Match` with it gets 304.
 async fn download_config(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let key = match authenticate(&state, &headers).await {
+    let key = match authenticate(&state, &headers, None).await {
         Ok(key) => key,
         Err(response) => return response,
     };

@@ -2365,7 +2365,7 @@ async fn next_event(
         match tokio::time::timeout(wait, body.next()).await {
             Ok(Some(Ok(chunk))) => {
                 let text = String::from_utf8_lossy(&chunk).into_owned();
-                if text.contains("event: config") {
+                if text.contains("event: config") || text.contains("event: patch") {
                     return Some(text);
                 }
             }
