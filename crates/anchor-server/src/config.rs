@@ -52,6 +52,8 @@ pub struct ServerConfig {
     /// Origins whose pages may call the OFREP routes from a browser (CORS), e.g.
     /// `https://app.example.com`. None by default.
     pub cors_origins: Vec<String>,
+    /// SDK telemetry for minutes older than this is refused (7 days by default).
+    pub telemetry_max_age: std::time::Duration,
 }
 
 /// Every problem with a configuration, reported together.
@@ -111,6 +113,9 @@ impl ServerConfig {
                 database,
                 admin_password,
                 cors_origins: Vec::new(),
+                telemetry_max_age: std::time::Duration::from_secs(
+                    crate::telemetry::DEFAULT_MAX_AGE_SECS as u64,
+                ),
             }),
             _ => Err(ConfigError(problems)),
         }

@@ -18,6 +18,7 @@ pub mod config;
 mod error;
 pub mod ofrep;
 pub mod snapshots;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub streams: Arc<ofrep::StreamCounter>,
     /// Set when the server begins to shut down: streams end so that shutdown can finish.
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Telemetry for minutes older than this many seconds is refused.
+    telemetry_max_age_secs: i64,
 }
 
 impl std::fmt::Debug for AppState {
@@ -82,7 +85,15 @@ impl AppState {
             cors_origins: Arc::default(),
             streams: Arc::default(),
             shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
+            telemetry_max_age_secs: telemetry::DEFAULT_MAX_AGE_SECS,
         })
+    }
+
+    /// Refuses telemetry for minutes older than `max_age` (7 days by default; at most 30 days,
+    /// since the store remembers batch ids for 35, and at least a minute).
+    pub fn with_telemetry_max_age(mut self, max_age: std::time::Duration) -> Self {
+        self.telemetry_max_age_secs = max_age.as_secs().clamp(60, 30 * 24 * 60 * 60) as i64;
+        self
     }
 
     /// Lets pages of these origins call the OFREP routes from a browser.
@@ -127,6 +138,7 @@ impl AppState {
         (name = "segments", description = "Reusable groups of contexts, per environment"),
         (name = "sdk keys", description = "Per-environment keys for SDKs: server and client kinds"),
         (name = "change requests", description = "Approvals and scheduled changes"),
+        (name = "telemetry", description = "How often SDKs evaluated each flag, as they report it"),
     )
 )]
 struct ApiDoc;
@@ -190,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .merge(api_router)
         .merge(ofrep::routes(&state.cors_origins))
+        .merge(telemetry::sdk_routes())
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -348,7 +361,8 @@ pub async fn start(config: &ServerConfig) -> Result<Started, StartError> {
         .map_err(StartError::Bootstrap)?;
     let state = AppState::new(store)
         .map_err(StartError::Bootstrap)?
-        .with_cors_origins(config.cors_origins.clone());
+        .with_cors_origins(config.cors_origins.clone())
+        .with_telemetry_max_age(config.telemetry_max_age);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {

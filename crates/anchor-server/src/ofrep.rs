@@ -236,8 +236,11 @@ fn presented_key(headers: &HeaderMap) -> Option<String> {
         .then(|| rest.trim().to_string())
 }
 
-/// The environment an SDK key belongs to, if the key is valid now.
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<SdkKeyRecord, Response> {
+/// The environment an SDK key belongs to, if the key is valid now (and within its rate).
+pub(crate) async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<SdkKeyRecord, Response> {
     let unauthorized = || StatusCode::UNAUTHORIZED.into_response();
     let secret = presented_key(headers).ok_or_else(unauthorized)?;
     if !(secret.starts_with("anc_srv_") || secret.starts_with("anc_cli_")) {
