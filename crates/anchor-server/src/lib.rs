@@ -14,6 +14,7 @@ mod api;
 pub mod auth;
 mod bootstrap;
 pub mod change_requests;
+mod changes;
 pub mod config;
 mod error;
 pub mod ofrep;
@@ -382,7 +383,8 @@ pub async fn start(config: &ServerConfig) -> Result<Started, StartError> {
 }
 
 /// Serves the application on `listener` until `shutdown` completes; requests in flight then
-/// finish before this returns.
+/// finish before this returns. On a store that several servers share, it also follows the
+/// changes the others commit (see `changes`).
 pub async fn launch(
     listener: TcpListener,
     state: AppState,
@@ -395,6 +397,12 @@ pub async fn launch(
         .await
         .map_err(|e| std::io::Error::other(format!("building the environments' snapshots: {e}")))?;
     state.set_ready(true);
+    // Other servers' commits: the follower's first change, once it listens, is a resync, so
+    // whatever was committed since the snapshots were built is not missed.
+    let follower = state
+        .store
+        .changes()
+        .map(|feed| tokio::spawn(changes::follow(state.clone(), feed)));
     // The scheduler applies due change requests every second until the server stops; an
     // apply cut short rolls back with its transaction.
     let scheduler_state = state.clone();
@@ -418,5 +426,8 @@ pub async fn launch(
         })
         .await;
     scheduler.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     served
 }

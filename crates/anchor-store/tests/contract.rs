@@ -4021,14 +4021,17 @@ async fn committed_changes_reach_the_change_feed_and_a_lost_connection_resyncs(f
     // The feed's connection dies: it reconnects and says that changes may have been missed,
     // then hears changes again.
     let (url, schema) = f.cleanup.clone().expect("a shared database");
-    use sqlx::{Connection, Executor};
+    use sqlx::{Connection, Row};
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
-    conn.execute(sqlx::AssertSqlSafe(format!(
+    let killed: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
              WHERE application_name = 'anchor-change-feed' AND query LIKE '%anchor_changes_{schema}%'"
     )))
+    .fetch_one(&mut conn)
     .await
-    .unwrap();
+    .unwrap()
+    .get(0);
+    assert_eq!(killed, 1, "the change feeds' connections");
     conn.close().await.unwrap();
     assert_eq!(next_change(&mut feed).await, Change::Resync);
     s.update_flag_config(&change(&admin(), "production", "f", &off_config(), None))
