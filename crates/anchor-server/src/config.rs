@@ -142,6 +142,18 @@ impl ServerConfig {
         self.cors_origins = origins;
         Ok(self)
     }
+
+    /// Refuses SDK telemetry for minutes older than `days` (1 to 30; the store remembers a
+    /// batch's id for 35 days, so a batch retried within the window never counts twice).
+    pub fn with_telemetry_max_age_days(mut self, days: u32) -> Result<Self, ConfigError> {
+        if !(1..=30).contains(&days) {
+            return Err(ConfigError(vec![format!(
+                "the telemetry window of {days} days is not between 1 and 30 days"
+            )]));
+        }
+        self.telemetry_max_age = std::time::Duration::from_secs(u64::from(days) * 86_400);
+        Ok(self)
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +201,16 @@ mod tests {
             .with_cors_origins(vec!["app.example.com".into(), "https://x.com/path".into()])
             .unwrap_err();
         assert_eq!(err.0.len(), 2);
+    }
+
+    #[test]
+    fn the_telemetry_window_is_one_to_thirty_days() {
+        let config = ServerConfig::from_settings("127.0.0.1:4242", "d".into(), None, None).unwrap();
+        assert_eq!(config.telemetry_max_age.as_secs(), 7 * 86_400);
+        let config = config.with_telemetry_max_age_days(30).unwrap();
+        assert_eq!(config.telemetry_max_age.as_secs(), 30 * 86_400);
+        assert!(config.clone().with_telemetry_max_age_days(0).is_err());
+        assert!(config.with_telemetry_max_age_days(31).is_err());
     }
 
     #[test]

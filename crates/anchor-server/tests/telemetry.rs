@@ -360,6 +360,13 @@ async fn every_bad_field_is_named_by_its_json_pointer_and_nothing_is_stored(app:
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.problem_paths(), ["/evaluations"]);
+    // A body over the server's limit (1 MiB).
+    let padding = "x".repeat(anchor_server::MAX_BODY);
+    let reply = app
+        .post(json!({"batchId": "big", "sdk": padding, "evaluations": []}))
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    reply.problem_paths();
     // Not JSON at all.
     let request = Request::builder()
         .method("POST")

@@ -12,6 +12,11 @@
 //! by a change. SDK keys, like personal access tokens, are stored only as hashes of their
 //! secrets.
 //!
+//! SDK telemetry is kept as per-minute sums (per environment, flag and variant), added to by
+//! upserts; each batch's id is recorded with its counts, so a retried batch counts once. On
+//! PostgreSQL, every commit that moves an environment's revision counter or changes SDK keys
+//! also notifies the other processes sharing the database ([`Store::changes`]).
+//!
 //! ## Example
 //! ```
 //! use anchor_store::{Actor, NewEnvironment, SqlStore, Store};
