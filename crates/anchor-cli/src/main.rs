@@ -39,7 +39,11 @@ struct ServeArgs {
     /// Origins whose pages may call OFREP from a browser (comma-separated)
     #[arg(long, env = "ANCHOR_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
-    /// A TOML file with any of: listen, data_dir, database_url, admin_password, cors_origins
+    /// Days after which SDK telemetry for a minute is refused, 1 to 30 [default: 7]
+    #[arg(long, env = "ANCHOR_TELEMETRY_MAX_AGE_DAYS")]
+    telemetry_max_age_days: Option<u32>,
+    /// A TOML file with any of: listen, data_dir, database_url, admin_password, cors_origins,
+    /// telemetry_max_age_days
     #[arg(long, env = "ANCHOR_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -54,6 +58,7 @@ struct FileConfig {
     admin_password: Option<Secret>,
     #[serde(default)]
     cors_origins: Vec<String>,
+    telemetry_max_age_days: Option<u32>,
 }
 
 fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
@@ -84,9 +89,13 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     } else {
         args.cors_origins
     };
+    let config = ServerConfig::from_settings(&listen, data_dir, database_url, admin_password)?
+        .with_cors_origins(cors_origins)?;
     Ok(
-        ServerConfig::from_settings(&listen, data_dir, database_url, admin_password)?
-            .with_cors_origins(cors_origins)?,
+        match args.telemetry_max_age_days.or(file.telemetry_max_age_days) {
+            Some(days) => config.with_telemetry_max_age_days(days)?,
+            None => config,
+        },
     )
 }
 

@@ -56,6 +56,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_sdk_key))
         .routes(routes!(revoke_sdk_key))
         .merge(crate::change_requests::routes())
+        .merge(crate::telemetry::api_routes())
         .routes(routes!(sign_in, sign_out))
         .routes(routes!(explain_flag))
 }

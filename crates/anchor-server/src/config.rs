@@ -52,6 +52,8 @@ pub struct ServerConfig {
     /// Origins whose pages may call the OFREP routes from a browser (CORS), e.g.
     /// `https://app.example.com`. None by default.
     pub cors_origins: Vec<String>,
+    /// SDK telemetry for minutes older than this is refused (7 days by default).
+    pub telemetry_max_age: std::time::Duration,
 }
 
 /// Every problem with a configuration, reported together.
@@ -111,6 +113,9 @@ impl ServerConfig {
                 database,
                 admin_password,
                 cors_origins: Vec::new(),
+                telemetry_max_age: std::time::Duration::from_secs(
+                    crate::telemetry::DEFAULT_MAX_AGE_SECS as u64,
+                ),
             }),
             _ => Err(ConfigError(problems)),
         }
@@ -135,6 +140,18 @@ impl ServerConfig {
             return Err(ConfigError(bad));
         }
         self.cors_origins = origins;
+        Ok(self)
+    }
+
+    /// Refuses SDK telemetry for minutes older than `days` (1 to 30; the store remembers a
+    /// batch's id for 35 days, so a batch retried within the window never counts twice).
+    pub fn with_telemetry_max_age_days(mut self, days: u32) -> Result<Self, ConfigError> {
+        if !(1..=30).contains(&days) {
+            return Err(ConfigError(vec![format!(
+                "the telemetry window of {days} days is not between 1 and 30 days"
+            )]));
+        }
+        self.telemetry_max_age = std::time::Duration::from_secs(u64::from(days) * 86_400);
         Ok(self)
     }
 }
@@ -184,6 +201,16 @@ mod tests {
             .with_cors_origins(vec!["app.example.com".into(), "https://x.com/path".into()])
             .unwrap_err();
         assert_eq!(err.0.len(), 2);
+    }
+
+    #[test]
+    fn the_telemetry_window_is_one_to_thirty_days() {
+        let config = ServerConfig::from_settings("127.0.0.1:4242", "d".into(), None, None).unwrap();
+        assert_eq!(config.telemetry_max_age.as_secs(), 7 * 86_400);
+        let config = config.with_telemetry_max_age_days(30).unwrap();
+        assert_eq!(config.telemetry_max_age.as_secs(), 30 * 86_400);
+        assert!(config.clone().with_telemetry_max_age_days(0).is_err());
+        assert!(config.with_telemetry_max_age_days(31).is_err());
     }
 
     #[test]

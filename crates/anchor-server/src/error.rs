@@ -22,6 +22,11 @@ pub enum ApiError {
     PreconditionFailed(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A request that is not what the route accepts, field by field: every problem with its
+    /// JSON pointer, answered 400 (for bodies whose shape is the protocol, such as SDK
+    /// telemetry, where 422's "valid JSON, invalid meaning" does not fit).
+    #[error("the request is malformed")]
+    Malformed(Vec<Diagnostic>),
     /// The request is well-formed JSON but invalid: every problem, each with its JSON pointer.
     #[error("the request is invalid")]
     Invalid(Vec<Diagnostic>),
@@ -43,7 +48,8 @@ pub struct Problem {
     title: String,
     status: u16,
     detail: String,
-    /// With 422: every problem, each with the JSON pointer of the offending value.
+    /// With 422 (and with 400 for SDK telemetry): every problem, each with the JSON pointer of
+    /// the offending value.
     #[serde(skip_serializing_if = "Option::is_none")]
     errors: Option<Vec<Diagnostic>>,
 }
@@ -56,7 +62,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -71,7 +77,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not-found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PreconditionFailed(_) => "precondition-failed",
-            ApiError::BadRequest(_) => "bad-request",
+            ApiError::BadRequest(_) | ApiError::Malformed(_) => "bad-request",
             ApiError::Invalid(_) => "validation-failed",
             ApiError::TooManyRequests => "too-many-requests",
             ApiError::PayloadTooLarge => "payload-too-large",
@@ -89,7 +95,7 @@ impl IntoResponse for ApiError {
         }
         let kind = format!("https://release-anchor.dev/problems/{}", self.kind());
         let detail = match &self {
-            ApiError::Invalid(d) => d
+            ApiError::Invalid(d) | ApiError::Malformed(d) => d
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
@@ -103,7 +109,7 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail,
             errors: match &self {
-                ApiError::Invalid(d) => Some(d.clone()),
+                ApiError::Invalid(d) | ApiError::Malformed(d) => Some(d.clone()),
                 _ => None,
             },
         };

@@ -14,10 +14,12 @@ mod api;
 pub mod auth;
 mod bootstrap;
 pub mod change_requests;
+mod changes;
 pub mod config;
 mod error;
 pub mod ofrep;
 pub mod snapshots;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub struct AppState {
     pub event_streams: Arc<ofrep::StreamCounter>,
     /// Set when the server begins to shut down: streams end so that shutdown can finish.
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Telemetry for minutes older than this many seconds is refused.
+    telemetry_max_age_secs: i64,
 }
 
 impl std::fmt::Debug for AppState {
@@ -85,7 +89,15 @@ impl AppState {
             streams: Arc::default(),
             event_streams: Arc::default(),
             shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
+            telemetry_max_age_secs: telemetry::DEFAULT_MAX_AGE_SECS,
         })
+    }
+
+    /// Refuses telemetry for minutes older than `max_age` (7 days by default; at most 30 days,
+    /// since the store remembers batch ids for 35, and at least a minute).
+    pub fn with_telemetry_max_age(mut self, max_age: std::time::Duration) -> Self {
+        self.telemetry_max_age_secs = max_age.as_secs().clamp(60, 30 * 24 * 60 * 60) as i64;
+        self
     }
 
     /// Lets pages of these origins call the OFREP routes from a browser.
@@ -138,6 +150,7 @@ impl AppState {
         (name = "segments", description = "Reusable groups of contexts, per environment"),
         (name = "sdk keys", description = "Per-environment keys for SDKs: server and client kinds"),
         (name = "change requests", description = "Approvals and scheduled changes"),
+        (name = "telemetry", description = "How often SDKs evaluated each flag, as they report it"),
     )
 )]
 struct ApiDoc;
@@ -201,6 +214,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .merge(api_router)
         .merge(ofrep::routes(&state.cors_origins))
+        .merge(telemetry::sdk_routes())
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -359,7 +373,8 @@ pub async fn start(config: &ServerConfig) -> Result<Started, StartError> {
         .map_err(StartError::Bootstrap)?;
     let state = AppState::new(store)
         .map_err(StartError::Bootstrap)?
-        .with_cors_origins(config.cors_origins.clone());
+        .with_cors_origins(config.cors_origins.clone())
+        .with_telemetry_max_age(config.telemetry_max_age);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -379,7 +394,8 @@ pub async fn start(config: &ServerConfig) -> Result<Started, StartError> {
 }
 
 /// Serves the application on `listener` until `shutdown` completes; requests in flight then
-/// finish before this returns.
+/// finish before this returns. On a store that several servers share, it also follows the
+/// changes the others commit (see `changes`).
 pub async fn launch(
     listener: TcpListener,
     state: AppState,
@@ -392,6 +408,12 @@ pub async fn launch(
         .await
         .map_err(|e| std::io::Error::other(format!("building the environments' snapshots: {e}")))?;
     state.set_ready(true);
+    // Other servers' commits: the follower's first change, once it listens, is a resync, so
+    // whatever was committed since the snapshots were built is not missed.
+    let follower = state
+        .store
+        .changes()
+        .map(|feed| tokio::spawn(changes::follow(state.clone(), feed)));
     // The scheduler applies due change requests every second until the server stops; an
     // apply cut short rolls back with its transaction.
     let scheduler_state = state.clone();
@@ -415,5 +437,8 @@ pub async fn launch(
         })
         .await;
     scheduler.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     served
 }

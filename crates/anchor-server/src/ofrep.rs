@@ -411,9 +411,10 @@ fn presented_key(headers: &HeaderMap) -> Option<String> {
         .then(|| rest.trim().to_string())
 }
 
-/// The environment an SDK key belongs to, if the key is valid now. The key comes in a header,
-/// or else (for client keys only, which browsers hold anyway) as `from_query`.
-async fn authenticate(
+/// The environment an SDK key belongs to, if the key is valid now (and within its rate). The
+/// key comes in a header, or else (for client keys only, which browsers hold anyway) as
+/// `from_query`.
+pub(crate) async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     from_query: Option<&str>,

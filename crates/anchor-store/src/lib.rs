@@ -12,6 +12,11 @@
 //! by a change. SDK keys, like personal access tokens, are stored only as hashes of their
 //! secrets.
 //!
+//! SDK telemetry is kept as per-minute sums (per environment, flag and variant), added to by
+//! upserts; each batch's id is recorded with its counts, so a retried batch counts once. On
+//! PostgreSQL, every commit that moves an environment's revision counter or changes SDK keys
+//! also notifies the other processes sharing the database ([`Store::changes`]).
+//!
 //! ## Example
 //! ```
 //! use anchor_store::{Actor, NewEnvironment, SqlStore, Store};
@@ -434,4 +439,47 @@ pub trait Store: Send + Sync + 'static {
         project: &str,
         environment: &str,
     ) -> Result<(EnvironmentConfig, u64), StoreError>;
+
+    /// Adds a telemetry batch's evaluation counts to the environment's per-minute totals (per
+    /// flag and variant), if the environment has not seen `batch_id` yet: the id is recorded in
+    /// the same transaction as the counts, so a retried batch counts once, even when the retry
+    /// races the original. Returns whether the batch was new. Batch ids are remembered for
+    /// [`TELEMETRY_BATCH_MEMORY_MS`]. The caller validates the rows (minutes multiples of 60,
+    /// counts at least 1, variants never empty); rows with the same key are summed.
+    async fn record_evaluations(
+        &self,
+        project: &str,
+        environment: &str,
+        batch_id: &str,
+        rows: &[EvaluationCount],
+    ) -> Result<bool, StoreError>;
+    /// The evaluation counts of one flag in one environment for the minutes in
+    /// `[from_minute, to_minute)` (unix seconds), by minute then variant (`None`, the default,
+    /// first). `NotFound` for an unknown project or environment; a flag never reported has no
+    /// rows.
+    async fn evaluation_counts(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<Vec<EvaluationCount>, StoreError>;
+
+    /// The configuration changes committed through every process sharing this store, as they
+    /// commit: on PostgreSQL, every write that bumps an environment's revision counter and
+    /// every change of SDK keys sends a notification (`pg_notify`) inside its transaction, so
+    /// it is heard exactly when, and only if, it commits. `None` on SQLite, which one process
+    /// alone writes. Each call makes an independent feed, connected on its first `next`.
+    fn changes(&self) -> Option<Box<dyn ChangeFeed>> {
+        None
+    }
+}
+
+/// Committed changes, as they are committed by any process sharing the database.
+#[async_trait]
+pub trait ChangeFeed: Send + std::fmt::Debug {
+    /// Waits for the next change. After an error (the database is unreachable) the caller
+    /// waits a moment and calls again: the feed reconnects and reports [`Change::Resync`].
+    async fn next(&mut self) -> Result<Change, StoreError>;
 }

@@ -4,6 +4,7 @@
 //! own migrations.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,8 +16,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row};
 
-use crate::Store;
 use crate::types::*;
+use crate::{ChangeFeed, Store};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -44,7 +45,23 @@ pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
     clock: Clock,
+    /// On PostgreSQL: where committed changes are announced to every process sharing the
+    /// database (see [`crate::ChangeFeed`]).
+    changes: Option<Arc<ChangeChannel>>,
 }
+
+/// A PostgreSQL notification channel for committed changes, and how to listen to it.
+struct ChangeChannel {
+    /// The connection URL (it may hold a password: never printed).
+    url: String,
+    /// `anchor_changes`, or `anchor_changes_<schema>` for a store in its own schema:
+    /// notifications are database-wide, so stores in other schemas of the same database (the
+    /// contract suite runs many at once) must not hear each other.
+    name: String,
+}
+
+/// The longest channel name PostgreSQL keeps (NAMEDATALEN - 1); longer ones are refused.
+const MAX_CHANNEL_NAME: usize = 63;
 
 impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,6 +97,7 @@ impl SqlStore {
             pool,
             backend: Backend::Sqlite,
             clock: system_clock(),
+            changes: None,
         })
     }
 
@@ -94,6 +112,12 @@ impl SqlStore {
             {
                 return Err(StoreError::Invalid(format!("bad schema name `{schema}`")));
             }
+            if CHANGE_CHANNEL.len() + 1 + schema.len() > MAX_CHANNEL_NAME {
+                return Err(StoreError::Invalid(format!(
+                    "schema name `{schema}` is longer than {} characters",
+                    MAX_CHANNEL_NAME - CHANGE_CHANNEL.len() - 1
+                )));
+            }
             let mut conn = AnyConnection::connect(url).await?;
             conn.execute(AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema}"
@@ -101,6 +125,10 @@ impl SqlStore {
             .await?;
             conn.close().await?;
         }
+        let channel = match schema {
+            Some(schema) => format!("{CHANGE_CHANNEL}_{schema}"),
+            None => CHANGE_CHANNEL.to_string(),
+        };
         let schema = schema.map(str::to_string);
         let pool = AnyPoolOptions::new()
             .max_connections(8)
@@ -122,6 +150,10 @@ impl SqlStore {
             pool,
             backend: Backend::Postgres,
             clock: system_clock(),
+            changes: Some(Arc::new(ChangeChannel {
+                url: url.to_string(),
+                name: channel,
+            })),
         })
     }
 
@@ -133,6 +165,11 @@ impl SqlStore {
 
     fn now(&self) -> i64 {
         (self.clock)()
+    }
+
+    /// The channel that committed changes are announced on, on PostgreSQL.
+    fn channel(&self) -> Option<&str> {
+        self.changes.as_deref().map(|c| c.name.as_str())
     }
 
     /// Begins a write transaction. SQLite takes the write lock up front (`BEGIN IMMEDIATE`), so
@@ -234,27 +271,56 @@ async fn flag_row(
     .ok_or_else(|| StoreError::not_found("flag", key))
 }
 
+/// The base name of the PostgreSQL channel that announces committed changes.
+const CHANGE_CHANNEL: &str = "anchor_changes";
+
 /// Increments the revision counter of the environments given (all of the project's when
-/// `environment_id` is `None`).
+/// `environment_id` is `None`) and, on PostgreSQL (`channel`), announces each new revision.
+/// A notification is delivered when, and only if, the transaction commits, so listeners never
+/// read ahead of the data and never hear of a write that was rolled back.
 async fn bump_revision(
     conn: &mut AnyConnection,
     project_id: &str,
     environment_id: Option<&str>,
+    channel: Option<&str>,
 ) -> Result<(), StoreError> {
-    match environment_id {
-        Some(env) => {
-            sqlx::query("UPDATE environments SET revision = revision + 1 WHERE id = $1")
-                .bind(env)
-                .execute(&mut *conn)
-                .await?
-        }
-        None => {
-            sqlx::query("UPDATE environments SET revision = revision + 1 WHERE project_id = $1")
-                .bind(project_id)
-                .execute(&mut *conn)
-                .await?
-        }
+    let (filter, id) = match environment_id {
+        Some(env) => ("id", env),
+        None => ("project_id", project_id),
     };
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE environments SET revision = revision + 1 WHERE {filter} = $1"
+    )))
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    if let Some(channel) = channel {
+        // `count` only because `pg_notify` returns `void`, which the `Any` driver cannot
+        // decode. The payload is `crate::Change::Environment` as JSON.
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT count(pg_notify($1, json_build_object('kind', 'environment', \
+             'project', p.key, 'environment', e.key, 'revision', e.revision)::text)) AS n \
+             FROM environments e JOIN projects p ON p.id = e.project_id WHERE e.{filter} = $2"
+        )))
+        .bind(channel)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Announces, on PostgreSQL (`channel`), that SDK keys changed, at commit.
+async fn notify_sdk_keys(
+    conn: &mut AnyConnection,
+    channel: Option<&str>,
+) -> Result<(), StoreError> {
+    if let Some(channel) = channel {
+        sqlx::query("SELECT count(pg_notify($1, '{\"kind\":\"sdk_keys\"}')) AS n")
+            .bind(channel)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -1758,7 +1824,7 @@ impl Store for SqlStore {
             )
             .await?;
         }
-        bump_revision(&mut tx, &project_id, None).await?;
+        bump_revision(&mut tx, &project_id, None, self.channel()).await?;
         let after = serde_json::json!({ "flag": definition, "config": config });
         audit(
             &mut tx,
@@ -1836,7 +1902,7 @@ impl Store for SqlStore {
             .bind(row.try_get::<String, _>("id")?)
             .execute(&mut *tx)
             .await?;
-        bump_revision(&mut tx, &project_id, None).await?;
+        bump_revision(&mut tx, &project_id, None, self.channel()).await?;
         audit(
             &mut tx,
             AuditRecord {
@@ -1876,7 +1942,7 @@ impl Store for SqlStore {
             .bind(row.try_get::<String, _>("id")?)
             .execute(&mut *tx)
             .await?;
-        bump_revision(&mut tx, &project_id, None).await?;
+        bump_revision(&mut tx, &project_id, None, self.channel()).await?;
         audit(
             &mut tx,
             AuditRecord {
@@ -1913,7 +1979,7 @@ impl Store for SqlStore {
         // Bumping the environment's revision first locks its row (PostgreSQL), so writers to
         // one environment take turns and each reads the version the previous one committed;
         // SQLite's `BEGIN IMMEDIATE` already serialises them.
-        bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
+        bump_revision(&mut tx, &project_id, Some(&env_id), self.channel()).await?;
         let config = write_flag_config(
             &mut tx,
             ConfigWrite {
@@ -2413,7 +2479,7 @@ impl Store for SqlStore {
         let project_id = project_id(&mut tx, change.project).await?;
         let env_id = environment_id(&mut tx, &project_id, change.environment).await?;
         // First, as for flag configurations: it locks the environment's row (PostgreSQL).
-        bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
+        bump_revision(&mut tx, &project_id, Some(&env_id), self.channel()).await?;
         let stored = insert_segment(
             &mut tx,
             SegmentWrite {
@@ -2448,7 +2514,7 @@ impl Store for SqlStore {
         let env_id = environment_id(&mut tx, &project_id, change.environment).await?;
         // First: it locks the environment's row (PostgreSQL), so writers take turns and each
         // reads the version and key lists the previous one committed.
-        bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
+        bump_revision(&mut tx, &project_id, Some(&env_id), self.channel()).await?;
         let stored = replace_segment(
             &mut tx,
             SegmentWrite {
@@ -2538,7 +2604,7 @@ impl Store for SqlStore {
         let mut tx = self.begin().await?;
         let project_id = project_id(&mut tx, project).await?;
         let env_id = environment_id(&mut tx, &project_id, environment).await?;
-        bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
+        bump_revision(&mut tx, &project_id, Some(&env_id), self.channel()).await?;
         remove_segment(
             &mut tx,
             SegmentDeletion {
@@ -2610,6 +2676,7 @@ impl Store for SqlStore {
             },
         )
         .await?;
+        notify_sdk_keys(&mut tx, self.channel()).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -2675,6 +2742,7 @@ impl Store for SqlStore {
             },
         )
         .await?;
+        notify_sdk_keys(&mut tx, self.channel()).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -2731,6 +2799,7 @@ impl Store for SqlStore {
             },
         )
         .await?;
+        notify_sdk_keys(&mut tx, self.channel()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -3304,7 +3373,7 @@ impl Store for SqlStore {
         .try_get("environment_id")?;
         // As in `update_flag_config`: bumping the environment's revision first makes writers to
         // the environment take turns, so this one reads what the previous one committed.
-        bump_revision(&mut tx, &project_id, Some(&env_id)).await?;
+        bump_revision(&mut tx, &project_id, Some(&env_id), self.channel()).await?;
         let state = lock_change_request(&mut tx, &project_id, id).await?;
         if state.status != ChangeRequestStatus::Approved {
             return Err(StoreError::Invalid(format!(
@@ -3519,5 +3588,193 @@ impl Store for SqlStore {
         // Byte order on every backend, whatever PostgreSQL's collation.
         segments.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         Ok((EnvironmentConfig { flags, segments }, revision))
+    }
+
+    async fn record_evaluations(
+        &self,
+        project: &str,
+        environment: &str,
+        batch_id: &str,
+        rows: &[EvaluationCount],
+    ) -> Result<bool, StoreError> {
+        // Summed by key first: one statement may not update a row twice (PostgreSQL), and
+        // keys in one order make concurrent batches lock their rows in the same order, so they
+        // cannot deadlock.
+        let mut sums: BTreeMap<(&str, i64, &str), i64> = BTreeMap::new();
+        for row in rows {
+            if row.count == 0
+                || row.minute % 60 != 0
+                || row.variant.as_deref() == Some(DEFAULT_VARIANT_SENTINEL)
+            {
+                return Err(StoreError::Invalid(format!(
+                    "evaluation count of `{}` at {}: a count must be at least 1, a minute a \
+                     multiple of 60 and a variant not empty",
+                    row.flag, row.minute
+                )));
+            }
+            let variant = row.variant.as_deref().unwrap_or(DEFAULT_VARIANT_SENTINEL);
+            let sum = sums.entry((&row.flag, row.minute, variant)).or_insert(0);
+            *sum = sum.saturating_add(i64::try_from(row.count).unwrap_or(i64::MAX));
+        }
+        let at = self.now();
+        let mut tx = self.begin().await?;
+        let project_id = project_id(&mut tx, project).await?;
+        let env_id = environment_id(&mut tx, &project_id, environment).await?;
+        sqlx::query("DELETE FROM telemetry_batches WHERE environment_id = $1 AND received_at < $2")
+            .bind(&env_id)
+            .bind(at.saturating_sub(TELEMETRY_BATCH_MEMORY_MS))
+            .execute(&mut *tx)
+            .await?;
+        // A concurrent transaction recording the same batch makes this one wait for its
+        // outcome (the primary key), then insert nothing if it committed.
+        let fresh = sqlx::query(
+            "INSERT INTO telemetry_batches (environment_id, batch_id, received_at) \
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(&env_id)
+        .bind(batch_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(false);
+        }
+        let sums: Vec<_> = sums.into_iter().collect();
+        for chunk in sums.chunks(COUNTS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO evaluation_counts (environment_id, flag, minute, variant, count) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let n = 2 + 4 * i;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("($1, ${}, ${}, ${}, ${})", n, n + 1, n + 2, n + 3));
+            }
+            sql.push_str(
+                " ON CONFLICT (environment_id, flag, minute, variant) \
+                 DO UPDATE SET count = evaluation_counts.count + excluded.count",
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(&env_id);
+            for ((flag, minute, variant), count) in chunk {
+                query = query.bind(*flag).bind(*minute).bind(*variant).bind(*count);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn evaluation_counts(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<Vec<EvaluationCount>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let env_id = environment_id(&mut conn, &project_id, environment).await?;
+        let rows = sqlx::query(
+            "SELECT minute, variant, count FROM evaluation_counts \
+             WHERE environment_id = $1 AND flag = $2 AND minute >= $3 AND minute < $4",
+        )
+        .bind(&env_id)
+        .bind(flag)
+        .bind(from_minute)
+        .bind(to_minute)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut counts = rows
+            .iter()
+            .map(|r| {
+                let variant: String = r.try_get("variant")?;
+                Ok(EvaluationCount {
+                    minute: r.try_get("minute")?,
+                    flag: flag.to_string(),
+                    variant: (variant != DEFAULT_VARIANT_SENTINEL).then_some(variant),
+                    count: r.try_get::<i64, _>("count")?.max(0) as u64,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Byte order on every backend, whatever PostgreSQL's collation; `None` sorts first.
+        counts.sort_unstable_by(|a, b| (a.minute, &a.variant).cmp(&(b.minute, &b.variant)));
+        Ok(counts)
+    }
+
+    fn changes(&self) -> Option<Box<dyn ChangeFeed>> {
+        let channel = Arc::clone(self.changes.as_ref()?);
+        Some(Box::new(PgChangeFeed {
+            channel,
+            listener: None,
+        }))
+    }
+}
+
+/// How many evaluation counts one statement upserts: 4 parameters each, well under SQLite's
+/// limit of 32,766 parameters and PostgreSQL's of 65,535.
+const COUNTS_PER_STATEMENT: usize = 1_000;
+
+/// Committed changes heard on PostgreSQL: `LISTEN` on the store's channel, on a connection of
+/// its own (reconnected when lost).
+struct PgChangeFeed {
+    channel: Arc<ChangeChannel>,
+    /// `None` until connected, and again after the connection failed.
+    listener: Option<sqlx::postgres::PgListener>,
+}
+
+impl std::fmt::Debug for PgChangeFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgChangeFeed")
+            .field("channel", &self.channel.name)
+            .field("connected", &self.listener.is_some())
+            .finish()
+    }
+}
+
+impl PgChangeFeed {
+    async fn connect(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
+        use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+        // Named, so that operators (and the tests) can find it among the connections.
+        let options =
+            PgConnectOptions::from_str(&self.channel.url)?.application_name("anchor-change-feed");
+        // A pool of one connection that never expires, which the listener uses to reconnect.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.ignore_pool_close_event(true);
+        listener.listen(&self.channel.name).await?;
+        Ok(listener)
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for PgChangeFeed {
+    async fn next(&mut self) -> Result<Change, StoreError> {
+        let Some(listener) = self.listener.as_mut() else {
+            self.listener = Some(self.connect().await?);
+            return Ok(Change::Resync);
+        };
+        match listener.try_recv().await {
+            // A payload this version does not understand (a newer replica's) still means that
+            // something changed.
+            Ok(Some(notification)) => {
+                Ok(serde_json::from_str(notification.payload()).unwrap_or(Change::Resync))
+            }
+            // The connection was lost and has been re-established.
+            Ok(None) => Ok(Change::Resync),
+            Err(e) => {
+                self.listener = None;
+                Err(e.into())
+            }
+        }
     }
 }

@@ -594,3 +594,43 @@ pub struct SessionRecord {
     pub csrf_hash: String,
     pub expires_at: i64,
 }
+
+/// How many evaluations of one flag an SDK served in one minute with one variant: a row of a
+/// telemetry batch, and of what the store reads back (summed over every batch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluationCount {
+    /// Unix seconds at the start of the minute (a multiple of 60).
+    pub minute: i64,
+    pub flag: String,
+    /// `None`: the caller's default was served (an error, or a flag the SDK did not know).
+    pub variant: Option<String>,
+    pub count: u64,
+}
+
+/// How long the store remembers a telemetry batch's id, so that a retry within that time is
+/// counted once. The server refuses minutes older than its (shorter) lag, so a batch retried
+/// later than this would be refused anyway.
+pub const TELEMETRY_BATCH_MEMORY_MS: i64 = 35 * 24 * 60 * 60 * 1000;
+
+/// What the store stands in for a `None` variant in its key column. A variant name is never
+/// empty (the engine's model requires 1 to 128 characters), so it cannot be confused.
+pub const DEFAULT_VARIANT_SENTINEL: &str = "";
+
+/// A committed change that other replicas sharing the database must catch up with, as
+/// [`ChangeFeed::next`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// The environment's revision counter moved to `revision`: rebuild its snapshot.
+    Environment {
+        project: String,
+        environment: String,
+        revision: u64,
+    },
+    /// An SDK key was created, rotated or revoked: forget cached keys.
+    SdkKeys,
+    /// The feed (re)connected and changes may have been missed meanwhile: rebuild everything.
+    /// Always the first change a feed reports.
+    Resync,
+}

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use anchor_engine::{EvaluationContext, Flag, FlagConfig, Lifecycle, Segment, Serve, compile};
 use anchor_store::{
-    Actor, AuditEntry, AuditFilter, ChangeRequest, ChangeRequestStatus, ConfigChange, FlagFilter,
-    NewChangeRequest, NewEnvironment, NewSdkKey, NewToken, ReviewDecision, Role, SdkKeyKind,
-    SegmentChange, SqlStore, Store, StoreError,
+    Actor, AuditEntry, AuditFilter, Change, ChangeRequest, ChangeRequestStatus, ConfigChange,
+    EvaluationCount, FlagFilter, NewChangeRequest, NewEnvironment, NewSdkKey, NewToken,
+    ReviewDecision, Role, SdkKeyKind, SegmentChange, SqlStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -140,6 +140,9 @@ contract!(
     editing_a_segment_request_voids_its_approval_and_the_edited_segment_applies,
     a_segment_deletion_request_once_approved_and_applied_deletes_the_segment,
     a_segment_deletion_request_fails_with_a_version_mismatch_if_the_segment_changed,
+    evaluation_counts_add_up_per_minute_flag_and_variant_and_a_retried_batch_counts_once,
+    concurrent_telemetry_batches_all_add_up_and_a_raced_retry_counts_once,
+    committed_changes_reach_the_change_feed_and_a_lost_connection_resyncs,
 );
 
 fn admin() -> Actor {
@@ -3767,4 +3770,275 @@ async fn a_segment_deletion_request_fails_with_a_version_mismatch_if_the_segment
         revision_before
     );
     assert_eq!(audit_of(f, "beta").await.len(), audit_before);
+}
+
+// ---- telemetry ----
+
+fn count(minute: i64, flag: &str, variant: Option<&str>, count: u64) -> EvaluationCount {
+    EvaluationCount {
+        minute,
+        flag: flag.into(),
+        variant: variant.map(str::to_string),
+        count,
+    }
+}
+
+/// A minute of the fake clock's day, in unix seconds.
+const MINUTE: i64 = 1_800_000_000 / 60 * 60;
+
+async fn evaluation_counts_add_up_per_minute_flag_and_variant_and_a_retried_batch_counts_once(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let first = [
+        count(MINUTE, "checkout", Some("on"), 40),
+        count(MINUTE, "checkout", Some("on"), 2),
+        count(MINUTE, "checkout", Some("off"), 3),
+        count(MINUTE, "checkout", None, 1),
+        count(MINUTE + 60, "checkout", Some("on"), 5),
+        count(MINUTE, "search", Some("on"), 7),
+    ];
+    assert!(
+        s.record_evaluations("shop", "production", "batch-1", &first)
+            .await
+            .unwrap()
+    );
+    // The same batch again (a retry) changes nothing and says so.
+    assert!(
+        !s.record_evaluations("shop", "production", "batch-1", &first)
+            .await
+            .unwrap()
+    );
+    // Another batch adds to the same minute; the same id in another environment is new there.
+    let second = [count(MINUTE, "checkout", Some("on"), 8)];
+    assert!(
+        s.record_evaluations("shop", "production", "batch-2", &second)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.record_evaluations("shop", "staging", "batch-1", &second)
+            .await
+            .unwrap()
+    );
+    let counts = s
+        .evaluation_counts("shop", "production", "checkout", MINUTE, MINUTE + 120)
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        [
+            count(MINUTE, "checkout", None, 1),
+            count(MINUTE, "checkout", Some("off"), 3),
+            count(MINUTE, "checkout", Some("on"), 50),
+            count(MINUTE + 60, "checkout", Some("on"), 5),
+        ]
+    );
+    // The range is half-open; other flags and environments stay apart.
+    let counts = s
+        .evaluation_counts("shop", "production", "checkout", MINUTE + 60, MINUTE + 120)
+        .await
+        .unwrap();
+    assert_eq!(counts, [count(MINUTE + 60, "checkout", Some("on"), 5)]);
+    assert!(
+        s.evaluation_counts("shop", "production", "checkout", MINUTE, MINUTE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let staging = s
+        .evaluation_counts("shop", "staging", "checkout", MINUTE, MINUTE + 120)
+        .await
+        .unwrap();
+    assert_eq!(staging, [count(MINUTE, "checkout", Some("on"), 8)]);
+    assert!(
+        s.evaluation_counts("shop", "production", "unknown", MINUTE, MINUTE + 120)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Rows the store cannot keep apart, and unknown places, are refused and write nothing.
+    for bad in [
+        count(MINUTE, "checkout", Some(""), 1),
+        count(MINUTE + 1, "checkout", Some("on"), 1),
+        count(MINUTE, "checkout", Some("on"), 0),
+    ] {
+        assert!(matches!(
+            s.record_evaluations("shop", "production", "bad", &[bad])
+                .await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+    assert!(matches!(
+        s.record_evaluations("shop", "nowhere", "batch-3", &second)
+            .await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.evaluation_counts("nope", "production", "checkout", MINUTE, MINUTE + 60)
+            .await,
+        Err(StoreError::NotFound {
+            what: "project",
+            ..
+        })
+    ));
+    // A batch id is remembered for weeks, then forgotten.
+    f.advance(anchor_store::TELEMETRY_BATCH_MEMORY_MS - 1_000);
+    assert!(
+        !s.record_evaluations("shop", "production", "batch-2", &second)
+            .await
+            .unwrap()
+    );
+    f.advance(2_000);
+    s.record_evaluations("shop", "production", "batch-9", &[])
+        .await
+        .unwrap();
+    assert!(
+        s.record_evaluations("shop", "production", "batch-2", &second)
+            .await
+            .unwrap()
+    );
+}
+
+async fn concurrent_telemetry_batches_all_add_up_and_a_raced_retry_counts_once(f: &Fixture) {
+    seed(f).await;
+    // Twenty SDKs report the same minutes at once, each batch twice (a retry racing the
+    // original): every batch counts exactly once.
+    let mut tasks = Vec::new();
+    for i in 0..40u64 {
+        let store = Arc::clone(&f.store);
+        tasks.push(tokio::spawn(async move {
+            let rows: Vec<EvaluationCount> = (0..50)
+                .map(|m| {
+                    let variant = if m % 2 == 0 { Some("on") } else { None };
+                    count(MINUTE + 60 * (m % 5), "checkout", variant, 1 + i % 20)
+                })
+                .collect();
+            let batch = format!("sdk-{}", i % 20);
+            store
+                .record_evaluations("shop", "production", &batch, &rows)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut fresh = 0;
+    for t in tasks {
+        fresh += usize::from(t.await.unwrap());
+    }
+    assert_eq!(fresh, 20, "each of the twenty batches is new exactly once");
+    let counts = f
+        .store
+        .evaluation_counts("shop", "production", "checkout", MINUTE, MINUTE + 300)
+        .await
+        .unwrap();
+    let total: u64 = counts.iter().map(|c| c.count).sum();
+    // Each batch carries 50 rows of its count (1 to 20).
+    assert_eq!(total, 50 * (1..=20).sum::<u64>());
+    assert_eq!(counts.len(), 10, "5 minutes, 2 variants each: {counts:?}");
+}
+
+/// The next change within a few seconds.
+async fn next_change(feed: &mut Box<dyn anchor_store::ChangeFeed>) -> Change {
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
+            .await
+            .expect("a change within 10 s")
+        {
+            Ok(change) => return change,
+            // A lost connection may show as an error before the feed reconnects.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn environment_change(environment: &str, revision: u64) -> Change {
+    Change::Environment {
+        project: "shop".into(),
+        environment: environment.into(),
+        revision,
+    }
+}
+
+async fn committed_changes_reach_the_change_feed_and_a_lost_connection_resyncs(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let Some(mut feed) = s.changes() else {
+        // One process alone writes an SQLite database: there is nobody to tell.
+        return;
+    };
+    assert_eq!(next_change(&mut feed).await, Change::Resync);
+    // A flag created everywhere: every environment of the project has a new revision.
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &off_config())
+        .await
+        .unwrap();
+    let mut heard = Vec::new();
+    for _ in 0..3 {
+        heard.push(next_change(&mut feed).await);
+    }
+    for env in ["development", "staging", "production"] {
+        assert!(heard.contains(&environment_change(env, 1)), "{heard:?}");
+    }
+    // A write that fails is never announced: the next change is the one that commits.
+    let on = on_config();
+    assert!(
+        s.update_flag_config(&change(&admin(), "production", "f", &on, Some(7)))
+            .await
+            .is_err()
+    );
+    s.update_flag_config(&change(&admin(), "production", "f", &on, Some(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        environment_change("production", 2)
+    );
+    let beta = segment("beta", &["a"], &[]);
+    s.create_segment(&segment_change(&admin(), "staging", &beta, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        environment_change("staging", 2)
+    );
+    // SDK keys: created, rotated, revoked.
+    let key = s
+        .create_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Server, 1))
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut feed).await, Change::SdkKeys);
+    s.rotate_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Server, 2), 0)
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut feed).await, Change::SdkKeys);
+    s.revoke_sdk_key(&admin(), "shop", "production", &key.id)
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut feed).await, Change::SdkKeys);
+    // The feed's connection dies: it reconnects and says that changes may have been missed,
+    // then hears changes again.
+    let (url, schema) = f.cleanup.clone().expect("a shared database");
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let killed: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'anchor-change-feed' AND query LIKE '%anchor_changes_{schema}%'"
+    )))
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(killed, 1, "the change feeds' connections");
+    conn.close().await.unwrap();
+    assert_eq!(next_change(&mut feed).await, Change::Resync);
+    s.update_flag_config(&change(&admin(), "production", "f", &off_config(), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut feed).await,
+        environment_change("production", 3)
+    );
 }

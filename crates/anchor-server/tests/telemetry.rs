@@ -1,0 +1,504 @@
+//! SDK telemetry through the HTTP surface (the router, without a socket): batches posted with
+//! an SDK key, counted once however often they are retried, judged field by field, and read
+//! back by the project's members.
+
+use std::sync::Arc;
+
+use anchor_server::{AppState, Secret, bootstrap, router};
+use anchor_store::{Role, SqlStore, Store};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use base64::Engine;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const PASSWORD: &str = "correct horse battery staple";
+const TELEMETRY: &str = "/sdk/v1/telemetry";
+const EVALUATIONS: &str =
+    "/api/v1/projects/default/environments/production/flags/checkout/evaluations";
+
+/// Declares one test per backend; PostgreSQL only when `ANCHOR_TEST_POSTGRES_URL` is set
+/// (each test in a fresh schema, dropped afterwards).
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::App::new(None).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
+                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+                        return;
+                    };
+                    let schema = format!("anchor_telemetry_{}", super::random_hex());
+                    let app = super::App::new(Some((url.clone(), schema.clone()))).await;
+                    super::$name(app).await;
+                    super::drop_schema(&url, &schema).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    accepted_counts_appear_in_the_read_endpoint_and_a_retried_batch_counts_once,
+    every_bad_field_is_named_by_its_json_pointer_and_nothing_is_stored,
+    telemetry_needs_a_live_sdk_key_of_either_kind,
+    reading_counts_needs_a_viewer_of_the_project_and_a_sane_range,
+);
+
+struct App {
+    router: Router,
+    state: AppState,
+    admin: String,
+    /// A server key and a client key of `default/production`.
+    server_key: String,
+    client_key: String,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    /// The JSON pointers a problem names, checking that it is a problem.
+    fn problem_paths(&self) -> Vec<String> {
+        assert_eq!(
+            self.headers.get(header::CONTENT_TYPE).unwrap(),
+            "application/problem+json",
+            "{}",
+            self.body
+        );
+        self.body["errors"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .map(|d| d["path"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn random_hex() -> String {
+    let bytes = anchor_server::auth::random_bytes::<8>().unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    use sqlx::{Connection, Executor};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .await
+        .unwrap();
+}
+
+fn basic(user: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{PASSWORD}"))
+    )
+}
+
+/// The start of the current minute, in unix seconds.
+fn this_minute() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    now / 60 * 60
+}
+
+impl App {
+    async fn new(postgres: Option<(String, String)>) -> App {
+        let store: Arc<dyn Store> = match postgres {
+            None => {
+                let dir = std::env::temp_dir().join(format!("anchor-telemetry-{}", random_hex()));
+                std::fs::create_dir_all(&dir).unwrap();
+                Arc::new(SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap())
+            }
+            Some((url, schema)) => {
+                Arc::new(SqlStore::open_postgres(&url, Some(&schema)).await.unwrap())
+            }
+        };
+        bootstrap(store.as_ref(), Some(&Secret::new(PASSWORD)))
+            .await
+            .unwrap();
+        let state = AppState::new(store).unwrap();
+        state.set_ready(true);
+        let mut app = App {
+            router: router(state.clone()),
+            state,
+            admin: basic("admin"),
+            server_key: String::new(),
+            client_key: String::new(),
+        };
+        let flag = json!({
+            "key": "checkout", "kind": "boolean",
+            "variants": [{"name": "on", "value": true}, {"name": "off", "value": false}]
+        });
+        let reply = app
+            .call(
+                "POST",
+                "/api/v1/projects/default/flags",
+                Some(&app.admin),
+                Some(flag),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        app.server_key = app.sdk_key("server").await;
+        app.client_key = app.sdk_key("client").await;
+        app
+    }
+
+    async fn sdk_key(&self, kind: &str) -> String {
+        let reply = self
+            .call(
+                "POST",
+                "/api/v1/projects/default/environments/production/keys",
+                Some(&self.admin),
+                Some(json!({ "kind": kind })),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.body["key"].as_str().unwrap().to_string()
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Posts a batch with the server key.
+    async fn post(&self, batch: Value) -> Reply {
+        let auth = format!("Bearer {}", self.server_key);
+        self.call("POST", TELEMETRY, Some(&auth), Some(batch)).await
+    }
+
+    /// A user with `role` in project `default` (or in none), signing in with a password.
+    async fn member(&self, name: &str, role: Option<Role>) -> String {
+        let hash = anchor_server::auth::hash_password(PASSWORD).unwrap();
+        let store = &self.state.store;
+        let system = anchor_store::Actor::system("test");
+        let user = store
+            .create_user(&system, name, &hash, false)
+            .await
+            .unwrap();
+        if let Some(role) = role {
+            store
+                .set_project_role(&system, "default", &user.id, role)
+                .await
+                .unwrap();
+        }
+        basic(name)
+    }
+}
+
+async fn accepted_counts_appear_in_the_read_endpoint_and_a_retried_batch_counts_once(app: App) {
+    let minute = this_minute();
+    let batch = json!({
+        "batchId": "0193a1b2-batch-1",
+        "sdk": "anchor-rust/0.1.0",
+        "evaluations": [
+            {"minute": minute - 60, "flag": "checkout", "variant": "on", "count": 42},
+            {"minute": minute - 60, "flag": "checkout", "variant": "off", "count": 3},
+            {"minute": minute - 60, "flag": "checkout", "variant": null, "count": 1},
+            {"minute": minute, "flag": "checkout", "variant": "on", "count": 5},
+            {"minute": minute, "flag": "unknown-flag", "variant": null, "count": 9},
+        ]
+    });
+    let reply = app.post(batch.clone()).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body, json!({"accepted": 5}));
+    // The SDK never heard the answer and sends the batch again: counted once.
+    let reply = app.post(batch).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    assert_eq!(reply.body, json!({"accepted": 0, "duplicate": true}));
+    // Another batch, with a client key, adds to the same minute.
+    let reply = app
+        .call(
+            "POST",
+            TELEMETRY,
+            Some(&format!("Bearer {}", app.client_key)),
+            Some(json!({
+                "batchId": "browser-7",
+                "evaluations": [{"minute": minute, "flag": "checkout", "variant": "on", "count": 2}]
+            })),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let mut reply = app.call("GET", EVALUATIONS, Some(&app.admin), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    // By default the last 24 hours, to the end of the current minute (which may have moved on
+    // since `minute` was taken).
+    let body = reply.body.as_object_mut().unwrap();
+    let (from, to) = (body.remove("from").unwrap(), body.remove("to").unwrap());
+    assert_eq!(to.as_i64().unwrap() - from.as_i64().unwrap(), 86_400);
+    assert!(to.as_i64().unwrap() > minute);
+    assert_eq!(
+        reply.body,
+        json!({
+            "flag": "checkout",
+            "environment": "production",
+            "minutes": [
+                {"minute": minute - 60, "variants": {"off": 3, "on": 42}, "default": 1},
+                {"minute": minute, "variants": {"on": 7}, "default": 0},
+            ],
+            "totals": {"variants": {"off": 3, "on": 49}, "default": 1},
+            "evaluations": 53,
+        })
+    );
+    // A range of one minute.
+    let reply = app
+        .call(
+            "GET",
+            &format!("{EVALUATIONS}?from={}&to={minute}", minute - 60),
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.body["evaluations"], 46, "{}", reply.body);
+    // Counts belong to their environment.
+    let reply = app
+        .call(
+            "GET",
+            "/api/v1/projects/default/environments/development/flags/checkout/evaluations",
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["minutes"], json!([]));
+}
+
+async fn every_bad_field_is_named_by_its_json_pointer_and_nothing_is_stored(app: App) {
+    let minute = this_minute();
+    let good = json!({"minute": minute, "flag": "checkout", "variant": "on", "count": 1});
+    let cases = [
+        (
+            json!({"batchId": "", "evaluations": [good]}),
+            vec!["/batchId"],
+        ),
+        (json!({"evaluations": [good]}), vec!["/batchId"]),
+        (json!({"batchId": "b"}), vec!["/evaluations"]),
+        (
+            json!({"batchId": "b", "sdk": 1, "evaluations": [good]}),
+            vec!["/sdk"],
+        ),
+        (
+            json!({"batchId": "b", "evaluations": [
+                good,
+                {"minute": minute + 30, "flag": "checkout", "variant": "on", "count": 1},
+                {"minute": minute + 3600, "flag": "checkout", "variant": "on", "count": 1},
+                {"minute": minute - 8 * 86_400, "flag": "checkout", "variant": "on", "count": 1},
+                {"minute": minute, "flag": "", "variant": "", "count": 0},
+                {"minute": minute, "variant": 3, "count": "many"},
+            ]}),
+            vec![
+                "/evaluations/1/minute",
+                "/evaluations/2/minute",
+                "/evaluations/3/minute",
+                "/evaluations/4/flag",
+                "/evaluations/4/variant",
+                "/evaluations/4/count",
+                "/evaluations/5/flag",
+                "/evaluations/5/variant",
+                "/evaluations/5/count",
+            ],
+        ),
+    ];
+    for (batch, expected) in cases {
+        let reply = app.post(batch.clone()).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{batch}");
+        assert_eq!(reply.problem_paths(), expected, "{batch}");
+    }
+    // More rows than a batch may carry.
+    let rows: Vec<Value> = (0..10_001).map(|_| good.clone()).collect();
+    let reply = app
+        .post(json!({"batchId": "huge", "evaluations": rows}))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.problem_paths(), ["/evaluations"]);
+    // A body over the server's limit (1 MiB).
+    let padding = "x".repeat(anchor_server::MAX_BODY);
+    let reply = app
+        .post(json!({"batchId": "big", "sdk": padding, "evaluations": []}))
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    reply.problem_paths();
+    // Not JSON at all.
+    let request = Request::builder()
+        .method("POST")
+        .uri(TELEMETRY)
+        .header("x-api-key", &app.server_key)
+        .body(Body::from("{not json"))
+        .unwrap();
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // None of it was counted, and a refused batch id stays free for a corrected batch.
+    let reply = app.call("GET", EVALUATIONS, Some(&app.admin), None).await;
+    assert_eq!(reply.body["evaluations"], 0, "{}", reply.body);
+    let reply = app
+        .post(json!({"batchId": "b", "evaluations": [good]}))
+        .await;
+    assert_eq!(reply.body, json!({"accepted": 1}));
+}
+
+async fn telemetry_needs_a_live_sdk_key_of_either_kind(app: App) {
+    let batch = json!({"batchId": "k", "evaluations": []});
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri(TELEMETRY)
+            .header(header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(Body::from(batch.to_string())).unwrap();
+        let router = app.router.clone();
+        async move { router.oneshot(request).await.unwrap().status() }
+    };
+    assert_eq!(post(vec![]).await, StatusCode::UNAUTHORIZED);
+    let wrong = "anc_srv_0000000000000000000000000000000000000000000".to_string();
+    assert_eq!(
+        post(vec![("authorization", format!("Bearer {wrong}"))]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // A person's credentials are not an SDK key.
+    assert_eq!(
+        post(vec![("authorization", app.admin.clone())]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(vec![("x-api-key", app.client_key.clone())]).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        post(vec![(
+            "authorization",
+            format!("Bearer {}", app.server_key)
+        )])
+        .await,
+        StatusCode::ACCEPTED
+    );
+    // A revoked key stops working at once.
+    let keys = app
+        .call(
+            "GET",
+            "/api/v1/projects/default/environments/production/keys",
+            Some(&app.admin),
+            None,
+        )
+        .await
+        .body;
+    let prefix = &app.client_key[..12];
+    let id = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["prefix"].as_str().is_some_and(|p| prefix.starts_with(p)))
+        .expect("the client key is listed")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = app
+        .call(
+            "DELETE",
+            &format!("/api/v1/projects/default/environments/production/keys/{id}"),
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+    assert_eq!(
+        post(vec![("x-api-key", app.client_key.clone())]).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn reading_counts_needs_a_viewer_of_the_project_and_a_sane_range(app: App) {
+    let viewer = app.member("vera", Some(Role::Viewer)).await;
+    let stranger = app.member("stan", None).await;
+    assert_eq!(
+        app.call("GET", EVALUATIONS, None, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.call("GET", EVALUATIONS, Some(&stranger), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    // An SDK key reads nothing of the management API.
+    let sdk = format!("Bearer {}", app.server_key);
+    assert_eq!(
+        app.call("GET", EVALUATIONS, Some(&sdk), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let reply = app.call("GET", EVALUATIONS, Some(&viewer), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let unknown = EVALUATIONS.replace("checkout", "nope");
+    assert_eq!(
+        app.call("GET", &unknown, Some(&viewer), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let nowhere = EVALUATIONS.replace("production", "nowhere");
+    assert_eq!(
+        app.call("GET", &nowhere, Some(&viewer), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    for query in [
+        "?from=100&to=100",
+        "?from=200&to=100",
+        "?from=0&to=99999999",
+        "?from=yesterday",
+        "?since=0",
+    ] {
+        let reply = app
+            .call("GET", &format!("{EVALUATIONS}{query}"), Some(&viewer), None)
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        reply.problem_paths();
+    }
+}
