@@ -265,3 +265,72 @@ async fn offline_mode_reads_a_file_and_reloads_it_when_it_changes() {
         .unwrap_err();
     assert!(matches!(error, Error::File { .. }), "{error}");
 }
+
+#[tokio::test]
+async fn evaluation_counts_reach_the_server_and_close_flushes_the_rest() {
+    let server = Server::start("telemetry").await;
+    server.flag(on_off("checkout"), serving("on")).await;
+    let key = server
+        .sdk_key("default", "production", SdkKeyKind::Server)
+        .await;
+    let client = Client::builder(&server.url, &key)
+        .telemetry_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    for i in 0..5 {
+        assert!(client.bool_value("checkout", &user(&format!("u{i}")), false));
+    }
+    let counts = |server: &Server| {
+        let http = server.http.clone();
+        let url = format!(
+            "{}/api/v1/projects/default/environments/production/flags/checkout/evaluations",
+            server.url
+        );
+        async move {
+            let body: serde_json::Value = http
+                .get(url)
+                .basic_auth("admin", Some(support::PASSWORD))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = counts(&server).await;
+        if body["totals"]["variants"]["on"] == 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sent in the background: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A type mismatch serves the caller's default: counted as such.
+    assert_eq!(client.string_value("checkout", &user("u1"), "x"), "x");
+    // A change replaces the configuration; counts made before it still go out.
+    let mut changes = client.changes();
+    server.configure("checkout", serving("off")).await;
+    // Waiting on the listener, not on evaluations, which would be counted.
+    while !matches!(
+        tokio::time::timeout(Duration::from_secs(5), changes.recv())
+            .await
+            .unwrap(),
+        Some(ChangeEvent::Configuration { .. })
+    ) {}
+    assert!(!client.bool_value("checkout", &user("u9"), true));
+    client.close().await;
+    let body = counts(&server).await;
+    assert_eq!(body["totals"]["variants"]["on"], 5, "{body}");
+    assert_eq!(body["totals"]["default"], 1, "{body}");
+    assert_eq!(
+        body["totals"]["variants"]["off"], 1,
+        "close flushed the last counts: {body}"
+    );
+}
