@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anchor_engine::{ConfiguredFlag, EnvironmentConfig, Evaluation, Segment, Snapshot, compile};
 use serde::{Deserialize, Serialize};
@@ -135,15 +136,66 @@ pub(crate) fn changed_flags(old: &EnvironmentConfig, new: &EnvironmentConfig) ->
     keys
 }
 
-/// Evaluations per flag and variant since the last drain: one atomic counter per (flag,
-/// variant) of the snapshot, plus one per flag for evaluations that served no variant (the
-/// caller's default). Counting is a relaxed add; nothing on the evaluation path locks or
-/// allocates.
+/// Evaluations per flag and variant: one counter per (flag, variant) of the snapshot, plus one
+/// per flag for evaluations that served no variant (the caller's default).
+///
+/// Each thread that evaluates with this configuration counts into a [`Tally`] of its own, so
+/// counting is a plain load and store (no atomic read-modify-write, no shared cache line); a
+/// thread without one (its thread-local storage is being torn down) counts into `shared` with
+/// an atomic add. Counters only grow: a drain reads them and remembers what it read, so it
+/// never races a writer and never loses or repeats a count.
 #[derive(Debug)]
 pub(crate) struct Counters {
     /// Where each flag's counters start; a flag's first slot counts "no variant".
     offsets: Box<[u32]>,
+    slots: usize,
+    shared: Tally,
+    tallies: Mutex<Vec<Arc<Tally>>>,
+}
+
+/// One set of monotonic counters and what the last drain read from them.
+#[derive(Debug)]
+pub(crate) struct Tally {
     counts: Box<[AtomicU64]>,
+    drained: Mutex<Box<[u64]>>,
+}
+
+impl Tally {
+    fn new(slots: usize) -> Self {
+        Tally {
+            counts: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            drained: Mutex::new(vec![0; slots].into()),
+        }
+    }
+
+    /// Counts one evaluation; only the tally's own thread calls this.
+    #[inline]
+    pub(crate) fn add_own(&self, slot: usize) {
+        if let Some(counter) = self.counts.get(slot) {
+            counter.store(
+                counter.load(Ordering::Relaxed).wrapping_add(1),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn add_shared(&self, slot: usize) {
+        if let Some(counter) = self.counts.get(slot) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds what was counted since the last drain to `deltas`.
+    fn drain_into(&self, deltas: &mut [u64]) {
+        let Ok(mut drained) = self.drained.lock() else {
+            return;
+        };
+        for ((counter, last), delta) in self.counts.iter().zip(drained.iter_mut()).zip(deltas) {
+            let now = counter.load(Ordering::Relaxed);
+            *delta += now.wrapping_sub(*last);
+            *last = now;
+        }
+    }
 }
 
 impl Counters {
@@ -156,40 +208,55 @@ impl Counters {
         }
         Counters {
             offsets: offsets.into(),
-            counts: (0..total).map(|_| AtomicU64::new(0)).collect(),
+            slots: total as usize,
+            shared: Tally::new(total as usize),
+            tallies: Mutex::new(Vec::new()),
         }
     }
 
+    /// The counter an evaluation goes to; `None` for an unknown flag.
     #[inline]
-    pub(crate) fn count(&self, evaluation: &Evaluation<'_>) {
-        let Some(flag) = evaluation.flag_index() else {
-            return;
-        };
-        let Some(&offset) = self.offsets.get(flag) else {
-            return;
-        };
-        let slot = offset as usize + evaluation.variant_index().map_or(0, |v| v + 1);
-        if let Some(counter) = self.counts.get(slot) {
-            counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn slot(&self, evaluation: &Evaluation<'_>) -> Option<usize> {
+        let offset = *self.offsets.get(evaluation.flag_index()?)?;
+        Some(offset as usize + evaluation.variant_index().map_or(0, |v| v + 1))
+    }
+
+    /// A tally for the calling thread, drained with the others.
+    pub(crate) fn new_tally(&self) -> Arc<Tally> {
+        let tally = Arc::new(Tally::new(self.slots));
+        if let Ok(mut tallies) = self.tallies.lock() {
+            tallies.push(Arc::clone(&tally));
+        }
+        tally
+    }
+
+    /// Counts from a thread that has no tally of its own.
+    pub(crate) fn count_shared(&self, evaluation: &Evaluation<'_>) {
+        if let Some(slot) = self.slot(evaluation) {
+            self.shared.add_shared(slot);
         }
     }
 
-    /// Takes the counts (leaving zeros) into `out`, keyed by flag key and variant name.
+    /// Adds the counts since the last drain to `out`, keyed by flag key and variant name.
     pub(crate) fn drain(
         &self,
         snapshot: &Snapshot,
         out: &mut HashMap<(String, Option<String>), u64>,
     ) {
+        let mut deltas = vec![0u64; self.slots];
+        self.shared.drain_into(&mut deltas);
+        if let Ok(tallies) = self.tallies.lock() {
+            for tally in tallies.iter() {
+                tally.drain_into(&mut deltas);
+            }
+        }
         for (i, key) in snapshot.flag_keys().enumerate() {
             let Some(&offset) = self.offsets.get(i) else {
                 continue;
             };
             let variants = std::iter::once(None).chain(snapshot.variant_names(i).map(Some));
             for (j, variant) in variants.enumerate() {
-                let Some(counter) = self.counts.get(offset as usize + j) else {
-                    continue;
-                };
-                let n = counter.swap(0, Ordering::Relaxed);
+                let n = deltas.get(offset as usize + j).copied().unwrap_or(0);
                 if n > 0 {
                     *out.entry((key.to_string(), variant.map(str::to_string)))
                         .or_insert(0) += n;
@@ -270,17 +337,27 @@ mod tests {
             config(json!({"flags": [flag("a", "on"), flag("b", "off")]})),
         );
         let ctx = EvaluationContext::with_targeting_key("u1");
-        for _ in 0..3 {
-            held.counters
-                .count(&anchor_engine::evaluate(&held.snapshot, "a", &ctx));
+        let own = held.counters.new_tally();
+        let count = |evaluation: Evaluation<'_>, shared: bool| {
+            if shared {
+                held.counters.count_shared(&evaluation);
+            } else if let Some(slot) = held.counters.slot(&evaluation) {
+                own.add_own(slot);
+            }
+        };
+        for i in 0..3 {
+            count(anchor_engine::evaluate(&held.snapshot, "a", &ctx), i == 0);
         }
-        held.counters
-            .count(&anchor_engine::evaluate(&held.snapshot, "b", &ctx));
+        count(anchor_engine::evaluate(&held.snapshot, "b", &ctx), false);
         // A type mismatch served nothing: counted under no variant.
-        held.counters
-            .count(&anchor_engine::evaluate_string(&held.snapshot, "b", &ctx, "x").details);
-        held.counters
-            .count(&anchor_engine::evaluate(&held.snapshot, "missing", &ctx));
+        count(
+            anchor_engine::evaluate_string(&held.snapshot, "b", &ctx, "x").details,
+            false,
+        );
+        count(
+            anchor_engine::evaluate(&held.snapshot, "missing", &ctx),
+            false,
+        );
         let mut out = HashMap::new();
         held.counters.drain(&held.snapshot, &mut out);
         let expected: HashMap<(String, Option<String>), u64> = [
@@ -293,6 +370,9 @@ mod tests {
         assert_eq!(out, expected);
         let mut again = HashMap::new();
         held.counters.drain(&held.snapshot, &mut again);
-        assert!(again.is_empty(), "drained to zero");
+        assert!(again.is_empty(), "a drain takes each count once");
+        count(anchor_engine::evaluate(&held.snapshot, "a", &ctx), false);
+        held.counters.drain(&held.snapshot, &mut again);
+        assert_eq!(again.len(), 1, "later counts are drained later");
     }
 }

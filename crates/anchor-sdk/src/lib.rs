@@ -28,6 +28,7 @@
 mod error;
 mod files;
 mod held;
+mod local;
 #[cfg(feature = "openfeature")]
 pub mod provider;
 mod sse;
@@ -35,6 +36,7 @@ mod stream;
 mod telemetry;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -139,7 +141,11 @@ const CHANGE_BUFFER: usize = 64;
 /// State shared by the client's handles and its background tasks.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// Tells this client's entries apart in threads' caches (see `local`).
+    id: u64,
     held: ArcSwap<Held>,
+    /// Incremented after every replacement of `held`.
+    generation: AtomicU64,
     /// Serialises replacements of `held`, so a late fallback can never replace a newer
     /// configuration.
     install_lock: Mutex<()>,
@@ -155,8 +161,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn new(counting: bool, cache_path: Option<PathBuf>) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Shared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             held: ArcSwap::from_pointee(Held::empty()),
+            generation: AtomicU64::new(0),
             install_lock: Mutex::new(()),
             status: watch::Sender::new(Status::Stale),
             last_error: Mutex::new(None),
@@ -198,6 +207,7 @@ impl Shared {
         let old = self
             .held
             .swap(Arc::new(Held::new(revision, source, payload.config)));
+        self.generation.fetch_add(1, Ordering::Release);
         if self.counting
             && let Ok(mut retired) = self.retired.lock()
         {
@@ -515,13 +525,8 @@ impl Client {
     }
 
     #[inline]
-    fn with<R>(&self, f: impl for<'s> FnOnce(&'s Held) -> (R, Evaluation<'s>)) -> R {
-        let held = self.shared.held.load();
-        let (result, evaluation) = f(&held);
-        if self.shared.counting {
-            held.counters.count(&evaluation);
-        }
-        result
+    fn with<R>(&self, f: impl for<'s> Fn(&'s Held) -> (R, Evaluation<'s>)) -> R {
+        self.shared.evaluate(f)
     }
 
     /// A boolean flag's value; `default` on any error (unknown flag, wrong type, …).
@@ -621,15 +626,21 @@ impl Client {
         context: &EvaluationContext,
         default: Value,
     ) -> Details<Value> {
-        self.with(|held| {
+        let details = self.with(|held| {
             let r = evaluate_json(&held.snapshot, flag_key, context, &Value::Null);
-            let value = if r.details.is_error() {
-                default
-            } else {
-                r.value.clone()
-            };
+            let value = (!r.details.is_error()).then(|| r.value.clone());
             (Details::of(flag_key, value, &r.details), r.details)
-        })
+        });
+        Details {
+            value: details.value.unwrap_or(default),
+            flag_key: details.flag_key,
+            variant: details.variant,
+            reason: details.reason,
+            error_code: details.error_code,
+            error_message: details.error_message,
+            rule_id: details.rule_id,
+            flag_version: details.flag_version,
+        }
     }
 
     /// One flag of any kind, its value as JSON (`None` where it failed), as OFREP answers.
@@ -650,7 +661,7 @@ impl Client {
             .into_iter()
             .map(|(key, evaluation)| {
                 if self.shared.counting {
-                    held.counters.count(&evaluation);
+                    held.counters.count_shared(&evaluation);
                 }
                 Details::of(key, evaluation.value().cloned(), &evaluation)
             })

@@ -1,7 +1,7 @@
 //! Evaluation counts, sent to the server (`POST /sdk/v1/telemetry`) once a minute.
 //!
-//! Counting happens on the evaluation path as one relaxed atomic add into the counters of the
-//! configuration in use (see `held::Counters`); this task drains them, groups them by flag and
+//! Counting happens on the evaluation path, in a counter block of the evaluating thread (see
+//! `held::Counters` and `local`); this task drains them, groups them by flag and
 //! variant for the minute the counting began in, and posts them as a batch with a random id.
 //! A batch that fails is retried with the same id, which the server records, so a retry after a
 //! lost answer is never counted twice. Memory is bounded: at most `MAX_PENDING_ROWS` rows wait;
