@@ -533,7 +533,9 @@ pub fn error_rate(
         n_control: n_c,
     };
     if pooled * as_f64(n_t.min(n_c)) >= RARE_EXPECTED_ERRORS {
-        return contrast.verdict(&half);
+        let mut verdict = contrast.verdict(&half);
+        verdict.evidence_mut().alpha = settings.alpha;
+        return verdict;
     }
     // Rare errors: the exact conditional test on the treatment's share of the errors.
     let m = x_t + x_c;
