@@ -274,7 +274,8 @@ fn healthy_latency_is_falsely_regressed_in_at_most_alpha_of_rollouts() {
             scenario.first_regression(seed, minutes).is_some()
         });
         eprintln!(
-            "A/A latency p{:.0}, tolerance 0, {minutes} looks, {runs} seeds: false Regressed {rate:.4}",
+            "A/A latency p{:.0}, tolerance 0, {minutes} looks, {runs} seeds: \
+             false Regressed {rate:.4}",
             quantile * 100.0
         );
         assert!(rate <= alarm_limit(alpha, runs), "p{quantile}: {rate}");

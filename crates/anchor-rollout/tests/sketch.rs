@@ -21,12 +21,18 @@ fn sketch_of(values: &[f64]) -> LatencySketch {
 
 proptest! {
     #[test]
-    fn quantiles_are_within_one_percent_of_the_exact_rank(values in latencies(), q in 0.0f64..=1.0) {
+    fn quantiles_are_within_one_percent_of_the_exact_rank(
+        values in latencies(), q in 0.0f64..=1.0
+    ) {
         let sketch = sketch_of(&values);
         let mut sorted = values.clone();
         sorted.sort_by(f64::total_cmp);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss,
-                reason = "a rank below the vector's length")]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "a rank below the vector's length"
+        )]
         let exact = sorted[(q * (sorted.len() - 1) as f64).floor() as usize];
         let estimate = sketch.quantile(q).unwrap();
         prop_assert!(

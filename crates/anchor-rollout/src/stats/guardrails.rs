@@ -575,8 +575,9 @@ pub fn error_rate(
     )
 }
 
-/// The latency guardrail: the treatment's share of requests slower than `(1 + max_relative_increase)`
-/// times the control's `quantile`, against the control's share above its `quantile`.
+/// The latency guardrail: the treatment's share of requests slower than
+/// `(1 + max_relative_increase)` times the control's `quantile`, against the control's share
+/// above its `quantile`.
 #[must_use]
 pub fn latency(
     control: &LatencySketch,

@@ -25,23 +25,25 @@
 //! w = √( s² (1 + s²/τ²) · ( ln(1 + τ²/s²) + 2 ln(1/α) ) )
 //! ```
 //!
-//! This is the normal-mixture boundary of Howard, Ramdas, McAuliffe and Sekhon, "Time-uniform,
-//! nonparametric, nonasymptotic confidence sequences" (Ann. Statist. 2021), eq. (14) with
-//! `S_t = (θ̂ − θ)/s²`, `V_t = 1/s²` and `ρ = 1/τ²`; it is also the always-valid interval of
-//! the mixture SPRT with a `N(0, τ²)` mixing distribution (Johari, Koomen, Pekelis and Walsh,
-//! "Always valid inference", Oper. Res. 2022, §4, with `V/n = s²`). The variances are plug-in
-//! estimates, which makes the sequence asymptotically valid (Waudby-Smith, Arbour, Sinha,
+//! This is the two-sided normal-mixture boundary `|S_t| < √((V_t + ρ) ln((V_t + ρ)/(ρα²)))` of
+//! Howard, Ramdas, McAuliffe and Sekhon, "Time-uniform, nonparametric, nonasymptotic confidence
+//! sequences" (Ann. Statist. 2021), with `S_t = (θ̂ − θ)/s²`, `V_t = 1/s²` and `ρ = 1/τ²`; it is
+//! also the always-valid interval of the mixture SPRT with a `N(0, τ²)` mixing distribution
+//! (Johari, Koomen, Pekelis and Walsh, "Always valid inference: continuous monitoring of A/B
+//! tests", Oper. Res. 2022; Johari, Pekelis and Walsh 2017, with `V/n = s²`). The variances are
+//! plug-in estimates, which makes the sequence asymptotically valid (Waudby-Smith, Arbour, Sinha,
 //! Kennedy and Ramdas, "Time-uniform central limit theory and asymptotic confidence sequences",
-//! Ann. Statist. 2024, Thm. 2.5); the simulation tests check the false alarm rate at the counts a
-//! rollout sees.
+//! Ann. Statist. 2024, whose conjugate-mixture margin this is); the simulation tests check the
+//! false alarm rate at the counts a rollout sees.
 //!
-//! **Tuning τ.** The boundary is narrowest when `τ²/s² = c(α) = 2 ln(1/α) + ln(1 + 2 ln(1/α))`
-//! (Waudby-Smith et al. 2024, §3.5). We set `τ²/s² = c(α) · n/n*` where `n` is the smaller arm's
-//! count and `n*` is [`TestSettings::tuned_for`] (default 10,000 requests): the boundary is
-//! tightest at the sample a stage typically reaches when a regression of a few times the
-//! tolerance becomes decidable, and it widens only logarithmically after it (at α = 0.002 the
-//! half-width is 4.03 s at `n*`, 4.19 s at `10 n*`, 4.75 s at `n*/10`). Since `s² ∝ 1/n`, this
-//! keeps τ fixed as the sample grows, as a mixture requires.
+//! **Tuning τ.** The boundary is (nearly) narrowest when
+//! `τ²/s² = c(α) = 2 ln(1/α) + ln(1 + 2 ln(1/α))` (the optimum of Waudby-Smith et al. 2024 for
+//! a target time). We set `τ²/s² = c(α) · n/n*` where `n` is the smaller arm's count and `n*` is
+//! [`TestSettings::tuned_for`] (default 10,000 requests): the boundary is tightest at the sample a
+//! stage typically reaches when a regression of a few times the tolerance becomes decidable,
+//! and it widens only logarithmically after it (at α = 0.002 the half-width is 4.03 s at `n*`,
+//! 4.19 s at `10 n*`, 4.45 s at `100 n*`, 4.72 s at `n*/10`). Since `s² ∝ 1/n`, this keeps τ
+//! fixed as the sample grows, as a mixture requires.
 //!
 //! **Variances.** A proportion `x/n` uses `p̃(1 − p̃)/n` with `p̃ = (x + 1)/(n + 2)`, so zero
 //! counts do not give a zero variance. A mean uses the sample variance from `(count, sum, sum of
@@ -59,8 +61,8 @@
 //! pooled rate), the normal approximation is poor and the error-rate guardrail uses an exact
 //! test instead. Conditional on the total `m = x_T + x_C` errors, and treating errors as Poisson
 //! in the requests `n_T`, `n_C`, the treatment's errors are `Binomial(m, p)` with
-//! `p = ψ n_T / (ψ n_T + n_C)`, where `ψ = λ_T/λ_C` is the rate ratio (Lehmann and Romano,
-//! *Testing Statistical Hypotheses*, §4.6). At the tolerance `ψ₀ = 1 + r`,
+//! `p = ψ n_T / (ψ n_T + n_C)`, where `ψ = λ_T/λ_C` is the rate ratio (the classical
+//! conditional test of two Poisson means; Lehmann and Romano, *Testing Statistical Hypotheses*). At the tolerance `ψ₀ = 1 + r`,
 //! `p₀ = n_T(1 + r) / (n_T(1 + r) + n_C)`. The e-process is the beta-binomial mixture likelihood
 //! ratio
 //!
@@ -73,7 +75,7 @@
 //! `π = Beta(1, (1 − p₀)/p₀)` (mean `p₀`, mass on ratios up to a few times the tolerance). Each
 //! new error is a Bernoulli(p) draw, so this is a nonnegative supermartingale under every
 //! `ψ ≤ ψ₀` and, by Ville's inequality, `P(∃t: e_worse ≥ 1/α) ≤ α` (Robbins, "Statistical
-//! methods related to the law of the iterated logarithm", 1970; Howard et al. 2021, §3.3;
+//! methods related to the law of the iterated logarithm", 1970; Howard et al. 2021;
 //! Ramdas, Grünwald, Vovk and Shafer, "Game-theoretic statistics and safe anytime-valid
 //! inference", Statist. Sci. 2023). It needs a constant split within the stage, which is why
 //! counts are per stage.
@@ -95,7 +97,7 @@
 //! Let `k` be the control sketch's bucket holding its `q`-quantile. The control's share above
 //! `γ^k` (its buckets above `k`, counted exactly) is compared with the treatment's share above
 //! `(1 + r) γ^k` (its buckets entirely above that threshold, see
-//! [`LatencySketch::count_above`]). If the treatment's latencies are at most `(1 + r)` times the
+//! [`LatencySketch::count_above`](crate::LatencySketch::count_above)). If the treatment's latencies are at most `(1 + r)` times the
 //! control's in distribution, the treatment's share is at most the control's, so the regression
 //! is the difference of the two shares, with tolerance 0, judged by the confidence sequence
 //! above. Comparing with the control's measured share rather than the nominal `1 − q` accounts for

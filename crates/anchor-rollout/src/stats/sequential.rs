@@ -11,7 +11,7 @@ fn positive(x: f64) -> bool {
 }
 
 /// `c(α) = 2 ln(1/α) + ln(1 + 2 ln(1/α))`: the ratio `τ²/s²` at which the normal-mixture
-/// boundary is narrowest (Waudby-Smith et al. 2024, §3.5, with `t/t* = 1`).
+/// boundary is narrowest at the sample it is tuned for (Waudby-Smith et al. 2024).
 fn tuning_constant(alpha: f64) -> f64 {
     let two_log = 2.0 * (1.0 / alpha).ln();
     two_log + two_log.ln_1p()
@@ -145,7 +145,8 @@ mod tests {
 
     #[test]
     fn half_width_is_narrowest_near_the_tuned_sample_size() {
-        // Per unit of standard error, the boundary at the tuned size beats a tenth and ten times it.
+        // Per unit of standard error, the boundary at the tuned size beats a tenth and ten
+        // times it.
         let per_se = |progress: f64| normal_mixture_half_width(1.0, progress, 0.002);
         assert!(per_se(1.0) < per_se(0.1));
         assert!(per_se(1.0) < per_se(10.0));
