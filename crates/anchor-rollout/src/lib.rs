@@ -51,7 +51,7 @@ pub mod stats;
 
 pub use sketch::LatencySketch;
 pub use stats::{
-    ArmObservations, Direction, Evidence, Guardrail, GuardrailCheck, GuardrailPlan,
+    ArmObservations, Direction, ErrorCounts, Evidence, Guardrail, GuardrailCheck, GuardrailPlan,
     GuardrailReport, GuardrailSpec, Method, MetricSums, Needed, Observations, PlanProblem, Scale,
     SrmCheck, TestSettings, Tolerance, Verdict, evaluate,
 };

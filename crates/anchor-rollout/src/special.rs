@@ -29,8 +29,10 @@ pub(crate) fn ln_gamma(x: f64) -> f64 {
     }
     let x = x - 1.0;
     let mut sum = LANCZOS[0];
-    for (i, &c) in LANCZOS.iter().enumerate().skip(1) {
-        sum += c / (x + f64::from(u32::try_from(i).unwrap_or(u32::MAX)));
+    let mut offset = 0.0;
+    for &c in &LANCZOS[1..] {
+        offset += 1.0;
+        sum += c / (x + offset);
     }
     let t = x + LANCZOS_G + 0.5;
     0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()

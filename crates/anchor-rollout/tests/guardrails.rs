@@ -4,9 +4,14 @@
 
 use anchor_rollout::stats::{error_rate, error_rate_limit, latency, metric_mean, sample_ratio};
 use anchor_rollout::{
-    ArmObservations, Direction, Guardrail, GuardrailPlan, GuardrailSpec, LatencySketch, Method,
-    MetricSums, Observations, Scale, TestSettings, Tolerance, Verdict, evaluate,
+    ArmObservations, Direction, ErrorCounts, Guardrail, GuardrailPlan, GuardrailSpec,
+    LatencySketch, Method, MetricSums, Observations, Scale, TestSettings, Tolerance, Verdict,
+    evaluate,
 };
+
+fn counts(requests: u64, errors: u64) -> ErrorCounts {
+    ErrorCounts::new(requests, errors)
+}
 
 fn settings(alpha: f64) -> TestSettings {
     TestSettings {
@@ -75,7 +80,12 @@ fn check(verdict: &Verdict, expect: &Expect) {
 #[test]
 fn doubled_error_rate_on_a_five_percent_arm_is_regressed_by_the_confidence_sequence() {
     // 1% against 0.5%, 10% relative tolerance, α = 0.01 of which the sequence spends 0.005.
-    let verdict = error_rate((285_000, 1_425), (15_000, 150), 0.1, &settings(0.01));
+    let verdict = error_rate(
+        counts(285_000, 1_425),
+        counts(15_000, 150),
+        0.1,
+        &settings(0.01),
+    );
     check(
         &verdict,
         &Expect {
@@ -96,7 +106,7 @@ fn rare_errors_use_the_exact_conditional_e_process() {
     // 8 against 1 error in 1,000 requests each, tolerance 0: p₀ = 1/2, the uniform prior, and
     // e_worse = (∫_{1/2}^1 p⁸(1 − p) dp / ½) / ½⁹ = 11.2556, e_safe = 0.12222. Both are far from
     // 2/0.005 = 400.
-    let verdict = error_rate((1_000, 1), (1_000, 8), 0.0, &settings(0.01));
+    let verdict = error_rate(counts(1_000, 1), counts(1_000, 8), 0.0, &settings(0.01));
     check(
         &verdict,
         &Expect {
@@ -116,7 +126,7 @@ fn rare_errors_use_the_exact_conditional_e_process() {
 
 #[test]
 fn rare_errors_far_above_the_tolerance_are_regressed_with_bounds_that_agree() {
-    let verdict = error_rate((2_000, 0), (2_000, 14), 0.1, &settings(0.01));
+    let verdict = error_rate(counts(2_000, 0), counts(2_000, 14), 0.1, &settings(0.01));
     let evidence = verdict.evidence();
     assert!(verdict.is_regressed(), "{verdict:#?}");
     assert!(evidence.lower > evidence.tolerance, "{evidence:?}");
@@ -124,7 +134,7 @@ fn rare_errors_far_above_the_tolerance_are_regressed_with_bounds_that_agree() {
 
 #[test]
 fn a_small_sample_is_insufficient_data_whatever_it_shows() {
-    let verdict = error_rate((50, 0), (50, 40), 0.1, &settings(0.01));
+    let verdict = error_rate(counts(50, 0), counts(50, 40), 0.1, &settings(0.01));
     assert!(matches!(
         verdict,
         Verdict::InsufficientData {
@@ -136,7 +146,12 @@ fn a_small_sample_is_insufficient_data_whatever_it_shows() {
 
 #[test]
 fn equal_error_rates_with_a_generous_tolerance_are_safe() {
-    let verdict = error_rate((200_000, 1_000), (200_000, 1_000), 0.5, &settings(0.01));
+    let verdict = error_rate(
+        counts(200_000, 1_000),
+        counts(200_000, 1_000),
+        0.5,
+        &settings(0.01),
+    );
     check(
         &verdict,
         &Expect {
@@ -150,7 +165,7 @@ fn equal_error_rates_with_a_generous_tolerance_are_safe() {
 
 #[test]
 fn an_undecided_error_rate_says_how_much_more_data_it_needs() {
-    let verdict = error_rate((50_000, 250), (5_000, 35), 0.1, &settings(0.01));
+    let verdict = error_rate(counts(50_000, 250), counts(5_000, 35), 0.1, &settings(0.01));
     let Verdict::Inconclusive {
         needed: Some(needed),
         ..
@@ -180,14 +195,14 @@ fn backstop_is_judged_on_the_treatment_rate_alone() {
         e_safe: Some(0.075_955_737_442_410_56),
         ..ANY
     };
-    let regressed = error_rate_limit((1_000, 12), 0.005, &settings(0.2));
+    let regressed = error_rate_limit(counts(1_000, 12), 0.005, &settings(0.2));
     check(&regressed, &expect("regressed"));
     assert!(regressed.evidence().lower > 0.005);
     check(
-        &error_rate_limit((1_000, 12), 0.005, &settings(0.01)),
+        &error_rate_limit(counts(1_000, 12), 0.005, &settings(0.01)),
         &expect("inconclusive"),
     );
-    let safe = error_rate_limit((400_000, 400), 0.005, &settings(0.01));
+    let safe = error_rate_limit(counts(400_000, 400), 0.005, &settings(0.01));
     check(
         &safe,
         &Expect {
@@ -403,7 +418,7 @@ fn evaluate_splits_alpha_evenly_and_reports_every_guardrail() {
 
 #[test]
 fn verdicts_and_plans_have_a_stable_json_shape() {
-    let verdict = error_rate((50, 0), (50, 1), 0.1, &settings(0.01));
+    let verdict = error_rate(counts(50, 0), counts(50, 1), 0.1, &settings(0.01));
     let json = serde_json::to_value(&verdict).unwrap();
     assert_eq!(json["outcome"], "insufficientData");
     assert_eq!(json["minimumPerArm"], 100);
@@ -450,4 +465,24 @@ fn plan_problems_are_all_reported_with_json_pointers() {
             "/guardrails/1/limit"
         ]
     );
+}
+
+#[test]
+fn metric_values_are_winsorised_at_the_cap_and_nan_is_not_counted() {
+    let mut sums = MetricSums::default();
+    for value in [3.0, 1_000.0, -1_000.0, f64::NAN] {
+        sums.record_capped(value, 100.0);
+    }
+    assert_eq!(
+        sums,
+        MetricSums {
+            count: 3,
+            sum: 3.0,
+            sum_of_squares: 9.0 + 10_000.0 + 10_000.0,
+        }
+    );
+    let (mean, variance) = sums.mean_and_variance().unwrap();
+    assert_eq!(mean, 1.0);
+    // ((9 + 20,000) − 3 · 1²) / 2 = 10,003.
+    assert_eq!(variance, 10_003.0);
 }

@@ -22,8 +22,10 @@
 )]
 
 use anchor_rollout::sketch::{MAX_INDEX, MIN_INDEX, bucket_index, bucket_value};
-use anchor_rollout::stats::{error_rate, latency, sample_ratio};
-use anchor_rollout::{LatencySketch, TestSettings, Verdict};
+use anchor_rollout::stats::{error_rate, latency, metric_mean, sample_ratio};
+use anchor_rollout::{
+    Direction, ErrorCounts, LatencySketch, MetricSums, TestSettings, Tolerance, Verdict,
+};
 
 /// splitmix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators", 2014).
 struct Rng(u64);
@@ -103,12 +105,12 @@ impl ErrorScenario {
     /// The first minute (1-based) at which the guardrail says `Regressed`, if any.
     fn first_regression(&self, seed: u64, minutes: u64) -> Option<u64> {
         let mut rng = Rng::new(seed);
-        let (mut control, mut treatment) = ((0, 0), (0, 0));
+        let (mut control, mut treatment) = (ErrorCounts::default(), ErrorCounts::default());
         for minute in 1..=minutes {
-            control.0 += self.control_per_minute;
-            control.1 += rng.binomial(self.control_per_minute, self.control_rate);
-            treatment.0 += self.treatment_per_minute;
-            treatment.1 += rng.binomial(self.treatment_per_minute, self.treatment_rate);
+            control.requests += self.control_per_minute;
+            control.errors += rng.binomial(self.control_per_minute, self.control_rate);
+            treatment.requests += self.treatment_per_minute;
+            treatment.errors += rng.binomial(self.treatment_per_minute, self.treatment_rate);
             let verdict = error_rate(
                 control,
                 treatment,
@@ -319,6 +321,47 @@ fn latency_thirty_percent_slower_is_caught_and_ten_percent_under_a_twenty_percen
 }
 
 #[test]
+fn healthy_skewed_metric_means_are_falsely_regressed_in_at_most_alpha_of_rollouts() {
+    // Revenue per request: 90% zero, else exponential with mean 50, capped at 500 by the SDK.
+    // A small treatment arm (100 a minute against 500) makes the normal approximation work
+    // hardest; tolerance 0 puts the healthy rollout on the null's boundary.
+    let alpha = 0.01;
+    let runs = seeds(200, 2_000);
+    let draw = |rng: &mut Rng| {
+        if rng.uniform() < 0.9 {
+            0.0
+        } else {
+            -50.0 * rng.uniform().ln()
+        }
+    };
+    let rate = false_alarm_rate(runs, |seed| {
+        let mut rng = Rng::new(seed);
+        let (mut control, mut treatment) = (MetricSums::default(), MetricSums::default());
+        (1..=60).any(|_| {
+            for _ in 0..500 {
+                control.record_capped(draw(&mut rng), 500.0);
+            }
+            for _ in 0..100 {
+                treatment.record_capped(draw(&mut rng), 500.0);
+            }
+            metric_mean(
+                &control,
+                &treatment,
+                Direction::LowerIsWorse,
+                Tolerance::Absolute(0.0),
+                &settings(alpha),
+            )
+            .is_regressed()
+        })
+    });
+    eprintln!(
+        "A/A skewed metric mean, 100 against 500 a minute, 60 looks, {runs} seeds: \
+         false Regressed {rate:.4}"
+    );
+    assert!(rate <= alarm_limit(alpha, runs), "{rate}");
+}
+
+#[test]
 fn sample_ratio_test_stays_quiet_on_the_configured_split_and_catches_a_biased_one() {
     let alpha = 0.01;
     let runs = seeds(300, 2_000);
@@ -377,7 +420,12 @@ fn rare_errors_at_low_traffic_give_no_false_alarms_and_catch_a_gross_regression(
 
 #[test]
 fn a_verdict_at_low_traffic_is_never_safe_on_a_handful_of_errors() {
-    let verdict = error_rate((570, 3), (30, 0), 0.1, &settings(0.01));
+    let verdict = error_rate(
+        ErrorCounts::new(570, 3),
+        ErrorCounts::new(30, 0),
+        0.1,
+        &settings(0.01),
+    );
     assert!(matches!(
         verdict,
         Verdict::InsufficientData { .. } | Verdict::Inconclusive { .. }

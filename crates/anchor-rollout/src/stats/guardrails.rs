@@ -27,8 +27,20 @@ pub struct MetricSums {
 }
 
 impl MetricSums {
-    /// Adds one value; the caller has already capped it at the metric's bound.
-    pub fn record(&mut self, value: f64) {
+    /// Adds one value, winsorised at `cap`: values above it count as `cap`, values below
+    /// `-cap` as `-cap`, and NaN not at all. The SDK records every custom metric this way with
+    /// the bound configured for it, so one outlier cannot rule the sums and the normal
+    /// approximation of the mean holds early.
+    pub fn record_capped(&mut self, value: f64, cap: f64) {
+        if value.is_nan() {
+            return;
+        }
+        let cap = if cap.is_nan() {
+            f64::INFINITY
+        } else {
+            cap.abs()
+        };
+        let value = value.clamp(-cap, cap);
         self.count += 1;
         self.sum += value;
         self.sum_of_squares += value * value;
@@ -51,6 +63,31 @@ impl MetricSums {
         let mean = self.sum / n;
         let variance = ((self.sum_of_squares - self.sum * mean) / (n - 1.0)).max(0.0);
         Some((mean, variance))
+    }
+}
+
+/// One arm's requests and, of those, the failed ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorCounts {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+impl ErrorCounts {
+    #[must_use]
+    pub fn new(requests: u64, errors: u64) -> Self {
+        Self { requests, errors }
+    }
+
+    fn of(arm: &ArmObservations) -> Self {
+        Self::new(arm.requests, arm.errors)
+    }
+
+    /// `(requests, errors)`, with errors capped at the requests so a bad sender cannot make a
+    /// rate above one.
+    fn clamped(self) -> (u64, u64) {
+        (self.requests, self.errors.min(self.requests))
     }
 }
 
@@ -450,8 +487,8 @@ pub fn evaluate(plan: &GuardrailPlan, observations: &Observations) -> GuardrailR
                 Guardrail::ErrorRate {
                     max_relative_increase,
                 } => error_rate(
-                    (control.requests, control.errors),
-                    (treatment.requests, treatment.errors),
+                    ErrorCounts::of(control),
+                    ErrorCounts::of(treatment),
                     *max_relative_increase,
                     &settings,
                 ),
@@ -482,7 +519,7 @@ pub fn evaluate(plan: &GuardrailPlan, observations: &Observations) -> GuardrailR
                     )
                 }
                 Guardrail::ErrorRateLimit { limit } => {
-                    error_rate_limit((treatment.requests, treatment.errors), *limit, &settings)
+                    error_rate_limit(ErrorCounts::of(treatment), *limit, &settings)
                 }
             };
             GuardrailCheck {
@@ -505,17 +542,17 @@ pub fn evaluate(plan: &GuardrailPlan, observations: &Observations) -> GuardrailR
     }
 }
 
-/// The error-rate guardrail on `(requests, errors)` per arm: the treatment's rate may be at most
+/// The error-rate guardrail on each arm's requests and errors: the treatment's rate may be at most
 /// `max_relative_increase` above the control's.
 #[must_use]
 pub fn error_rate(
-    control: (u64, u64),
-    treatment: (u64, u64),
+    control: ErrorCounts,
+    treatment: ErrorCounts,
     max_relative_increase: f64,
     settings: &TestSettings,
 ) -> Verdict {
-    let (n_c, x_c) = (control.0, control.1.min(control.0));
-    let (n_t, x_t) = (treatment.0, treatment.1.min(treatment.0));
+    let (n_c, x_c) = control.clamped();
+    let (n_t, x_t) = treatment.clamped();
     let r = max_relative_increase;
     let (p_t, p_c) = (ratio(x_t, n_t), ratio(x_c, n_c));
     let pooled = ratio(x_t + x_c, n_t + n_c);
@@ -661,10 +698,10 @@ pub fn metric_mean(
     })
 }
 
-/// The absolute backstop on the treatment's `(requests, errors)`: its error rate at most `limit`.
+/// The absolute backstop on the treatment's requests and errors: its error rate at most `limit`.
 #[must_use]
-pub fn error_rate_limit(treatment: (u64, u64), limit: f64, settings: &TestSettings) -> Verdict {
-    let (n, x) = (treatment.0, treatment.1.min(treatment.0));
+pub fn error_rate_limit(treatment: ErrorCounts, limit: f64, settings: &TestSettings) -> Verdict {
+    let (n, x) = treatment.clamped();
     let threshold = (2.0 / settings.alpha).ln();
     let ln_e = |p0: f64| binomial_mixture_ln_e(x, n, p0);
     let (ln_worse, ln_safe) = ln_e(limit);

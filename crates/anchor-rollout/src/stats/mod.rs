@@ -133,7 +133,7 @@ mod guardrails;
 pub mod sequential;
 
 pub use guardrails::{
-    ArmObservations, Direction, Evidence, Guardrail, GuardrailCheck, GuardrailPlan,
+    ArmObservations, Direction, ErrorCounts, Evidence, Guardrail, GuardrailCheck, GuardrailPlan,
     GuardrailReport, GuardrailSpec, Method, MetricSums, Needed, Observations, PlanProblem,
     RARE_EXPECTED_ERRORS, Scale, SrmCheck, TestSettings, Tolerance, Verdict, error_rate,
     error_rate_limit, evaluate, latency, metric_mean, sample_ratio,
