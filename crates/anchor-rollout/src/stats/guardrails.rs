@@ -789,7 +789,6 @@ impl Contrast {
     fn verdict(&self, settings: &TestSettings) -> Verdict {
         let width =
             normal_mixture_half_width(self.variance, self.progress(settings), settings.alpha);
-        let excess = self.estimate - self.tolerance;
         let evidence = Evidence {
             method: Method::NormalMixture,
             scale: Scale::Difference,
@@ -806,10 +805,13 @@ impl Contrast {
             e_safe: None,
             threshold_ms: None,
         };
+        // Deciding on the reported numbers keeps the outcome and the bounds in agreement.
+        let regressed = evidence.lower > evidence.tolerance;
+        let safe = evidence.upper < evidence.tolerance;
         decide(
             evidence,
-            excess - width > 0.0,
-            excess + width < 0.0,
+            regressed,
+            safe,
             || self.needed(settings),
             settings,
         )

@@ -90,8 +90,17 @@
 //! The error-rate guardrail spends `α/2` on the exact test (while errors are rare) and `α/2` on
 //! the confidence sequence (once they are not), so their union keeps its false alarms within
 //! `α`; the exact test splits its share again between `e_worse` and `e_safe`. In the rare regime
-//! the evidence is on the rate-ratio scale, with the bounds found by inverting the e-processes
-//! over `ψ₀` (bisection on `ln ψ₀` within `[10⁻³, 10³]`).
+//! the evidence is on the rate-ratio scale: the estimate is `((x_T + ½)/n_T) / ((x_C + ½)/n_C)`
+//! (the halves keep it finite without errors), and the bounds invert the e-processes over `ψ₀`
+//! (bisection on `ln ψ₀` within `[10⁻³, 10³]`; the e-values decrease and increase in `ψ₀`, which
+//! the property tests check by comparing outcomes with bounds).
+//!
+//! # How much more data
+//! An `Inconclusive` verdict projects, under the current estimate and variance, the smallest
+//! multiple `k` of the current sample (both arms growing in their current proportion) at which
+//! the normal-mixture half-width falls to the distance between the estimate and the tolerance,
+//! and reports `(k − 1)·n` more per arm, in the guardrail's own unit (requests, or a metric's
+//! values). Rare errors and the backstop use the same normal projection as an estimate.
 //!
 //! # Latency p95/p99: the share of slow requests
 //! Let `k` be the control sketch's bucket holding its `q`-quantile. The control's share above
