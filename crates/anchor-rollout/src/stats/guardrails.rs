@@ -95,7 +95,10 @@ impl ErrorCounts {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ArmObservations {
-    /// Evaluations that served this arm's variant.
+    /// Units (users, or whatever the flag buckets by) that were served this arm's variant. The
+    /// sample ratio test treats each as an independent draw of the split, so these should be
+    /// distinct units, not evaluation counts: a user evaluated a hundred times moves the count
+    /// by a hundred at once, which the test would read as a mismatch.
     pub exposures: u64,
     /// Requests (outcomes) recorded for this arm.
     pub requests: u64,

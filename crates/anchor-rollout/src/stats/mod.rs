@@ -12,9 +12,13 @@
 //!
 //! # What the caller must pass
 //! Cumulative counts per arm since the current stage's warm-up ended, with one configured split
-//! over that span ([`Observations`]). A new stage starts new sequences; a caller that wants at
-//! most α false rollbacks over a whole plan gives each stage its share of α (for example α
-//! divided by the number of stages), since each stage's tests are separate sequences.
+//! over that span ([`Observations`]). The tests treat requests (and metric values) as
+//! independent; strong clustering within users (one user's requests failing together) makes
+//! the variances too small, which the plug-in estimates do not see.
+//!
+//! A new stage starts new sequences; a caller that wants at most α false rollbacks over a whole
+//! plan gives each stage its share of α (for example α divided by the number of stages), since
+//! each stage's tests are separate sequences.
 //!
 //! # The normal-mixture confidence sequence (proportions, means, latency tail shares)
 //! For an estimate `θ̂` of a contrast `θ` (a difference of arm means, or the excess of the
@@ -128,7 +132,8 @@
 //! e = Γ(κ)/Γ(κ + n) · Π Γ(κπᵢ + xᵢ)/Γ(κπᵢ) / Π πᵢ^xᵢ
 //! ```
 //!
-//! is a test martingale under the configured split; a mismatch is `e ≥ 1/α`. `κ` defaults to
+//! is a test martingale under the configured split when each exposure is an independent unit
+//! (count distinct users, not evaluations); a mismatch is `e ≥ 1/α`. `κ` defaults to
 //! 1,000 (the prior's standard deviation of a 5% share is 0.7 points, the size of a mismatch
 //! worth catching). A mismatch means no verdict can be trusted: the caller holds and alerts
 //! rather than rolls back, so it has its own α.
