@@ -443,6 +443,29 @@ fn verdicts_and_plans_have_a_stable_json_shape() {
 }
 
 #[test]
+fn the_builtin_plan_guards_error_rate_and_tail_latency() {
+    let plan = GuardrailPlan::builtin();
+    assert!(plan.problems().is_empty());
+    assert_eq!(
+        serde_json::to_value(&plan).unwrap(),
+        serde_json::json!({
+            "guardrails": [
+                {"name": "error rate", "kind": "errorRate", "maxRelativeIncrease": 0.1},
+                {"name": "p95 latency", "kind": "latency", "quantile": 0.95,
+                 "maxRelativeIncrease": 0.2},
+                {"name": "p99 latency", "kind": "latency", "quantile": 0.99,
+                 "maxRelativeIncrease": 0.2}
+            ],
+            "alpha": 0.01,
+            "srmAlpha": 0.01,
+            "srmConcentration": 1000.0,
+            "minPerArm": 100,
+            "tunedFor": 10000
+        })
+    );
+}
+
+#[test]
 fn plan_problems_are_all_reported_with_json_pointers() {
     let mut plan = GuardrailPlan::new(vec![
         spec(

@@ -236,6 +236,31 @@ impl GuardrailPlan {
         }
     }
 
+    /// The built-in guardrails of the default release template: the error rate at most 10%
+    /// above the control's, and p95 and p99 latency at most 20% above the control's, with the
+    /// default α of 1%.
+    #[must_use]
+    pub fn builtin() -> Self {
+        let spec = |name: &str, guardrail| GuardrailSpec {
+            name: name.to_owned(),
+            guardrail,
+        };
+        let latency = |quantile| Guardrail::Latency {
+            quantile,
+            max_relative_increase: 0.2,
+        };
+        Self::new(vec![
+            spec(
+                "error rate",
+                Guardrail::ErrorRate {
+                    max_relative_increase: 0.1,
+                },
+            ),
+            spec("p95 latency", latency(0.95)),
+            spec("p99 latency", latency(0.99)),
+        ])
+    }
+
     /// Every problem of the plan at once, each with its JSON pointer; empty when it is valid.
     #[must_use]
     pub fn problems(&self) -> Vec<PlanProblem> {
