@@ -112,6 +112,23 @@ proptest! {
     }
 
     #[test]
+    fn extreme_counts_neither_panic_nor_give_numbers_json_cannot_hold(
+        exposures in any::<u64>(), requests in any::<u64>(), errors in any::<u64>(),
+        share in prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY)]
+    ) {
+        let arm = ArmObservations { exposures, requests, errors, ..ArmObservations::default() };
+        let observations = Observations {
+            control: arm.clone(),
+            treatment: arm,
+            expected_treatment_share: share,
+        };
+        let report = evaluate(&plan(), &observations);
+        let json = serde_json::to_string(&report).unwrap();
+        let back: anchor_rollout::GuardrailReport = serde_json::from_str(&json).unwrap();
+        prop_assert_eq!(back.checks.len(), report.checks.len());
+    }
+
+    #[test]
     fn rare_error_verdicts_agree_with_their_bounds(
         n_c in 100u64..5_000, n_t in 100u64..5_000, x_c in 0u64..20, x_t in 0u64..40,
         r in 0.0f64..1.0

@@ -144,11 +144,18 @@
 //! `Σ α/k = α`, however often it is checked and whatever the dependence between the metrics.
 
 mod guardrails;
+mod plan;
 pub mod sequential;
+mod verdict;
 
 pub use guardrails::{
-    ArmObservations, Direction, ErrorCounts, Evidence, Guardrail, GuardrailCheck, GuardrailPlan,
-    GuardrailReport, GuardrailSpec, Method, MetricSums, Needed, Observations, PlanProblem,
-    RARE_EXPECTED_ERRORS, Scale, SrmCheck, TestSettings, Tolerance, Verdict, error_rate,
-    error_rate_limit, evaluate, latency, metric_mean, sample_ratio,
+    RARE_EXPECTED_ERRORS, error_rate, error_rate_limit, evaluate, latency, metric_mean,
+    sample_ratio,
+};
+pub use plan::{
+    ArmObservations, Direction, ErrorCounts, Guardrail, GuardrailPlan, GuardrailSpec, MetricSums,
+    Observations, PlanProblem, TestSettings, Tolerance,
+};
+pub use verdict::{
+    Evidence, GuardrailCheck, GuardrailReport, Method, Needed, Scale, SrmCheck, Verdict,
 };
