@@ -1,0 +1,57 @@
+//! # anchor-rollout: the statistics behind progressive rollouts
+//!
+//! Decides, from cumulative per-arm counts, whether a rollout's treatment (the new variant) has
+//! regressed against its control (the old one), is safe, or needs more data; and holds the
+//! latency sketch that SDKs fill and send. The release-plan state machine is built on it.
+//!
+//! - [`sketch`]: [`LatencySketch`], a DDSketch-style log-bucket histogram with 1% relative
+//!   accuracy, mergeable by adding counts, with a stable JSON shape for the wire.
+//! - [`stats`]: anytime-valid sequential tests (normal-mixture confidence sequences, beta-binomial
+//!   and Dirichlet-multinomial e-processes) for error rates, latency quantiles, custom metric
+//!   means, an absolute error-rate backstop and sample ratio mismatch; [`evaluate`] runs a
+//!   [`GuardrailPlan`] with its α split across the guardrails and returns a [`Verdict`] per
+//!   guardrail, each with the numbers behind it.
+//!
+//! ## What this crate must never do
+//! No async, no IO, no clock, no randomness, no logging, no global state: time and data are
+//! arguments, so the same observations always give the same verdicts. It depends on serde only.
+//! Nothing here panics on any input; degenerate counts give `InsufficientData` or
+//! `Inconclusive`.
+//!
+//! ## Example
+//! ```
+//! use anchor_rollout::{
+//!     ArmObservations, Guardrail, GuardrailPlan, GuardrailSpec, Observations, evaluate,
+//! };
+//!
+//! let plan = GuardrailPlan::new(vec![GuardrailSpec {
+//!     name: "errors".into(),
+//!     guardrail: Guardrail::ErrorRate { max_relative_increase: 0.1 },
+//! }]);
+//! let arm = |requests, errors| ArmObservations {
+//!     exposures: requests,
+//!     requests,
+//!     errors,
+//!     ..ArmObservations::default()
+//! };
+//! let observations = Observations {
+//!     control: arm(285_000, 1_425),
+//!     treatment: arm(15_000, 150),
+//!     expected_treatment_share: 0.05,
+//! };
+//! let report = evaluate(&plan, &observations);
+//! assert!(report.checks[0].verdict.is_regressed());
+//! assert!(!report.srm.mismatch);
+//! ```
+
+mod special;
+
+pub mod sketch;
+pub mod stats;
+
+pub use sketch::LatencySketch;
+pub use stats::{
+    ArmObservations, Direction, ErrorCounts, Evidence, Guardrail, GuardrailCheck, GuardrailPlan,
+    GuardrailReport, GuardrailSpec, Method, MetricSums, Needed, Observations, PlanProblem, Scale,
+    SrmCheck, TestSettings, Tolerance, Verdict, evaluate,
+};
