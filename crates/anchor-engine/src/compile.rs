@@ -237,9 +237,15 @@ impl StringSet {
 
     #[inline(always)]
     pub(crate) fn contains(&self, s: &str) -> bool {
+        self.contains_known(s, &Fingerprint::of(s))
+    }
+
+    /// `contains` with `s`'s fingerprint computed in advance.
+    #[inline]
+    pub(crate) fn contains_known(&self, s: &str, fp: &Fingerprint) -> bool {
         match self {
             StringSet::Small(items) => {
-                let fp = Fingerprint::of(s);
+                let fp = *fp;
                 if fp.is_exact() {
                     items
                         .iter()

@@ -39,6 +39,13 @@ struct Entry {
     hash: u64,
     name: Box<str>,
     value: Value,
+    /// The value's fingerprint when it is a string, computed once here rather than by every
+    /// `in` condition that reads it.
+    value_fingerprint: Fingerprint,
+}
+
+fn value_fingerprint(value: &Value) -> Fingerprint {
+    Fingerprint::of(value.as_str().unwrap_or_default())
 }
 
 fn name_hash(name: &str) -> u64 {
@@ -84,8 +91,10 @@ impl EvaluationContext {
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<Value>) {
         let name: String = name.into();
         let hash = name_hash(&name);
+        let value: Value = value.into();
         if let Some(i) = self.position(&name, hash) {
-            self.entries[i].value = value.into();
+            self.entries[i].value_fingerprint = value_fingerprint(&value);
+            self.entries[i].value = value;
             return;
         }
         if name == TARGETING_KEY {
@@ -95,7 +104,8 @@ impl EvaluationContext {
         self.entries.push(Entry {
             hash,
             name: name.into_boxed_str(),
-            value: value.into(),
+            value_fingerprint: value_fingerprint(&value),
+            value,
         });
         if let Some(index) = &mut self.index {
             let last = self.entries.len() - 1;
@@ -208,6 +218,13 @@ impl EvaluationContext {
         self.position_of(name, hash, fp)
             .map(|i| &self.entries[i].value)
     }
+
+    /// The same, with the value's fingerprint (meaningful when the value is a string).
+    #[inline(always)]
+    fn entry_known(&self, name: &str, hash: u64, fp: &Fingerprint) -> Option<&Entry> {
+        self.position_of(name, hash, fp)
+            .and_then(|i| self.entries.get(i))
+    }
 }
 
 /// Equal when both hold the same attributes, in any order.
@@ -284,6 +301,32 @@ impl AttributePath {
         };
         match found {
             Some(Value::Null) | None => None,
+            v => v,
+        }
+    }
+
+    /// As [`AttributePath::lookup`], with the fingerprint of a top-level string value (`None`
+    /// for nested values, whose fingerprint is not precomputed).
+    #[inline(always)]
+    pub(crate) fn lookup_fingerprinted<'c>(
+        &self,
+        context: &'c EvaluationContext,
+    ) -> Option<(&'c Value, Option<&'c Fingerprint>)> {
+        let found = match &self.parts {
+            None => {
+                let entry = if self.targeting_key {
+                    context
+                        .targeting_key
+                        .and_then(|i| context.entries.get(i as usize))
+                } else {
+                    context.entry_known(&self.full, self.hash, &self.fingerprint)
+                };
+                entry.map(|e| (&e.value, Some(&e.value_fingerprint)))
+            }
+            Some(parts) => self.lookup_nested(context, parts).map(|v| (v, None)),
+        };
+        match found {
+            Some((Value::Null, _)) | None => None,
             v => v,
         }
     }

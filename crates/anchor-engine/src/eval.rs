@@ -461,6 +461,24 @@ fn condition_holds<T: Tracer>(
             let value = c.attribute.lookup(context);
             (value.is_some() ^ c.negate, value, None)
         }
+        // Exact `in` on a top-level string: the value's fingerprint was computed with the
+        // context, so the list is scanned without looking at the string again.
+        Test::In(set) if !set.case_insensitive => match c.attribute.lookup_fingerprinted(context) {
+            None => (false, None, None),
+            Some((value @ Value::String(s), Some(fp))) => (
+                set.strings.contains_known(s, fp) ^ c.negate,
+                Some(value),
+                None,
+            ),
+            Some((value, _)) => match test_value(c.operator, &c.test, value) {
+                Some(m) => (m ^ c.negate, Some(value), None),
+                None => (
+                    false,
+                    Some(value),
+                    Some("the value's type cannot be compared with this operator"),
+                ),
+            },
+        },
         test => match c.attribute.lookup(context) {
             None => (false, None, None),
             Some(value) => match test_value(c.operator, test, value) {
