@@ -1,8 +1,9 @@
 //! # anchor-rollout: the statistics behind progressive rollouts
 //!
 //! Decides, from cumulative per-arm counts, whether a rollout's treatment (the new variant) has
-//! regressed against its control (the old one), is safe, or needs more data; and holds the
-//! latency sketch that SDKs fill and send. The release-plan state machine is built on it.
+//! regressed against its control (the old one), is safe, or needs more data; holds the
+//! latency sketch that SDKs fill and send; and moves release plans from stage to stage on those
+//! verdicts.
 //!
 //! - [`sketch`]: [`LatencySketch`], a DDSketch-style log-bucket histogram with 1% relative
 //!   accuracy, mergeable by adding counts, with a stable JSON shape for the wire.
@@ -11,6 +12,9 @@
 //!   means, an absolute error-rate backstop and sample ratio mismatch; [`evaluate`] runs a
 //!   [`GuardrailPlan`] with its α split across the guardrails and returns a [`Verdict`] per
 //!   guardrail, each with the numbers behind it.
+//! - [`release`]: the release-plan state machine: [`step`] judges a stage on its observations
+//!   at a given time, [`command`] applies a person's action; both return the next
+//!   [`ReleaseState`], the [`Action`]s for the driver and the [`Decision`] in words.
 //!
 //! ## What this crate must never do
 //! No async, no IO, no clock, no randomness, no logging, no global state: time and data are
@@ -46,9 +50,14 @@
 
 mod special;
 
+pub mod release;
 pub mod sketch;
 pub mod stats;
 
+pub use release::{
+    Action, Command, CommandRefused, Decision, Event, HoldReason, ReleaseState, ReleaseTemplate,
+    Stage, StageClock, Transition, command, step,
+};
 pub use sketch::LatencySketch;
 pub use stats::{
     ArmObservations, Direction, ErrorCounts, Evidence, Guardrail, GuardrailCheck, GuardrailPlan,

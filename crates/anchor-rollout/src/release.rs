@@ -1,0 +1,1002 @@
+//! Release plans: the stage state machine that moves a flag's treatment share from stage to
+//! stage, judged by the guardrails.
+//!
+//! A [`ReleaseTemplate`] is the recipe (stages with their share, dwell, warm-up and approval
+//! gate; the guardrails and their α budget; the policies); a release's [`ReleaseState`] is where
+//! it stands. Two pure functions move it:
+//!
+//! - [`step`] runs on the controller's tick with the current stage's cumulative observations
+//!   (counted from the end of the stage's warm-up; `Err` when the metric source failed) and the
+//!   time, and returns the next state, the [`Action`]s for the driver to carry out (set the
+//!   share, roll back, notify) and, when something happened, a [`Decision`] in words.
+//! - [`command`] applies a person's action (start, pause, resume, skip, approve, dismiss, roll
+//!   back, abort, complete), or refuses it with a reason.
+//!
+//! ## The rules
+//! - A stage advances when its dwell has passed and every guardrail is `Safe` (and the split
+//!   matches). A stage that has dwelt long enough but cannot decide is extended, up to
+//!   `max_extension_ms`; then the release holds, saying how much more data it needs. It still
+//!   advances by itself once the data suffice, and still rolls back on a regression.
+//! - Any guardrail `Regressed` rolls back at once (whatever the dwell), except those listed in
+//!   `hold_only` (business metrics a team wants to judge itself), which hold and notify.
+//! - A sample ratio mismatch holds: no verdict can be trusted when the split is not the one
+//!   configured. A failing metric source holds and never rolls back; the release runs on when
+//!   the source answers again.
+//! - Entering a stage with an approval gate waits for approval. Entering the last stage (100%)
+//!   completes the release: there is no control left to compare with.
+//!
+//! ## α across stages
+//! Each stage starts its sequential tests afresh on its own observations, so its tests may
+//! spend `α / s` where `s` is the number of stages with a control (below 100%); with the
+//! guardrails' own split (α / k per guardrail) a healthy release is falsely rolled back with
+//! probability at most α over its whole life (Bonferroni; the tests are anytime-valid, so
+//! checking every minute costs nothing extra).
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{GuardrailCheck, GuardrailPlan, GuardrailReport, Observations, PlanProblem};
+use crate::stats::{Needed, SrmCheck, Verdict, evaluate};
+
+/// One stage of a release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    /// The treatment's share of the rollout, in percent (0 < p ≤ 100).
+    pub percentage: f64,
+    /// The least time the stage runs before it may advance.
+    pub dwell_ms: u64,
+    /// Observations from the stage's first moments are ignored (caches warming, clients
+    /// picking up the change).
+    #[serde(default)]
+    pub warmup_ms: u64,
+    /// Entering the stage waits for a person's approval.
+    #[serde(default)]
+    pub approval: bool,
+}
+
+/// The recipe of a release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseTemplate {
+    pub stages: Vec<Stage>,
+    /// The guardrails; their `alpha` is the budget of the whole release.
+    pub guardrails: GuardrailPlan,
+    /// How long past its dwell a stage that cannot decide is extended before the release holds.
+    #[serde(default = "default_max_extension_ms")]
+    pub max_extension_ms: u64,
+    /// Guardrails (by name) whose regression holds and notifies instead of rolling back.
+    #[serde(default)]
+    pub hold_only: Vec<String>,
+    /// Whether a rollback also turns the flag off (the kill switch), not only the share to 0%.
+    #[serde(default)]
+    pub rollback_disables_flag: bool,
+}
+
+fn default_max_extension_ms() -> u64 {
+    // Twice the default dwell.
+    30 * 60_000
+}
+
+impl ReleaseTemplate {
+    /// 1% → 5% → 25% → 50% → 100%, 15 minutes each after a 1-minute warm-up; guardrails on
+    /// the error rate and p95/p99 latency; α = 1%.
+    #[must_use]
+    pub fn builtin() -> Self {
+        let stage = |percentage| Stage {
+            percentage,
+            dwell_ms: 15 * 60_000,
+            warmup_ms: 60_000,
+            approval: false,
+        };
+        Self {
+            stages: [1.0, 5.0, 25.0, 50.0, 100.0]
+                .into_iter()
+                .map(stage)
+                .collect(),
+            guardrails: GuardrailPlan::builtin(),
+            max_extension_ms: default_max_extension_ms(),
+            hold_only: Vec::new(),
+            rollback_disables_flag: false,
+        }
+    }
+
+    /// Every problem at once, each with its JSON pointer; empty when the template is valid.
+    #[must_use]
+    pub fn problems(&self) -> Vec<PlanProblem> {
+        let mut problems = Vec::new();
+        let mut problem = |path: String, message: &str| {
+            problems.push(PlanProblem {
+                path,
+                message: message.to_owned(),
+            });
+        };
+        if self.stages.is_empty() {
+            problem("/stages".into(), "a release needs at least one stage");
+        }
+        let mut previous = 0.0;
+        for (i, stage) in self.stages.iter().enumerate() {
+            let p = stage.percentage;
+            if !(p > 0.0 && p <= 100.0) {
+                problem(
+                    format!("/stages/{i}/percentage"),
+                    "must be above 0 and at most 100",
+                );
+            } else if p <= previous {
+                problem(
+                    format!("/stages/{i}/percentage"),
+                    "must be above the previous stage's",
+                );
+            }
+            previous = p.max(previous);
+            if stage.dwell_ms == 0 && p < 100.0 {
+                problem(format!("/stages/{i}/dwellMs"), "must be positive");
+            }
+            if stage.warmup_ms >= stage.dwell_ms && p < 100.0 {
+                problem(
+                    format!("/stages/{i}/warmupMs"),
+                    "must be shorter than the dwell",
+                );
+            }
+        }
+        if self.stages.last().is_some_and(|s| s.percentage < 100.0) {
+            problem(
+                format!("/stages/{}/percentage", self.stages.len() - 1),
+                "the last stage must be 100%",
+            );
+        }
+        for (i, name) in self.hold_only.iter().enumerate() {
+            if !self.guardrails.guardrails.iter().any(|g| &g.name == name) {
+                problem(format!("/holdOnly/{i}"), "names no guardrail");
+            }
+        }
+        problems.extend(self.guardrails.problems().into_iter().map(|p| PlanProblem {
+            path: format!("/guardrails{}", p.path),
+            message: p.message,
+        }));
+        problems
+    }
+
+    /// The stages with a control to compare against (below 100%).
+    fn judged_stages(&self) -> usize {
+        self.stages
+            .iter()
+            .filter(|s| s.percentage < 100.0)
+            .count()
+            .max(1)
+    }
+
+    /// The guardrails as one stage runs them: the release's α split across its stages.
+    #[must_use]
+    pub fn stage_guardrails(&self) -> GuardrailPlan {
+        #[allow(clippy::cast_precision_loss, reason = "a handful of stages")]
+        let s = self.judged_stages() as f64;
+        let mut plan = self.guardrails.clone();
+        plan.alpha /= s;
+        plan.srm_alpha /= s;
+        plan
+    }
+}
+
+/// Why a release holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum HoldReason {
+    /// The stage ran its dwell and its extension without the guardrails deciding.
+    InsufficientData { needed: Vec<GuardrailNeed> },
+    /// The exposures do not split as configured.
+    SampleRatioMismatch { check: SrmCheck },
+    /// The metric source failed; the release waits for it.
+    SourceError { message: String },
+    /// A `hold_only` guardrail regressed.
+    GuardrailBreached { check: GuardrailCheck },
+}
+
+/// How much more one undecided guardrail needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardrailNeed {
+    pub guardrail: String,
+    /// The counts each arm has now.
+    pub n_treatment: u64,
+    pub n_control: u64,
+    /// The additional counts per arm a decision would take at the current estimate; `None`
+    /// when the estimate sits on the tolerance (no amount is enough to tell).
+    pub more: Option<Needed>,
+}
+
+/// Where the release is in its current stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageClock {
+    /// The stage's position in the template.
+    pub stage: usize,
+    /// When the stage began (or resumed): its dwell counts from here.
+    pub since_ms: i64,
+    /// Observations count from here (the end of the warm-up).
+    pub observe_from_ms: i64,
+    /// Guardrails a person dismissed for this stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dismissed: Vec<String>,
+}
+
+/// Where a release stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "state",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum ReleaseState {
+    /// Created, not started.
+    Pending,
+    Running {
+        #[serde(flatten)]
+        clock: StageClock,
+    },
+    /// Waiting for approval to enter `stage`.
+    WaitingForApproval {
+        stage: usize,
+        since_ms: i64,
+    },
+    /// Not advancing until the reason clears or a person acts; regressions still roll back.
+    Holding {
+        #[serde(flatten)]
+        clock: StageClock,
+        held_since_ms: i64,
+        reason: HoldReason,
+    },
+    /// Stopped by a person; nothing is judged until resumed.
+    Paused {
+        #[serde(flatten)]
+        clock: StageClock,
+        paused_since_ms: i64,
+    },
+    /// The treatment was taken away.
+    RolledBack {
+        stage: usize,
+        at_ms: i64,
+        /// The guardrail that fired, or `None` when a person rolled back.
+        check: Option<GuardrailCheck>,
+    },
+    Completed {
+        at_ms: i64,
+    },
+    /// Stopped for good by a person, the share left where it was.
+    Aborted {
+        at_ms: i64,
+    },
+}
+
+impl ReleaseState {
+    /// Whether the release still acts (not finished, rolled back or aborted).
+    #[must_use]
+    pub fn is_active(&self) -> bool {
+        !matches!(
+            self,
+            Self::RolledBack { .. } | Self::Completed { .. } | Self::Aborted { .. }
+        )
+    }
+
+    /// The stage the release is at or waiting for, if any.
+    #[must_use]
+    pub fn stage(&self) -> Option<usize> {
+        match self {
+            Self::Running { clock } | Self::Holding { clock, .. } | Self::Paused { clock, .. } => {
+                Some(clock.stage)
+            }
+            Self::WaitingForApproval { stage, .. } | Self::RolledBack { stage, .. } => Some(*stage),
+            Self::Pending | Self::Completed { .. } | Self::Aborted { .. } => None,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running { .. } => "running",
+            Self::WaitingForApproval { .. } => "waiting for approval",
+            Self::Holding { .. } => "holding",
+            Self::Paused { .. } => "paused",
+            Self::RolledBack { .. } => "rolled back",
+            Self::Completed { .. } => "completed",
+            Self::Aborted { .. } => "aborted",
+        }
+    }
+}
+
+/// What a notification is about (the webhook event types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    StageAdvanced,
+    WaitingForApproval,
+    Holding,
+    RolledBack,
+    Completed,
+    GuardrailBreached,
+}
+
+impl Event {
+    /// The webhook event type, such as `release.rolled_back`.
+    #[must_use]
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Self::StageAdvanced => "release.stage_advanced",
+            Self::WaitingForApproval => "release.waiting_for_approval",
+            Self::Holding => "release.holding",
+            Self::RolledBack => "release.rolled_back",
+            Self::Completed => "release.completed",
+            Self::GuardrailBreached => "release.guardrail_breached",
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "action",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum Action {
+    /// Serve the treatment to this share (percent) and the control to the rest.
+    SetShare {
+        percentage: f64,
+    },
+    /// Serve the control to everyone (and turn the flag off when `disable_flag`).
+    RollBack {
+        disable_flag: bool,
+    },
+    Notify {
+        event: Event,
+    },
+}
+
+/// One entry of the decision log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    pub at_ms: i64,
+    /// In words, with the numbers: "rolled back at 5%: error rate …".
+    pub message: String,
+    /// The guardrails' report the decision rests on, when it rests on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<GuardrailReport>,
+}
+
+/// The outcome of [`step`] or [`command`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    pub state: ReleaseState,
+    pub actions: Vec<Action>,
+    /// Set when something happened worth a line in the decision log.
+    pub decision: Option<Decision>,
+    /// The guardrails' latest report, when this step judged them (also when nothing changed),
+    /// for people watching the stage.
+    pub report: Option<GuardrailReport>,
+}
+
+impl Transition {
+    fn unchanged(state: &ReleaseState, report: Option<GuardrailReport>) -> Self {
+        Self {
+            state: state.clone(),
+            actions: Vec::new(),
+            decision: None,
+            report,
+        }
+    }
+}
+
+fn percent(p: f64) -> String {
+    if p.fract() == 0.0 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p}%")
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One guardrail's verdict in words: "error rate: 1.02% vs 0.49% (regression +0.53, bounds
+/// +0.31 to +0.75, tolerance +0.05)".
+fn describe(check: &GuardrailCheck) -> String {
+    let e = check.verdict.evidence();
+    format!(
+        "{}: treatment {:.4} vs control {:.4} (estimate {:+.4}, bounds {:+.4} to {:+.4}, tolerance {:+.4}; n = {} / {})",
+        check.name,
+        e.treatment,
+        e.control,
+        e.estimate,
+        e.lower,
+        e.upper,
+        e.tolerance,
+        thousands(e.n_treatment),
+        thousands(e.n_control),
+    )
+}
+
+fn needs(report: &GuardrailReport, dismissed: &[String]) -> Vec<GuardrailNeed> {
+    report
+        .checks
+        .iter()
+        .filter(|c| !c.verdict.is_safe() && !dismissed.contains(&c.name))
+        .map(|c| {
+            let e = c.verdict.evidence();
+            let more = match &c.verdict {
+                Verdict::Inconclusive { needed, .. } => *needed,
+                Verdict::InsufficientData {
+                    minimum_per_arm, ..
+                } => Some(Needed {
+                    treatment: minimum_per_arm.saturating_sub(e.n_treatment),
+                    control: minimum_per_arm.saturating_sub(e.n_control),
+                }),
+                _ => None,
+            };
+            GuardrailNeed {
+                guardrail: c.name.clone(),
+                n_treatment: e.n_treatment,
+                n_control: e.n_control,
+                more,
+            }
+        })
+        .collect()
+}
+
+fn describe_needs(needed: &[GuardrailNeed]) -> String {
+    needed
+        .iter()
+        .map(|n| match n.more {
+            Some(more) => format!(
+                "{}: {} of ~{} treatment samples",
+                n.guardrail,
+                thousands(n.n_treatment),
+                thousands(n.n_treatment.saturating_add(more.treatment))
+            ),
+            None => format!(
+                "{}: {} treatment samples, estimate on the tolerance",
+                n.guardrail,
+                thousands(n.n_treatment)
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Enters stage `index` now: waits for approval, completes at 100%, or runs it.
+fn enter(
+    template: &ReleaseTemplate,
+    index: usize,
+    now_ms: i64,
+    approved: bool,
+    why: &str,
+) -> Transition {
+    let Some(stage) = template.stages.get(index) else {
+        return complete(now_ms, why);
+    };
+    if stage.approval && !approved {
+        return Transition {
+            state: ReleaseState::WaitingForApproval {
+                stage: index,
+                since_ms: now_ms,
+            },
+            actions: vec![Action::Notify {
+                event: Event::WaitingForApproval,
+            }],
+            decision: Some(Decision {
+                at_ms: now_ms,
+                message: format!(
+                    "{why}; waiting for approval to enter stage {} ({})",
+                    index + 1,
+                    percent(stage.percentage)
+                ),
+                report: None,
+            }),
+            report: None,
+        };
+    }
+    if stage.percentage >= 100.0 {
+        let mut done = complete(now_ms, why);
+        done.actions
+            .insert(0, Action::SetShare { percentage: 100.0 });
+        return done;
+    }
+    let warmup = i64::try_from(stage.warmup_ms).unwrap_or(i64::MAX);
+    Transition {
+        state: ReleaseState::Running {
+            clock: StageClock {
+                stage: index,
+                since_ms: now_ms,
+                observe_from_ms: now_ms.saturating_add(warmup),
+                dismissed: Vec::new(),
+            },
+        },
+        actions: vec![
+            Action::SetShare {
+                percentage: stage.percentage,
+            },
+            Action::Notify {
+                event: Event::StageAdvanced,
+            },
+        ],
+        decision: Some(Decision {
+            at_ms: now_ms,
+            message: format!(
+                "{why}; stage {} of {}: {} of traffic to the treatment",
+                index + 1,
+                template.stages.len(),
+                percent(stage.percentage)
+            ),
+            report: None,
+        }),
+        report: None,
+    }
+}
+
+fn complete(now_ms: i64, why: &str) -> Transition {
+    Transition {
+        state: ReleaseState::Completed { at_ms: now_ms },
+        actions: vec![Action::Notify {
+            event: Event::Completed,
+        }],
+        decision: Some(Decision {
+            at_ms: now_ms,
+            message: format!("{why}; completed: the treatment serves everyone"),
+            report: None,
+        }),
+        report: None,
+    }
+}
+
+fn roll_back(
+    template: &ReleaseTemplate,
+    stage: usize,
+    now_ms: i64,
+    check: Option<GuardrailCheck>,
+    message: String,
+    report: Option<GuardrailReport>,
+) -> Transition {
+    Transition {
+        state: ReleaseState::RolledBack {
+            stage,
+            at_ms: now_ms,
+            check,
+        },
+        actions: vec![
+            Action::RollBack {
+                disable_flag: template.rollback_disables_flag,
+            },
+            Action::Notify {
+                event: Event::RolledBack,
+            },
+        ],
+        decision: Some(Decision {
+            at_ms: now_ms,
+            message,
+            report: report.clone(),
+        }),
+        report,
+    }
+}
+
+fn hold(
+    clock: &StageClock,
+    now_ms: i64,
+    reason: HoldReason,
+    event: Event,
+    message: String,
+    report: Option<GuardrailReport>,
+) -> Transition {
+    Transition {
+        state: ReleaseState::Holding {
+            clock: clock.clone(),
+            held_since_ms: now_ms,
+            reason,
+        },
+        actions: vec![Action::Notify { event }],
+        decision: Some(Decision {
+            at_ms: now_ms,
+            message,
+            report: report.clone(),
+        }),
+        report,
+    }
+}
+
+/// One tick of the controller: judges the current stage on `observations` (cumulative since
+/// the stage's `observe_from_ms`; `Err` with the reason when the metric source failed).
+#[must_use]
+pub fn step(
+    template: &ReleaseTemplate,
+    state: &ReleaseState,
+    observations: Result<&Observations, &str>,
+    now_ms: i64,
+) -> Transition {
+    let (clock, held) = match state {
+        ReleaseState::Running { clock } => (clock, None),
+        ReleaseState::Holding { clock, reason, .. } => (clock, Some(reason)),
+        _ => return Transition::unchanged(state, None),
+    };
+    let Some(stage) = template.stages.get(clock.stage) else {
+        return complete(now_ms, "the template has no stage left");
+    };
+    let at = percent(stage.percentage);
+    if now_ms < clock.observe_from_ms {
+        return Transition::unchanged(state, None);
+    }
+    let observations = match observations {
+        Ok(observations) => observations,
+        Err(message) => {
+            if matches!(held, Some(HoldReason::SourceError { .. })) {
+                return Transition::unchanged(state, None);
+            }
+            return hold(
+                clock,
+                now_ms,
+                HoldReason::SourceError {
+                    message: message.to_owned(),
+                },
+                Event::Holding,
+                format!(
+                    "held at {at}: the metric source failed ({message}); never rolling back on missing data"
+                ),
+                None,
+            );
+        }
+    };
+    // A person accepted the split: the test would keep firing on the same data.
+    let srm_accepted = clock.dismissed.iter().any(|d| d == SRM);
+    let report = evaluate(&template.stage_guardrails(), observations);
+    if report.srm.mismatch && !srm_accepted {
+        if matches!(held, Some(HoldReason::SampleRatioMismatch { .. })) {
+            return Transition::unchanged(state, Some(report));
+        }
+        let srm = report.srm.clone();
+        return hold(
+            clock,
+            now_ms,
+            HoldReason::SampleRatioMismatch { check: srm.clone() },
+            Event::Holding,
+            format!(
+                "held at {at}: sample ratio mismatch, the treatment has {:.2}% of exposures where {:.2}% were configured ({} / {}); no verdict can be trusted until the split is fixed",
+                srm.observed_share * 100.0,
+                srm.expected_share * 100.0,
+                thousands(srm.n_treatment),
+                thousands(srm.n_control),
+            ),
+            Some(report),
+        );
+    }
+    let active = |c: &&GuardrailCheck| !clock.dismissed.contains(&c.name);
+    let regressed: Vec<&GuardrailCheck> = report.regressed().filter(active).collect();
+    if let Some(first) = regressed
+        .iter()
+        .find(|c| !template.hold_only.contains(&c.name))
+    {
+        let message = format!("rolled back at {at}: {}", describe(first));
+        let check = (*first).clone();
+        return roll_back(
+            template,
+            clock.stage,
+            now_ms,
+            Some(check),
+            message,
+            Some(report),
+        );
+    }
+    if let Some(first) = regressed.first() {
+        if matches!(held, Some(HoldReason::GuardrailBreached { .. })) {
+            return Transition::unchanged(state, Some(report));
+        }
+        let message = format!(
+            "held at {at}: {} regressed; dismiss it to go on, or roll back",
+            describe(first)
+        );
+        let check = (*first).clone();
+        return hold(
+            clock,
+            now_ms,
+            HoldReason::GuardrailBreached { check },
+            Event::GuardrailBreached,
+            message,
+            Some(report),
+        );
+    }
+    // Nothing regressed. A hold for the source or the split clears on its own; one for a
+    // breach waits for a person.
+    if matches!(held, Some(HoldReason::GuardrailBreached { .. })) {
+        return Transition::unchanged(state, Some(report));
+    }
+    let dwell = i64::try_from(stage.dwell_ms).unwrap_or(i64::MAX);
+    let dwelt = now_ms >= clock.since_ms.saturating_add(dwell);
+    let safe = !report.srm.mismatch || srm_accepted;
+    let all_safe = safe
+        && report
+            .checks
+            .iter()
+            .filter(|c| !clock.dismissed.contains(&c.name))
+            .all(|c| c.verdict.is_safe());
+    if dwelt && all_safe {
+        let why = format!(
+            "advanced from {at} after {} min: every guardrail safe",
+            (now_ms - clock.since_ms) / 60_000
+        );
+        let mut next = enter(template, clock.stage + 1, now_ms, false, &why);
+        if let Some(decision) = &mut next.decision {
+            decision.report = Some(report.clone());
+        }
+        next.report = Some(report);
+        return next;
+    }
+    let recovered = matches!(
+        held,
+        Some(HoldReason::SourceError { .. } | HoldReason::SampleRatioMismatch { .. })
+    );
+    let extension = i64::try_from(template.max_extension_ms).unwrap_or(i64::MAX);
+    let overdue = now_ms
+        >= clock
+            .since_ms
+            .saturating_add(dwell)
+            .saturating_add(extension);
+    if dwelt && overdue {
+        if matches!(held, Some(HoldReason::InsufficientData { .. })) {
+            return Transition::unchanged(state, Some(report));
+        }
+        let needed = needs(&report, &clock.dismissed);
+        let message = format!(
+            "held at {at}: not enough data to decide after the dwell and its extension ({})",
+            describe_needs(&needed)
+        );
+        return hold(
+            clock,
+            now_ms,
+            HoldReason::InsufficientData { needed },
+            Event::Holding,
+            message,
+            Some(report),
+        );
+    }
+    if recovered {
+        return Transition {
+            state: ReleaseState::Running {
+                clock: clock.clone(),
+            },
+            actions: Vec::new(),
+            decision: Some(Decision {
+                at_ms: now_ms,
+                message: format!("running again at {at}: the hold's cause cleared"),
+                report: Some(report.clone()),
+            }),
+            report: Some(report),
+        };
+    }
+    Transition::unchanged(state, Some(report))
+}
+
+/// The name under which dismissing a sample ratio mismatch is recorded.
+pub const SRM: &str = "sample ratio";
+
+/// What a person can do to a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "command",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum Command {
+    Start,
+    Pause,
+    Resume,
+    /// Move to the next stage now, whatever the guardrails say (an approval gate still waits).
+    Skip,
+    Approve,
+    /// Ignore a guardrail (or the sample ratio test, named [`SRM`]) for the rest of the stage.
+    Dismiss {
+        guardrail: String,
+    },
+    RollBack,
+    Abort,
+    /// Serve the treatment to everyone now.
+    Complete,
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Skip => "skip",
+            Self::Approve => "approve",
+            Self::Dismiss { .. } => "dismiss",
+            Self::RollBack => "roll back",
+            Self::Abort => "abort",
+            Self::Complete => "complete",
+        }
+    }
+}
+
+/// Why a command cannot apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRefused {
+    pub command: String,
+    pub state: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for CommandRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CommandRefused {}
+
+/// Applies a person's command.
+///
+/// # Errors
+/// [`CommandRefused`] when the command makes no sense in the current state (approving a
+/// release that waits for nothing, resuming a running one, anything on a finished one), or
+/// dismisses a guardrail the template does not have.
+pub fn command(
+    template: &ReleaseTemplate,
+    state: &ReleaseState,
+    command: &Command,
+    now_ms: i64,
+) -> Result<Transition, CommandRefused> {
+    let refuse = |message: String| CommandRefused {
+        command: command.name().to_owned(),
+        state: state.name().to_owned(),
+        message,
+    };
+    let done = |message: String| -> Result<Transition, CommandRefused> { Err(refuse(message)) };
+    if !state.is_active() {
+        return done(format!(
+            "the release is {}; nothing can {} it",
+            state.name(),
+            command.name()
+        ));
+    }
+    let clock = match state {
+        ReleaseState::Running { clock }
+        | ReleaseState::Holding { clock, .. }
+        | ReleaseState::Paused { clock, .. } => Some(clock),
+        _ => None,
+    };
+    let note = |message: String, state: ReleaseState, actions: Vec<Action>| Transition {
+        state,
+        actions,
+        decision: Some(Decision {
+            at_ms: now_ms,
+            message,
+            report: None,
+        }),
+        report: None,
+    };
+    match command {
+        Command::Start => match state {
+            ReleaseState::Pending => Ok(enter(template, 0, now_ms, false, "started")),
+            _ => done("the release has already started".into()),
+        },
+        Command::Approve => match state {
+            ReleaseState::WaitingForApproval { stage, .. } => {
+                Ok(enter(template, *stage, now_ms, true, "approved"))
+            }
+            _ => done("the release is not waiting for approval".into()),
+        },
+        Command::Pause => match clock {
+            Some(clock) if !matches!(state, ReleaseState::Paused { .. }) => Ok(note(
+                "paused by a person".into(),
+                ReleaseState::Paused {
+                    clock: clock.clone(),
+                    paused_since_ms: now_ms,
+                },
+                Vec::new(),
+            )),
+            Some(_) => done("the release is already paused".into()),
+            None => done("only a running or holding release can be paused".into()),
+        },
+        Command::Resume => match state {
+            ReleaseState::Paused { clock, .. } | ReleaseState::Holding { clock, .. } => {
+                // The dwell starts again; what was observed still counts.
+                let mut clock = clock.clone();
+                clock.since_ms = now_ms;
+                if let ReleaseState::Holding {
+                    reason: HoldReason::SampleRatioMismatch { .. },
+                    ..
+                } = state
+                {
+                    clock.dismissed.push(SRM.to_owned());
+                }
+                Ok(note(
+                    "resumed by a person; the stage's dwell starts again".into(),
+                    ReleaseState::Running { clock },
+                    Vec::new(),
+                ))
+            }
+            _ => done("only a paused or holding release can be resumed".into()),
+        },
+        Command::Skip => match clock {
+            Some(clock) => Ok(enter(
+                template,
+                clock.stage + 1,
+                now_ms,
+                false,
+                "a person skipped the rest of the stage",
+            )),
+            None => done("only a running, holding or paused release can skip a stage".into()),
+        },
+        Command::Dismiss { guardrail } => {
+            let known = guardrail == SRM
+                || template
+                    .guardrails
+                    .guardrails
+                    .iter()
+                    .any(|g| &g.name == guardrail);
+            if !known {
+                return done(format!("the template has no guardrail named `{guardrail}`"));
+            }
+            match clock {
+                Some(clock) => {
+                    let mut clock = clock.clone();
+                    if !clock.dismissed.contains(guardrail) {
+                        clock.dismissed.push(guardrail.clone());
+                    }
+                    let next = match state {
+                        ReleaseState::Paused {
+                            paused_since_ms, ..
+                        } => ReleaseState::Paused {
+                            clock,
+                            paused_since_ms: *paused_since_ms,
+                        },
+                        _ => ReleaseState::Running { clock },
+                    };
+                    Ok(note(
+                        format!("a person dismissed `{guardrail}` for the rest of the stage"),
+                        next,
+                        Vec::new(),
+                    ))
+                }
+                None => done(
+                    "only a running, holding or paused release has guardrails to dismiss".into(),
+                ),
+            }
+        }
+        Command::RollBack => {
+            let stage = state.stage().unwrap_or(0);
+            Ok(roll_back(
+                template,
+                stage,
+                now_ms,
+                None,
+                "rolled back by a person".into(),
+                None,
+            ))
+        }
+        Command::Abort => Ok(note(
+            "aborted by a person; the share stays where it is".into(),
+            ReleaseState::Aborted { at_ms: now_ms },
+            Vec::new(),
+        )),
+        Command::Complete => {
+            let mut done = complete(now_ms, "completed by a person");
+            done.actions
+                .insert(0, Action::SetShare { percentage: 100.0 });
+            Ok(done)
+        }
+    }
+}
