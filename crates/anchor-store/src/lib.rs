@@ -466,6 +466,76 @@ pub trait Store: Send + Sync + 'static {
         to_minute: i64,
     ) -> Result<Vec<EvaluationCount>, StoreError>;
 
+    /// Creates or replaces a release template (`If-Match`: `expected_version`, when given;
+    /// `VersionMismatch { what: "release template" }` otherwise). Audited
+    /// (`release_template.created` / `release_template.updated`).
+    async fn put_release_template(
+        &self,
+        actor: &Actor,
+        project: &str,
+        key: &str,
+        name: &str,
+        template: &serde_json::Value,
+        expected_version: Option<u64>,
+    ) -> Result<ReleaseTemplateRecord, StoreError>;
+    /// The project's templates by key.
+    async fn release_templates(
+        &self,
+        project: &str,
+    ) -> Result<Vec<ReleaseTemplateRecord>, StoreError>;
+    /// `NotFound { what: "release template" }` when unknown.
+    async fn release_template(
+        &self,
+        project: &str,
+        key: &str,
+    ) -> Result<ReleaseTemplateRecord, StoreError>;
+    /// Deletes a template (releases started from it keep their copy). Audited.
+    async fn delete_release_template(
+        &self,
+        actor: &Actor,
+        project: &str,
+        key: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Creates an active release with its first decision and an audit entry
+    /// (`release.created`). `AlreadyExists { what: "active release" }` when the flag already
+    /// has an active release in that environment; `NotFound` for an unknown project,
+    /// environment or flag.
+    async fn create_release(&self, new: &NewRelease<'_>) -> Result<ReleaseRecord, StoreError>;
+    /// One release; `NotFound { what: "release" }` when unknown in the project.
+    async fn release(&self, project: &str, id: &str) -> Result<ReleaseRecord, StoreError>;
+    /// The project's releases, newest first, optionally of one environment and one flag.
+    async fn releases(
+        &self,
+        project: &str,
+        environment: Option<&str>,
+        flag: Option<&str>,
+    ) -> Result<Vec<ReleaseRecord>, StoreError>;
+    /// Every active release of every project, for the controller.
+    async fn active_releases(&self) -> Result<Vec<ReleaseRecord>, StoreError>;
+    /// Writes one transition in one transaction: the flag's new configuration when given
+    /// (bumping the environment's revision, with its revision and audit entry), the release's
+    /// state (only if its version is still `expected_version`), its decision, and its audit
+    /// entry.
+    async fn update_release(&self, update: &ReleaseUpdate<'_>)
+    -> Result<ReleaseRecord, StoreError>;
+    /// The decision log, oldest first.
+    async fn release_decisions(
+        &self,
+        project: &str,
+        id: &str,
+    ) -> Result<Vec<ReleaseDecision>, StoreError>;
+    /// Takes (or renews) the right to drive a release until `now + ttl_ms`: `true` when
+    /// `owner` holds it now, `false` when another owner's lease has not expired. Several
+    /// servers sharing the database use it so that only one acts on a release at a time.
+    async fn claim_release(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError>;
+
     /// The configuration changes committed through every process sharing this store, as they
     /// commit: on PostgreSQL, every write that bumps an environment's revision counter and
     /// every change of SDK keys sends a notification (`pg_notify`) inside its transaction, so

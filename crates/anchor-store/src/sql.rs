@@ -3,6 +3,8 @@
 //! placeholders, `ON CONFLICT` and `RETURNING`, which both accept, and each backend keeps its
 //! own migrations.
 
+mod releases;
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -3703,6 +3705,89 @@ impl Store for SqlStore {
         // Byte order on every backend, whatever PostgreSQL's collation; `None` sorts first.
         counts.sort_unstable_by(|a, b| (a.minute, &a.variant).cmp(&(b.minute, &b.variant)));
         Ok(counts)
+    }
+
+    async fn put_release_template(
+        &self,
+        actor: &Actor,
+        project: &str,
+        key: &str,
+        name: &str,
+        template: &Value,
+        expected_version: Option<u64>,
+    ) -> Result<ReleaseTemplateRecord, StoreError> {
+        self.put_release_template_impl(actor, project, key, name, template, expected_version)
+            .await
+    }
+
+    async fn release_templates(
+        &self,
+        project: &str,
+    ) -> Result<Vec<ReleaseTemplateRecord>, StoreError> {
+        self.release_templates_impl(project).await
+    }
+
+    async fn release_template(
+        &self,
+        project: &str,
+        key: &str,
+    ) -> Result<ReleaseTemplateRecord, StoreError> {
+        self.release_template_impl(project, key).await
+    }
+
+    async fn delete_release_template(
+        &self,
+        actor: &Actor,
+        project: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        self.delete_release_template_impl(actor, project, key).await
+    }
+
+    async fn create_release(&self, new: &NewRelease<'_>) -> Result<ReleaseRecord, StoreError> {
+        self.create_release_impl(new).await
+    }
+
+    async fn release(&self, project: &str, id: &str) -> Result<ReleaseRecord, StoreError> {
+        self.release_impl(project, id).await
+    }
+
+    async fn releases(
+        &self,
+        project: &str,
+        environment: Option<&str>,
+        flag: Option<&str>,
+    ) -> Result<Vec<ReleaseRecord>, StoreError> {
+        self.releases_impl(project, environment, flag).await
+    }
+
+    async fn active_releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
+        self.active_releases_impl().await
+    }
+
+    async fn update_release(
+        &self,
+        update: &ReleaseUpdate<'_>,
+    ) -> Result<ReleaseRecord, StoreError> {
+        self.update_release_impl(update).await
+    }
+
+    async fn release_decisions(
+        &self,
+        project: &str,
+        id: &str,
+    ) -> Result<Vec<ReleaseDecision>, StoreError> {
+        self.release_decisions_impl(project, id).await
+    }
+
+    async fn claim_release(
+        &self,
+        id: &str,
+        owner: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.claim_release_impl(id, owner, now, ttl_ms).await
     }
 
     fn changes(&self) -> Option<Box<dyn ChangeFeed>> {

@@ -634,3 +634,98 @@ pub enum Change {
     /// Always the first change a feed reports.
     Resync,
 }
+
+/// A project's release template: the recipe of a progressive release (stages, guardrails,
+/// policies) as JSON, which the server reads as `anchor_rollout::ReleaseTemplate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseTemplateRecord {
+    pub key: String,
+    pub name: String,
+    pub template: Value,
+    /// Counts the template's writes (`If-Match`).
+    pub version: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A progressive release of one flag in one environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseRecord {
+    pub id: String,
+    pub project: String,
+    pub environment: String,
+    pub flag: String,
+    /// The rule whose rollout the release moves; `None` for the default serve.
+    pub rule: Option<String>,
+    pub control: String,
+    pub treatment: String,
+    /// The template it was started from, and its content then (later edits of the template do
+    /// not change a running release).
+    pub template_key: String,
+    pub template: Value,
+    /// The state machine's state (`anchor_rollout::ReleaseState`).
+    pub state: Value,
+    /// Counts the state's writes.
+    pub version: u64,
+    /// Until it is finished (completed, rolled back or aborted).
+    pub active: bool,
+    pub created_by: Actor,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What [`crate::Store::create_release`] writes.
+#[derive(Debug, Clone)]
+pub struct NewRelease<'a> {
+    pub actor: &'a Actor,
+    pub project: &'a str,
+    pub environment: &'a str,
+    pub flag: &'a str,
+    pub rule: Option<&'a str>,
+    pub control: &'a str,
+    pub treatment: &'a str,
+    pub template_key: &'a str,
+    pub template: &'a Value,
+    pub state: &'a Value,
+    /// The first line of the decision log.
+    pub message: &'a str,
+}
+
+/// One transition of a release, written whole or not at all by
+/// [`crate::Store::update_release`].
+#[derive(Debug, Clone)]
+pub struct ReleaseUpdate<'a> {
+    pub actor: &'a Actor,
+    pub project: &'a str,
+    pub id: &'a str,
+    /// The state's version the writer read: another writer's transition in between makes
+    /// this one fail with `VersionMismatch { what: "release" }` and change nothing.
+    pub expected_version: u64,
+    pub state: &'a Value,
+    pub active: bool,
+    /// A new configuration of the release's flag in its environment (a new share), with the
+    /// version it was derived from: written as a revision with its audit entry, in the same
+    /// transaction.
+    pub flag_config: Option<(&'a FlagConfig, u64)>,
+    /// The audit action of the release's own entry, such as `release.stage_advanced`.
+    pub action: &'a str,
+    /// A line for the decision log, with the guardrails' report behind it.
+    pub message: Option<&'a str>,
+    pub report: Option<&'a Value>,
+}
+
+/// One line of a release's decision log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseDecision {
+    pub at: i64,
+    pub actor: Actor,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Value>,
+}
