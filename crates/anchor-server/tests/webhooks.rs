@@ -161,6 +161,11 @@ impl Server {
         std::fs::create_dir_all(&dir).unwrap();
         let store: Arc<dyn Store> =
             Arc::new(SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap());
+        Server::start_on(store).await
+    }
+
+    /// A server on `store`, bootstrapping it if it is new.
+    async fn start_on(store: Arc<dyn Store>) -> Server {
         bootstrap(store.as_ref(), Some(&Secret::new(PASSWORD)))
             .await
             .unwrap();
@@ -729,4 +734,118 @@ async fn invalid_webhooks_are_refused_with_every_field_named() {
         .call("GET", &format!("{WEBHOOKS}/missing"), &server.admin, None)
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn reverts_and_applied_change_requests_are_flag_changes_too() {
+    let server = Server::start().await;
+    let receiver = Receiver::start().await;
+    server
+        .webhook(json!({"name": "ops", "url": receiver.url, "events": ["flag.changed"]}))
+        .await;
+    server.flag().await;
+    server.configure(true).await;
+    let reply = server
+        .call(
+            "POST",
+            "/api/v1/projects/default/environments/production/flags/checkout/revert",
+            &server.admin,
+            Some(json!({"version": 1, "comment": "back to off"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    // A scheduled change, applied by the server's scheduler within a second.
+    let scheduled = json!({
+        "enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"},
+        "applyAt": server.state.now_ms() - 1,
+    });
+    let reply = server
+        .call(
+            "PUT",
+            "/api/v1/projects/default/environments/production/flags/checkout",
+            &server.admin,
+            Some(scheduled),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let request_id = reply.body["id"].as_str().unwrap().to_string();
+    let got = receiver.wait_for(3).await;
+    let data: Vec<Value> = got.iter().map(|r| r.json()["data"].clone()).collect();
+    assert_eq!(data[0]["action"], "flag.config.updated");
+    assert_eq!(data[1]["action"], "flag.reverted");
+    assert_eq!(data[1]["version"], 3);
+    assert_eq!(data[1]["comment"], "back to off");
+    assert_eq!(data[2]["action"], "change_request.applied");
+    assert_eq!(data[2]["version"], 4);
+    assert_eq!(data[2]["changeRequest"], request_id.as_str());
+    assert_eq!(
+        data[2]["actor"],
+        json!({"kind": "system", "id": "scheduler"})
+    );
+}
+
+/// Two servers share one PostgreSQL schema, and both dispatchers race for the same pending
+/// deliveries: each is sent exactly once.
+#[tokio::test]
+#[allow(clippy::print_stderr, reason = "a skipped test says why")]
+async fn two_servers_on_one_postgres_send_each_delivery_once() {
+    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
+        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+        return;
+    };
+    let schema = format!(
+        "anchor_webhooks_{}",
+        anchor_server::auth::random_token_body().unwrap()[..12]
+            .to_ascii_lowercase()
+            .replace('-', "_")
+    );
+    let open = || async {
+        let store: Arc<dyn Store> =
+            Arc::new(SqlStore::open_postgres(&url, Some(&schema)).await.unwrap());
+        store
+    };
+    let one = Server::start_on(open().await).await;
+    let two = Server::start_on(open().await).await;
+    let receiver = Receiver::start().await;
+    let (id, _) = one
+        .webhook(json!({"name": "ops", "url": receiver.url}))
+        .await;
+    // Queued straight into the store, waking neither dispatcher: both find them by polling.
+    let mut queued = Vec::new();
+    for n in 0..40 {
+        let store = if n % 2 == 0 {
+            &one.state.store
+        } else {
+            &two.state.store
+        };
+        let made = store
+            .enqueue_webhook_deliveries("default", "ping", &json!({ "n": n }), None)
+            .await
+            .unwrap();
+        queued.extend(made.into_iter().map(|d| d.id));
+    }
+    receiver.wait_for(40).await;
+    // Time for a duplicate to arrive, if there were one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = receiver.received();
+    let mut sent: Vec<String> = got
+        .iter()
+        .map(|r| r.header("x-anchor-delivery").to_string())
+        .collect();
+    sent.sort();
+    queued.sort();
+    assert_eq!(sent, queued, "every delivery exactly once");
+    let log = two.deliveries(&id).await;
+    assert!(
+        log.iter()
+            .all(|d| d["status"] == "succeeded" && d["attempts"] == 1)
+    );
+
+    use sqlx::{Connection, Executor};
+    drop((one, two));
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .await
+        .unwrap();
 }
