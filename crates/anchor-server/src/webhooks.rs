@@ -312,7 +312,9 @@ async fn attempt(state: &AppState, claimed: ClaimedDelivery) {
     let settings = &dispatcher.settings;
     let delivery = &claimed.delivery;
     let max = settings.max_attempts();
-    let (http_status, error) = if !claimed.enabled && delivery.event_type != events::PING {
+    // Events queued before the webhook was disabled are not sent; test pings are.
+    let disabled = !claimed.enabled && delivery.event_type != events::PING;
+    let (http_status, error) = if disabled {
         (None, Some("the webhook is disabled".to_string()))
     } else if delivery.attempts > max {
         // Claims whose outcome was never recorded count as attempts too.
@@ -324,7 +326,7 @@ async fn attempt(state: &AppState, claimed: ClaimedDelivery) {
     let now = settings.now();
     let (status, next_attempt_at) = if succeeded {
         (DeliveryStatus::Succeeded, None)
-    } else if delivery.attempts < max && claimed.enabled {
+    } else if delivery.attempts < max && !disabled {
         let wait = settings
             .backoff
             .get(delivery.attempts.saturating_sub(1) as usize)

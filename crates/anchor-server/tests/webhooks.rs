@@ -627,8 +627,22 @@ async fn admins_manage_webhooks_viewers_read_them_and_outsiders_are_refused() {
     let editor = server.member("eddie", Some(Role::Editor)).await;
     let outsider = server.member("olga", None).await;
     let (id, _) = server
-        .webhook(json!({"name": "ops", "url": "https://hooks.example.com/x"}))
+        .webhook(json!({"name": "ops", "url": "https://hooks.example.com/services/T0/B0/token"}))
         .await;
+    // The path of a URL can be a credential (Slack's are): only admins see it.
+    let seen = server
+        .call("GET", &format!("{WEBHOOKS}/{id}"), &viewer, None)
+        .await;
+    assert_eq!(seen.body["url"], "https://hooks.example.com/…");
+    let listed = server.call("GET", WEBHOOKS, &editor, None).await;
+    assert_eq!(listed.body[0]["url"], "https://hooks.example.com/…");
+    let seen = server
+        .call("GET", &format!("{WEBHOOKS}/{id}"), &server.admin, None)
+        .await;
+    assert_eq!(
+        seen.body["url"],
+        "https://hooks.example.com/services/T0/B0/token"
+    );
     let create = json!({"name": "mine", "url": "https://hooks.example.com/y"});
     for who in [&viewer, &editor] {
         let reply = server

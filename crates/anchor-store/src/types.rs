@@ -692,6 +692,18 @@ impl Webhook {
             .iter()
             .any(|e| e == ALL_EVENTS || e == event_type)
     }
+
+    /// `scheme://host[:port]/…`: the URL without credentials, path, query or fragment, for
+    /// those who may know where events go but not how to send some there themselves (some
+    /// receivers, Slack's among them, take the URL's path as the credential).
+    pub fn redacted_url(&self) -> String {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return "…".to_string();
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        format!("{scheme}://{host}/…")
+    }
 }
 
 /// A webhook to create. The caller (the server) makes the secret; the store keeps it as it is,

@@ -4136,6 +4136,11 @@ async fn webhooks_are_created_updated_rotated_and_deleted_with_audit_entries_and
         + &serde_json::to_string(&s.webhooks("shop").await.unwrap()).unwrap();
     assert!(!everything.contains("secret\""), "{everything}");
     assert!(!everything.contains("whsec_"), "{everything}");
+    let created_entry = entries.last().unwrap().diff.to_string();
+    assert!(
+        created_entry.contains("https://hooks.example.com/…") && !created_entry.contains("/ops"),
+        "the audit log keeps no URL path: {created_entry}"
+    );
 
     s.enqueue_webhook_deliveries("shop", "ping", &json!({}), Some(&created.id))
         .await

@@ -142,14 +142,26 @@ fn new_secret() -> ApiResult<String> {
     Ok(format!("whsec_{}", auth::random_token_body()?))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project}/webhooks", tag = "webhooks", summary = "A project's webhooks, oldest first (never their secrets)", params(("project" = String, Path, description = "Project key")), responses((status = 200, body = Vec<Webhook>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
+/// What a caller below admin sees of a webhook: its URL without path or query, since some
+/// receivers (Slack's among them) take the path itself as the credential.
+fn as_seen_by(role: Role, mut webhook: Webhook) -> Webhook {
+    if role < Role::Admin {
+        webhook.url = webhook.redacted_url();
+    }
+    webhook
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/webhooks", tag = "webhooks", summary = "A project's webhooks, oldest first (never their secrets; URLs without their path below admin)", params(("project" = String, Path, description = "Project key")), responses((status = 200, body = Vec<Webhook>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn list_webhooks(
     State(state): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Vec<Webhook>>> {
-    caller.require(&state, &project, Role::Viewer).await?;
-    Ok(Json(state.store.webhooks(&project).await?))
+    let role = caller.require(&state, &project, Role::Viewer).await?;
+    let webhooks = state.store.webhooks(&project).await?;
+    Ok(Json(
+        webhooks.into_iter().map(|w| as_seen_by(role, w)).collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/webhooks", tag = "webhooks", summary = "Create a webhook (project admins); its signing secret is shown once", params(("project" = String, Path, description = "Project key")), request_body = WebhookRequest, responses((status = 201, body = WebhookCreated), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
@@ -188,14 +200,17 @@ async fn create_webhook(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project}/webhooks/{id}", tag = "webhooks", summary = "One webhook (never its secret)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Webhook id")), responses((status = 200, body = Webhook), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/projects/{project}/webhooks/{id}", tag = "webhooks", summary = "One webhook (never its secret; its URL without the path below admin)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Webhook id")), responses((status = 200, body = Webhook), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
 async fn get_webhook(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Webhook>> {
-    caller.require(&state, &project, Role::Viewer).await?;
-    Ok(Json(state.store.webhook(&project, &id).await?))
+    let role = caller.require(&state, &project, Role::Viewer).await?;
+    Ok(Json(as_seen_by(
+        role,
+        state.store.webhook(&project, &id).await?,
+    )))
 }
 
 #[utoipa::path(patch, path = "/api/v1/projects/{project}/webhooks/{id}", tag = "webhooks", summary = "Change a webhook's name, URL, events, format or state (project admins)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Webhook id")), request_body = WebhookRequest, responses((status = 200, body = Webhook), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]

@@ -68,11 +68,13 @@ fn delivery_from(row: &AnyRow) -> Result<WebhookDelivery, StoreError> {
 }
 
 /// What the audit log keeps of a webhook: everything but its secret (which the record does not
-/// hold) and its times.
+/// hold) and its times, and of its URL only the scheme and host: every member of the project
+/// reads the audit log, and some receivers (Slack's among them) take the URL's path as the
+/// credential.
 fn audit_value(webhook: &Webhook) -> Value {
     serde_json::json!({
         "name": webhook.name,
-        "url": webhook.url,
+        "url": webhook.redacted_url(),
         "events": webhook.events,
         "format": webhook.format,
         "enabled": webhook.enabled,
