@@ -57,6 +57,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_sdk_key))
         .merge(crate::change_requests::routes())
         .merge(crate::telemetry::api_routes())
+        .merge(crate::webhooks::routes())
         .routes(routes!(sign_in, sign_out))
         .routes(routes!(explain_flag))
 }
@@ -725,6 +726,13 @@ async fn write_config(
             action,
         })
         .await?;
+    crate::webhooks::emit(
+        state,
+        project,
+        crate::webhooks::events::FLAG_CHANGED,
+        crate::webhooks::flag_changed(flag, environment, stored.version, &actor, action, comment),
+    )
+    .await;
     let mut response = Json(&stored).into_response();
     response
         .headers_mut()

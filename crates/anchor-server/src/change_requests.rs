@@ -421,12 +421,38 @@ async fn apply_change_request(
         ));
     }
     validate_proposal(&state, &project, &request).await?;
+    let actor = caller.actor();
     let applied = state
         .store
-        .apply_change_request(&caller.actor(), &project, &id)
+        .apply_change_request(&actor, &project, &id)
         .await
         .map_err(state_error)?;
+    announce_applied(&state, &actor, &applied).await;
     Ok(Json(applied))
+}
+
+/// An applied flag request changed the flag's configuration: tell the project's webhooks.
+/// Segment requests change no flag configuration and send nothing.
+async fn announce_applied(state: &AppState, actor: &Actor, applied: &ChangeRequest) {
+    if applied.resource_kind != "flag" {
+        return;
+    }
+    let mut data = crate::webhooks::flag_changed(
+        &applied.flag,
+        &applied.environment,
+        applied.applied_version.unwrap_or_default(),
+        actor,
+        "change_request.applied",
+        applied.comment.as_deref(),
+    );
+    data["changeRequest"] = serde_json::Value::String(applied.id.clone());
+    crate::webhooks::emit(
+        state,
+        &applied.project,
+        crate::webhooks::events::FLAG_CHANGED,
+        data,
+    )
+    .await;
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/change-requests/{id}/cancel", tag = "change requests", summary = "Cancel a change request (its author or an admin)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Change request id")), responses((status = 200, body = ChangeRequest), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Neither author nor admin", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Already closed", body = Problem, content_type = "application/problem+json")))]
@@ -492,6 +518,7 @@ pub async fn run_due(state: &AppState) -> usize {
         match outcome {
             Ok(request) => {
                 applied += 1;
+                announce_applied(state, &scheduler, &request).await;
                 if let Err(e) = state
                     .snapshots
                     .refresh(state.store.as_ref(), &project, &request.environment)

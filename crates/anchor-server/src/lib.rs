@@ -20,6 +20,7 @@ mod error;
 pub mod ofrep;
 pub mod snapshots;
 pub mod telemetry;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     /// Telemetry for minutes older than this many seconds is refused.
     telemetry_max_age_secs: i64,
+    /// Sends webhook deliveries; woken by `webhooks::emit`.
+    pub webhooks: Arc<webhooks::Dispatcher>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -90,7 +93,20 @@ impl AppState {
             event_streams: Arc::default(),
             shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
             telemetry_max_age_secs: telemetry::DEFAULT_MAX_AGE_SECS,
+            webhooks: Arc::new(webhooks::Dispatcher::new(
+                webhooks::WebhookSettings::default(),
+            )?),
         })
+    }
+
+    /// Replaces the webhook dispatcher's clock, retry schedule and timings (tests). Call before
+    /// building the router or launching.
+    pub fn with_webhook_settings(
+        mut self,
+        settings: webhooks::WebhookSettings,
+    ) -> Result<Self, ApiError> {
+        self.webhooks = Arc::new(webhooks::Dispatcher::new(settings)?);
+        Ok(self)
     }
 
     /// Refuses telemetry for minutes older than `max_age` (7 days by default; at most 30 days,
@@ -151,6 +167,7 @@ impl AppState {
         (name = "sdk keys", description = "Per-environment keys for SDKs: server and client kinds"),
         (name = "change requests", description = "Approvals and scheduled changes"),
         (name = "telemetry", description = "How often SDKs evaluated each flag, as they report it"),
+        (name = "webhooks", description = "Signed HTTP notifications of a project's events, and their delivery log"),
     )
 )]
 struct ApiDoc;
@@ -290,6 +307,8 @@ async fn refresh_after_writes(
         }
     };
     let keys_changed = request.uri().path().contains("/keys");
+    // Webhooks change nothing that is evaluated.
+    let write = write && !request.uri().path().contains("/webhooks");
     let response = next.run(request).await;
     if write && keys_changed && response.status().is_success() {
         state.sdk_keys.clear();
@@ -425,6 +444,9 @@ pub async fn launch(
             change_requests::run_due(&scheduler_state).await;
         }
     });
+    // The webhook dispatcher sends due deliveries until the server stops; an attempt cut short
+    // is made again when its claim's lease ends, here or on another server.
+    let dispatcher = tokio::spawn(webhooks::run(state.clone()));
     // Open streams never end by themselves: tell them to, or graceful shutdown would wait
     // for them forever.
     let stopping = Arc::clone(&state.shutdown);
@@ -437,6 +459,7 @@ pub async fn launch(
         })
         .await;
     scheduler.abort();
+    dispatcher.abort();
     if let Some(follower) = follower {
         follower.abort();
     }

@@ -1899,6 +1899,7 @@ fn needs(method: &str, template: &str) -> Needs {
         t if t.contains("/members/") => Admin,
         t if t.ends_with("/environments") && !read => Admin,
         t if t.contains("/keys") && !read => Admin,
+        t if t.contains("/webhooks") && !read => Admin,
         _ if read => Viewer,
         _ => Editor,
     }

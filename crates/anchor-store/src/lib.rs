@@ -17,6 +17,11 @@
 //! PostgreSQL, every commit that moves an environment's revision counter or changes SDK keys
 //! also notifies the other processes sharing the database ([`Store::changes`]).
 //!
+//! Project webhooks keep their signing secret as given, since the server needs it back to sign
+//! deliveries; no read but the dispatcher's claim returns it. Their deliveries are an outbox:
+//! pending rows that a dispatcher claims with a lease (a compare-and-set on the due time), so
+//! servers sharing one database never send the same delivery at the same time.
+//!
 //! ## Example
 //! ```
 //! use anchor_store::{Actor, NewEnvironment, SqlStore, Store};
@@ -535,6 +540,89 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         ttl_ms: i64,
     ) -> Result<bool, StoreError>;
+    /// Creates a webhook of the project (`NotFound` for an unknown project). The secret is kept
+    /// as given and never returned by the webhook reads. Audited (`webhook.created`, resource
+    /// kind `webhook`, keyed by its id; never the secret).
+    async fn create_webhook(
+        &self,
+        actor: &Actor,
+        project: &str,
+        webhook: &NewWebhook,
+    ) -> Result<Webhook, StoreError>;
+    /// The project's webhooks, oldest first.
+    async fn webhooks(&self, project: &str) -> Result<Vec<Webhook>, StoreError>;
+    /// One webhook of the project (`NotFound { what: "webhook" }` when it has no such one).
+    async fn webhook(&self, project: &str, id: &str) -> Result<Webhook, StoreError>;
+    /// Changes the fields given. Audited (`webhook.updated`, the diff of the record) when
+    /// something changed; an update that changes nothing writes nothing.
+    async fn update_webhook(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        update: &WebhookUpdate,
+    ) -> Result<Webhook, StoreError>;
+    /// Replaces the signing secret; deliveries from now on are signed with the new one.
+    /// Audited (`webhook.secret_rotated`, without either secret).
+    async fn rotate_webhook_secret(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        secret: &str,
+    ) -> Result<Webhook, StoreError>;
+    /// Deletes a webhook and its delivery log. Audited (`webhook.deleted`).
+    async fn delete_webhook(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+    ) -> Result<(), StoreError>;
+    /// Records one pending delivery of an event, due now: to every enabled webhook of the
+    /// project subscribed to `event_type`, or, with `only`, to that webhook whatever its
+    /// subscriptions and state (a test delivery; `NotFound { what: "webhook" }` when the project
+    /// has no such webhook). Returns the deliveries made, none when nobody listens.
+    async fn enqueue_webhook_deliveries(
+        &self,
+        project: &str,
+        event_type: &str,
+        data: &serde_json::Value,
+        only: Option<&str>,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+    /// Claims up to `limit` (1 to 1,000; 100 when 0) pending deliveries due at `now`, oldest due
+    /// first, across all projects: each claim moves the delivery's `next_attempt_at` to `now +
+    /// lease_ms` and counts an attempt, guarded by its previous `next_attempt_at`, so that
+    /// concurrent claimers (other servers on the same database) get disjoint deliveries. A
+    /// delivery whose claimer died before recording an outcome is due again when its lease ends.
+    async fn claim_webhook_deliveries(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+    /// Records an attempt's outcome, if the claim still holds (the delivery is pending with
+    /// `next_attempt_at` still the claim's `lease_until`). Returns whether it was recorded.
+    /// `Invalid` for `Pending` without `next_attempt_at`.
+    async fn finish_webhook_delivery(
+        &self,
+        outcome: &DeliveryOutcome<'_>,
+    ) -> Result<bool, StoreError>;
+    /// A webhook's deliveries, newest first, at most `limit` (1 to 1,000; 100 when 0).
+    /// `NotFound { what: "webhook" }` when the project has no such webhook.
+    async fn webhook_deliveries(
+        &self,
+        project: &str,
+        webhook_id: &str,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+    /// Keeps the delivery log bounded: deletes deliveries created before `older_than` (unix
+    /// milliseconds) and all but the newest `keep_per_webhook` of each webhook, whatever their
+    /// status. Returns how many were deleted.
+    async fn prune_webhook_deliveries(
+        &self,
+        older_than: i64,
+        keep_per_webhook: u32,
+    ) -> Result<u64, StoreError>;
 
     /// The configuration changes committed through every process sharing this store, as they
     /// commit: on PostgreSQL, every write that bumps an environment's revision counter and

@@ -21,6 +21,8 @@ use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row};
 use crate::types::*;
 use crate::{ChangeFeed, Store};
 
+mod webhooks;
+
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -3788,6 +3790,100 @@ impl Store for SqlStore {
         ttl_ms: i64,
     ) -> Result<bool, StoreError> {
         self.claim_release_impl(id, owner, now, ttl_ms).await
+    }
+
+    async fn create_webhook(
+        &self,
+        actor: &Actor,
+        project: &str,
+        webhook: &NewWebhook,
+    ) -> Result<Webhook, StoreError> {
+        self.create_webhook_impl(actor, project, webhook).await
+    }
+
+    async fn webhooks(&self, project: &str) -> Result<Vec<Webhook>, StoreError> {
+        self.webhooks_impl(project).await
+    }
+
+    async fn webhook(&self, project: &str, id: &str) -> Result<Webhook, StoreError> {
+        self.webhook_impl(project, id).await
+    }
+
+    async fn update_webhook(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        update: &WebhookUpdate,
+    ) -> Result<Webhook, StoreError> {
+        self.update_webhook_impl(actor, project, id, update).await
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+        secret: &str,
+    ) -> Result<Webhook, StoreError> {
+        self.rotate_webhook_secret_impl(actor, project, id, secret)
+            .await
+    }
+
+    async fn delete_webhook(
+        &self,
+        actor: &Actor,
+        project: &str,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        self.delete_webhook_impl(actor, project, id).await
+    }
+
+    async fn enqueue_webhook_deliveries(
+        &self,
+        project: &str,
+        event_type: &str,
+        data: &Value,
+        only: Option<&str>,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.enqueue_webhook_deliveries_impl(project, event_type, data, only)
+            .await
+    }
+
+    async fn claim_webhook_deliveries(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.claim_webhook_deliveries_impl(now, lease_ms, limit)
+            .await
+    }
+
+    async fn finish_webhook_delivery(
+        &self,
+        outcome: &DeliveryOutcome<'_>,
+    ) -> Result<bool, StoreError> {
+        self.finish_webhook_delivery_impl(outcome).await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        project: &str,
+        webhook_id: &str,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.webhook_deliveries_impl(project, webhook_id, limit)
+            .await
+    }
+
+    async fn prune_webhook_deliveries(
+        &self,
+        older_than: i64,
+        keep_per_webhook: u32,
+    ) -> Result<u64, StoreError> {
+        self.prune_webhook_deliveries_impl(older_than, keep_per_webhook)
+            .await
     }
 
     fn changes(&self) -> Option<Box<dyn ChangeFeed>> {

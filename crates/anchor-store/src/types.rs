@@ -635,6 +635,218 @@ pub enum Change {
     Resync,
 }
 
+/// How a webhook's deliveries are shaped: Release Anchor's own JSON envelope, or a message that
+/// Slack's incoming webhooks (and look-alikes) accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    Json,
+    Slack,
+}
+
+impl WebhookFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookFormat::Json => "json",
+            WebhookFormat::Slack => "slack",
+        }
+    }
+
+    /// The format named `s` (`json` or `slack`), if any.
+    pub fn parse(s: &str) -> Option<WebhookFormat> {
+        match s {
+            "json" => Some(WebhookFormat::Json),
+            "slack" => Some(WebhookFormat::Slack),
+            _ => None,
+        }
+    }
+}
+
+/// The event type that subscribes a webhook to every event.
+pub const ALL_EVENTS: &str = "*";
+
+/// A project's webhook as stored, without its signing secret: that is shown once, when it is
+/// made (or rotated), and afterwards read only by the dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    pub id: String,
+    pub project: String,
+    pub name: String,
+    /// An absolute `http` or `https` URL.
+    pub url: String,
+    /// The event types it receives; `["*"]` for all.
+    pub events: Vec<String>,
+    pub format: WebhookFormat,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Webhook {
+    /// Whether the webhook receives events of `event_type`.
+    pub fn subscribes_to(&self, event_type: &str) -> bool {
+        self.events
+            .iter()
+            .any(|e| e == ALL_EVENTS || e == event_type)
+    }
+
+    /// `scheme://host[:port]/…`: the URL without credentials, path, query or fragment, for
+    /// those who may know where events go but not how to send some there themselves (some
+    /// receivers, Slack's among them, take the URL's path as the credential).
+    pub fn redacted_url(&self) -> String {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return "…".to_string();
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        format!("{scheme}://{host}/…")
+    }
+}
+
+/// A webhook to create. The caller (the server) makes the secret; the store keeps it as it is,
+/// since the server needs it back to sign deliveries.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewWebhook {
+    pub name: String,
+    pub url: String,
+    pub secret: String,
+    pub events: Vec<String>,
+    pub format: WebhookFormat,
+    pub enabled: bool,
+}
+
+impl std::fmt::Debug for NewWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewWebhook")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("secret", &"[redacted]")
+            .field("events", &self.events)
+            .field("format", &self.format)
+            .field("enabled", &self.enabled)
+            .finish()
+    }
+}
+
+/// Changes to a webhook: `None` keeps the current value. The secret changes only through
+/// [`crate::Store::rotate_webhook_secret`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookUpdate {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub format: Option<WebhookFormat>,
+    pub enabled: Option<bool>,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt (at `nextAttemptAt`).
+    Pending,
+    /// A receiver answered 2xx.
+    Succeeded,
+    /// Every attempt failed; it will not be tried again.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    /// The status named `s` (`pending`, `succeeded` or `failed`), if any.
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "succeeded" => Some(DeliveryStatus::Succeeded),
+            "failed" => Some(DeliveryStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One event for one webhook, and how its delivery went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDelivery {
+    pub id: String,
+    pub webhook_id: String,
+    pub event_type: String,
+    /// The event's data, as the body's `data` carries it.
+    pub payload: Value,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub status: DeliveryStatus,
+    /// The HTTP status of the last answer, if the receiver answered.
+    pub last_http_status: Option<u16>,
+    /// Why the last attempt failed (a status, a timeout, a refused connection).
+    pub last_error: Option<String>,
+    /// Unix milliseconds: when a pending delivery is tried (again). `None` once finished.
+    pub next_attempt_at: Option<i64>,
+    /// When the event happened (the body's `occurredAt`).
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A delivery a dispatcher has claimed, with what it needs to send it. Until `lease_until`
+/// no other dispatcher claims it; the outcome is recorded with that same `lease_until`.
+#[derive(Clone, PartialEq)]
+pub struct ClaimedDelivery {
+    pub delivery: WebhookDelivery,
+    pub project: String,
+    pub webhook_name: String,
+    pub url: String,
+    pub secret: String,
+    pub format: WebhookFormat,
+    pub enabled: bool,
+    pub lease_until: i64,
+}
+
+impl std::fmt::Debug for ClaimedDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimedDelivery")
+            .field("delivery", &self.delivery)
+            .field("project", &self.project)
+            .field("url", &self.url)
+            .field("secret", &"[redacted]")
+            .field("format", &self.format)
+            .field("enabled", &self.enabled)
+            .field("lease_until", &self.lease_until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one attempt of a claimed delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryOutcome<'a> {
+    pub id: &'a str,
+    /// The claim's `lease_until`: the outcome is recorded only while the claim holds.
+    pub lease_until: i64,
+    /// `Pending` to try again at `next_attempt_at`, or a final status.
+    pub status: DeliveryStatus,
+    pub http_status: Option<u16>,
+    pub error: Option<&'a str>,
+    /// Required with `Pending`; ignored otherwise.
+    pub next_attempt_at: Option<i64>,
+}
+
+/// How long finished and unfinished deliveries are kept at most.
+pub const WEBHOOK_DELIVERY_MAX_AGE_MS: i64 = 30 * 24 * 60 * 60 * 1000;
+
+/// How many deliveries are kept per webhook at most (the newest).
+pub const WEBHOOK_DELIVERIES_KEPT: u32 = 1_000;
+
 /// A project's release template: the recipe of a progressive release (stages, guardrails,
 /// policies) as JSON, which the server reads as `anchor_rollout::ReleaseTemplate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

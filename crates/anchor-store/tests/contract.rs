@@ -13,6 +13,7 @@ use anchor_store::{
     EvaluationCount, FlagFilter, NewChangeRequest, NewEnvironment, NewSdkKey, NewToken,
     ReviewDecision, Role, SdkKeyKind, SegmentChange, SqlStore, Store, StoreError,
 };
+use anchor_store::{DeliveryOutcome, DeliveryStatus, NewWebhook, WebhookFormat, WebhookUpdate};
 use serde_json::json;
 
 /// A store under test, with a clock the test moves by hand.
@@ -143,6 +144,11 @@ contract!(
     evaluation_counts_add_up_per_minute_flag_and_variant_and_a_retried_batch_counts_once,
     concurrent_telemetry_batches_all_add_up_and_a_raced_retry_counts_once,
     committed_changes_reach_the_change_feed_and_a_lost_connection_resyncs,
+    webhooks_are_created_updated_rotated_and_deleted_with_audit_entries_and_never_return_their_secret,
+    an_event_is_queued_for_each_enabled_subscribed_webhook_and_a_test_delivery_for_one,
+    a_claimed_delivery_is_leased_retried_and_finished_once,
+    two_concurrent_claimers_get_disjoint_deliveries,
+    the_delivery_log_is_pruned_by_age_and_by_count_per_webhook,
 );
 
 fn admin() -> Actor {
@@ -4041,4 +4047,410 @@ async fn committed_changes_reach_the_change_feed_and_a_lost_connection_resyncs(f
         next_change(&mut feed).await,
         environment_change("production", 3)
     );
+}
+
+// ---- webhooks ----
+
+fn new_webhook(name: &str, events: &[&str], enabled: bool) -> NewWebhook {
+    NewWebhook {
+        name: name.into(),
+        url: format!("https://hooks.example.com/{name}"),
+        secret: format!("whsec_{name}_secret"),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        format: WebhookFormat::Json,
+        enabled,
+    }
+}
+
+async fn webhooks_are_created_updated_rotated_and_deleted_with_audit_entries_and_never_return_their_secret(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let created = s
+        .create_webhook(&admin(), "shop", &new_webhook("ops", &["*"], true))
+        .await
+        .unwrap();
+    assert_eq!(created.project, "shop");
+    assert_eq!(created.events, vec!["*"]);
+    assert!(created.subscribes_to("flag.changed"));
+    assert_eq!(s.webhook("shop", &created.id).await.unwrap(), created);
+    assert_eq!(s.webhooks("shop").await.unwrap(), vec![created.clone()]);
+    assert!(matches!(
+        s.create_webhook(&admin(), "nope", &new_webhook("x", &["*"], true))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.create_webhook(&admin(), "shop", &new_webhook("x", &[], true))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    f.advance(1_000);
+    let update = WebhookUpdate {
+        name: Some("alerts".into()),
+        events: Some(vec!["flag.changed".into()]),
+        format: Some(WebhookFormat::Slack),
+        enabled: Some(false),
+        ..Default::default()
+    };
+    let updated = s
+        .update_webhook(&admin(), "shop", &created.id, &update)
+        .await
+        .unwrap();
+    assert_eq!(updated.name, "alerts");
+    assert_eq!(updated.url, created.url);
+    assert_eq!(updated.format, WebhookFormat::Slack);
+    assert!(!updated.enabled);
+    assert!(!updated.subscribes_to("release.completed"));
+    assert_eq!(updated.updated_at, created.updated_at + 1_000);
+    // The same values again change nothing and write no entry.
+    let unchanged = s
+        .update_webhook(&admin(), "shop", &created.id, &update)
+        .await
+        .unwrap();
+    assert_eq!(unchanged, updated);
+
+    f.advance(1_000);
+    let rotated = s
+        .rotate_webhook_secret(&admin(), "shop", &created.id, "whsec_new")
+        .await
+        .unwrap();
+    assert_eq!(rotated.updated_at, updated.updated_at + 1_000);
+    assert_eq!(s.webhook("shop", &created.id).await.unwrap(), rotated);
+
+    let entries = audit_of(f, &created.id).await;
+    let actions: Vec<_> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "webhook.secret_rotated",
+            "webhook.updated",
+            "webhook.created"
+        ]
+    );
+    assert!(entries.iter().all(|e| e.resource_kind == "webhook"));
+    assert!(entries.iter().all(|e| e.environment.is_none()));
+    let everything = serde_json::to_string(&entries).unwrap()
+        + &serde_json::to_string(&s.webhooks("shop").await.unwrap()).unwrap();
+    assert!(!everything.contains("secret\""), "{everything}");
+    assert!(!everything.contains("whsec_"), "{everything}");
+    let created_entry = entries.last().unwrap().diff.to_string();
+    assert!(
+        created_entry.contains("https://hooks.example.com/…") && !created_entry.contains("/ops"),
+        "the audit log keeps no URL path: {created_entry}"
+    );
+
+    s.enqueue_webhook_deliveries("shop", "ping", &json!({}), Some(&created.id))
+        .await
+        .unwrap();
+    s.delete_webhook(&admin(), "shop", &created.id)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.webhook("shop", &created.id).await,
+        Err(StoreError::NotFound {
+            what: "webhook",
+            ..
+        })
+    ));
+    assert!(s.webhooks("shop").await.unwrap().is_empty());
+    assert!(matches!(
+        s.delete_webhook(&admin(), "shop", &created.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        s.claim_webhook_deliveries(i64::MAX / 2, 1_000, 0)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a deleted webhook's deliveries go with it"
+    );
+    assert_eq!(audit_of(f, &created.id).await[0].action, "webhook.deleted");
+}
+
+async fn an_event_is_queued_for_each_enabled_subscribed_webhook_and_a_test_delivery_for_one(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let all = s
+        .create_webhook(&admin(), "shop", &new_webhook("all", &["*"], true))
+        .await
+        .unwrap();
+    let flags = s
+        .create_webhook(
+            &admin(),
+            "shop",
+            &new_webhook("flags", &["flag.changed"], true),
+        )
+        .await
+        .unwrap();
+    let off = s
+        .create_webhook(&admin(), "shop", &new_webhook("off", &["*"], false))
+        .await
+        .unwrap();
+    let data = json!({"flag": "checkout", "environment": "production"});
+    let queued = s
+        .enqueue_webhook_deliveries("shop", "flag.changed", &data, None)
+        .await
+        .unwrap();
+    let mut targets: Vec<_> = queued.iter().map(|d| d.webhook_id.clone()).collect();
+    targets.sort();
+    let mut expected = vec![all.id.clone(), flags.id.clone()];
+    expected.sort();
+    assert_eq!(targets, expected);
+    for d in &queued {
+        assert_eq!(d.status, DeliveryStatus::Pending);
+        assert_eq!(d.attempts, 0);
+        assert_eq!(d.payload, data);
+        assert_eq!(d.event_type, "flag.changed");
+        assert_eq!(d.next_attempt_at, Some(d.created_at));
+    }
+    let release = s
+        .enqueue_webhook_deliveries("shop", "release.completed", &json!({}), None)
+        .await
+        .unwrap();
+    assert_eq!(release.len(), 1);
+    assert_eq!(release[0].webhook_id, all.id);
+    // A test delivery goes to the one webhook named, even a disabled one.
+    let ping = s
+        .enqueue_webhook_deliveries("shop", "ping", &json!({}), Some(&off.id))
+        .await
+        .unwrap();
+    assert_eq!(ping.len(), 1);
+    assert_eq!(ping[0].webhook_id, off.id);
+    assert!(matches!(
+        s.enqueue_webhook_deliveries("shop", "ping", &json!({}), Some("missing"))
+            .await,
+        Err(StoreError::NotFound {
+            what: "webhook",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.enqueue_webhook_deliveries("nope", "ping", &json!({}), None)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let log = s.webhook_deliveries("shop", &all.id, 0).await.unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].event_type, "release.completed", "newest first");
+    assert_eq!(
+        s.webhook_deliveries("shop", &off.id, 0)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn a_claimed_delivery_is_leased_retried_and_finished_once(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let hook = s
+        .create_webhook(&admin(), "shop", &new_webhook("ops", &["*"], true))
+        .await
+        .unwrap();
+    let queued = s
+        .enqueue_webhook_deliveries("shop", "ping", &json!({"n": 1}), None)
+        .await
+        .unwrap();
+    let now = queued[0].created_at;
+    let lease = 60_000;
+
+    let claimed = s.claim_webhook_deliveries(now, lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let first = &claimed[0];
+    assert_eq!(first.delivery.id, queued[0].id);
+    assert_eq!(first.delivery.attempts, 1);
+    assert_eq!(first.lease_until, now + lease);
+    assert_eq!(first.secret, "whsec_ops_secret");
+    assert_eq!(first.url, hook.url);
+    assert_eq!(first.project, "shop");
+    assert!(first.enabled);
+    assert!(
+        !format!("{first:?}").contains("whsec_"),
+        "Debug redacts the secret"
+    );
+    // Leased: nobody else gets it meanwhile.
+    assert!(
+        s.claim_webhook_deliveries(now + 1, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A failed attempt: try again in 10 s.
+    let retry = DeliveryOutcome {
+        id: &first.delivery.id,
+        lease_until: first.lease_until,
+        status: DeliveryStatus::Pending,
+        http_status: Some(500),
+        error: Some("HTTP 500"),
+        next_attempt_at: Some(now + 10_000),
+    };
+    assert!(s.finish_webhook_delivery(&retry).await.unwrap());
+    assert!(
+        !s.finish_webhook_delivery(&retry).await.unwrap(),
+        "the claim is spent"
+    );
+    let log = s.webhook_deliveries("shop", &hook.id, 0).await.unwrap();
+    assert_eq!(log[0].status, DeliveryStatus::Pending);
+    assert_eq!(log[0].last_http_status, Some(500));
+    assert_eq!(log[0].last_error.as_deref(), Some("HTTP 500"));
+    assert_eq!(log[0].next_attempt_at, Some(now + 10_000));
+    assert!(
+        s.claim_webhook_deliveries(now + 9_999, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let second = s
+        .claim_webhook_deliveries(now + 10_000, lease, 10)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(second.delivery.attempts, 2);
+    // Its claimer dies: once the lease ends, the delivery is due again, and the dead claimer's
+    // late outcome is refused.
+    let third = s
+        .claim_webhook_deliveries(second.lease_until, lease, 10)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(third.delivery.attempts, 3);
+    let stale = DeliveryOutcome {
+        id: &second.delivery.id,
+        lease_until: second.lease_until,
+        status: DeliveryStatus::Failed,
+        http_status: None,
+        error: Some("timed out"),
+        next_attempt_at: None,
+    };
+    assert!(!s.finish_webhook_delivery(&stale).await.unwrap());
+    let done = DeliveryOutcome {
+        id: &third.delivery.id,
+        lease_until: third.lease_until,
+        status: DeliveryStatus::Succeeded,
+        http_status: Some(204),
+        error: None,
+        next_attempt_at: None,
+    };
+    assert!(s.finish_webhook_delivery(&done).await.unwrap());
+    let log = s.webhook_deliveries("shop", &hook.id, 0).await.unwrap();
+    assert_eq!(log[0].status, DeliveryStatus::Succeeded);
+    assert_eq!(log[0].attempts, 3);
+    assert_eq!(log[0].last_http_status, Some(204));
+    assert_eq!(log[0].last_error, None);
+    assert_eq!(log[0].next_attempt_at, None);
+    assert!(
+        s.claim_webhook_deliveries(i64::MAX / 2, lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a finished delivery is never claimed again"
+    );
+    let missing_time = DeliveryOutcome {
+        next_attempt_at: None,
+        status: DeliveryStatus::Pending,
+        ..done
+    };
+    assert!(matches!(
+        s.finish_webhook_delivery(&missing_time).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+async fn two_concurrent_claimers_get_disjoint_deliveries(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    for name in ["a", "b", "c"] {
+        s.create_webhook(&admin(), "shop", &new_webhook(name, &["*"], true))
+            .await
+            .unwrap();
+    }
+    let mut queued = Vec::new();
+    for n in 0..10 {
+        for d in s
+            .enqueue_webhook_deliveries("shop", "flag.changed", &json!({ "n": n }), None)
+            .await
+            .unwrap()
+        {
+            queued.push(d.id);
+        }
+    }
+    assert_eq!(queued.len(), 30);
+    let now = i64::MAX / 4;
+    let claimers: Vec<_> = (0..2)
+        .map(|_| {
+            let store = Arc::clone(&f.store);
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                // Small batches, so the two interleave.
+                loop {
+                    let batch = store
+                        .claim_webhook_deliveries(now, 60_000, 4)
+                        .await
+                        .unwrap();
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch.into_iter().map(|c| c.delivery.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(claimer.await.unwrap());
+    }
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), count, "no delivery was claimed twice");
+    queued.sort();
+    assert_eq!(all, queued, "every delivery was claimed");
+}
+
+async fn the_delivery_log_is_pruned_by_age_and_by_count_per_webhook(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let a = s
+        .create_webhook(&admin(), "shop", &new_webhook("a", &["*"], true))
+        .await
+        .unwrap();
+    let b = s
+        .create_webhook(&admin(), "shop", &new_webhook("b", &["*"], true))
+        .await
+        .unwrap();
+    let start = f.clock.load(Ordering::SeqCst);
+    for n in 0..5 {
+        s.enqueue_webhook_deliveries("shop", "flag.changed", &json!({ "n": n }), None)
+            .await
+            .unwrap();
+        f.advance(1_000);
+    }
+    // Older than the third event's time: the first two of each webhook go.
+    assert_eq!(
+        s.prune_webhook_deliveries(start + 2_000, 1_000)
+            .await
+            .unwrap(),
+        4
+    );
+    // Beyond the newest two of each: one more of each.
+    assert_eq!(s.prune_webhook_deliveries(start, 2).await.unwrap(), 2);
+    for hook in [&a, &b] {
+        let log = s.webhook_deliveries("shop", &hook.id, 0).await.unwrap();
+        let kept: Vec<_> = log
+            .iter()
+            .map(|d| d.payload["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(kept, [4, 3]);
+    }
+    assert_eq!(s.prune_webhook_deliveries(start, 2).await.unwrap(), 0);
 }
