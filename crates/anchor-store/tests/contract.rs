@@ -149,6 +149,10 @@ contract!(
     a_claimed_delivery_is_leased_retried_and_finished_once,
     two_concurrent_claimers_get_disjoint_deliveries,
     the_delivery_log_is_pruned_by_age_and_by_count_per_webhook,
+    release_templates_are_created_replaced_with_if_match_listed_and_deleted_with_audit_entries,
+    a_release_is_created_once_per_flag_and_environment_and_its_transitions_are_written_whole,
+    a_release_transition_with_a_stale_version_or_flag_configuration_changes_nothing,
+    only_one_owner_holds_a_release_lease_until_it_expires,
 );
 
 fn admin() -> Actor {
@@ -4453,4 +4457,332 @@ async fn the_delivery_log_is_pruned_by_age_and_by_count_per_webhook(f: &Fixture)
         assert_eq!(kept, [4, 3]);
     }
     assert_eq!(s.prune_webhook_deliveries(start, 2).await.unwrap(), 0);
+}
+
+async fn release_templates_are_created_replaced_with_if_match_listed_and_deleted_with_audit_entries(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let body = json!({"stages": [{"percentage": 100.0, "dwellMs": 0}]});
+    let created = s
+        .put_release_template(&admin(), "shop", "careful", "Careful", &body, None)
+        .await
+        .unwrap();
+    assert_eq!(created.version, 1);
+    assert!(matches!(
+        s.put_release_template(&admin(), "shop", "careful", "Careful", &body, Some(7))
+            .await,
+        Err(StoreError::VersionMismatch {
+            what: "release template",
+            ..
+        })
+    ));
+    let replaced = s
+        .put_release_template(&admin(), "shop", "careful", "Very careful", &body, Some(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (replaced.version, replaced.name.as_str()),
+        (2, "Very careful")
+    );
+    assert!(matches!(
+        s.put_release_template(&admin(), "shop", "bad key!", "x", &body, None)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let listed = s.release_templates("shop").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].template, body);
+    s.delete_release_template(&admin(), "shop", "careful")
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.release_template("shop", "careful").await,
+        Err(StoreError::NotFound {
+            what: "release template",
+            ..
+        })
+    ));
+    let actions: Vec<String> = s
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .filter(|a| a.starts_with("release_template."))
+        .collect();
+    assert_eq!(actions.len(), 3, "created, updated, deleted: {actions:?}");
+}
+
+async fn production_config(s: &Arc<dyn Store>, flag: &str) -> FlagConfig {
+    s.flag("shop", flag)
+        .await
+        .unwrap()
+        .environments
+        .into_iter()
+        .find(|e| e.environment == "production")
+        .unwrap()
+        .config
+}
+
+async fn start_release(f: &Fixture) -> anchor_store::ReleaseRecord {
+    seed(f).await;
+    let s = &f.store;
+    s.create_flag(
+        &admin(),
+        "shop",
+        &boolean_flag("checkout", &[]),
+        &on_config(),
+    )
+    .await
+    .unwrap();
+    s.create_release(&anchor_store::NewRelease {
+        actor: &admin(),
+        project: "shop",
+        environment: "production",
+        flag: "checkout",
+        rule: None,
+        control: "off",
+        treatment: "on",
+        template_key: "default",
+        template: &json!({"stages": []}),
+        state: &json!({"state": "pending"}),
+        message: "created",
+    })
+    .await
+    .unwrap()
+}
+
+async fn a_release_is_created_once_per_flag_and_environment_and_its_transitions_are_written_whole(
+    f: &Fixture,
+) {
+    let release = start_release(f).await;
+    let s = &f.store;
+    assert!(release.active);
+    assert_eq!(release.version, 1);
+    assert_eq!(
+        (release.control.as_str(), release.treatment.as_str()),
+        ("off", "on")
+    );
+    // One active release per flag and environment.
+    let again = s
+        .create_release(&anchor_store::NewRelease {
+            actor: &admin(),
+            project: "shop",
+            environment: "production",
+            flag: "checkout",
+            rule: None,
+            control: "off",
+            treatment: "on",
+            template_key: "default",
+            template: &json!({}),
+            state: &json!({}),
+            message: "again",
+        })
+        .await;
+    assert!(matches!(
+        again,
+        Err(StoreError::AlreadyExists {
+            what: "active release",
+            ..
+        })
+    ));
+    // A transition that moves the share: the flag's configuration, the state, the decision.
+    let current = production_config(s, "checkout").await;
+    let mut share: FlagConfig = current.clone();
+    share.default_serve = serde_json::from_value(json!({"rollout": {"variants": [
+        {"variant": "on", "weight": 1000}, {"variant": "off", "weight": 99000}]}}))
+    .unwrap();
+    let report = json!({"checks": []});
+    let controller = Actor::system("rollout-controller");
+    let updated = s
+        .update_release(&anchor_store::ReleaseUpdate {
+            actor: &controller,
+            project: "shop",
+            id: &release.id,
+            expected_version: 1,
+            state: &json!({"state": "running", "stage": 0}),
+            active: true,
+            flag_config: Some((&share, current.version)),
+            action: "release.stage_advanced",
+            message: Some("started; stage 1 of 5: 1%"),
+            report: Some(&report),
+        })
+        .await
+        .unwrap();
+    assert_eq!(updated.version, 2);
+    assert_eq!(updated.state["state"], "running");
+    let now = production_config(s, "checkout").await;
+    assert_eq!(now.version, current.version + 1);
+    assert_eq!(now.default_serve, share.default_serve);
+    let history = s
+        .flag_revisions("shop", "production", "checkout")
+        .await
+        .unwrap();
+    assert_eq!(
+        history[0].actor, controller,
+        "a normal revision by the controller"
+    );
+    let decisions = s.release_decisions("shop", &release.id).await.unwrap();
+    let messages: Vec<&str> = decisions.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(messages, ["created", "started; stage 1 of 5: 1%"]);
+    assert_eq!(decisions[1].report.as_ref(), Some(&report));
+    assert_eq!(s.active_releases().await.unwrap().len(), 1);
+    // Finishing it frees the flag for another release.
+    s.update_release(&anchor_store::ReleaseUpdate {
+        actor: &admin(),
+        project: "shop",
+        id: &release.id,
+        expected_version: 2,
+        state: &json!({"state": "aborted"}),
+        active: false,
+        flag_config: None,
+        action: "release.aborted",
+        message: Some("aborted by a person"),
+        report: None,
+    })
+    .await
+    .unwrap();
+    assert!(s.active_releases().await.unwrap().is_empty());
+    let listed = s
+        .releases("shop", Some("production"), Some("checkout"))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(!listed[0].active);
+    assert!(
+        s.releases("shop", Some("staging"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        s.release("other", &release.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let audited = s
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.resource_kind == "release")
+        .count();
+    assert_eq!(audited, 3, "created, advanced, aborted");
+}
+
+async fn a_release_transition_with_a_stale_version_or_flag_configuration_changes_nothing(
+    f: &Fixture,
+) {
+    let release = start_release(f).await;
+    let s = &f.store;
+    let stale = s
+        .update_release(&anchor_store::ReleaseUpdate {
+            actor: &admin(),
+            project: "shop",
+            id: &release.id,
+            expected_version: 9,
+            state: &json!({"state": "running"}),
+            active: true,
+            flag_config: None,
+            action: "release.started",
+            message: Some("never"),
+            report: None,
+        })
+        .await;
+    assert!(matches!(
+        stale,
+        Err(StoreError::VersionMismatch {
+            what: "release",
+            ..
+        })
+    ));
+    let current = production_config(s, "checkout").await;
+    // Someone edits the flag between the controller's read and its write.
+    s.update_flag_config(&ConfigChange {
+        actor: &admin(),
+        project: "shop",
+        environment: "production",
+        flag: "checkout",
+        config: &off_config(),
+        expected_version: None,
+        comment: None,
+        action: "flag.config.updated",
+    })
+    .await
+    .unwrap();
+    let raced = s
+        .update_release(&anchor_store::ReleaseUpdate {
+            actor: &admin(),
+            project: "shop",
+            id: &release.id,
+            expected_version: 1,
+            state: &json!({"state": "running"}),
+            active: true,
+            flag_config: Some((&on_config(), current.version)),
+            action: "release.started",
+            message: Some("never"),
+            report: None,
+        })
+        .await;
+    assert!(matches!(
+        raced,
+        Err(StoreError::VersionMismatch {
+            what: "flag configuration",
+            ..
+        })
+    ));
+    let after = s.release("shop", &release.id).await.unwrap();
+    assert_eq!(after.version, 1, "the state was not written either");
+    assert_eq!(
+        s.release_decisions("shop", &release.id)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn only_one_owner_holds_a_release_lease_until_it_expires(f: &Fixture) {
+    let release = start_release(f).await;
+    let s = &f.store;
+    assert!(
+        s.claim_release(&release.id, "server-a", 1_000, 30_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.claim_release(&release.id, "server-b", 2_000, 30_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.claim_release(&release.id, "server-a", 20_000, 30_000)
+            .await
+            .unwrap(),
+        "renewed"
+    );
+    assert!(
+        !s.claim_release(&release.id, "server-b", 49_000, 30_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.claim_release(&release.id, "server-b", 50_001, 30_000)
+            .await
+            .unwrap(),
+        "expired"
+    );
+    // Racing claimers: exactly one wins.
+    let (a, b) = tokio::join!(
+        s.claim_release(&release.id, "server-c", 200_000, 30_000),
+        s.claim_release(&release.id, "server-d", 200_000, 30_000)
+    );
+    assert!(a.unwrap() ^ b.unwrap());
 }
