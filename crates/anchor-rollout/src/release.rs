@@ -399,6 +399,16 @@ fn percent(p: f64) -> String {
     }
 }
 
+/// "45 s", "15 min", "2 h 5 min".
+fn duration_words(ms: i64) -> String {
+    let seconds = ms.max(0) / 1_000;
+    match seconds {
+        0..60 => format!("{seconds} s"),
+        60..3_600 => format!("{} min", seconds / 60),
+        _ => format!("{} h {} min", seconds / 3_600, seconds % 3_600 / 60),
+    }
+}
+
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
@@ -731,8 +741,8 @@ pub fn step(
             .all(|c| c.verdict.is_safe());
     if dwelt && all_safe {
         let why = format!(
-            "advanced from {at} after {} min: every guardrail safe",
-            (now_ms - clock.since_ms) / 60_000
+            "advanced from {at} after {}: every guardrail safe",
+            duration_words(now_ms - clock.since_ms)
         );
         let mut next = enter(template, clock.stage + 1, now_ms, false, &why);
         if let Some(decision) = &mut next.decision {

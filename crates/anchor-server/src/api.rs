@@ -58,6 +58,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(crate::change_requests::routes())
         .merge(crate::telemetry::api_routes())
         .merge(crate::webhooks::routes())
+        .merge(crate::releases::routes())
         .routes(routes!(sign_in, sign_out))
         .routes(routes!(explain_flag))
 }
@@ -603,7 +604,7 @@ fn etag(version: u64) -> HeaderValue {
 }
 
 /// The version an `If-Match` header names: `None` when absent or `*`.
-fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+pub(crate) fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };

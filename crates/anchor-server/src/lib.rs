@@ -18,6 +18,7 @@ mod changes;
 pub mod config;
 mod error;
 pub mod ofrep;
+pub mod releases;
 pub mod snapshots;
 pub mod telemetry;
 pub mod webhooks;
@@ -67,6 +68,8 @@ pub struct AppState {
     telemetry_max_age_secs: i64,
     /// Sends webhook deliveries; woken by `webhooks::emit`.
     pub webhooks: Arc<webhooks::Dispatcher>,
+    /// The rollout controller's metric source and pace.
+    releases: releases::ReleaseSettings,
 }
 
 impl std::fmt::Debug for AppState {
@@ -96,6 +99,11 @@ impl AppState {
             webhooks: Arc::new(webhooks::Dispatcher::new(
                 webhooks::WebhookSettings::default(),
             )?),
+            releases: releases::ReleaseSettings {
+                metrics: Arc::new(releases::NoMetrics),
+                tick: std::time::Duration::from_secs(10),
+                instance: uuid::Uuid::new_v4().to_string(),
+            },
         })
     }
 
@@ -107,6 +115,17 @@ impl AppState {
     ) -> Result<Self, ApiError> {
         self.webhooks = Arc::new(webhooks::Dispatcher::new(settings)?);
         Ok(self)
+    }
+
+    /// Replaces the rollout controller's metric source and how often it judges releases.
+    pub fn with_release_metrics(
+        mut self,
+        metrics: Arc<dyn releases::MetricSource>,
+        tick: std::time::Duration,
+    ) -> Self {
+        self.releases.metrics = metrics;
+        self.releases.tick = tick;
+        self
     }
 
     /// Refuses telemetry for minutes older than `max_age` (7 days by default; at most 30 days,
@@ -447,6 +466,9 @@ pub async fn launch(
     // The webhook dispatcher sends due deliveries until the server stops; an attempt cut short
     // is made again when its claim's lease ends, here or on another server.
     let dispatcher = tokio::spawn(webhooks::run(state.clone()));
+    // The rollout controller; a step cut short rolls back with its transaction, and the lease
+    // it held lapses for the next server.
+    let controller = tokio::spawn(releases::run(state.clone(), state.releases.clone()));
     // Open streams never end by themselves: tell them to, or graceful shutdown would wait
     // for them forever.
     let stopping = Arc::clone(&state.shutdown);
@@ -460,6 +482,7 @@ pub async fn launch(
         .await;
     scheduler.abort();
     dispatcher.abort();
+    controller.abort();
     if let Some(follower) = follower {
         follower.abort();
     }

@@ -1900,6 +1900,7 @@ fn needs(method: &str, template: &str) -> Needs {
         t if t.ends_with("/environments") && !read => Admin,
         t if t.contains("/keys") && !read => Admin,
         t if t.contains("/webhooks") && !read => Admin,
+        t if t.contains("/release-templates") && !read => Admin,
         _ if read => Viewer,
         _ => Editor,
     }

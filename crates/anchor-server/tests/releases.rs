@@ -1,0 +1,541 @@
+//! Progressive releases end to end: a real server on a port, steered through its HTTP API,
+//! with the controller ticking every 50 ms on simulated telemetry (a metric source the test
+//! controls) and stages of a few hundred milliseconds.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anchor_rollout::{ArmObservations, Observations};
+use anchor_server::releases::MetricSource;
+use anchor_server::{AppState, Secret, bootstrap, launch};
+use anchor_store::{ReleaseRecord, SqlStore, Store};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// What the simulated telemetry reports: healthy, a regression, or an outage.
+#[derive(Clone, Copy, Debug)]
+enum Health {
+    Healthy,
+    /// The treatment fails this many times as often as the control.
+    Errors(f64),
+    Down,
+}
+
+#[derive(Clone)]
+struct Simulated(Arc<Mutex<Health>>);
+
+#[async_trait::async_trait]
+impl MetricSource for Simulated {
+    async fn observe(
+        &self,
+        _: &ReleaseRecord,
+        _: i64,
+        _: i64,
+        share: f64,
+    ) -> Result<Observations, String> {
+        let health = *self.0.lock().unwrap();
+        let factor = match health {
+            Health::Healthy => 1.0,
+            Health::Errors(f) => f,
+            Health::Down => return Err("the telemetry store timed out".into()),
+        };
+        let total = 1_000_000u64;
+        let treated = (total as f64 * share).round() as u64;
+        let arm = |exposures, rate: f64| ArmObservations {
+            exposures,
+            requests: 400_000,
+            errors: (400_000.0 * rate).round() as u64,
+            ..ArmObservations::default()
+        };
+        Ok(Observations {
+            control: arm(total - treated, 0.01),
+            treatment: arm(treated, 0.01 * factor),
+            expected_treatment_share: share,
+        })
+    }
+}
+
+struct Server {
+    url: String,
+    http: reqwest::Client,
+    health: Arc<Mutex<Health>>,
+    store: Arc<dyn Store>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = std::env::temp_dir().join(format!("anchor-releases-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap());
+        bootstrap(store.as_ref(), Some(&Secret::new(PASSWORD)))
+            .await
+            .unwrap();
+        let health = Arc::new(Mutex::new(Health::Healthy));
+        let state = AppState::new(Arc::clone(&store))
+            .unwrap()
+            .with_release_metrics(
+                Arc::new(Simulated(Arc::clone(&health))),
+                Duration::from_millis(50),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(launch(listener, state, async {
+            let _ = stopped.await;
+        }));
+        let server = Server {
+            url,
+            http: reqwest::Client::new(),
+            health,
+            store,
+            _stop: stop,
+        };
+        for _ in 0..200 {
+            if server.get("/readyz").await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as("admin", method, path, body).await
+    }
+
+    async fn call_as(
+        &self,
+        user: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .basic_auth(user, Some(PASSWORD));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    fn set(&self, health: Health) {
+        *self.health.lock().unwrap() = health;
+    }
+
+    /// Polls the release until `check` holds (or 10 s pass) and returns its last view.
+    async fn until(&self, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, release) = self
+                .get(&format!("/api/v1/projects/default/releases/{id}"))
+                .await;
+            if check(&release) || Instant::now() > deadline {
+                return release;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A boolean flag `checkout`, on in production and serving `off`, and a quick template.
+    async fn setup(&self) {
+        let (status, body) = self
+            .post(
+                "/api/v1/projects/default/flags",
+                json!({"key": "checkout", "kind": "boolean", "variants": [
+                    {"name": "on", "value": true}, {"name": "off", "value": false}]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                "/api/v1/projects/default/environments/production/flags/checkout",
+                Some(json!({"enabled": true, "offVariant": "off",
+                            "defaultServe": {"variant": "off"}, "comment": "on, serving off"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                "/api/v1/projects/default/release-templates/quick",
+                Some(json!({"name": "Quick", "template": {
+                    "stages": [
+                        {"percentage": 1.0, "dwellMs": 300},
+                        {"percentage": 5.0, "dwellMs": 300, "approval": true},
+                        {"percentage": 100.0, "dwellMs": 300}
+                    ],
+                    "guardrails": {"guardrails": [
+                        {"name": "error rate", "kind": "errorRate", "maxRelativeIncrease": 0.5}
+                    ]},
+                    "maxExtensionMs": 60000
+                }})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    async fn start_release(&self) -> String {
+        let (status, body) = self
+            .post(
+                "/api/v1/projects/default/environments/production/flags/checkout/releases",
+                json!({"template": "quick", "control": "off", "treatment": "on"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// The treatment's weight (of 100,000) in production's default serve.
+    async fn treatment_weight(&self) -> u64 {
+        let (_, flag) = self.get("/api/v1/projects/default/flags/checkout").await;
+        let production = flag["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["environment"] == "production")
+            .unwrap()
+            .clone();
+        let serve = &production["config"]["defaultServe"];
+        serve["rollout"]["variants"]
+            .as_array()
+            .map_or(0, |variants| {
+                variants
+                    .iter()
+                    .find(|v| v["variant"] == "on")
+                    .map_or(0, |v| v["weight"].as_u64().unwrap())
+            })
+    }
+}
+
+fn state_of(release: &Value) -> &str {
+    release["state"]["state"].as_str().unwrap_or("?")
+}
+
+fn messages(release: &Value) -> Vec<String> {
+    release["decisions"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .map(|d| d["message"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn templates_are_listed_validated_and_replaced_with_if_match() {
+    let server = Server::start().await;
+    let (status, list) = server
+        .get("/api/v1/projects/default/release-templates")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["key"], "default");
+    assert_eq!(list[0]["builtin"], true);
+    assert_eq!(list[0]["template"]["stages"].as_array().unwrap().len(), 5);
+
+    let (status, problem) = server
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/release-templates/bad",
+            Some(json!({"name": "", "template": {
+                "stages": [{"percentage": 150.0, "dwellMs": 0}],
+                "guardrails": {"guardrails": [], "alpha": 3.0}
+            }})),
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    let paths: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "/name",
+        "/template/stages/0/percentage",
+        "/template/guardrails/alpha",
+    ] {
+        assert!(paths.contains(&expected), "{expected} in {paths:?}");
+    }
+    let (status, _) = server
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/release-templates/default",
+            Some(json!({"name": "x", "template": {}})),
+        )
+        .await;
+    assert_eq!(status, 409, "the built-in template cannot be replaced");
+
+    server.setup().await;
+    let stale = server
+        .http
+        .put(format!(
+            "{}/api/v1/projects/default/release-templates/quick",
+            server.url
+        ))
+        .basic_auth("admin", Some(PASSWORD))
+        .header("if-match", "\"7\"")
+        .json(
+            &json!({"name": "Quick", "template": {"stages": [{"percentage": 100.0, "dwellMs": 1}],
+                      "guardrails": {"guardrails": []}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status().as_u16(), 412);
+    let (status, _) = server
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/projects/default/release-templates/quick",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+}
+
+#[tokio::test]
+async fn a_healthy_release_advances_waits_for_approval_and_completes() {
+    let server = Server::start().await;
+    server.setup().await;
+    let id = server.start_release().await;
+    let release = server
+        .get(&format!("/api/v1/projects/default/releases/{id}"))
+        .await
+        .1;
+    assert_eq!(state_of(&release), "running");
+    assert_eq!(release["percentage"], 1.0);
+    assert_eq!(server.treatment_weight().await, 1_000, "1% of 100,000");
+    // A second release of the same flag is refused.
+    let (status, _) = server
+        .post(
+            "/api/v1/projects/default/environments/production/flags/checkout/releases",
+            json!({"template": "quick", "control": "off", "treatment": "on"}),
+        )
+        .await;
+    assert_eq!(status, 409);
+
+    let waiting = server
+        .until(&id, |r| state_of(r) == "waitingForApproval")
+        .await;
+    assert_eq!(state_of(&waiting), "waitingForApproval", "{waiting}");
+    let log = messages(&waiting);
+    assert!(
+        log.iter()
+            .any(|m| m.contains("advanced from 1%") && m.contains("every guardrail safe")),
+        "{log:?}"
+    );
+    assert!(
+        waiting["report"]["checks"][0]["verdict"]["outcome"] == "safe",
+        "{waiting}"
+    );
+
+    // A viewer cannot approve; an editor (the admin here) can.
+    let (status, _) = server
+        .post(
+            &format!("/api/v1/projects/default/releases/{id}/commands"),
+            json!({"command": "resume"}),
+        )
+        .await;
+    assert_eq!(status, 409, "resuming a release that waits for approval");
+    let (status, approved) = server
+        .post(
+            &format!("/api/v1/projects/default/releases/{id}/commands"),
+            json!({"command": "approve"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(server.treatment_weight().await, 5_000);
+    let done = server.until(&id, |r| state_of(r) == "completed").await;
+    assert_eq!(state_of(&done), "completed", "{done}");
+    assert_eq!(server.treatment_weight().await, 100_000);
+    assert_eq!(done["active"], false);
+
+    // Every step is a normal revision of the flag, the controller's ones by the controller.
+    let revisions: Vec<Value> = server
+        .store
+        .flag_revisions("default", "production", "checkout")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
+    let actors: Vec<(&str, &str)> = revisions
+        .iter()
+        .take(3)
+        .map(|r| {
+            (
+                r["actor"]["id"].as_str().unwrap(),
+                r["comment"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(actors[0].0, "rollout-controller", "{actors:?}");
+    assert!(actors[0].1.contains("completed"), "{actors:?}");
+    assert_eq!(
+        actors[1].0, "admin",
+        "the approval was a person's: {actors:?}"
+    );
+    assert!(
+        actors[2].1.starts_with("started; stage 1 of 3: 1%"),
+        "{actors:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_regression_rolls_back_by_itself_with_its_numbers() {
+    let server = Server::start().await;
+    server.setup().await;
+    server.set(Health::Errors(3.0));
+    let id = server.start_release().await;
+    let rolled = server.until(&id, |r| state_of(r) == "rolledBack").await;
+    assert_eq!(state_of(&rolled), "rolledBack", "{rolled}");
+    assert_eq!(
+        server.treatment_weight().await,
+        0,
+        "nobody gets the treatment"
+    );
+    assert_eq!(rolled["state"]["check"]["name"], "error rate");
+    let log = messages(&rolled);
+    assert!(
+        log.iter()
+            .any(|m| m.starts_with("rolled back at 1%: error rate:")),
+        "{log:?}"
+    );
+    assert!(rolled["report"]["checks"][0]["verdict"]["outcome"] == "regressed");
+    // Finished: commands are refused.
+    let (status, problem) = server
+        .post(
+            &format!("/api/v1/projects/default/releases/{id}/commands"),
+            json!({"command": "resume"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{problem}");
+}
+
+#[tokio::test]
+async fn an_outage_of_the_metric_source_holds_and_people_steer_with_commands() {
+    let server = Server::start().await;
+    server.setup().await;
+    server.set(Health::Down);
+    let id = server.start_release().await;
+    let held = server.until(&id, |r| state_of(r) == "holding").await;
+    assert_eq!(held["state"]["reason"]["kind"], "sourceError", "{held}");
+    assert_eq!(
+        server.treatment_weight().await,
+        1_000,
+        "never rolled back on missing data"
+    );
+
+    let command = |c: Value| {
+        let server = &server;
+        let id = id.clone();
+        async move {
+            server
+                .post(
+                    &format!("/api/v1/projects/default/releases/{id}/commands"),
+                    c,
+                )
+                .await
+        }
+    };
+    let (status, paused) = command(json!({"command": "pause"})).await;
+    assert_eq!((status, state_of(&paused)), (200, "paused"));
+    server.set(Health::Errors(3.0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still = server
+        .get(&format!("/api/v1/projects/default/releases/{id}"))
+        .await
+        .1;
+    assert_eq!(state_of(&still), "paused", "a paused release is not judged");
+    let (status, problem) = command(json!({"command": "fly"})).await;
+    assert_eq!(status, 422, "{problem}");
+    let (status, rolled) = command(json!({"command": "rollBack"})).await;
+    assert_eq!((status, state_of(&rolled)), (200, "rolledBack"));
+    assert!(
+        messages(&rolled)
+            .iter()
+            .any(|m| m == "rolled back by a person")
+    );
+    assert_eq!(server.treatment_weight().await, 0);
+    // The audit log names the person for their actions and the controller for its own.
+    let (_, audit) = server.get("/api/v1/projects/default/audit").await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "release.created",
+        "release.started",
+        "release.holding",
+        "release.paused",
+        "release.rolled_back",
+    ] {
+        assert!(actions.contains(&expected), "{expected} in {actions:?}");
+    }
+}
+
+#[tokio::test]
+async fn starting_a_release_checks_its_request_and_the_callers_role() {
+    let server = Server::start().await;
+    server.setup().await;
+    let (status, problem) = server
+        .post(
+            "/api/v1/projects/default/environments/production/flags/checkout/releases",
+            json!({"template": "nope", "control": "off", "treatment": "blue", "rule": "ghost"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    let paths: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/treatment", "/rule", "/template"], "{problem}");
+    let (status, _) = server
+        .post(
+            "/api/v1/projects/default/environments/production/flags/nope/releases",
+            json!({"control": "off", "treatment": "on"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let anonymous = server
+        .http
+        .get(format!("{}/api/v1/projects/default/releases", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    // Pending on request: nothing changes until it is started.
+    let (status, pending) = server
+        .post(
+            "/api/v1/projects/default/environments/production/flags/checkout/releases",
+            json!({"control": "off", "treatment": "on", "start": false}),
+        )
+        .await;
+    assert_eq!((status, state_of(&pending)), (201, "pending"));
+    assert_eq!(server.treatment_weight().await, 0);
+    let (_, list) = server
+        .get("/api/v1/projects/default/releases?flag=checkout&environment=production")
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
