@@ -4020,9 +4020,15 @@ async fn outcomes_merge_per_minute_flag_and_variant_and_a_retried_batch_counts_o
     );
     let on_c = outcome(MINUTE, "checkout", "on", 3, &[14.0, 900.0], 2);
     assert!(
-        s.record_telemetry("shop", "production", "batch-2", &[], &[on_c.clone()])
-            .await
-            .unwrap()
+        s.record_telemetry(
+            "shop",
+            "production",
+            "batch-2",
+            &[],
+            std::slice::from_ref(&on_c)
+        )
+        .await
+        .unwrap()
     );
     let minutes = s
         .outcome_minutes("shop", "production", "checkout", MINUTE, MINUTE + 120)
