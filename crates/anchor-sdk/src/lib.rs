@@ -15,7 +15,29 @@
 //! if client.bool_value("new-checkout", &context, false) {
 //!     // the new checkout
 //! }
-//! client.close().await; // flushes the evaluation counts
+//! client.close().await; // flushes the evaluation counts (and outcomes)
+//! # Ok(()) }
+//! ```
+//!
+//! For progressive rollouts, the client gathers per-variant outcomes of watched flags (named
+//! with [`Builder::watch_flags`], or listed by the server as `watchedFlags`): exposures,
+//! requests, errors, latencies and custom metrics, sent with the evaluation counts. It needs no
+//! server-side join: the SDK evaluates each watched flag for the context itself.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), anchor_sdk::Error> {
+//! use std::time::Instant;
+//! use anchor_sdk::{Client, EvaluationContext, Outcome};
+//! let client = Client::builder("http://127.0.0.1:7070", "srv-…")
+//!     .watch_flags(["new-checkout"])
+//!     .metric_cap("order-value", 5_000.0)
+//!     .build()
+//!     .await?;
+//! let context = EvaluationContext::with_targeting_key("user-42");
+//! let started = Instant::now();
+//! let failed = false; // handle the request
+//! client.record(&context, Outcome { latency: Some(started.elapsed()), error: failed });
+//! client.track("order-value", &context, 129.90);
 //! # Ok(()) }
 //! ```
 //!
@@ -813,8 +835,8 @@ impl Client {
         }
     }
 
-    /// Sends the evaluation counts gathered so far now (the background task does this once a
-    /// minute). Returns whether everything pending reached the server.
+    /// Sends the evaluation counts and outcomes gathered so far now (the background task does
+    /// this once a minute). Returns whether everything pending reached the server.
     pub async fn flush(&self) -> bool {
         match &self.tasks.telemetry_state {
             Some(state) => state.flush(&self.shared).await,
@@ -822,7 +844,8 @@ impl Client {
         }
     }
 
-    /// Stops the background work and sends the last evaluation counts (waiting at most 5 s).
+    /// Stops the background work and sends the last evaluation counts and outcomes (waiting at
+    /// most 5 s).
     /// The client keeps answering from its last configuration afterwards.
     pub async fn close(&self) {
         self.tasks.shutdown.send_replace(true);
