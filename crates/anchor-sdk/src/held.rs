@@ -22,11 +22,16 @@ pub(crate) enum Source {
 /// The configuration as `GET /sdk/v1/config` and the stream's `config` event carry it; also the
 /// format of the cache and bootstrap files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct ConfigPayload {
     #[serde(default)]
     pub revision: u64,
     #[serde(flatten)]
     pub config: EnvironmentConfig,
+    /// Flags whose outcomes the server wants per variant (those under a release plan), on top
+    /// of the ones the builder names. Absent from servers that do not send it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watched_flags: Vec<String>,
 }
 
 /// A stream `patch` event: what changed on top of `previous_revision`.
@@ -52,6 +57,10 @@ pub(crate) struct Held {
     pub config: EnvironmentConfig,
     pub snapshot: Snapshot,
     pub counters: Counters,
+    /// The configuration's own `watchedFlags`, kept so that a patch carries them over.
+    pub watched_flags: Vec<String>,
+    /// By flag index: the flag's key when its outcomes are watched.
+    pub watched: Vec<Option<String>>,
 }
 
 impl Held {
@@ -65,13 +74,34 @@ impl Held {
             );
         }
         let counters = Counters::for_snapshot(&snapshot);
+        let watched = vec![None; snapshot.len()];
         Held {
             revision,
             source,
             config,
             snapshot,
             counters,
+            watched_flags: Vec::new(),
+            watched,
         }
+    }
+
+    /// Marks the flags whose outcomes are watched: those of the configuration (`listed`, kept
+    /// for patches) and those the builder named (`also`).
+    pub(crate) fn watching(mut self, listed: Vec<String>, also: &[String]) -> Self {
+        for (slot, key) in self.watched.iter_mut().zip(self.snapshot.flag_keys()) {
+            if listed.iter().chain(also).any(|k| k == key) {
+                *slot = Some(key.to_string());
+            }
+        }
+        self.watched_flags = listed;
+        self
+    }
+
+    /// The key of the flag at `index` if its outcomes are watched.
+    #[inline]
+    pub(crate) fn watched_key(&self, index: usize) -> Option<&str> {
+        self.watched.get(index)?.as_deref()
     }
 
     pub(crate) fn empty() -> Self {
@@ -316,6 +346,26 @@ mod tests {
         let (patched, touched) = after.patched(segment_patch);
         assert!(patched.segments.is_empty());
         assert_eq!(touched, None, "a segment change may touch any flag");
+    }
+
+    #[test]
+    fn watched_flags_come_from_the_payload_and_the_builder_and_unknown_fields_are_ignored() {
+        let payload: ConfigPayload = serde_json::from_value(json!({
+            "revision": 2, "flags": [flag("a", "on"), flag("b", "on"), flag("c", "on")],
+            "watchedFlags": ["b", "gone"], "somethingNew": {"x": 1}
+        }))
+        .unwrap();
+        assert_eq!(payload.watched_flags, ["b", "gone"]);
+        let held = Held::new(2, Source::Server, payload.config)
+            .watching(payload.watched_flags, &["c".to_string()]);
+        let watched: Vec<Option<&str>> = (0..3).map(|i| held.watched_key(i)).collect();
+        assert_eq!(watched, [None, Some("b"), Some("c")]);
+        assert_eq!(held.watched_key(7), None);
+        // A patch carries the configuration's list over (kept beside the flags).
+        assert_eq!(held.watched_flags, ["b", "gone"]);
+        let without: ConfigPayload = serde_json::from_value(json!({"flags": []})).unwrap();
+        assert!(without.watched_flags.is_empty());
+        assert!(!serde_json::to_string(&without).unwrap().contains("watched"));
     }
 
     #[test]

@@ -15,7 +15,29 @@
 //! if client.bool_value("new-checkout", &context, false) {
 //!     // the new checkout
 //! }
-//! client.close().await; // flushes the evaluation counts
+//! client.close().await; // flushes the evaluation counts (and outcomes)
+//! # Ok(()) }
+//! ```
+//!
+//! For progressive rollouts, the client gathers per-variant outcomes of watched flags (named
+//! with [`Builder::watch_flags`], or listed by the server as `watchedFlags`): exposures,
+//! requests, errors, latencies and custom metrics, sent with the evaluation counts. It needs no
+//! server-side join: the SDK evaluates each watched flag for the context itself.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), anchor_sdk::Error> {
+//! use std::time::Instant;
+//! use anchor_sdk::{Client, EvaluationContext, Outcome};
+//! let client = Client::builder("http://127.0.0.1:7070", "srv-…")
+//!     .watch_flags(["new-checkout"])
+//!     .metric_cap("order-value", 5_000.0)
+//!     .build()
+//!     .await?;
+//! let context = EvaluationContext::with_targeting_key("user-42");
+//! let started = Instant::now();
+//! let failed = false; // handle the request
+//! client.record(&context, Outcome { latency: Some(started.elapsed()), error: failed });
+//! client.track("order-value", &context, 129.90);
 //! # Ok(()) }
 //! ```
 //!
@@ -29,12 +51,14 @@ mod error;
 mod files;
 mod held;
 mod local;
+mod outcomes;
 #[cfg(feature = "openfeature")]
 pub mod provider;
 mod sse;
 mod stream;
 mod telemetry;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +75,8 @@ use tokio::sync::{broadcast, watch};
 
 pub use error::Error;
 use held::{ConfigPayload, Held, Source, changed_flags};
+pub use outcomes::{DEFAULT_METRIC_CAP, MAX_METRICS_PER_ARM, MAX_UNITS_PER_ARM, Outcome};
+use outcomes::{Outcomes, Served};
 
 /// Whether the client's configuration is current.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +183,10 @@ pub(crate) struct Shared {
     retired: Mutex<Vec<Arc<Held>>>,
     counting: bool,
     cache_path: Option<PathBuf>,
+    /// Per-variant outcomes of watched flags; `None` without telemetry.
+    outcomes: Option<Outcomes>,
+    /// The flags the builder asked to watch.
+    watch: Vec<String>,
 }
 
 impl Shared {
@@ -173,6 +203,36 @@ impl Shared {
             retired: Mutex::new(Vec::new()),
             counting,
             cache_path,
+            outcomes: None,
+            watch: Vec::new(),
+        }
+    }
+
+    /// Gathers outcomes of the flags in `watch` (and of those the server lists), winsorising
+    /// custom metrics at `caps`.
+    fn with_outcomes(mut self, watch: Vec<String>, caps: HashMap<String, f64>) -> Self {
+        self.outcomes = Some(Outcomes::new(caps));
+        self.watch = watch;
+        self
+    }
+
+    /// Counts the exposure of `context`'s unit to the variant served, if the flag is watched.
+    #[inline]
+    fn expose(&self, held: &Held, evaluation: &Evaluation<'_>, context: &EvaluationContext) {
+        let Some(outcomes) = &self.outcomes else {
+            return;
+        };
+        if let Some(flag) = evaluation.flag_index().and_then(|i| held.watched_key(i))
+            && let Some(variant) = evaluation.variant()
+        {
+            outcomes.try_expose(
+                outcomes::current_minute(),
+                &Served {
+                    flag,
+                    variant,
+                    unit: context.targeting_key().map(outcomes::unit_hash),
+                },
+            );
         }
     }
 
@@ -193,6 +253,7 @@ impl Shared {
         }
         let flags = touched.unwrap_or_else(|| changed_flags(&current.config, &payload.config));
         let revision = payload.revision;
+        let watched_flags = payload.watched_flags.clone();
         if source == Source::Server
             && let Some(path) = self.cache_path.clone()
         {
@@ -204,9 +265,9 @@ impl Shared {
                 }
             });
         }
-        let old = self
-            .held
-            .swap(Arc::new(Held::new(revision, source, payload.config)));
+        let old = self.held.swap(Arc::new(
+            Held::new(revision, source, payload.config).watching(watched_flags, &self.watch),
+        ));
         self.generation.fetch_add(1, Ordering::Release);
         if self.counting
             && let Ok(mut retired) = self.retired.lock()
@@ -283,6 +344,8 @@ pub struct Builder {
     telemetry_interval: Option<Duration>,
     watch: Option<Duration>,
     backoff: (Duration, Duration),
+    watch_flags: Vec<String>,
+    metric_caps: HashMap<String, f64>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -331,6 +394,25 @@ impl Builder {
     /// is attributed to the minute its counting began in.
     pub fn telemetry_interval(mut self, every: Duration) -> Self {
         self.telemetry_interval = Some(every);
+        self
+    }
+
+    /// Gathers per-variant outcomes of these flags (see [`Client::record`] and
+    /// [`Client::track`]), besides the ones the server's configuration lists. Needs telemetry.
+    pub fn watch_flags<I, S>(mut self, flags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.watch_flags.extend(flags.into_iter().map(Into::into));
+        self
+    }
+
+    /// Winsorises the custom metric `name` at `cap`: tracked values above `cap` count as
+    /// `cap`, below `-cap` as `-cap`, so one outlier cannot rule the mean (default
+    /// [`DEFAULT_METRIC_CAP`]).
+    pub fn metric_cap(mut self, name: impl Into<String>, cap: f64) -> Self {
+        self.metric_caps.insert(name.into(), cap);
         self
     }
 
@@ -394,7 +476,11 @@ impl Builder {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::Url(format!("{url}: {e}")))?;
-        let shared = Arc::new(Shared::new(self.telemetry, self.cache.clone()));
+        let mut shared = Shared::new(self.telemetry, self.cache.clone());
+        if self.telemetry {
+            shared = shared.with_outcomes(self.watch_flags.clone(), self.metric_caps.clone());
+        }
+        let shared = Arc::new(shared);
         let (shutdown, stop) = watch::channel(false);
         let (init_tx, mut init_rx) = watch::channel(stream::Init::Pending);
         tokio::spawn(stream::run(
@@ -525,14 +611,18 @@ impl Client {
     }
 
     #[inline]
-    fn with<R>(&self, f: impl for<'s> Fn(&'s Held) -> (R, Evaluation<'s>)) -> R {
-        self.shared.evaluate(f)
+    fn with<R>(
+        &self,
+        context: &EvaluationContext,
+        f: impl for<'s> Fn(&'s Held) -> (R, Evaluation<'s>),
+    ) -> R {
+        self.shared.evaluate(context, f)
     }
 
     /// A boolean flag's value; `default` on any error (unknown flag, wrong type, …).
     #[inline]
     pub fn bool_value(&self, flag_key: &str, context: &EvaluationContext, default: bool) -> bool {
-        self.with(|held| {
+        self.with(context, |held| {
             let Resolution { value, details } =
                 evaluate_bool(&held.snapshot, flag_key, context, default);
             (value, details)
@@ -545,7 +635,7 @@ impl Client {
         context: &EvaluationContext,
         default: bool,
     ) -> Details<bool> {
-        self.with(|held| {
+        self.with(context, |held| {
             let r = evaluate_bool(&held.snapshot, flag_key, context, default);
             (Details::of(flag_key, r.value, &r.details), r.details)
         })
@@ -566,7 +656,7 @@ impl Client {
         context: &EvaluationContext,
         default: &str,
     ) -> Details<String> {
-        self.with(|held| {
+        self.with(context, |held| {
             // The engine's default must live as long as the snapshot; the caller's is applied
             // here instead.
             let r = evaluate_string(&held.snapshot, flag_key, context, "");
@@ -592,7 +682,7 @@ impl Client {
         context: &EvaluationContext,
         default: f64,
     ) -> Details<f64> {
-        self.with(|held| {
+        self.with(context, |held| {
             let r = evaluate_number(&held.snapshot, flag_key, context, default);
             (Details::of(flag_key, r.value, &r.details), r.details)
         })
@@ -610,7 +700,7 @@ impl Client {
         context: &EvaluationContext,
         default: i64,
     ) -> Details<i64> {
-        self.with(|held| {
+        self.with(context, |held| {
             let r = evaluate_integer(&held.snapshot, flag_key, context, default);
             (Details::of(flag_key, r.value, &r.details), r.details)
         })
@@ -626,7 +716,7 @@ impl Client {
         context: &EvaluationContext,
         default: Value,
     ) -> Details<Value> {
-        let details = self.with(|held| {
+        let details = self.with(context, |held| {
             let r = evaluate_json(&held.snapshot, flag_key, context, &Value::Null);
             let value = (!r.details.is_error()).then(|| r.value.clone());
             (Details::of(flag_key, value, &r.details), r.details)
@@ -645,7 +735,7 @@ impl Client {
 
     /// One flag of any kind, its value as JSON (`None` where it failed), as OFREP answers.
     pub fn evaluate(&self, flag_key: &str, context: &EvaluationContext) -> Details<Option<Value>> {
-        self.with(|held| {
+        self.with(context, |held| {
             let evaluation = anchor_engine::evaluate(&held.snapshot, flag_key, context);
             (
                 Details::of(flag_key, evaluation.value().cloned(), &evaluation),
@@ -663,6 +753,7 @@ impl Client {
                 if self.shared.counting {
                     held.counters.count_shared(&evaluation);
                 }
+                self.shared.expose(&held, &evaluation, context);
                 Details::of(key, evaluation.value().cloned(), &evaluation)
             })
             .collect()
@@ -675,8 +766,77 @@ impl Client {
         anchor_engine::explain(&held.snapshot, flag_key, context).to_string()
     }
 
-    /// Sends the evaluation counts gathered so far now (the background task does this once a
-    /// minute). Returns whether everything pending reached the server.
+    /// Records the outcome of one request (its latency, whether it failed) for every watched
+    /// flag, under the variant each serves `context`. The flags are evaluated here, locally,
+    /// and these evaluations are not counted as evaluations; the context's unit counts as
+    /// exposed. Takes the outcomes' mutex briefly (see the crate's `outcomes` module): call it
+    /// once per request, not in a tight loop of its own. Does nothing without telemetry.
+    pub fn record(&self, context: &EvaluationContext, outcome: Outcome) {
+        self.attribute(None, context, |outcomes, minute, served| {
+            outcomes.record(minute, served, outcome);
+        });
+    }
+
+    /// [`Client::record`] for these flags only (watched or not).
+    pub fn record_flags(&self, flags: &[&str], context: &EvaluationContext, outcome: Outcome) {
+        self.attribute(Some(flags), context, |outcomes, minute, served| {
+            outcomes.record(minute, served, outcome);
+        });
+    }
+
+    /// Adds `value` to the custom metric `event` (1 to 64 characters of `[a-zA-Z0-9._-]`;
+    /// other names are ignored, since the server would refuse them) for every watched flag,
+    /// under the variant each serves `context`, winsorised at the metric's cap (see
+    /// [`Builder::metric_cap`]). Like [`Client::record`], it evaluates locally without counting
+    /// and takes the outcomes' mutex briefly.
+    pub fn track(&self, event: &str, context: &EvaluationContext, value: f64) {
+        if !outcomes::is_metric_name(event) {
+            tracing::debug!(
+                event,
+                "not a metric name (1 to 64 characters of [a-zA-Z0-9._-]): ignored"
+            );
+            return;
+        }
+        self.attribute(None, context, |outcomes, minute, served| {
+            outcomes.track(minute, served, event, value);
+        });
+    }
+
+    /// Evaluates `flags` (every watched flag when `None`) for `context` without counting, and
+    /// hands the variants served to `add`.
+    fn attribute(
+        &self,
+        flags: Option<&[&str]>,
+        context: &EvaluationContext,
+        add: impl FnOnce(&Outcomes, u64, &[Served<'_>]),
+    ) {
+        let Some(outcomes) = &self.shared.outcomes else {
+            return;
+        };
+        let held = self.shared.held.load();
+        let unit = context.targeting_key().map(outcomes::unit_hash);
+        let keys: Vec<&str> = match flags {
+            Some(flags) => flags.to_vec(),
+            None => held.watched.iter().flatten().map(String::as_str).collect(),
+        };
+        let served: Vec<Served<'_>> = keys
+            .into_iter()
+            .filter_map(|flag| {
+                let variant = anchor_engine::evaluate(&held.snapshot, flag, context).variant()?;
+                Some(Served {
+                    flag,
+                    variant,
+                    unit,
+                })
+            })
+            .collect();
+        if !served.is_empty() {
+            add(outcomes, outcomes::current_minute(), &served);
+        }
+    }
+
+    /// Sends the evaluation counts and outcomes gathered so far now (the background task does
+    /// this once a minute). Returns whether everything pending reached the server.
     pub async fn flush(&self) -> bool {
         match &self.tasks.telemetry_state {
             Some(state) => state.flush(&self.shared).await,
@@ -684,7 +844,8 @@ impl Client {
         }
     }
 
-    /// Stops the background work and sends the last evaluation counts (waiting at most 5 s).
+    /// Stops the background work and sends the last evaluation counts and outcomes (waiting at
+    /// most 5 s).
     /// The client keeps answering from its last configuration afterwards.
     pub async fn close(&self) {
         self.tasks.shutdown.send_replace(true);
@@ -706,6 +867,8 @@ impl Builder {
             telemetry_interval: None,
             watch: None,
             backoff: (Duration::from_millis(250), Duration::from_secs(30)),
+            watch_flags: Vec::new(),
+            metric_caps: HashMap::new(),
         }
     }
 }

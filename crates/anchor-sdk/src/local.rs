@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use anchor_engine::Evaluation;
+use anchor_engine::{Evaluation, EvaluationContext};
 
 use crate::Shared;
 use crate::held::{Held, Tally};
@@ -46,9 +46,14 @@ impl Shared {
         }
     }
 
-    /// Runs one evaluation against the configuration in use and counts it.
+    /// Runs one evaluation of `context` against the configuration in use and counts it (and,
+    /// for a watched flag, its exposure).
     #[inline]
-    pub(crate) fn evaluate<R>(&self, f: impl for<'s> Fn(&'s Held) -> (R, Evaluation<'s>)) -> R {
+    pub(crate) fn evaluate<R>(
+        &self,
+        context: &EvaluationContext,
+        f: impl for<'s> Fn(&'s Held) -> (R, Evaluation<'s>),
+    ) -> R {
         let generation = self.generation.load(Ordering::Acquire);
         let fast = CACHE
             .try_with(|cache| {
@@ -74,6 +79,7 @@ impl Shared {
                 {
                     tally.add_own(slot);
                 }
+                self.expose(&entry.held, &evaluation, context);
                 Some(result)
             })
             .ok()
@@ -87,6 +93,7 @@ impl Shared {
                 if self.counting {
                     held.counters.count_shared(&evaluation);
                 }
+                self.expose(&held, &evaluation, context);
                 result
             }
         }
@@ -129,7 +136,7 @@ mod tests {
         let ctx = EvaluationContext::with_targeting_key("u");
         let evaluate_n = |n: usize| {
             for _ in 0..n {
-                shared.evaluate(|held| ((), evaluate(&held.snapshot, "f", &ctx)));
+                shared.evaluate(&ctx, |held| ((), evaluate(&held.snapshot, "f", &ctx)));
             }
         };
         std::thread::scope(|s| {
@@ -144,7 +151,7 @@ mod tests {
             }
         });
         // Threads see the change on their next evaluation.
-        let served = shared.evaluate(|held| {
+        let served = shared.evaluate(&ctx, |held| {
             let e = evaluate(&held.snapshot, "f", &ctx);
             (e.variant().map(str::to_string), e)
         });

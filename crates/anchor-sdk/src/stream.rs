@@ -186,7 +186,11 @@ async fn session(shared: &Shared, connection: &Connection, init: &watch::Sender<
                     let revision = patch.revision;
                     let (config, touched) = held.patched(patch);
                     shared.install(
-                        ConfigPayload { revision, config },
+                        ConfigPayload {
+                            revision,
+                            config,
+                            watched_flags: held.watched_flags.clone(),
+                        },
                         Source::Server,
                         touched,
                         |current| current.revision == held.revision,

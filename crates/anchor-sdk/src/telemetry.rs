@@ -1,4 +1,5 @@
-//! Evaluation counts, sent to the server (`POST /sdk/v1/telemetry`) once a minute.
+//! Evaluation counts and outcomes of watched flags, sent to the server
+//! (`POST /sdk/v1/telemetry`) once a minute.
 //!
 //! Counting happens on the evaluation path, in a counter block of the evaluating thread (see
 //! `held::Counters` and `local`); this task drains them, groups them by flag and
@@ -6,6 +7,11 @@
 //! A batch that fails is retried with the same id, which the server records, so a retry after a
 //! lost answer is never counted twice. Memory is bounded: at most `MAX_PENDING_ROWS` rows wait;
 //! beyond that the oldest batches are dropped (and logged).
+//!
+//! The outcomes gathered since the last flush (see `outcomes`) travel in the same batches, as
+//! `outcomes`, so they share the batch id and its retries: at most `MAX_BATCH_OUTCOMES` rows and
+//! about `MAX_BATCH_OUTCOME_BYTES` of them per batch, well inside the server's limits (1,000
+//! rows, a 1 MiB body).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,12 +21,23 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::Shared;
+use crate::outcomes::{self, OutcomeRow};
 
 /// The most rows kept while the server cannot be reached.
 const MAX_PENDING_ROWS: usize = 100_000;
 
 /// The server accepts at most this many rows per batch.
 const MAX_BATCH_ROWS: usize = 10_000;
+
+/// The most outcome rows per batch (the server takes 1,000).
+const MAX_BATCH_OUTCOMES: usize = 500;
+
+/// About the most bytes of outcome rows per batch (a row's sketch may be long).
+const MAX_BATCH_OUTCOME_BYTES: usize = 256 * 1024;
+
+/// Outcomes share a batch with at most this many evaluation counts, so that the two together
+/// stay well inside the server's 1 MiB body; larger batches of counts travel alone.
+const MAX_SHARED_ROWS: usize = 1_000;
 
 #[derive(Debug, Clone, Serialize)]
 struct Row {
@@ -36,6 +53,14 @@ struct Batch {
     batch_id: String,
     sdk: &'static str,
     evaluations: Vec<Row>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    outcomes: Vec<OutcomeRow>,
+}
+
+impl Batch {
+    fn rows(&self) -> usize {
+        self.evaluations.len() + self.outcomes.len()
+    }
 }
 
 #[derive(Debug)]
@@ -89,23 +114,21 @@ impl Telemetry {
             })
             .collect();
         rows.sort_by(|a, b| (&a.flag, &a.variant).cmp(&(&b.flag, &b.variant)));
-        while !rows.is_empty() {
-            let rest = rows.split_off(rows.len().min(MAX_BATCH_ROWS));
-            pending.batches.push_back(Batch {
-                batch_id: uuid::Uuid::new_v4().to_string(),
-                sdk: concat!("anchor-rust/", env!("CARGO_PKG_VERSION")),
-                evaluations: std::mem::replace(&mut rows, rest),
-            });
-        }
-        let mut waiting: usize = pending.batches.iter().map(|b| b.evaluations.len()).sum();
+        let outcome_rows = shared
+            .outcomes
+            .as_ref()
+            .map(|o| o.drain(outcomes::current_minute()))
+            .unwrap_or_default();
+        pending.batches.extend(batches(rows, outcome_rows));
+        let mut waiting: usize = pending.batches.iter().map(Batch::rows).sum();
         while waiting > MAX_PENDING_ROWS {
             let Some(dropped) = pending.batches.pop_front() else {
                 break;
             };
-            waiting -= dropped.evaluations.len();
+            waiting -= dropped.rows();
             tracing::warn!(
-                rows = dropped.evaluations.len(),
-                "dropping evaluation counts the server could not take in time"
+                rows = dropped.rows(),
+                "dropping evaluation counts and outcomes the server could not take in time"
             );
         }
         while let Some(batch) = pending.batches.front() {
@@ -115,11 +138,11 @@ impl Telemetry {
                 }
                 Sent::Rejected(why) => {
                     // Sending it again would be rejected again.
-                    tracing::warn!(reason = %why, "the server rejected evaluation counts");
+                    tracing::warn!(reason = %why, "the server rejected evaluation counts or outcomes");
                     pending.batches.pop_front();
                 }
                 Sent::Retry(why) => {
-                    tracing::debug!(reason = %why, "evaluation counts will be retried");
+                    tracing::debug!(reason = %why, "evaluation counts and outcomes will be retried");
                     return false;
                 }
             }
@@ -152,6 +175,50 @@ impl Telemetry {
             }
         }
     }
+}
+
+/// Packs evaluation counts and outcome rows into batches the server accepts: counts
+/// [`MAX_BATCH_ROWS`] at a time; outcomes [`MAX_BATCH_OUTCOMES`] rows or about
+/// [`MAX_BATCH_OUTCOME_BYTES`] at a time, since a row's sketch may be long. A batch of at most
+/// [`MAX_SHARED_ROWS`] counts carries outcomes too.
+fn batches(mut evaluations: Vec<Row>, outcomes: Vec<OutcomeRow>) -> Vec<Batch> {
+    let mut outcome_chunks: Vec<Vec<OutcomeRow>> = Vec::new();
+    let mut bytes = 0;
+    for row in outcomes {
+        let size = serde_json::to_vec(&row).map_or(0, |b| b.len());
+        match outcome_chunks.last_mut() {
+            Some(chunk)
+                if chunk.len() < MAX_BATCH_OUTCOMES && bytes + size <= MAX_BATCH_OUTCOME_BYTES =>
+            {
+                bytes += size;
+                chunk.push(row);
+            }
+            _ => {
+                bytes = size;
+                outcome_chunks.push(vec![row]);
+            }
+        }
+    }
+    let batch = |evaluations, outcomes| Batch {
+        batch_id: uuid::Uuid::new_v4().to_string(),
+        sdk: concat!("anchor-rust/", env!("CARGO_PKG_VERSION")),
+        evaluations,
+        outcomes,
+    };
+    let mut outcome_chunks = outcome_chunks.into_iter();
+    let mut out = Vec::new();
+    while !evaluations.is_empty() {
+        let rest = evaluations.split_off(evaluations.len().min(MAX_BATCH_ROWS));
+        let chunk = std::mem::replace(&mut evaluations, rest);
+        let outcomes = if chunk.len() <= MAX_SHARED_ROWS {
+            outcome_chunks.next().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        out.push(batch(chunk, outcomes));
+    }
+    out.extend(outcome_chunks.map(|outcomes| batch(Vec::new(), outcomes)));
+    out
 }
 
 enum Sent {

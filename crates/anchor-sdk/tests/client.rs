@@ -334,3 +334,107 @@ async fn evaluation_counts_reach_the_server_and_close_flushes_the_rest() {
         "close flushed the last counts: {body}"
     );
 }
+
+#[tokio::test]
+async fn outcomes_of_a_watched_flag_reach_the_server_per_variant() {
+    let server = Server::start("outcomes").await;
+    let half = json!({"enabled": true, "offVariant": "off", "defaultServe": {"rollout": {
+        "variants": [{"variant": "on", "weight": 50000}, {"variant": "off", "weight": 50000}]}}});
+    server.flag(on_off("checkout"), half).await;
+    server.flag(on_off("other"), serving("on")).await;
+    let key = server
+        .sdk_key("default", "production", SdkKeyKind::Server)
+        .await;
+    // Flushed by hand below: a long interval keeps the background task out of the way.
+    let client = Client::builder(&server.url, &key)
+        .telemetry_interval(Duration::from_secs(3600))
+        .watch_flags(["checkout"])
+        .metric_cap("revenue", 50.0)
+        .build()
+        .await
+        .unwrap();
+    // 400 users, each evaluated twice (one exposure each), each with one request: the new
+    // variant is slower (about 120 ms against 40 ms) and fails one request in ten.
+    let mut expected = std::collections::HashMap::<&str, (u64, u64)>::new();
+    for i in 0..400u64 {
+        let context = user(&format!("user-{i}"));
+        let on = client.bool_value("checkout", &context, false);
+        assert_eq!(client.bool_value("checkout", &context, false), on);
+        let (variant, ms, error) = if on {
+            ("on", 100 + i % 40, i % 10 == 0)
+        } else {
+            ("off", 30 + i % 20, false)
+        };
+        client.record(
+            &context,
+            anchor_sdk::Outcome {
+                latency: Some(Duration::from_millis(ms)),
+                error,
+            },
+        );
+        // Capped at 50 by the builder.
+        client.track("revenue", &context, if on { 80.0 } else { 20.0 });
+        let slot = expected.entry(variant).or_default();
+        slot.0 += 1;
+        slot.1 += u64::from(error);
+    }
+    // A flag that is not watched gathers no outcomes, however it is evaluated.
+    assert!(client.bool_value("other", &user("user-1"), false));
+    assert!(client.flush().await, "everything reached the server");
+    let get = |path: &str| {
+        let http = server.http.clone();
+        let url = format!(
+            "{}/api/v1/projects/default/environments/production/flags/{path}",
+            server.url
+        );
+        async move {
+            let body: serde_json::Value = http
+                .get(url)
+                .basic_auth("admin", Some(support::PASSWORD))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body
+        }
+    };
+    let body = get("checkout/outcomes").await;
+    let variants = body["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2, "{body}");
+    for arm in variants {
+        let variant = arm["variant"].as_str().unwrap();
+        let (requests, errors) = expected[variant];
+        assert!(requests > 150, "a 50/50 split of 400: {body}");
+        // One exposure per user; a user whose evaluations and request straddled a minute's end
+        // is a distinct unit in each minute.
+        let exposures = arm["exposures"].as_u64().unwrap();
+        if body["minutes"].as_array().unwrap().len() == 1 {
+            assert_eq!(exposures, requests, "{body}");
+        } else {
+            assert!((requests..requests + 3).contains(&exposures), "{body}");
+        }
+        assert_eq!(arm["requests"], requests, "{body}");
+        assert_eq!(arm["errors"], errors, "{body}");
+        assert_eq!(arm["latency"]["count"], requests, "{body}");
+        // The 95th percentile of 100..140 ms (on) or 30..50 ms (off), within the sketch's 1%
+        // and one step of the recorded values.
+        let p95 = arm["latency"]["p95"].as_f64().unwrap();
+        let exact = if variant == "on" { 137.0 } else { 48.0 };
+        assert!(
+            (p95 - exact).abs() <= exact * 0.03,
+            "{variant} p95 {p95}: {body}"
+        );
+        let mean = if variant == "on" { 50.0 } else { 20.0 };
+        assert_eq!(arm["metrics"]["revenue"]["mean"], mean, "{body}");
+    }
+    assert!(expected["on"].1 > 0, "some requests failed");
+    // The outcomes' own evaluations were not counted: two per user, as the app made them.
+    let counts = get("checkout/evaluations").await;
+    assert_eq!(counts["evaluations"], 800, "{counts}");
+    assert_eq!(get("other/evaluations").await["evaluations"], 1);
+    let other = get("other/outcomes").await;
+    assert_eq!(other["variants"], json!([]), "{other}");
+    client.close().await;
+}

@@ -185,7 +185,7 @@ impl AppState {
         (name = "segments", description = "Reusable groups of contexts, per environment"),
         (name = "sdk keys", description = "Per-environment keys for SDKs: server and client kinds"),
         (name = "change requests", description = "Approvals and scheduled changes"),
-        (name = "telemetry", description = "How often SDKs evaluated each flag, as they report it"),
+        (name = "telemetry", description = "How often SDKs evaluated each flag, and the outcomes per variant, as they report them"),
         (name = "webhooks", description = "Signed HTTP notifications of a project's events, and their delivery log"),
     )
 )]

@@ -17,6 +17,7 @@ const PASSWORD: &str = "correct horse battery staple";
 const TELEMETRY: &str = "/sdk/v1/telemetry";
 const EVALUATIONS: &str =
     "/api/v1/projects/default/environments/production/flags/checkout/evaluations";
+const OUTCOMES: &str = "/api/v1/projects/default/environments/production/flags/checkout/outcomes";
 
 /// Declares one test per backend; PostgreSQL only when `ANCHOR_TEST_POSTGRES_URL` is set
 /// (each test in a fresh schema, dropped afterwards).
@@ -53,6 +54,8 @@ on_every_backend!(
     every_bad_field_is_named_by_its_json_pointer_and_nothing_is_stored,
     telemetry_needs_a_live_sdk_key_of_either_kind,
     reading_counts_needs_a_viewer_of_the_project_and_a_sane_range,
+    outcomes_are_stored_with_their_batch_once_and_read_back_per_variant,
+    every_bad_outcome_field_is_named_and_nothing_of_the_batch_is_stored,
 );
 
 struct App {
@@ -501,4 +504,191 @@ async fn reading_counts_needs_a_viewer_of_the_project_and_a_sane_range(app: App)
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
         reply.problem_paths();
     }
+}
+
+/// A latency sketch (wire shape) of `n` requests of `ms` milliseconds each.
+fn sketch(ms: f64, n: u64) -> Value {
+    let mut sketch = anchor_rollout::LatencySketch::new();
+    sketch.record_n(ms, n);
+    serde_json::to_value(sketch).unwrap()
+}
+
+async fn outcomes_are_stored_with_their_batch_once_and_read_back_per_variant(app: App) {
+    let minute = this_minute();
+    let batch = json!({
+        "batchId": "with-outcomes",
+        "evaluations": [{"minute": minute, "flag": "checkout", "variant": "on", "count": 300}],
+        "outcomes": [
+            {"minute": minute - 60, "flag": "checkout", "variant": "on", "exposures": 120,
+             "requests": 300, "errors": 3, "latency": sketch(100.0, 300),
+             "metrics": {"revenue": {"count": 10, "sum": 512.5, "sumOfSquares": 30100.0}}},
+            {"minute": minute, "flag": "checkout", "variant": "on", "exposures": 80,
+             "requests": 100, "errors": 1, "latency": sketch(400.0, 100)},
+            {"minute": minute, "flag": "checkout", "variant": "off", "exposures": 50,
+             "requests": 200, "errors": 0, "latency": sketch(50.0, 150)},
+        ]
+    });
+    let reply = app.post(batch.clone()).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body, json!({"accepted": 1, "outcomes": 3}));
+    let reply = app.post(batch).await;
+    assert_eq!(reply.body, json!({"accepted": 0, "duplicate": true}));
+    // A batch of outcomes alone, from another SDK, merges into the same minute.
+    let reply = app
+        .post(
+            json!({"batchId": "outcomes-only", "evaluations": [], "outcomes": [
+            {"minute": minute, "flag": "checkout", "variant": "off", "exposures": 10,
+             "requests": 50, "errors": 1, "latency": sketch(50.0, 50)}]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+
+    let viewer = app.member("olga", Some(Role::Viewer)).await;
+    let stranger = app.member("oscar", None).await;
+    assert_eq!(
+        app.call("GET", OUTCOMES, Some(&stranger), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let reply = app.call("GET", OUTCOMES, Some(&viewer), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let body = &reply.body;
+    let variants = body["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2, "{body}");
+    let (off, on) = (&variants[0], &variants[1]);
+    assert_eq!(off["variant"], "off");
+    assert_eq!(
+        (&off["exposures"], &off["requests"], &off["errors"]),
+        (&json!(60), &json!(250), &json!(1))
+    );
+    assert_eq!(off["errorRate"], json!(0.004));
+    assert_eq!(on["variant"], "on");
+    assert_eq!(
+        (&on["exposures"], &on["requests"], &on["errors"]),
+        (&json!(200), &json!(400), &json!(4))
+    );
+    assert_eq!(on["errorRate"], json!(0.01));
+    // 300 requests at 100 ms and 100 at 400 ms: the median is 100 ms, p95 and p99 400 ms,
+    // each within the sketch's 1%.
+    let close = |value: &Value, expected: f64| {
+        let value = value.as_f64().unwrap();
+        assert!(
+            (value - expected).abs() <= expected * 0.01,
+            "{value} vs {expected}"
+        );
+    };
+    close(&on["latency"]["p50"], 100.0);
+    close(&on["latency"]["p95"], 400.0);
+    close(&on["latency"]["p99"], 400.0);
+    assert_eq!(on["latency"]["count"], 400);
+    assert_eq!(
+        on["metrics"]["revenue"],
+        json!({"count": 10, "mean": 51.25})
+    );
+    assert_eq!(off["metrics"], json!({}));
+    // The per-minute series: only minutes with outcomes, oldest first.
+    let minutes = body["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 2, "{body}");
+    assert_eq!(minutes[0]["minute"], minute - 60);
+    assert_eq!(minutes[0]["variants"][0]["requests"], 300);
+    assert_eq!(minutes[1]["minute"], minute);
+    assert_eq!(minutes[1]["variants"][0]["variant"], "off");
+    assert_eq!(minutes[1]["variants"][1]["requests"], 100);
+    // A range of one minute; another environment has nothing.
+    let reply = app
+        .call(
+            "GET",
+            &format!("{OUTCOMES}?from={}&to={minute}", minute - 60),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(reply.body["variants"][0]["requests"], 300, "{}", reply.body);
+    let reply = app
+        .call(
+            "GET",
+            &OUTCOMES.replace("production", "development"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["variants"], json!([]));
+    assert_eq!(
+        app.call(
+            "GET",
+            &OUTCOMES.replace("checkout", "nope"),
+            Some(&viewer),
+            None
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    let reply = app
+        .call(
+            "GET",
+            &format!("{OUTCOMES}?from=5&to=5"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
+
+async fn every_bad_outcome_field_is_named_and_nothing_of_the_batch_is_stored(app: App) {
+    let minute = this_minute();
+    let counts = json!([{"minute": minute, "flag": "checkout", "variant": "on", "count": 1}]);
+    let good = json!({"minute": minute, "flag": "checkout", "variant": "on", "exposures": 1,
+                      "requests": 1, "errors": 0, "latency": sketch(10.0, 1)});
+    let reply = app
+        .post(
+            json!({"batchId": "bad", "evaluations": counts, "outcomes": [
+                good,
+                {"minute": minute + 3600, "flag": "checkout", "variant": "on", "requests": 1,
+                 "errors": 2},
+                {"minute": minute, "flag": "checkout", "variant": "on", "requests": 1,
+                 "latency": {"zero": 0, "bins": [[99999, 1]]}},
+                {"minute": minute, "flag": "checkout", "variant": "on", "requests": 1,
+                 "latency": sketch(10.0, 2)},
+                {"minute": minute, "flag": "checkout", "variant": "on",
+                 "metrics": {"no spaces": {"count": 1, "sum": 1.0, "sumOfSquares": 1.0},
+                             "revenue": {"count": 1, "sum": 1.0}}},
+                {"minute": minute, "flag": "checkout"},
+            ]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    assert_eq!(
+        reply.problem_paths(),
+        [
+            "/outcomes/1/minute",
+            "/outcomes/1/errors",
+            "/outcomes/2/latency",
+            "/outcomes/3/latency",
+            "/outcomes/4/metrics/no spaces",
+            "/outcomes/4/metrics/revenue/sumOfSquares",
+            "/outcomes/5/variant",
+        ]
+    );
+    // More outcome rows than a batch may carry.
+    let rows: Vec<Value> = (0..=anchor_server::telemetry::MAX_OUTCOME_ROWS)
+        .map(|_| good.clone())
+        .collect();
+    let reply = app
+        .post(json!({"batchId": "huge", "evaluations": [], "outcomes": rows}))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.problem_paths(), ["/outcomes"]);
+    // Neither the counts nor the outcomes of the refused batches were stored, and the id is
+    // free for the corrected batch.
+    let reply = app.call("GET", EVALUATIONS, Some(&app.admin), None).await;
+    assert_eq!(reply.body["evaluations"], 0, "{}", reply.body);
+    let reply = app.call("GET", OUTCOMES, Some(&app.admin), None).await;
+    assert_eq!(reply.body["variants"], json!([]), "{}", reply.body);
+    let reply = app
+        .post(json!({"batchId": "bad", "evaluations": counts, "outcomes": [good]}))
+        .await;
+    assert_eq!(reply.body, json!({"accepted": 1, "outcomes": 1}));
 }

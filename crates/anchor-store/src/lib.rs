@@ -13,7 +13,10 @@
 //! secrets.
 //!
 //! SDK telemetry is kept as per-minute sums (per environment, flag and variant), added to by
-//! upserts; each batch's id is recorded with its counts, so a retried batch counts once. On
+//! upserts; each batch's id is recorded with its counts, so a retried batch counts once.
+//! Per-variant outcomes (exposures, requests, errors, latency sketches, custom metric sums)
+//! are kept per minute beside them, recorded in the same transaction under the same batch id,
+//! and read back merged as the rollout guardrails' [`anchor_rollout::ArmObservations`]. On
 //! PostgreSQL, every commit that moves an environment's revision counter or changes SDK keys
 //! also notifies the other processes sharing the database ([`Store::changes`]).
 //!
@@ -457,6 +460,25 @@ pub trait Store: Send + Sync + 'static {
         environment: &str,
         batch_id: &str,
         rows: &[EvaluationCount],
+    ) -> Result<bool, StoreError> {
+        self.record_telemetry(project, environment, batch_id, rows, &[])
+            .await
+    }
+    /// [`Store::record_evaluations`] with the batch's per-variant outcomes too, all in one
+    /// transaction under the one batch id (a retried batch adds neither twice). Outcomes are
+    /// merged into the per-minute aggregate of their (flag, variant): exposures, requests and
+    /// errors added, latency sketches merged (counts added per bucket), metric sums added per
+    /// name (at most [`MAX_METRICS_PER_AGGREGATE`] names per aggregate). Concurrent batches
+    /// touching the same aggregate take turns on its row, so none is lost. `Invalid` (and
+    /// nothing written) for a minute not a multiple of 60, an empty variant or more errors than
+    /// requests; rows with the same key are merged.
+    async fn record_telemetry(
+        &self,
+        project: &str,
+        environment: &str,
+        batch_id: &str,
+        evaluations: &[EvaluationCount],
+        outcomes: &[OutcomeAggregate],
     ) -> Result<bool, StoreError>;
     /// The evaluation counts of one flag in one environment for the minutes in
     /// `[from_minute, to_minute)` (unix seconds), by minute then variant (`None`, the default,
@@ -623,6 +645,30 @@ pub trait Store: Send + Sync + 'static {
         older_than: i64,
         keep_per_webhook: u32,
     ) -> Result<u64, StoreError>;
+    /// The outcome aggregates of one flag in one environment for the minutes in
+    /// `[from_minute, to_minute)` (unix seconds), by minute then variant (byte order).
+    /// `NotFound` for an unknown project or environment; a flag never reported has no rows.
+    async fn outcome_minutes(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<Vec<OutcomeAggregate>, StoreError>;
+    /// What the rollout controller judges: the outcomes of one flag in one environment over
+    /// the minutes in `[from_minute, to_minute)`, merged per variant (exposures, requests and
+    /// errors summed, sketches and metric sums merged). Reads each minute's row once and
+    /// merges as it goes, so a few hours of minutes cost a few hundred rows. A variant with no
+    /// row in the range is absent. `NotFound` for an unknown project or environment.
+    async fn outcome_observations(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<std::collections::BTreeMap<String, anchor_rollout::ArmObservations>, StoreError>;
 
     /// The configuration changes committed through every process sharing this store, as they
     /// commit: on PostgreSQL, every write that bumps an environment's revision counter and

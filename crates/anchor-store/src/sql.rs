@@ -12,6 +12,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anchor_engine::{ConfiguredFlag, EnvironmentConfig, Flag, FlagConfig, Segment, Serve};
+use anchor_rollout::ArmObservations;
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -3594,12 +3595,13 @@ impl Store for SqlStore {
         Ok((EnvironmentConfig { flags, segments }, revision))
     }
 
-    async fn record_evaluations(
+    async fn record_telemetry(
         &self,
         project: &str,
         environment: &str,
         batch_id: &str,
         rows: &[EvaluationCount],
+        outcomes: &[OutcomeAggregate],
     ) -> Result<bool, StoreError> {
         // Summed by key first: one statement may not update a row twice (PostgreSQL), and
         // keys in one order make concurrent batches lock their rows in the same order, so they
@@ -3620,6 +3622,7 @@ impl Store for SqlStore {
             let sum = sums.entry((&row.flag, row.minute, variant)).or_insert(0);
             *sum = sum.saturating_add(i64::try_from(row.count).unwrap_or(i64::MAX));
         }
+        let outcomes = merge_outcomes(outcomes)?;
         let at = self.now();
         let mut tx = self.begin().await?;
         let project_id = project_id(&mut tx, project).await?;
@@ -3667,8 +3670,64 @@ impl Store for SqlStore {
             }
             query.execute(&mut *tx).await?;
         }
+        for ((flag, minute, variant), arm) in &outcomes {
+            add_outcome(&mut tx, &env_id, flag, *minute, variant, arm).await?;
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn outcome_minutes(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<Vec<OutcomeAggregate>, StoreError> {
+        let mut rows = Vec::new();
+        self.read_outcomes(
+            project,
+            environment,
+            flag,
+            from_minute,
+            to_minute,
+            |minute, variant, arm| {
+                rows.push(OutcomeAggregate {
+                    minute,
+                    flag: flag.to_string(),
+                    variant,
+                    observations: arm,
+                });
+            },
+        )
+        .await?;
+        // Byte order on every backend, whatever PostgreSQL's collation.
+        rows.sort_unstable_by(|a, b| (a.minute, &a.variant).cmp(&(b.minute, &b.variant)));
+        Ok(rows)
+    }
+
+    async fn outcome_observations(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<BTreeMap<String, ArmObservations>, StoreError> {
+        let mut arms: BTreeMap<String, ArmObservations> = BTreeMap::new();
+        self.read_outcomes(
+            project,
+            environment,
+            flag,
+            from_minute,
+            to_minute,
+            |_, variant, arm| {
+                merge_arm(arms.entry(variant).or_default(), &arm);
+            },
+        )
+        .await?;
+        Ok(arms)
     }
 
     async fn evaluation_counts(
@@ -3893,6 +3952,152 @@ impl Store for SqlStore {
             listener: None,
         }))
     }
+}
+
+impl SqlStore {
+    /// Reads one flag's outcome rows in a range of minutes, handing each to `each` (minute,
+    /// variant, observations) as it is decoded, in no particular order.
+    async fn read_outcomes(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        from_minute: i64,
+        to_minute: i64,
+        mut each: impl FnMut(i64, String, ArmObservations),
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let env_id = environment_id(&mut conn, &project_id, environment).await?;
+        let rows = sqlx::query(
+            "SELECT minute, variant, exposures, requests, errors, latency, metrics \
+             FROM outcome_aggregates \
+             WHERE environment_id = $1 AND flag = $2 AND minute >= $3 AND minute < $4",
+        )
+        .bind(&env_id)
+        .bind(flag)
+        .bind(from_minute)
+        .bind(to_minute)
+        .fetch_all(&mut *conn)
+        .await?;
+        let count = |r: &AnyRow, column: &str| -> Result<u64, StoreError> {
+            Ok(r.try_get::<i64, _>(column)?.max(0) as u64)
+        };
+        for r in &rows {
+            let arm = ArmObservations {
+                exposures: count(r, "exposures")?,
+                requests: count(r, "requests")?,
+                errors: count(r, "errors")?,
+                latency: from_json(&r.try_get::<String, _>("latency")?)?,
+                metrics: from_json(&r.try_get::<String, _>("metrics")?)?,
+            };
+            each(r.try_get("minute")?, r.try_get("variant")?, arm);
+        }
+        Ok(())
+    }
+}
+
+/// Adds `other` into `arm`: counts summed (saturating), sketches and metric sums merged; at
+/// most [`MAX_METRICS_PER_AGGREGATE`] metric names are kept.
+fn merge_arm(arm: &mut ArmObservations, other: &ArmObservations) {
+    arm.exposures = arm.exposures.saturating_add(other.exposures);
+    arm.requests = arm.requests.saturating_add(other.requests);
+    arm.errors = arm.errors.saturating_add(other.errors);
+    arm.latency.merge(&other.latency);
+    for (name, sums) in &other.metrics {
+        if let Some(kept) = arm.metrics.get_mut(name) {
+            kept.merge(sums);
+        } else if arm.metrics.len() < MAX_METRICS_PER_AGGREGATE {
+            arm.metrics.insert(name.clone(), *sums);
+        }
+    }
+}
+
+/// A batch's outcomes checked and merged by key, in key order: one transaction may then touch
+/// each row once, and concurrent batches lock their rows in the same order (after the same
+/// evaluation counts), so they cannot deadlock.
+fn merge_outcomes(
+    outcomes: &[OutcomeAggregate],
+) -> Result<BTreeMap<(&str, i64, &str), ArmObservations>, StoreError> {
+    let mut merged: BTreeMap<(&str, i64, &str), ArmObservations> = BTreeMap::new();
+    for row in outcomes {
+        let arm = &row.observations;
+        if row.minute % 60 != 0 || row.variant.is_empty() || arm.errors > arm.requests {
+            return Err(StoreError::Invalid(format!(
+                "outcomes of `{}` at {}: a minute must be a multiple of 60, a variant not empty \
+                 and errors at most the requests",
+                row.flag, row.minute
+            )));
+        }
+        merge_arm(
+            merged
+                .entry((&row.flag, row.minute, &row.variant))
+                .or_default(),
+            arm,
+        );
+    }
+    Ok(merged)
+}
+
+/// Merges one (flag, minute, variant)'s outcomes into its stored aggregate.
+///
+/// The upsert adds the counts and, inserting or updating, takes the row's lock until the
+/// transaction ends (on SQLite, `BEGIN IMMEDIATE` has already serialised every writer); it
+/// returns the sketch and metrics as stored, which on PostgreSQL (read committed) are those of
+/// the latest committed version, since `ON CONFLICT DO UPDATE` waits for and then updates that
+/// version. Merging them in Rust and writing them back under the same lock therefore never
+/// loses a concurrent batch's sketch. A new row starts from empty JSON objects, which
+/// decode as an empty sketch and no metrics.
+async fn add_outcome(
+    conn: &mut AnyConnection,
+    env_id: &str,
+    flag: &str,
+    minute: i64,
+    variant: &str,
+    arm: &ArmObservations,
+) -> Result<(), StoreError> {
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let row = sqlx::query(
+        "INSERT INTO outcome_aggregates \
+         (environment_id, flag, minute, variant, exposures, requests, errors, latency, metrics) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, '{}', '{}') \
+         ON CONFLICT (environment_id, flag, minute, variant) DO UPDATE SET \
+         exposures = outcome_aggregates.exposures + excluded.exposures, \
+         requests = outcome_aggregates.requests + excluded.requests, \
+         errors = outcome_aggregates.errors + excluded.errors \
+         RETURNING latency, metrics",
+    )
+    .bind(env_id)
+    .bind(flag)
+    .bind(minute)
+    .bind(variant)
+    .bind(as_i64(arm.exposures))
+    .bind(as_i64(arm.requests))
+    .bind(as_i64(arm.errors))
+    .fetch_one(&mut *conn)
+    .await?;
+    if arm.latency.count() == 0 && arm.metrics.is_empty() {
+        return Ok(());
+    }
+    let mut stored = ArmObservations {
+        latency: from_json(&row.try_get::<String, _>("latency")?)?,
+        metrics: from_json(&row.try_get::<String, _>("metrics")?)?,
+        ..ArmObservations::default()
+    };
+    merge_arm(&mut stored, arm);
+    sqlx::query(
+        "UPDATE outcome_aggregates SET latency = $5, metrics = $6 \
+         WHERE environment_id = $1 AND flag = $2 AND minute = $3 AND variant = $4",
+    )
+    .bind(env_id)
+    .bind(flag)
+    .bind(minute)
+    .bind(variant)
+    .bind(to_json(&stored.latency)?)
+    .bind(to_json(&stored.metrics)?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// How many evaluation counts one statement upserts: 4 parameters each, well under SQLite's

@@ -608,6 +608,25 @@ pub struct EvaluationCount {
     pub count: u64,
 }
 
+/// One (flag, variant)'s outcomes in one minute as an SDK reported them: a row of a telemetry
+/// batch, and of what the store reads back per minute (merged over every batch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutcomeAggregate {
+    /// Unix seconds at the start of the minute (a multiple of 60).
+    pub minute: i64,
+    pub flag: String,
+    /// The variant served; never empty (outcomes of the caller's default are not kept).
+    pub variant: String,
+    /// Exposures, requests, errors, the latency sketch and the custom metrics' sums.
+    pub observations: anchor_rollout::ArmObservations,
+}
+
+/// The most custom metrics one stored (flag, variant, minute) row keeps. Batches are limited
+/// to fewer per row by the server; this bounds what many SDKs with different names add up to.
+/// Names beyond it are dropped when merging (the ones already kept go on adding up).
+pub const MAX_METRICS_PER_AGGREGATE: usize = 128;
+
 /// How long the store remembers a telemetry batch's id, so that a retry within that time is
 /// counted once. The server refuses minutes older than its (shorter) lag, so a batch retried
 /// later than this would be refused anyway.

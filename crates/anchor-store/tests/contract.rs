@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use anchor_engine::{EvaluationContext, Flag, FlagConfig, Lifecycle, Segment, Serve, compile};
+use anchor_rollout::{ArmObservations, LatencySketch, MetricSums};
 use anchor_store::{
     Actor, AuditEntry, AuditFilter, Change, ChangeRequest, ChangeRequestStatus, ConfigChange,
     EvaluationCount, FlagFilter, NewChangeRequest, NewEnvironment, NewSdkKey, NewToken,
-    ReviewDecision, Role, SdkKeyKind, SegmentChange, SqlStore, Store, StoreError,
+    OutcomeAggregate, ReviewDecision, Role, SdkKeyKind, SegmentChange, SqlStore, Store, StoreError,
 };
 use anchor_store::{DeliveryOutcome, DeliveryStatus, NewWebhook, WebhookFormat, WebhookUpdate};
 use serde_json::json;
@@ -143,6 +144,8 @@ contract!(
     a_segment_deletion_request_fails_with_a_version_mismatch_if_the_segment_changed,
     evaluation_counts_add_up_per_minute_flag_and_variant_and_a_retried_batch_counts_once,
     concurrent_telemetry_batches_all_add_up_and_a_raced_retry_counts_once,
+    outcomes_merge_per_minute_flag_and_variant_and_a_retried_batch_counts_once,
+    concurrent_outcome_batches_merge_their_sketches_and_a_raced_retry_counts_once,
     committed_changes_reach_the_change_feed_and_a_lost_connection_resyncs,
     webhooks_are_created_updated_rotated_and_deleted_with_audit_entries_and_never_return_their_secret,
     an_event_is_queued_for_each_enabled_subscribed_webhook_and_a_test_delivery_for_one,
@@ -3949,6 +3952,210 @@ async fn concurrent_telemetry_batches_all_add_up_and_a_raced_retry_counts_once(f
     // Each batch carries 50 rows of its count (1 to 20).
     assert_eq!(total, 50 * (1..=20).sum::<u64>());
     assert_eq!(counts.len(), 10, "5 minutes, 2 variants each: {counts:?}");
+}
+
+/// Outcomes of one (flag, variant) in one minute: `latencies` recorded one each, the first
+/// `errors` of the requests failed, and one `revenue` value per request (its latency: whole
+/// numbers, so sums are exact in any order).
+fn outcome(
+    minute: i64,
+    flag: &str,
+    variant: &str,
+    exposures: u64,
+    latencies: &[f64],
+    errors: u64,
+) -> OutcomeAggregate {
+    let mut latency = LatencySketch::new();
+    let mut revenue = MetricSums::default();
+    for &ms in latencies {
+        latency.record(ms);
+        revenue.record_capped(ms, 1e9);
+    }
+    OutcomeAggregate {
+        minute,
+        flag: flag.into(),
+        variant: variant.into(),
+        observations: ArmObservations {
+            exposures,
+            requests: latencies.len() as u64,
+            errors,
+            latency,
+            metrics: [("revenue".to_string(), revenue)].into(),
+        },
+    }
+}
+
+/// The merge of several rows' observations, as the store should read them back.
+fn merged<'a>(rows: impl IntoIterator<Item = &'a OutcomeAggregate>) -> ArmObservations {
+    let mut arm = ArmObservations::default();
+    for row in rows {
+        let o = &row.observations;
+        arm.exposures += o.exposures;
+        arm.requests += o.requests;
+        arm.errors += o.errors;
+        arm.latency.merge(&o.latency);
+        for (name, sums) in &o.metrics {
+            arm.metrics.entry(name.clone()).or_default().merge(sums);
+        }
+    }
+    arm
+}
+
+async fn outcomes_merge_per_minute_flag_and_variant_and_a_retried_batch_counts_once(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let on_a = outcome(MINUTE, "checkout", "on", 10, &[12.0, 15.0, 400.0], 1);
+    let on_b = outcome(MINUTE, "checkout", "on", 2, &[13.0], 0);
+    let off = outcome(MINUTE, "checkout", "off", 7, &[20.0, 21.0], 2);
+    let later = outcome(MINUTE + 60, "checkout", "on", 4, &[30.0], 0);
+    let other = outcome(MINUTE, "search", "on", 1, &[1.0], 0);
+    let evaluations = [count(MINUTE, "checkout", Some("on"), 12)];
+    let first = [
+        on_a.clone(),
+        off.clone(),
+        on_b.clone(),
+        later.clone(),
+        other,
+    ];
+    assert!(
+        s.record_telemetry("shop", "production", "batch-1", &evaluations, &first)
+            .await
+            .unwrap()
+    );
+    // The retry adds neither the counts nor the outcomes again.
+    assert!(
+        !s.record_telemetry("shop", "production", "batch-1", &evaluations, &first)
+            .await
+            .unwrap()
+    );
+    let on_c = outcome(MINUTE, "checkout", "on", 3, &[14.0, 900.0], 2);
+    assert!(
+        s.record_telemetry(
+            "shop",
+            "production",
+            "batch-2",
+            &[],
+            std::slice::from_ref(&on_c)
+        )
+        .await
+        .unwrap()
+    );
+    let minutes = s
+        .outcome_minutes("shop", "production", "checkout", MINUTE, MINUTE + 120)
+        .await
+        .unwrap();
+    let at = |minute, variant: &str, observations| OutcomeAggregate {
+        minute,
+        flag: "checkout".into(),
+        variant: variant.into(),
+        observations,
+    };
+    assert_eq!(
+        minutes,
+        [
+            at(MINUTE, "off", merged([&off])),
+            at(MINUTE, "on", merged([&on_a, &on_b, &on_c])),
+            at(MINUTE + 60, "on", merged([&later])),
+        ]
+    );
+    let counts = s
+        .evaluation_counts("shop", "production", "checkout", MINUTE, MINUTE + 60)
+        .await
+        .unwrap();
+    assert_eq!(counts, [count(MINUTE, "checkout", Some("on"), 12)]);
+    // The controller's read merges the range per variant; the range is half-open.
+    let arms = s
+        .outcome_observations("shop", "production", "checkout", MINUTE, MINUTE + 120)
+        .await
+        .unwrap();
+    assert_eq!(arms.len(), 2);
+    assert_eq!(arms["on"], merged([&on_a, &on_b, &on_c, &later]));
+    assert_eq!(arms["on"].requests, 7);
+    assert_eq!(arms["on"].latency.count(), 7);
+    assert_eq!(arms["off"], merged([&off]));
+    let arms = s
+        .outcome_observations("shop", "production", "checkout", MINUTE + 60, MINUTE + 120)
+        .await
+        .unwrap();
+    assert_eq!(arms.keys().collect::<Vec<_>>(), ["on"]);
+    assert_eq!(arms["on"], merged([&later]));
+    assert!(
+        s.outcome_observations("shop", "staging", "checkout", MINUTE, MINUTE + 120)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Rows the store cannot keep are refused and nothing of their batch is written.
+    let mut too_many_errors = outcome(MINUTE, "checkout", "on", 1, &[1.0], 0);
+    too_many_errors.observations.errors = 2;
+    for bad in [
+        outcome(MINUTE + 1, "checkout", "on", 1, &[1.0], 0),
+        outcome(MINUTE, "checkout", "", 1, &[1.0], 0),
+        too_many_errors,
+    ] {
+        assert!(matches!(
+            s.record_telemetry("shop", "production", "bad", &evaluations, &[bad])
+                .await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+    assert!(
+        s.record_telemetry("shop", "production", "bad", &[], &[])
+            .await
+            .unwrap(),
+        "the refused batches left no trace of their id"
+    );
+    assert!(matches!(
+        s.outcome_observations("shop", "nowhere", "checkout", MINUTE, MINUTE + 60)
+            .await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+}
+
+async fn concurrent_outcome_batches_merge_their_sketches_and_a_raced_retry_counts_once(
+    f: &Fixture,
+) {
+    seed(f).await;
+    // Twenty SDKs report the same two aggregates at once, each batch twice (a retry racing
+    // the original): every sketch is merged exactly once, none lost to a concurrent write.
+    let rows_of = |i: u64| {
+        let latencies: Vec<f64> = (0..=i).map(|k| 10.0 + (i * 7 + k) as f64).collect();
+        vec![
+            outcome(MINUTE, "checkout", "on", 1, &latencies, i % 2),
+            outcome(MINUTE, "checkout", "off", 2, &latencies[..1], 0),
+        ]
+    };
+    let mut tasks = Vec::new();
+    for i in 0..40u64 {
+        let store = Arc::clone(&f.store);
+        let rows = rows_of(i % 20);
+        tasks.push(tokio::spawn(async move {
+            let batch = format!("sdk-{}", i % 20);
+            store
+                .record_telemetry("shop", "production", &batch, &[], &rows)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut fresh = 0;
+    for t in tasks {
+        fresh += usize::from(t.await.unwrap());
+    }
+    assert_eq!(fresh, 20, "each of the twenty batches is new exactly once");
+    let all: Vec<OutcomeAggregate> = (0..20).flat_map(rows_of).collect();
+    let arms = f
+        .store
+        .outcome_observations("shop", "production", "checkout", MINUTE, MINUTE + 60)
+        .await
+        .unwrap();
+    let expected = |variant: &str| merged(all.iter().filter(|r| r.variant == variant));
+    assert_eq!(arms["on"], expected("on"));
+    assert_eq!(arms["off"], expected("off"));
+    assert_eq!(arms["on"].latency.count(), (1..=20).sum::<u64>());
+    assert_eq!(arms["off"].exposures, 40);
 }
 
 /// The next change within a few seconds.
