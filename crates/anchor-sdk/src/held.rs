@@ -48,6 +48,9 @@ pub(crate) struct Patch {
     pub segments: Vec<Segment>,
     #[serde(default)]
     pub deleted_segments: Vec<String>,
+    /// The whole `watchedFlags` list, when it changed.
+    #[serde(default)]
+    pub watched_flags: Option<Vec<String>>,
 }
 
 #[derive(Debug)]

@@ -184,12 +184,16 @@ async fn session(shared: &Shared, connection: &Connection, init: &watch::Sender<
                         return end(progress, "missed a change; resynchronising".into());
                     }
                     let revision = patch.revision;
+                    let watched_flags = patch
+                        .watched_flags
+                        .clone()
+                        .unwrap_or_else(|| held.watched_flags.clone());
                     let (config, touched) = held.patched(patch);
                     shared.install(
                         ConfigPayload {
                             revision,
                             config,
-                            watched_flags: held.watched_flags.clone(),
+                            watched_flags,
                         },
                         Source::Server,
                         touched,

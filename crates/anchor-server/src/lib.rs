@@ -84,7 +84,7 @@ impl AppState {
     pub fn new(store: Arc<dyn Store>) -> Result<Self, ApiError> {
         let dummy = auth::hash_password(&auth::new_password()?)?;
         Ok(AppState {
-            store,
+            store: Arc::clone(&store),
             ready: Arc::new(AtomicBool::new(false)),
             login_throttle: Arc::default(),
             dummy_password_hash: dummy.into(),
@@ -100,7 +100,7 @@ impl AppState {
                 webhooks::WebhookSettings::default(),
             )?),
             releases: releases::ReleaseSettings {
-                metrics: Arc::new(releases::NoMetrics),
+                metrics: Arc::new(releases::StoreMetrics(store)),
                 tick: std::time::Duration::from_secs(10),
                 instance: uuid::Uuid::new_v4().to_string(),
             },

@@ -115,6 +115,7 @@ fn config_event(held: &EnvironmentSnapshot) -> Event {
             "revision": held.revision,
             "flags": held.config.flags,
             "segments": held.config.segments,
+            "watchedFlags": held.watched_flags,
         }))
         .unwrap_or_else(|_| Event::default().comment("unserialisable"))
 }
@@ -773,6 +774,7 @@ async fn download_config(State(state): State<AppState>, headers: HeaderMap) -> R
             "revision": held.revision,
             "flags": held.config.flags,
             "segments": held.config.segments,
+            "watchedFlags": held.watched_flags,
         }))
         .into_response()
     };

@@ -743,20 +743,46 @@ pub(crate) async fn run(state: AppState, settings: ReleaseSettings) {
     }
 }
 
-/// Releases are judged on nothing until a metric source is configured: every step holds with
-/// this reason, and nothing is ever rolled back for want of data.
-#[derive(Debug, Default)]
-pub struct NoMetrics;
+/// The SDKs' outcome telemetry in the store (`POST /sdk/v1/telemetry`, `outcomes`): the
+/// minutes that began at or after `from_ms` (so the warm-up's, and the previous stage's, are
+/// never counted), merged per variant.
+pub struct StoreMetrics(pub Arc<dyn anchor_store::Store>);
+
+impl std::fmt::Debug for StoreMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreMetrics")
+    }
+}
 
 #[async_trait::async_trait]
-impl MetricSource for NoMetrics {
+impl MetricSource for StoreMetrics {
     async fn observe(
         &self,
-        _: &ReleaseRecord,
-        _: i64,
-        _: i64,
-        _: f64,
+        release: &ReleaseRecord,
+        from_ms: i64,
+        to_ms: i64,
+        expected_treatment_share: f64,
     ) -> Result<Observations, String> {
-        Err("no metric source is configured".into())
+        let from_minute = from_ms.div_euclid(1_000).saturating_add(59).div_euclid(60) * 60;
+        // Up to the minutes the ingestion accepts ahead of this server's clock (SDK clocks
+        // differ), so whatever was accepted is judged.
+        let ahead = crate::telemetry::MAX_FUTURE_SECS.div_euclid(60) + 1;
+        let to_minute = (to_ms.div_euclid(1_000).div_euclid(60) + 1 + ahead) * 60;
+        let mut by_variant = self
+            .0
+            .outcome_observations(
+                &release.project,
+                &release.environment,
+                &release.flag,
+                from_minute,
+                to_minute,
+            )
+            .await
+            .map_err(|e| format!("reading the outcome telemetry: {e}"))?;
+        Ok(Observations {
+            control: by_variant.remove(&release.control).unwrap_or_default(),
+            treatment: by_variant.remove(&release.treatment).unwrap_or_default(),
+            expected_treatment_share,
+        })
     }
 }

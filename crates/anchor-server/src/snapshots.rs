@@ -46,6 +46,11 @@ pub struct EnvironmentSnapshot {
     pub config: EnvironmentConfig,
     /// Problems the compiler found (flags with problems evaluate to `PARSE_ERROR`).
     pub diagnostics: Vec<Diagnostic>,
+    /// Flags with an active release here, sorted: SDKs gather their outcomes per variant
+    /// (`watchedFlags`). Read when a new revision is built, so a release that ends without
+    /// changing the flag (aborted) stays listed until the environment's next change, which
+    /// costs nothing but telemetry.
+    pub watched_flags: Vec<String>,
 }
 
 /// What changed from `previous_revision` to `revision`; a client holding `previous_revision`
@@ -69,6 +74,9 @@ struct PatchBody<'a> {
     deleted_flags: Vec<&'a str>,
     segments: Vec<&'a Segment>,
     deleted_segments: Vec<&'a str>,
+    /// The whole list, when it changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    watched_flags: Option<&'a [String]>,
 }
 
 /// The items of `new` that are not in `old` as they are, and the keys of `old` that `new` lacks.
@@ -107,6 +115,8 @@ impl Patch {
             deleted_flags,
             segments,
             deleted_segments,
+            watched_flags: (old.watched_flags != new.watched_flags)
+                .then_some(new.watched_flags.as_slice()),
         };
         Patch {
             revision: new.revision,
@@ -263,6 +273,15 @@ impl Snapshots {
             return Ok(());
         }
         let (snapshot, diagnostics) = compile(&config);
+        let mut watched_flags: Vec<String> = store
+            .active_releases()
+            .await?
+            .into_iter()
+            .filter(|r| r.project == project && r.environment == environment)
+            .map(|r| r.flag)
+            .collect();
+        watched_flags.sort();
+        watched_flags.dedup();
         let fresh = Arc::new(EnvironmentSnapshot {
             project: project.to_string(),
             environment: environment.to_string(),
@@ -270,6 +289,7 @@ impl Snapshots {
             snapshot,
             config,
             diagnostics,
+            watched_flags,
         });
         let channel = {
             let mut held = self.held.write().unwrap_or_else(PoisonError::into_inner);

@@ -65,7 +65,14 @@ struct Server {
 }
 
 impl Server {
+    /// A server judging simulated telemetry.
     async fn start() -> Server {
+        Server::start_judging(false).await
+    }
+
+    /// A server judging simulated telemetry, or (`real`) what SDKs report, as `anchor serve`
+    /// does.
+    async fn start_judging(real: bool) -> Server {
         let dir = std::env::temp_dir().join(format!("anchor-releases-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let store: Arc<dyn Store> =
@@ -74,12 +81,14 @@ impl Server {
             .await
             .unwrap();
         let health = Arc::new(Mutex::new(Health::Healthy));
+        let metrics: Arc<dyn MetricSource> = if real {
+            Arc::new(anchor_server::releases::StoreMetrics(Arc::clone(&store)))
+        } else {
+            Arc::new(Simulated(Arc::clone(&health)))
+        };
         let state = AppState::new(Arc::clone(&store))
             .unwrap()
-            .with_release_metrics(
-                Arc::new(Simulated(Arc::clone(&health))),
-                Duration::from_millis(50),
-            );
+            .with_release_metrics(metrics, Duration::from_millis(50));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -538,4 +547,82 @@ async fn starting_a_release_checks_its_request_and_the_callers_role() {
         .get("/api/v1/projects/default/releases?flag=checkout&environment=production")
         .await;
     assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+/// The whole path: SDK telemetry posted to the server is what the controller judges.
+#[tokio::test]
+async fn the_controller_judges_the_outcomes_sdks_report_and_sdks_learn_which_flags_to_watch() {
+    let server = Server::start_judging(true).await;
+    server.setup().await;
+    let (status, template) = server
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/release-templates/half",
+            Some(json!({"name": "Half", "template": {
+                "stages": [{"percentage": 50.0, "dwellMs": 600000}, {"percentage": 100.0, "dwellMs": 1}],
+                "guardrails": {"guardrails": [
+                    {"name": "error rate", "kind": "errorRate", "maxRelativeIncrease": 0.2}
+                ]}
+            }})),
+        )
+        .await;
+    assert_eq!(status, 200, "{template}");
+    let (status, key) = server
+        .post(
+            "/api/v1/projects/default/environments/production/keys",
+            json!({"kind": "server"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let key = key["key"].as_str().unwrap().to_string();
+    let (status, release) = server
+        .post(
+            "/api/v1/projects/default/environments/production/flags/checkout/releases",
+            json!({"template": "half", "control": "off", "treatment": "on"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{release}");
+    let id = release["id"].as_str().unwrap().to_string();
+
+    // SDKs are told to gather this flag's outcomes.
+    let config: Value = server
+        .http
+        .get(format!("{}/sdk/v1/config", server.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["watchedFlags"], json!(["checkout"]));
+
+    // What SDKs report for the next minute (the stage counts minutes that began after it
+    // started): the treatment fails ten times as often.
+    let next_minute = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60
+        + 1)
+        * 60;
+    let row = |variant: &str, errors: u64| {
+        json!({"minute": next_minute, "flag": "checkout", "variant": variant,
+               "exposures": 5000, "requests": 20000, "errors": errors})
+    };
+    let reply = server
+        .http
+        .post(format!("{}/sdk/v1/telemetry", server.url))
+        .bearer_auth(&key)
+        .json(&json!({"batchId": "b-1", "evaluations": [],
+                      "outcomes": [row("off", 200), row("on", 2000)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 202);
+    let rolled = server.until(&id, |r| state_of(r) == "rolledBack").await;
+    assert_eq!(state_of(&rolled), "rolledBack", "{rolled}");
+    let evidence = &rolled["state"]["check"]["verdict"]["evidence"];
+    assert_eq!(evidence["nTreatment"], 20000, "{evidence}");
+    assert_eq!(server.treatment_weight().await, 0);
 }
