@@ -438,7 +438,8 @@ pub struct Outcome {
 }
 
 /// The bucket of every user for this run's flag, by the real published algorithm.
-fn population_buckets(salt: &str, users: u64) -> Vec<u32> {
+#[must_use]
+pub fn population_buckets(salt: &str, users: u64) -> Vec<u32> {
     let mut unit = String::with_capacity(salt.len() + 24);
     (0..users)
         .map(|i| {
