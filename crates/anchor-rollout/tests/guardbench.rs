@@ -147,10 +147,19 @@ fn at_10_rps_every_healthy_run_holds_for_insufficient_data_rather_than_advancing
     for baseline in [0.001, 0.005, 0.02] {
         let o = outcomes(Scenario::Healthy, 10, baseline, Controller::Guardrails);
         for run in &o {
-            assert!(run.held_insufficient, "{run:?}");
+            // A run may hold for a (false) sample ratio mismatch before its dwell and extension
+            // are over (1–2.5% of runs in the bench); it holds either way, and never advances
+            // without having said that its data are insufficient.
+            assert!(run.held_insufficient || run.held_mismatch, "{run:?}");
             assert!(!run.advanced_unheld, "{run:?}");
             assert_ne!(run.end, End::Completed, "{run:?}");
         }
+        let reported = o.iter().filter(|run| run.held_insufficient).count();
+        assert!(
+            reported as f64 >= 0.9 * o.len() as f64,
+            "{reported} of {}",
+            o.len()
+        );
     }
 }
 
@@ -172,12 +181,12 @@ fn doubled_error_rate_at_1000_rps_rolls_back_before_the_25_percent_stage_in_95_p
     assert!(early >= 0.95 - slack, "{early}");
 }
 
-/// GAP: the target is a median of at most 5 minutes; the full bench measured 17 minutes (200
+/// GAP: the target is a median of at most 5 minutes; the full bench measured 18 minutes (200
 /// runs; p90 26). At the first stage (1%, about 600 treatment requests a minute, 3 errors at
 /// 0.5%) the error-rate test, at α/4 per stage and α/3 per guardrail, needs about 15 minutes
 /// of counts to tell 1% from 0.55%; the 5-minute target holds only from the 5% stage on.
 #[test]
-#[ignore = "gap: median detection of a doubled error rate at 1,000 rps is about 17 minutes"]
+#[ignore = "gap: median detection of a doubled error rate at 1,000 rps is about 18 minutes"]
 fn gap_doubled_error_rate_at_1000_rps_is_detected_in_a_median_of_five_minutes() {
     let o = outcomes(Scenario::Errors(2.0), 1_000, 0.005, Controller::Guardrails);
     let minutes: Vec<f64> = o
