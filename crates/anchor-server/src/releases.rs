@@ -238,7 +238,7 @@ struct ReleaseView {
     record: ReleaseRecord,
     /// The treatment's share now, in percent.
     percentage: f64,
-    /// The latest guardrail report the controller kept (with the last decision that had one).
+    /// The guardrails' latest report (also in the record, with `reportedAt`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     report: Option<Value>,
@@ -302,7 +302,10 @@ async fn view(
         .store
         .release_decisions(&record.project, &record.id)
         .await?;
-    let report = decisions.iter().rev().find_map(|d| d.report.clone());
+    let report = record
+        .report
+        .clone()
+        .or_else(|| decisions.iter().rev().find_map(|d| d.report.clone()));
     Ok(ReleaseView {
         record,
         percentage,
@@ -707,6 +710,13 @@ async fn drive(
         now,
     );
     if transition.state == current && transition.actions.is_empty() {
+        // Nothing to decide: keep the evidence for the people watching.
+        if let Some(report) = &transition.report {
+            state
+                .store
+                .record_release_report(&record.id, record.version, &to_value(report)?)
+                .await?;
+        }
         return Ok(());
     }
     let action = step_action(&transition.state);

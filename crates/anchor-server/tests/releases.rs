@@ -354,6 +354,10 @@ async fn a_healthy_release_advances_waits_for_approval_and_completes() {
         waiting["report"]["checks"][0]["verdict"]["outcome"] == "safe",
         "{waiting}"
     );
+    assert!(
+        waiting["reportedAt"].is_i64(),
+        "the evidence is kept: {waiting}"
+    );
 
     // A viewer cannot approve; an editor (the admin here) can.
     let (status, _) = server

@@ -552,6 +552,15 @@ pub trait Store: Send + Sync + 'static {
         project: &str,
         id: &str,
     ) -> Result<Vec<ReleaseDecision>, StoreError>;
+    /// Keeps the guardrails' latest report of an active release (no audit entry: a report is
+    /// evidence, not a change). Only while the state is still `expected_version`, so a report
+    /// never lands on a state it was not made for; `false` otherwise.
+    async fn record_release_report(
+        &self,
+        id: &str,
+        expected_version: u64,
+        report: &serde_json::Value,
+    ) -> Result<bool, StoreError>;
     /// Takes (or renews) the right to drive a release until `now + ttl_ms`: `true` when
     /// `owner` holds it now, `false` when another owner's lease has not expired. Several
     /// servers sharing the database use it so that only one acts on a release at a time.

@@ -3841,6 +3841,16 @@ impl Store for SqlStore {
         self.release_decisions_impl(project, id).await
     }
 
+    async fn record_release_report(
+        &self,
+        id: &str,
+        expected_version: u64,
+        report: &Value,
+    ) -> Result<bool, StoreError> {
+        self.record_release_report_impl(id, expected_version, report)
+            .await
+    }
+
     async fn claim_release(
         &self,
         id: &str,

@@ -904,6 +904,11 @@ pub struct ReleaseRecord {
     pub version: u64,
     /// Until it is finished (completed, rolled back or aborted).
     pub active: bool,
+    /// The guardrails' latest report and when it was made: kept on every controller tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<i64>,
     pub created_by: Actor,
     pub created_at: i64,
     pub updated_at: i64,

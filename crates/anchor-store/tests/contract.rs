@@ -4823,6 +4823,27 @@ async fn a_release_is_created_once_per_flag_and_environment_and_its_transitions_
         .unwrap();
     assert_eq!(updated.version, 2);
     assert_eq!(updated.state["state"], "running");
+    assert_eq!(
+        updated.report.as_ref(),
+        Some(&report),
+        "a decision's report is the latest"
+    );
+    // Between decisions the controller keeps its latest report, for the state it judged only.
+    let later = json!({"checks": [1]});
+    assert!(
+        s.record_release_report(&release.id, 2, &later)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.record_release_report(&release.id, 1, &json!({}))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.release("shop", &release.id).await.unwrap().report,
+        Some(later)
+    );
     let now = production_config(s, "checkout").await;
     assert_eq!(now.version, current.version + 1);
     assert_eq!(now.default_serve, share.default_serve);

@@ -17,7 +17,9 @@ CREATE TABLE release_templates (
 -- `state` is the state machine's JSON; `version` counts its writes, so a writer that read an
 -- older state (another server, or a person racing the controller) changes nothing. `active`
 -- is 1 until the release is finished: one active release per flag and environment. The lease
--- lets one server at a time drive a release (`lease_owner` until `lease_until`).
+-- lets one server at a time drive a release (`lease_owner` until `lease_until`). `report` is
+-- the guardrails' latest report (every check's estimate, bounds and counts) as of
+-- `reported_at`, kept on every tick so people see the evidence between decisions.
 CREATE TABLE releases (
     seq BIGSERIAL PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -34,6 +36,8 @@ CREATE TABLE releases (
     active BIGINT NOT NULL,
     lease_owner TEXT,
     lease_until BIGINT NOT NULL DEFAULT 0,
+    report TEXT,
+    reported_at BIGINT,
     created_by_kind TEXT NOT NULL,
     created_by_id TEXT NOT NULL,
     created_at BIGINT NOT NULL,

@@ -38,7 +38,7 @@ fn template_from(row: &AnyRow) -> Result<ReleaseTemplateRecord, StoreError> {
 
 const RELEASE_COLUMNS: &str = "r.id, p.key AS project_key, e.key AS environment_key, r.flag_key, \
      r.rule_id, r.control_variant, r.treatment_variant, r.template_key, r.template, r.state, \
-     r.version, r.active, r.created_by_kind, r.created_by_id, r.created_at, r.updated_at \
+     r.version, r.active, r.report, r.reported_at, r.created_by_kind, r.created_by_id, r.created_at, r.updated_at \
      FROM releases r JOIN projects p ON p.id = r.project_id \
      JOIN environments e ON e.id = r.environment_id";
 
@@ -56,6 +56,11 @@ fn release_from(row: &AnyRow) -> Result<ReleaseRecord, StoreError> {
         state: from_json(&row.try_get::<String, _>("state")?)?,
         version: row.try_get::<i64, _>("version")? as u64,
         active: row.try_get::<i64, _>("active")? != 0,
+        report: row
+            .try_get::<Option<String>, _>("report")?
+            .map(|r| from_json(&r))
+            .transpose()?,
+        reported_at: row.try_get("reported_at")?,
         created_by: actor_from(
             &row.try_get::<String, _>("created_by_kind")?,
             row.try_get("created_by_id")?,
@@ -441,15 +446,18 @@ impl SqlStore {
             .await?;
         }
         let state = to_json(update.state)?;
+        let report = update.report.map(to_json).transpose()?;
         let written = sqlx::query(
-            "UPDATE releases SET state = $1, version = version + 1, active = $2, updated_at = $3 \
-             WHERE id = $4 AND version = $5",
+            "UPDATE releases SET state = $1, version = version + 1, active = $2, updated_at = $3, \
+             report = COALESCE($6, report), reported_at = CASE WHEN $6 IS NULL THEN reported_at \
+             ELSE $3 END WHERE id = $4 AND version = $5",
         )
         .bind(&state)
         .bind(i64::from(update.active))
         .bind(at)
         .bind(update.id)
         .bind(update.expected_version as i64)
+        .bind(report)
         .execute(&mut *tx)
         .await?;
         if written.rows_affected() != 1 {
@@ -516,6 +524,27 @@ impl SqlStore {
             })
         })
         .collect()
+    }
+
+    pub(super) async fn record_release_report_impl(
+        &self,
+        id: &str,
+        expected_version: u64,
+        report: &Value,
+    ) -> Result<bool, StoreError> {
+        let at = self.now();
+        let mut conn = self.pool.acquire().await?;
+        let written = sqlx::query(
+            "UPDATE releases SET report = $1, reported_at = $2 \
+             WHERE id = $3 AND version = $4 AND active = 1",
+        )
+        .bind(to_json(report)?)
+        .bind(at)
+        .bind(id)
+        .bind(expected_version as i64)
+        .execute(&mut *conn)
+        .await?;
+        Ok(written.rows_affected() == 1)
     }
 
     pub(super) async fn claim_release_impl(
