@@ -55,8 +55,8 @@ pub mod sketch;
 pub mod stats;
 
 pub use release::{
-    Action, Command, CommandRefused, Decision, Event, HoldReason, ReleaseState, ReleaseTemplate,
-    Stage, StageClock, Transition, command, step,
+    Action, Command, CommandRefused, Decision, Event, HoldReason, Projection, ReleaseState,
+    ReleaseTemplate, Stage, StageClock, StageRecord, Transition, command, step,
 };
 pub use sketch::LatencySketch;
 pub use stats::{

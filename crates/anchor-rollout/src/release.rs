@@ -70,6 +70,10 @@ pub struct ReleaseTemplate {
     /// Whether a rollback also turns the flag off (the kill switch), not only the share to 0%.
     #[serde(default)]
     pub rollback_disables_flag: bool,
+    /// Hold instead of advancing when the treatment's p99 latency, projected from the stages
+    /// done to 100% of traffic, would exceed this many milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_limit_ms: Option<f64>,
 }
 
 fn default_max_extension_ms() -> u64 {
@@ -97,6 +101,7 @@ impl ReleaseTemplate {
             max_extension_ms: default_max_extension_ms(),
             hold_only: Vec::new(),
             rollback_disables_flag: false,
+            p99_limit_ms: None,
         }
     }
 
@@ -142,6 +147,15 @@ impl ReleaseTemplate {
             problem(
                 format!("/stages/{}/percentage", self.stages.len() - 1),
                 "the last stage must be 100%",
+            );
+        }
+        if self
+            .p99_limit_ms
+            .is_some_and(|limit| !(limit > 0.0 && limit.is_finite()))
+        {
+            problem(
+                "/p99LimitMs".into(),
+                "must be a positive number of milliseconds",
             );
         }
         for (i, name) in self.hold_only.iter().enumerate() {
@@ -193,6 +207,81 @@ pub enum HoldReason {
     SourceError { message: String },
     /// A `hold_only` guardrail regressed.
     GuardrailBreached { check: GuardrailCheck },
+    /// The treatment's p99 latency, projected to 100% of traffic, exceeds the template's limit.
+    ProjectedLatency { projection: Projection },
+}
+
+/// What the treatment measured when it left a stage, for the scaling projection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageRecord {
+    pub percentage: f64,
+    /// The treatment's p99 latency over the stage, in milliseconds, if it had requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub treatment_p99_ms: Option<f64>,
+}
+
+/// The treatment's p99 latency fitted against its share over the stages done (least squares,
+/// a straight line: load that grows with the share shows as a slope) and projected to 100%.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Projection {
+    /// `(percentage, p99 ms)` of each stage that measured one, oldest first.
+    pub points: Vec<(f64, f64)>,
+    /// The p99 the line gives at 100% of traffic.
+    pub projected_p99_ms: f64,
+}
+
+impl Projection {
+    /// Needs two stages at different shares; `None` otherwise.
+    #[must_use]
+    pub fn of(history: &[StageRecord]) -> Option<Self> {
+        let points: Vec<(f64, f64)> = history
+            .iter()
+            .filter_map(|r| Some((r.percentage, r.treatment_p99_ms?)))
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        #[allow(clippy::cast_precision_loss, reason = "a handful of stages")]
+        let n = points.len() as f64;
+        if points.len() < 2 {
+            return None;
+        }
+        let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+        let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+        let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+        if sxx <= 0.0 {
+            return None;
+        }
+        let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+        let projected = mean_y + sxy / sxx * (100.0 - mean_x);
+        Some(Self {
+            points,
+            projected_p99_ms: projected.max(0.0),
+        })
+    }
+
+    /// "p99 grew from 50 ms at 5% to 80 ms at 25%: projected 190 ms at 100%".
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let (Some(first), Some(last)) = (self.points.first(), self.points.last()) else {
+            return String::new();
+        };
+        let verb = if last.1 > first.1 * 1.02 {
+            "grew"
+        } else if last.1 < first.1 * 0.98 {
+            "fell"
+        } else {
+            "held"
+        };
+        format!(
+            "p99 {verb} from {:.0} ms at {} to {:.0} ms at {}: projected {:.0} ms at 100%",
+            first.1,
+            percent(first.0),
+            last.1,
+            percent(last.0),
+            self.projected_p99_ms
+        )
+    }
 }
 
 /// How much more one undecided guardrail needs.
@@ -221,6 +310,9 @@ pub struct StageClock {
     /// Guardrails a person dismissed for this stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dismissed: Vec<String>,
+    /// What the treatment measured in the stages done, for the scaling projection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<StageRecord>,
 }
 
 /// Where a release stands.
@@ -241,6 +333,9 @@ pub enum ReleaseState {
     WaitingForApproval {
         stage: usize,
         since_ms: i64,
+        /// What the treatment measured in the stages done, for the scaling projection.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        history: Vec<StageRecord>,
     },
     /// Not advancing until the reason clears or a person acts; regressions still roll back.
     Holding {
@@ -493,6 +588,7 @@ fn enter(
     now_ms: i64,
     approved: bool,
     why: &str,
+    history: Vec<StageRecord>,
 ) -> Transition {
     let Some(stage) = template.stages.get(index) else {
         return complete(now_ms, why);
@@ -502,6 +598,7 @@ fn enter(
             state: ReleaseState::WaitingForApproval {
                 stage: index,
                 since_ms: now_ms,
+                history,
             },
             actions: vec![Action::Notify {
                 event: Event::WaitingForApproval,
@@ -532,6 +629,7 @@ fn enter(
                 since_ms: now_ms,
                 observe_from_ms: now_ms.saturating_add(warmup),
                 dismissed: Vec::new(),
+                history,
             },
         },
         actions: vec![
@@ -740,11 +838,42 @@ pub fn step(
             .filter(|c| !clock.dismissed.contains(&c.name))
             .all(|c| c.verdict.is_safe());
     if dwelt && all_safe {
-        let why = format!(
+        let mut history = clock.history.clone();
+        history.push(StageRecord {
+            percentage: stage.percentage,
+            treatment_p99_ms: observations.treatment.latency.quantile(0.99),
+        });
+        let projection = Projection::of(&history);
+        if let (Some(projection), Some(limit)) = (&projection, template.p99_limit_ms)
+            && projection.projected_p99_ms > limit
+        {
+            if matches!(held, Some(HoldReason::ProjectedLatency { .. })) {
+                return Transition::unchanged(state, Some(report));
+            }
+            let message = format!(
+                "held at {at}: {}, above the {limit:.0} ms limit",
+                projection.describe()
+            );
+            return hold(
+                clock,
+                now_ms,
+                HoldReason::ProjectedLatency {
+                    projection: projection.clone(),
+                },
+                Event::Holding,
+                message,
+                Some(report),
+            );
+        }
+        let mut why = format!(
             "advanced from {at} after {}: every guardrail safe",
             duration_words(now_ms - clock.since_ms)
         );
-        let mut next = enter(template, clock.stage + 1, now_ms, false, &why);
+        if let Some(projection) = &projection {
+            why.push_str("; ");
+            why.push_str(&projection.describe());
+        }
+        let mut next = enter(template, clock.stage + 1, now_ms, false, &why, history);
         if let Some(decision) = &mut next.decision {
             decision.report = Some(report.clone());
         }
@@ -899,13 +1028,18 @@ pub fn command(
     };
     match command {
         Command::Start => match state {
-            ReleaseState::Pending => Ok(enter(template, 0, now_ms, false, "started")),
+            ReleaseState::Pending => Ok(enter(template, 0, now_ms, false, "started", Vec::new())),
             _ => done("the release has already started".into()),
         },
         Command::Approve => match state {
-            ReleaseState::WaitingForApproval { stage, .. } => {
-                Ok(enter(template, *stage, now_ms, true, "approved"))
-            }
+            ReleaseState::WaitingForApproval { stage, history, .. } => Ok(enter(
+                template,
+                *stage,
+                now_ms,
+                true,
+                "approved",
+                history.clone(),
+            )),
             _ => done("the release is not waiting for approval".into()),
         },
         Command::Pause => match clock {
@@ -947,6 +1081,8 @@ pub fn command(
                 now_ms,
                 false,
                 "a person skipped the rest of the stage",
+                // A skipped stage measured nothing worth projecting from.
+                clock.history.clone(),
             )),
             None => done("only a running, holding or paused release can skip a stage".into()),
         },

@@ -42,6 +42,7 @@ fn template() -> ReleaseTemplate {
         max_extension_ms: 10 * 60_000,
         hold_only: vec!["signups".into()],
         rollback_disables_flag: false,
+        p99_limit_ms: None,
     }
 }
 
@@ -172,7 +173,11 @@ fn a_healthy_stage_advances_only_after_its_dwell() {
         after.state,
         ReleaseState::WaitingForApproval {
             stage: 1,
-            since_ms: 10 * MINUTE
+            since_ms: 10 * MINUTE,
+            history: vec![anchor_rollout::StageRecord {
+                percentage: 1.0,
+                treatment_p99_ms: None
+            }],
         }
     );
     assert_eq!(
@@ -204,6 +209,7 @@ fn the_last_stage_completes_the_release() {
             since_ms: 0,
             observe_from_ms: MINUTE,
             dismissed: vec![],
+            history: vec![],
         },
     };
     let done = step(&t, &at_fifty, Ok(&healthy(0.5)), 10 * MINUTE);
@@ -493,4 +499,108 @@ fn states_and_transitions_round_trip_through_json() {
     let template_json = serde_json::to_string(&t).unwrap();
     let back: ReleaseTemplate = serde_json::from_str(&template_json).unwrap();
     assert_eq!(back, t);
+}
+
+#[test]
+fn the_treatments_p99_is_projected_to_full_traffic_from_the_stages_done() {
+    let records = [(5.0, Some(50.0)), (25.0, Some(80.0)), (40.0, None)].map(
+        |(percentage, treatment_p99_ms)| anchor_rollout::StageRecord {
+            percentage,
+            treatment_p99_ms,
+        },
+    );
+    let projection = anchor_rollout::Projection::of(&records).unwrap();
+    assert!((projection.projected_p99_ms - 192.5).abs() < 1e-9);
+    assert!(
+        projection
+            .describe()
+            .starts_with("p99 grew from 50 ms at 5% to 80 ms at 25%: projected 19"),
+        "{}",
+        projection.describe()
+    );
+    assert!(
+        anchor_rollout::Projection::of(&records[..1]).is_none(),
+        "one point is no line"
+    );
+}
+
+#[test]
+fn a_projected_p99_above_the_limit_holds_instead_of_advancing() {
+    let stage = |percentage| Stage {
+        percentage,
+        dwell_ms: 10 * 60_000,
+        warmup_ms: 0,
+        approval: false,
+    };
+    let t = ReleaseTemplate {
+        stages: vec![stage(1.0), stage(5.0), stage(50.0), stage(100.0)],
+        guardrails: GuardrailPlan::new(vec![GuardrailSpec {
+            name: "error rate".into(),
+            guardrail: Guardrail::ErrorRate {
+                max_relative_increase: 0.5,
+            },
+        }]),
+        max_extension_ms: 60_000,
+        hold_only: vec![],
+        rollback_disables_flag: false,
+        p99_limit_ms: Some(300.0),
+    };
+    assert!(t.problems().is_empty(), "{:?}", t.problems());
+    let with_latency = |share, p99: f64| {
+        let mut o = healthy(share);
+        for _ in 0..1_000 {
+            o.treatment.latency.record(p99);
+            o.control.latency.record(100.0);
+        }
+        o
+    };
+    let state = started(&t).state;
+    let first = step(&t, &state, Ok(&with_latency(0.01, 100.0)), 10 * MINUTE);
+    assert_eq!(
+        running_stage(&first.state),
+        1,
+        "one point: no projection yet"
+    );
+    let second = step(
+        &t,
+        &first.state,
+        Ok(&with_latency(0.05, 130.0)),
+        20 * MINUTE,
+    );
+    let ReleaseState::Holding {
+        reason: HoldReason::ProjectedLatency { projection },
+        ..
+    } = &second.state
+    else {
+        panic!("{:?}", second.state)
+    };
+    assert!(projection.projected_p99_ms > 800.0, "{projection:?}");
+    let message = second.decision.unwrap().message;
+    assert!(
+        message.starts_with("held at 5%: p99 grew from 100 ms at 1% to 130 ms at 5%: projected"),
+        "{message}"
+    );
+    assert!(message.ends_with("above the 300 ms limit"), "{message}");
+    // Without a limit the projection is only reported with the advance.
+    let unlimited = ReleaseTemplate {
+        p99_limit_ms: None,
+        ..t.clone()
+    };
+    let advanced = step(
+        &unlimited,
+        &first.state,
+        Ok(&with_latency(0.05, 130.0)),
+        20 * MINUTE,
+    );
+    assert_eq!(running_stage(&advanced.state), 2);
+    assert!(
+        advanced
+            .decision
+            .unwrap()
+            .message
+            .contains("p99 grew from 100 ms at 1% to 130 ms at 5%: projected"),
+    );
+    let mut bad = t;
+    bad.p99_limit_ms = Some(-1.0);
+    assert!(bad.problems().iter().any(|p| p.path == "/p99LimitMs"));
 }
