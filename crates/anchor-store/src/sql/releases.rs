@@ -15,14 +15,11 @@ use crate::{
     ReleaseUpdate, StoreError,
 };
 
-fn actor_from(kind: &str, id: String) -> Result<Actor, StoreError> {
-    let kind = match kind {
-        "user" => ActorKind::User,
-        "token" => ActorKind::Token,
-        "system" => ActorKind::System,
-        other => return Err(StoreError::Corrupt(format!("unknown actor kind `{other}`"))),
-    };
-    Ok(Actor { kind, id })
+fn actor_from(kind: &str, id: String) -> Actor {
+    Actor {
+        kind: ActorKind::parse(kind),
+        id,
+    }
 }
 
 fn template_from(row: &AnyRow) -> Result<ReleaseTemplateRecord, StoreError> {
@@ -34,6 +31,24 @@ fn template_from(row: &AnyRow) -> Result<ReleaseTemplateRecord, StoreError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
+}
+
+/// The project's template `key`, if there is one.
+async fn find_template(
+    conn: &mut AnyConnection,
+    project_id: &str,
+    key: &str,
+) -> Result<Option<ReleaseTemplateRecord>, StoreError> {
+    sqlx::query(
+        "SELECT key, name, template, version, created_at, updated_at FROM release_templates \
+         WHERE project_id = $1 AND key = $2",
+    )
+    .bind(project_id)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|row| template_from(&row))
+    .transpose()
 }
 
 const RELEASE_COLUMNS: &str = "r.id, p.key AS project_key, e.key AS environment_key, r.flag_key, \
@@ -64,7 +79,7 @@ fn release_from(row: &AnyRow) -> Result<ReleaseRecord, StoreError> {
         created_by: actor_from(
             &row.try_get::<String, _>("created_by_kind")?,
             row.try_get("created_by_id")?,
-        )?,
+        ),
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -123,16 +138,7 @@ impl SqlStore {
         let at = self.now();
         let mut tx = self.begin().await?;
         let project_id = project_id(&mut tx, project).await?;
-        let current = sqlx::query(
-            "SELECT key, name, template, version, created_at, updated_at FROM release_templates \
-             WHERE project_id = $1 AND key = $2",
-        )
-        .bind(&project_id)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|row| template_from(&row))
-        .transpose()?;
+        let current = find_template(&mut tx, &project_id, key).await?;
         let actual = current.as_ref().map_or(0, |t| t.version);
         if let Some(expected) = expected_version
             && expected != actual
@@ -232,16 +238,9 @@ impl SqlStore {
     ) -> Result<ReleaseTemplateRecord, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let project_id = project_id(&mut conn, project).await?;
-        let row = sqlx::query(
-            "SELECT key, name, template, version, created_at, updated_at FROM release_templates \
-             WHERE project_id = $1 AND key = $2",
-        )
-        .bind(&project_id)
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| StoreError::not_found("release template", key))?;
-        template_from(&row)
+        find_template(&mut conn, &project_id, key)
+            .await?
+            .ok_or_else(|| StoreError::not_found("release template", key))
     }
 
     pub(super) async fn delete_release_template_impl(
@@ -253,16 +252,9 @@ impl SqlStore {
         let at = self.now();
         let mut tx = self.begin().await?;
         let project_id = project_id(&mut tx, project).await?;
-        let row = sqlx::query(
-            "SELECT key, name, template, version, created_at, updated_at FROM release_templates \
-             WHERE project_id = $1 AND key = $2",
-        )
-        .bind(&project_id)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::not_found("release template", key))?;
-        let before = template_from(&row)?;
+        let before = find_template(&mut tx, &project_id, key)
+            .await?
+            .ok_or_else(|| StoreError::not_found("release template", key))?;
         sqlx::query("DELETE FROM release_templates WHERE project_id = $1 AND key = $2")
             .bind(&project_id)
             .bind(key)
@@ -515,7 +507,7 @@ impl SqlStore {
                 actor: actor_from(
                     &row.try_get::<String, _>("actor_kind")?,
                     row.try_get("actor_id")?,
-                )?,
+                ),
                 message: row.try_get("message")?,
                 report: row
                     .try_get::<Option<String>, _>("report")?
