@@ -716,21 +716,17 @@ impl Client {
         context: &EvaluationContext,
         default: Value,
     ) -> Details<Value> {
-        let details = self.with(context, |held| {
+        self.with(context, |held| {
             let r = evaluate_json(&held.snapshot, flag_key, context, &Value::Null);
-            let value = (!r.details.is_error()).then(|| r.value.clone());
+            // The engine's default must live as long as the snapshot; the caller's is applied
+            // here, cloned only when it is served.
+            let value = if r.details.is_error() {
+                default.clone()
+            } else {
+                r.value.clone()
+            };
             (Details::of(flag_key, value, &r.details), r.details)
-        });
-        Details {
-            value: details.value.unwrap_or(default),
-            flag_key: details.flag_key,
-            variant: details.variant,
-            reason: details.reason,
-            error_code: details.error_code,
-            error_message: details.error_message,
-            rule_id: details.rule_id,
-            flag_version: details.flag_version,
-        }
+        })
     }
 
     /// One flag of any kind, its value as JSON (`None` where it failed), as OFREP answers.

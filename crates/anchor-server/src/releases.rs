@@ -238,10 +238,6 @@ struct ReleaseView {
     record: ReleaseRecord,
     /// The treatment's share now, in percent.
     percentage: f64,
-    /// The guardrails' latest report (also in the record, with `reportedAt`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    report: Option<Value>,
     /// The decision log, oldest first (in one release's view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     decisions: Option<Vec<anchor_store::ReleaseDecision>>,
@@ -298,19 +294,20 @@ async fn view(
         .await
         .map(|c| share_in(&c, &record))
         .unwrap_or(0.0);
-    let decisions = state
-        .store
-        .release_decisions(&record.project, &record.id)
-        .await?;
-    let report = record
-        .report
-        .clone()
-        .or_else(|| decisions.iter().rev().find_map(|d| d.report.clone()));
+    let decisions = if with_decisions {
+        Some(
+            state
+                .store
+                .release_decisions(&record.project, &record.id)
+                .await?,
+        )
+    } else {
+        None
+    };
     Ok(ReleaseView {
         record,
         percentage,
-        report,
-        decisions: with_decisions.then_some(decisions),
+        decisions,
     })
 }
 
