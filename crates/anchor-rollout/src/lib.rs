@@ -30,7 +30,10 @@
 //!
 //! let plan = GuardrailPlan::new(vec![GuardrailSpec {
 //!     name: "errors".into(),
-//!     guardrail: Guardrail::ErrorRate { max_relative_increase: 0.1 },
+//!     guardrail: Guardrail::ErrorRate {
+//!         max_relative_increase: 0.1,
+//!         min_absolute_increase: 0.0,
+//!     },
 //! }]);
 //! let arm = |requests, errors| ArmObservations {
 //!     exposures: requests,
@@ -62,5 +65,5 @@ pub use sketch::LatencySketch;
 pub use stats::{
     ArmObservations, Direction, ErrorCounts, Evidence, Guardrail, GuardrailCheck, GuardrailPlan,
     GuardrailReport, GuardrailSpec, Method, MetricSums, Needed, Observations, PlanProblem, Scale,
-    SrmCheck, TestSettings, Tolerance, Verdict, evaluate,
+    SrmCheck, StageEvidence, TestSettings, Tolerance, Verdict, evaluate, evaluate_release,
 };

@@ -26,16 +26,32 @@
 //!   completes the release: there is no control left to compare with.
 //!
 //! ## α across stages
-//! Each stage starts its sequential tests afresh on its own observations, so its tests may
-//! spend `α / s` where `s` is the number of stages with a control (below 100%); with the
-//! guardrails' own split (α / k per guardrail) a healthy release is falsely rolled back with
-//! probability at most α over its whole life (Bonferroni; the tests are anytime-valid, so
-//! checking every minute costs nothing extra).
+//! Each guardrail runs one test over the whole release, not one per stage: when a stage ends,
+//! what each guardrail measured in it ([`StageEvidence`]) is kept in the stage's
+//! [`StageRecord`], and the later stages judge their own observations together with it (the
+//! error rate multiplies the stages' e-processes; the others combine the stages' estimates by
+//! inverse variance; see [`crate::stats`]). So the release's α is split across the guardrails
+//! only (α / k each): a healthy release is falsely rolled back with probability at most α over
+//! its whole life, however many stages it has and however often it is checked, and a
+//! regression seen in two stages counts the evidence of both. The sample ratio test stays per
+//! stage (each stage has its own split) and spends `srm_alpha / s` in each of the `s` stages
+//! with a control.
+//!
+//! Two things restart a guardrail's test: a person dismissing it (its evidence so far is
+//! dropped when the stage advances, so the dismissed regression does not roll back the next
+//! stage) and a person skipping a stage (the skipped stage's observations are not kept).
+//!
+//! ## Widening needs less proof early
+//! `Safe` is judged against the guardrail's tolerance scaled to the share the next stage would
+//! give the treatment (`tolerance / s'`, [`crate::stats::evaluate_release`]): leaving 1% for
+//! 5% asks that the treatment cannot raise the error rate of *all* traffic by more than the
+//! tolerance at 5%, which takes a few minutes of data, while the last widening, to 100%, asks
+//! for the tolerance itself. Rolling back always uses the tolerance itself.
 
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{GuardrailCheck, GuardrailPlan, GuardrailReport, Observations, PlanProblem};
-use crate::stats::{Needed, SrmCheck, Verdict, evaluate};
+use crate::stats::{Needed, SrmCheck, StageEvidence, Verdict, evaluate_release, stage_evidence};
 
 /// One stage of a release.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,13 +195,14 @@ impl ReleaseTemplate {
             .max(1)
     }
 
-    /// The guardrails as one stage runs them: the release's α split across its stages.
+    /// The guardrails as one stage runs them: the guardrails' tests span the release, so they
+    /// keep the release's α; the sample ratio test is per stage, so its α is split across the
+    /// stages.
     #[must_use]
     pub fn stage_guardrails(&self) -> GuardrailPlan {
         #[allow(clippy::cast_precision_loss, reason = "a handful of stages")]
         let s = self.judged_stages() as f64;
         let mut plan = self.guardrails.clone();
-        plan.alpha /= s;
         plan.srm_alpha /= s;
         plan
     }
@@ -219,6 +236,9 @@ pub struct StageRecord {
     /// The treatment's p99 latency over the stage, in milliseconds, if it had requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub treatment_p99_ms: Option<f64>,
+    /// What each guardrail measured in the stage, carried into the later stages' tests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<StageEvidence>,
 }
 
 /// The treatment's p99 latency fitted against its share over the stages done (least squares,
@@ -767,7 +787,17 @@ pub fn step(
     };
     // A person accepted the split: the test would keep firing on the same data.
     let srm_accepted = clock.dismissed.iter().any(|d| d == SRM);
-    let report = evaluate(&template.stage_guardrails(), observations);
+    let plan = template.stage_guardrails();
+    let carried: Vec<StageEvidence> = clock
+        .history
+        .iter()
+        .flat_map(|record| record.evidence.iter().cloned())
+        .collect();
+    let widen_to = template
+        .stages
+        .get(clock.stage + 1)
+        .map_or(1.0, |next| next.percentage / 100.0);
+    let report = evaluate_release(&plan, &carried, observations, widen_to);
     if report.srm.mismatch && !srm_accepted {
         if matches!(held, Some(HoldReason::SampleRatioMismatch { .. })) {
             return Transition::unchanged(state, Some(report));
@@ -839,9 +869,18 @@ pub fn step(
             .all(|c| c.verdict.is_safe());
     if dwelt && all_safe {
         let mut history = clock.history.clone();
+        let mut evidence = stage_evidence(&plan, observations);
+        // A dismissed guardrail starts afresh: its regression must not roll back the next stage.
+        for record in &mut history {
+            record
+                .evidence
+                .retain(|e| !clock.dismissed.contains(&e.guardrail));
+        }
+        evidence.retain(|e| !clock.dismissed.contains(&e.guardrail));
         history.push(StageRecord {
             percentage: stage.percentage,
             treatment_p99_ms: observations.treatment.latency.quantile(0.99),
+            evidence,
         });
         let projection = Projection::of(&history);
         if let (Some(projection), Some(limit)) = (&projection, template.p99_limit_ms)

@@ -78,8 +78,9 @@ fn check(verdict: &Verdict, expect: &Expect) {
 }
 
 #[test]
-fn doubled_error_rate_on_a_five_percent_arm_is_regressed_by_the_confidence_sequence() {
-    // 1% against 0.5%, 10% relative tolerance, α = 0.01 of which the sequence spends 0.005.
+fn doubled_error_rate_on_a_five_percent_arm_is_regressed_by_the_conditional_e_process() {
+    // 1% against 0.5%, 10% relative tolerance, α = 0.01: the exact conditional test decides at
+    // every count, on the rate-ratio scale.
     let verdict = error_rate(
         counts(285_000, 1_425),
         counts(15_000, 150),
@@ -90,13 +91,16 @@ fn doubled_error_rate_on_a_five_percent_arm_is_regressed_by_the_confidence_seque
         &verdict,
         &Expect {
             outcome: "regressed",
-            estimate: Some(0.005),
-            lower: Some(0.001_867_498_034_576_853),
-            upper: Some(0.008_132_501_965_423_147),
-            tolerance: Some(0.0005),
+            scale: Scale::RateRatio,
+            method: Method::ConditionalBinomial,
+            tolerance: Some(1.1),
             ..ANY
         },
     );
+    let e = verdict.evidence();
+    assert!((e.estimate - 150.5 / 15_000.0 / (1_425.5 / 285_000.0)).abs() < 1e-12);
+    assert!(e.lower > 1.1 && e.lower < 2.0 && e.upper > 2.0, "{e:?}");
+    assert!(e.e_regressed.unwrap() >= 100.0);
     assert_eq!(verdict.evidence().n_treatment, 15_000);
     assert_eq!(verdict.evidence().alpha, 0.01);
 }
@@ -156,11 +160,13 @@ fn equal_error_rates_with_a_generous_tolerance_are_safe() {
         &verdict,
         &Expect {
             outcome: "safe",
-            estimate: Some(0.0),
-            tolerance: Some(0.0025),
+            scale: Scale::RateRatio,
+            method: Method::ConditionalBinomial,
+            tolerance: Some(1.5),
             ..ANY
         },
     );
+    assert!(verdict.evidence().upper < 1.5);
 }
 
 #[test]
@@ -368,6 +374,7 @@ fn evaluate_splits_alpha_evenly_and_reports_every_guardrail() {
             "errors",
             Guardrail::ErrorRate {
                 max_relative_increase: 0.1,
+                min_absolute_increase: 0.0,
             },
         ),
         spec(
@@ -450,7 +457,8 @@ fn the_builtin_plan_guards_error_rate_and_tail_latency() {
         serde_json::to_value(&plan).unwrap(),
         serde_json::json!({
             "guardrails": [
-                {"name": "error rate", "kind": "errorRate", "maxRelativeIncrease": 0.1},
+                {"name": "error rate", "kind": "errorRate", "maxRelativeIncrease": 0.1,
+                 "minAbsoluteIncrease": 0.0005},
                 {"name": "p95 latency", "kind": "latency", "quantile": 0.95,
                  "maxRelativeIncrease": 0.2},
                 {"name": "p99 latency", "kind": "latency", "quantile": 0.99,

@@ -71,6 +71,7 @@ fn plan() -> GuardrailPlan {
             "errors",
             Guardrail::ErrorRate {
                 max_relative_increase: 0.1,
+                min_absolute_increase: 0.0,
             },
         ),
         spec(

@@ -28,6 +28,7 @@ fn template() -> ReleaseTemplate {
                 name: "error rate".into(),
                 guardrail: Guardrail::ErrorRate {
                     max_relative_increase: 0.5,
+                    min_absolute_increase: 0.0,
                 },
             },
             GuardrailSpec {
@@ -99,8 +100,10 @@ fn the_builtin_template_is_valid_and_runs_one_five_twenty_five_fifty_hundred() {
     let shares: Vec<f64> = t.stages.iter().map(|s| s.percentage).collect();
     assert_eq!(shares, [1.0, 5.0, 25.0, 50.0, 100.0]);
     assert!(t.stages.iter().all(|s| s.dwell_ms == 15 * 60_000));
-    // The release's α is spread over the four judged stages.
-    assert!((t.stage_guardrails().alpha - 0.0025).abs() < 1e-12);
+    // The guardrails' tests span the release and keep its α; the sample ratio test is per
+    // stage, so its α is spread over the four judged stages.
+    assert!((t.stage_guardrails().alpha - 0.01).abs() < 1e-12);
+    assert!((t.stage_guardrails().srm_alpha - 0.0025).abs() < 1e-12);
 }
 
 #[test]
@@ -169,17 +172,31 @@ fn a_healthy_stage_advances_only_after_its_dwell() {
     );
     // Stage 2 has an approval gate.
     let after = step(&t, &state, Ok(&healthy(0.01)), 10 * MINUTE);
-    assert_eq!(
-        after.state,
-        ReleaseState::WaitingForApproval {
-            stage: 1,
-            since_ms: 10 * MINUTE,
-            history: vec![anchor_rollout::StageRecord {
-                percentage: 1.0,
-                treatment_p99_ms: None
-            }],
-        }
-    );
+    let ReleaseState::WaitingForApproval {
+        stage: 1,
+        since_ms,
+        history,
+    } = &after.state
+    else {
+        panic!("waits for approval to enter stage 2: {:?}", after.state);
+    };
+    assert_eq!(*since_ms, 10 * MINUTE);
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].percentage, 1.0);
+    assert_eq!(history[0].treatment_p99_ms, None);
+    // The stage's counts go on into the next stages' tests, one entry per guardrail.
+    let names: Vec<&str> = history[0]
+        .evidence
+        .iter()
+        .map(|e| e.guardrail.as_str())
+        .collect();
+    let expected: Vec<&str> = t
+        .guardrails
+        .guardrails
+        .iter()
+        .map(|g| g.name.as_str())
+        .collect();
+    assert_eq!(names, expected);
     assert_eq!(
         after.actions,
         [Action::Notify {
@@ -507,6 +524,7 @@ fn the_treatments_p99_is_projected_to_full_traffic_from_the_stages_done() {
         |(percentage, treatment_p99_ms)| anchor_rollout::StageRecord {
             percentage,
             treatment_p99_ms,
+            evidence: Vec::new(),
         },
     );
     let projection = anchor_rollout::Projection::of(&records).unwrap();
@@ -538,6 +556,7 @@ fn a_projected_p99_above_the_limit_holds_instead_of_advancing() {
             name: "error rate".into(),
             guardrail: Guardrail::ErrorRate {
                 max_relative_increase: 0.5,
+                min_absolute_increase: 0.0,
             },
         }]),
         max_extension_ms: 60_000,

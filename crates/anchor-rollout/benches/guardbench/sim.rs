@@ -12,8 +12,9 @@
 //!   set only grows from stage to stage (sticky), and its size is the realised one, not `p · N`.
 //! - Each minute every user is active with probability `ACTIVE_PER_MINUTE` and an active user
 //!   sends `1 + Binomial(4, ½)` requests (3 on average), so the traffic is `rps · 60` requests
-//!   a minute on average. The SDK reports per arm and minute what it saw: exposures (distinct
-//!   active users), requests, errors and a latency sketch; the controller reads their sums since
+//!   a minute on average. The SDK reports per arm and minute what it saw: exposures (users
+//!   seen for the first time since the flag's configuration last changed, i.e. in this stage,
+//!   as the SDK counts them), requests, errors and a latency sketch; the controller reads their sums since
 //!   the stage's `observe_from_ms`, as the server's store would give them.
 //! - Errors are independent Bernoulli draws at the arm's rate; latencies are lognormal (median
 //!   100 ms, σ = 0.6), transformed per scenario for the treatment.
@@ -279,7 +280,7 @@ pub enum Scenario {
     TailLatency(f64),
     /// Both arms' error rates ×5 during `DISTURBANCE`.
     SharedIncident,
-    /// Treated users are 20% more active than the others: 20% more exposures than configured.
+    /// 20% more users than configured get the treatment: the exposures show a mismatch.
     BiasedSplit,
     /// The metric source fails during `DISTURBANCE`.
     SourceOutage,
@@ -296,7 +297,7 @@ impl Scenario {
             Self::Latency(k) => format!("latency +{:.0}%", (k - 1.0) * 100.0),
             Self::TailLatency(k) => format!("slowest 5% +{:.0}%", (k - 1.0) * 100.0),
             Self::SharedIncident => "shared incident (both ×5, 10 min)".into(),
-            Self::BiasedSplit => "biased split (SRM, +20% treated exposures)".into(),
+            Self::BiasedSplit => "biased split (SRM, 20% more users treated)".into(),
             Self::SourceOutage => "metric source outage (10 min)".into(),
             Self::NoTraffic => "no traffic".into(),
         }
@@ -472,6 +473,10 @@ struct World<'a> {
     buckets: Vec<u32>,
     /// Treated users (at the current share) never yet exposed to the treatment.
     unexposed: u64,
+    /// Treated users exposed before, but not yet in the current stage.
+    treated_unseen: u64,
+    /// Control users not yet exposed in the current stage.
+    control_unseen: u64,
     treated: u64,
     share: f64,
     exposed_ever: u64,
@@ -480,12 +485,23 @@ struct World<'a> {
 
 impl World<'_> {
     fn set_share(&mut self, percentage: f64) {
-        let threshold = (percentage * f64::from(TOTAL_WEIGHT) / 100.0).round() as u32;
+        // A biased split treats 20% more users than configured (a second rule, a stale
+        // cache): the exposures show it, the outcomes do not.
+        let served = if self.cell.scenario == Scenario::BiasedSplit {
+            (percentage * 1.2).min(100.0)
+        } else {
+            percentage
+        };
+        let threshold = (served * f64::from(TOTAL_WEIGHT) / 100.0).round() as u32;
         let treated = self.buckets.iter().filter(|&&b| b < threshold).count() as u64;
         // Sticky: widening only adds users, and they have not seen the treatment yet.
         self.unexposed += treated.saturating_sub(self.treated);
         self.treated = treated;
         self.share = percentage;
+        // The SDK counts a unit once per configuration of the flag: a new stage starts the
+        // count afresh for everyone.
+        self.treated_unseen = treated - self.unexposed;
+        self.control_unseen = self.buckets.len() as u64 - treated;
     }
 
     /// Simulates minute `[t − 1, t)` and returns both arms' reports.
@@ -502,22 +518,28 @@ impl World<'_> {
             _ => control_rate,
         }
         .min(1.0);
-        let treated_activity = match cell.scenario {
-            Scenario::BiasedSplit => ACTIVE_PER_MINUTE * 1.2,
-            _ => ACTIVE_PER_MINUTE,
-        };
+        let treated_activity = ACTIVE_PER_MINUTE;
         let rng = &mut self.rng;
+        // Treated users: never exposed, exposed before this stage, exposed in this stage.
         let first_time = rng.binomial(self.unexposed, treated_activity);
-        let again = rng.binomial(self.treated - self.unexposed, treated_activity);
+        let first_in_stage = rng.binomial(self.treated_unseen, treated_activity);
+        let seen = self.treated - self.unexposed - self.treated_unseen;
+        let again = rng.binomial(seen, treated_activity);
         self.unexposed -= first_time;
+        self.treated_unseen -= first_in_stage;
         self.exposed_ever += first_time;
-        let treated_active = first_time + again;
-        let control_active = rng.binomial(users - self.treated, ACTIVE_PER_MINUTE);
-        let arm = |rng: &mut Rng, active: u64, rate: f64, model: &LatencyModel| {
+        let treated_active = first_time + first_in_stage + again;
+        let treated_new = first_time + first_in_stage;
+        let control_users = users - self.treated;
+        let control_new = rng.binomial(self.control_unseen, ACTIVE_PER_MINUTE);
+        let control_again = rng.binomial(control_users - self.control_unseen, ACTIVE_PER_MINUTE);
+        self.control_unseen -= control_new;
+        let control_active = control_new + control_again;
+        let arm = |rng: &mut Rng, active: u64, new: u64, rate: f64, model: &LatencyModel| {
             let requests = active + rng.binomial(4 * active, 0.5);
             let errors = rng.binomial(requests, rate);
             let mut minute = Minute {
-                exposures: active,
+                exposures: new,
                 requests,
                 errors,
                 latency: LatencySketch::new(),
@@ -525,8 +547,20 @@ impl World<'_> {
             model.draw(rng, requests, &mut [&mut minute.latency]);
             minute
         };
-        let control = arm(rng, control_active, control_rate, &cell.control_latency);
-        let treatment = arm(rng, treated_active, treatment_rate, &cell.treatment_latency);
+        let control = arm(
+            rng,
+            control_active,
+            control_new,
+            control_rate,
+            &cell.control_latency,
+        );
+        let treatment = arm(
+            rng,
+            treated_active,
+            treated_new,
+            treatment_rate,
+            &cell.treatment_latency,
+        );
         self.excess_errors += treatment.errors as f64 - control_rate * treatment.requests as f64;
         (control, treatment)
     }
@@ -554,6 +588,8 @@ pub fn run(cell: &Cell, seed: u64) -> Outcome {
         rng: Rng::new(cell.run_seed(seed)),
         buckets: population_buckets(&salt, users),
         unexposed: 0,
+        treated_unseen: 0,
+        control_unseen: 0,
         treated: 0,
         share: 0.0,
         exposed_ever: 0,

@@ -113,6 +113,42 @@ pub struct Observations {
     pub expected_treatment_share: f64,
 }
 
+/// What one guardrail took from one finished stage of a release, so that its test goes on
+/// across the stages instead of starting afresh (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageEvidence {
+    /// The guardrail's name.
+    pub guardrail: String,
+    /// Error-rate guardrails and the backstop: each arm's requests and errors in the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<StageCounts>,
+    /// Latency and metric guardrails: the stage's regression estimate and its variance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast: Option<StageContrast>,
+}
+
+/// Both arms' requests and errors in one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageCounts {
+    pub control: ErrorCounts,
+    pub treatment: ErrorCounts,
+}
+
+/// One stage's estimate of a guardrail's regression (positive is worse).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageContrast {
+    /// The treatment's and the control's measurements (shares, or means).
+    pub treatment: f64,
+    pub control: f64,
+    pub estimate: f64,
+    pub variance: f64,
+    pub n_treatment: u64,
+    pub n_control: u64,
+}
+
 /// Which way a custom metric gets worse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -139,8 +175,15 @@ pub enum Tolerance {
     rename_all_fields = "camelCase"
 )]
 pub enum Guardrail {
-    /// Errors per request, at most `max_relative_increase` above the control's rate.
-    ErrorRate { max_relative_increase: f64 },
+    /// Errors per request, at most `max_relative_increase` above the control's rate, or
+    /// `min_absolute_increase` above it, whichever allows more: 10% of a 0.1% rate is one
+    /// failure in 100,000 requests, which no rollout can tell from noise, so a small absolute
+    /// floor (0.05 percentage points by default) keeps low error rates judgeable.
+    ErrorRate {
+        max_relative_increase: f64,
+        #[serde(default)]
+        min_absolute_increase: f64,
+    },
     /// Requests slower than `(1 + max_relative_increase)` times the control's `quantile`.
     Latency {
         quantile: f64,
@@ -197,6 +240,9 @@ pub struct GuardrailPlan {
     pub tuned_for: u64,
 }
 
+/// The built-in error-rate guardrail's absolute floor: 0.05 percentage points.
+pub const DEFAULT_MIN_ABSOLUTE_INCREASE: f64 = 0.000_5;
+
 fn default_alpha() -> f64 {
     0.01
 }
@@ -228,8 +274,8 @@ impl GuardrailPlan {
     }
 
     /// The built-in guardrails of the default release template: the error rate at most 10%
-    /// above the control's, and p95 and p99 latency at most 20% above the control's, with the
-    /// default α of 1%.
+    /// above the control's or 0.05 percentage points, whichever allows more, and p95 and p99
+    /// latency at most 20% above the control's, with the default α of 1%.
     #[must_use]
     pub fn builtin() -> Self {
         let spec = |name: &str, guardrail| GuardrailSpec {
@@ -245,6 +291,7 @@ impl GuardrailPlan {
                 "error rate",
                 Guardrail::ErrorRate {
                     max_relative_increase: 0.1,
+                    min_absolute_increase: DEFAULT_MIN_ABSOLUTE_INCREASE,
                 },
             ),
             spec("p95 latency", latency(0.95)),
@@ -281,8 +328,14 @@ impl GuardrailPlan {
             match &spec.guardrail {
                 Guardrail::ErrorRate {
                     max_relative_increase,
-                } if !nonnegative(*max_relative_increase) => {
-                    problem(at("maxRelativeIncrease"), "must be zero or positive");
+                    min_absolute_increase,
+                } => {
+                    if !nonnegative(*max_relative_increase) {
+                        problem(at("maxRelativeIncrease"), "must be zero or positive");
+                    }
+                    if !(nonnegative(*min_absolute_increase) && *min_absolute_increase < 1.0) {
+                        problem(at("minAbsoluteIncrease"), "must be at least 0 and below 1");
+                    }
                 }
                 Guardrail::Latency {
                     quantile,

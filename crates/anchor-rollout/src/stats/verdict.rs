@@ -42,8 +42,13 @@ pub struct Evidence {
     pub estimate: f64,
     pub lower: f64,
     pub upper: f64,
-    /// The regression allowed, on the same scale as the estimate.
+    /// The regression allowed, on the same scale as the estimate: above it (with the lower
+    /// bound) is `Regressed`.
     pub tolerance: f64,
+    /// The bound `Safe` was judged against when it is wider than `tolerance`: the tolerance
+    /// scaled to the share of traffic the next stage would give the treatment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub widen_tolerance: Option<f64>,
     /// The count each arm's measurement rests on (requests, or a metric's values).
     pub n_treatment: u64,
     pub n_control: u64,
@@ -58,6 +63,13 @@ pub struct Evidence {
     /// For latency, the treatment's threshold in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold_ms: Option<f64>,
+    /// How many of the release's stages the evidence spans (the current one included).
+    #[serde(default = "one_stage")]
+    pub stages: usize,
+}
+
+fn one_stage() -> usize {
+    1
 }
 
 /// The additional counts per arm a decision would take if the current estimate held.
@@ -80,7 +92,7 @@ pub enum Verdict {
     Regressed { evidence: Evidence },
     /// The upper bound of the regression is below the tolerance.
     Safe { evidence: Evidence },
-    /// Neither yet; `needed` is `None` when the current estimate sits on the tolerance.
+    /// Neither yet; `needed` is `None` when the current estimate sits on the bound it heads for.
     Inconclusive {
         evidence: Evidence,
         needed: Option<Needed>,
