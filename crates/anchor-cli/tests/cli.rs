@@ -1,0 +1,902 @@
+//! The management commands as a user runs them: the real `anchor` binary against a real
+//! `anchor serve` on a free port, each test with its own server, data and config directory.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A server with an admin token, and a config directory for the CLI.
+struct Server {
+    child: Child,
+    addr: String,
+    url: String,
+    token: String,
+    config: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir =
+        std::env::temp_dir().join(format!("anchor-cli-{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
+}
+
+fn start(name: &str) -> Server {
+    let dir = temp_dir(name);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_anchor"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .env_remove("ANCHOR_DATABASE_URL")
+        .env_remove("ANCHOR_CONFIG")
+        .env("ANCHOR_ADMIN_PASSWORD", PASSWORD)
+        .env("ANCHOR_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the anchor binary starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server prints where it listens")
+            .expect("readable stdout");
+        if let Some(addr) = line.strip_prefix("Listening on http://") {
+            break addr.to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
+    );
+    let (status, created) = http(
+        &addr,
+        "POST",
+        "/api/v1/tokens",
+        &basic,
+        &json!({"name": "cli"}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().expect("a token").to_string();
+    Server {
+        child,
+        url: format!("http://{addr}"),
+        addr,
+        token,
+        config: dir.join("config"),
+    }
+}
+
+/// A minimal HTTP/1.1 request, for what the CLI does not do (making tokens and projects).
+fn http(addr: &str, method: &str, path: &str, auth: &str, body: &Value) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).expect("the server accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a timeout");
+    let body = body.to_string();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .expect("the request is sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("an answer");
+    let status = response[9..12].parse().expect("a status");
+    let (_, rest) = response.split_once("\r\n\r\n").expect("a body");
+    let start = rest.find(['{', '[']).unwrap_or(0);
+    let end = rest.rfind(['}', ']']).map_or(rest.len(), |e| e + 1);
+    (
+        status,
+        serde_json::from_str(&rest[start..end.max(start)]).unwrap_or(Value::Null),
+    )
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+
+    fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl Server {
+    /// `anchor ARGS` logged in by flags (the stored configuration is tested on its own).
+    fn anchor(&self, args: &[&str]) -> Run {
+        let mut full = vec!["--url", &self.url, "--token", &self.token];
+        full.extend_from_slice(args);
+        run(&self.config, &full, None)
+    }
+
+    fn create_project(&self, key: &str) {
+        let (status, body) = http(
+            &self.addr,
+            "POST",
+            "/api/v1/projects",
+            &format!("Bearer {}", self.token),
+            &json!({"key": key, "name": key}),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+}
+
+fn run(config: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_anchor"));
+    command
+        .args(args)
+        .env("XDG_CONFIG_HOME", config)
+        .env("HOME", config)
+        .env_remove("ANCHOR_URL")
+        .env_remove("ANCHOR_TOKEN")
+        .env_remove("ANCHOR_PROJECT")
+        .env_remove("ANCHOR_ENV")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("the anchor binary runs");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin.unwrap_or("").as_bytes());
+    }
+    let output = child.wait_with_output().expect("the anchor binary ends");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn enabled_in(record: &Value, env: &str) -> bool {
+    record["environments"]
+        .as_array()
+        .expect("environments")
+        .iter()
+        .find(|e| e["environment"] == env)
+        .map(|e| e["config"]["enabled"] == true)
+        .expect("a configuration in the environment")
+}
+
+#[test]
+fn login_checks_the_token_and_stores_it_in_a_file_only_the_user_can_read() {
+    let server = start("login");
+    let refused = run(
+        &server.config,
+        &["login", &server.url, "--token", "ra_nope"],
+        None,
+    );
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    let file = server.config.join("anchor/config.toml");
+    assert!(!file.exists(), "a refused token is not stored");
+
+    // The token comes from stdin when it is no terminal, and is never printed.
+    let login = run(
+        &server.config,
+        &["login", &server.url],
+        Some(&format!("{}\n", server.token)),
+    )
+    .ok();
+    assert!(!login.stdout.contains(&server.token) && !login.stderr.contains(&server.token));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file)
+            .expect("the config file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let stored = std::fs::read_to_string(&file).expect("readable");
+    assert!(stored.contains(&server.url) && stored.contains(&server.token));
+
+    // Stored credentials serve later commands; flags and the environment override them.
+    let listed = run(&server.config, &["-o", "json", "flags", "list"], None).ok();
+    assert_eq!(listed.json(), json!([]));
+    let overridden = run(
+        &server.config,
+        &["--token", "ra_wrong", "flags", "list"],
+        None,
+    );
+    assert_eq!(overridden.code, 3, "{}", overridden.stderr);
+}
+
+#[test]
+fn flags_are_created_listed_and_switched_on_and_off_per_environment() {
+    let server = start("flags");
+    let created = server
+        .anchor(&["flags", "create", "new-checkout", "--tag", "web"])
+        .ok();
+    assert!(
+        created.stdout.contains("Created flag new-checkout"),
+        "{}",
+        created.stdout
+    );
+    server
+        .anchor(&[
+            "flags",
+            "create",
+            "banner",
+            "--kind",
+            "string",
+            "--variant",
+            "a=\"A\"",
+            "--variant",
+            "b=B",
+            "--description",
+            "the banner's text",
+        ])
+        .ok();
+
+    let list = server.anchor(&["-o", "json", "flags", "list"]).ok().json();
+    let keys: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["flag"]["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["banner", "new-checkout"]);
+    let banner = server
+        .anchor(&["-o", "json", "flags", "get", "banner"])
+        .ok()
+        .json();
+    assert_eq!(
+        banner["flag"]["variants"],
+        json!([{"name": "a", "value": "A"}, {"name": "b", "value": "B"}])
+    );
+
+    server
+        .anchor(&[
+            "flags",
+            "on",
+            "new-checkout",
+            "--env",
+            "production",
+            "-m",
+            "ship it",
+        ])
+        .ok();
+    let record = server
+        .anchor(&["-o", "json", "flags", "get", "new-checkout"])
+        .ok()
+        .json();
+    assert!(enabled_in(&record, "production"));
+    assert!(
+        !enabled_in(&record, "development"),
+        "the default environment is untouched"
+    );
+    let table = server
+        .anchor(&["flags", "list", "--tag", "web"])
+        .ok()
+        .stdout;
+    assert!(table.starts_with("KEY"), "{table}");
+    assert!(
+        table.contains("new-checkout") && !table.contains("banner"),
+        "{table}"
+    );
+
+    server
+        .anchor(&["flags", "off", "new-checkout", "-e", "production"])
+        .ok();
+    let record = server
+        .anchor(&["-o", "json", "flags", "get", "new-checkout"])
+        .ok()
+        .json();
+    assert!(!enabled_in(&record, "production"));
+    let quiet = server.anchor(&["-q", "flags", "on", "new-checkout"]).ok();
+    assert_eq!(quiet.stdout, "");
+
+    server.anchor(&["flags", "archive", "banner"]).ok();
+    let list = server.anchor(&["-o", "json", "flags", "list"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn targeting_edits_change_what_a_context_is_served() {
+    let server = start("targeting");
+    server.anchor(&["flags", "create", "checkout"]).ok();
+    server
+        .anchor(&["flags", "on", "checkout", "-e", "staging"])
+        .ok();
+    server
+        .anchor(&["targeting", "serve", "checkout", "on", "-e", "staging"])
+        .ok();
+    server
+        .anchor(&[
+            "targeting",
+            "rollout",
+            "checkout",
+            "on",
+            "12.5",
+            "-e",
+            "staging",
+        ])
+        .ok();
+    server
+        .anchor(&[
+            "targeting",
+            "add-target",
+            "checkout",
+            "off",
+            "u1",
+            "u2",
+            "-e",
+            "staging",
+        ])
+        .ok();
+    server
+        .anchor(&[
+            "targeting",
+            "remove-target",
+            "checkout",
+            "u2",
+            "-e",
+            "staging",
+        ])
+        .ok();
+    let config = server
+        .anchor(&[
+            "-o",
+            "json",
+            "targeting",
+            "show",
+            "checkout",
+            "-e",
+            "staging",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        config["defaultServe"],
+        json!({"rollout": {"variants": [{"variant": "on", "weight": 12500}, {"variant": "off", "weight": 87500}]}})
+    );
+    assert_eq!(config["targets"], json!({"off": ["u1"]}));
+
+    let explained = server
+        .anchor(&[
+            "evaluate",
+            "checkout",
+            "-e",
+            "staging",
+            "--context",
+            r#"{"targetingKey": "u1"}"#,
+            "--explain",
+        ])
+        .ok()
+        .stdout;
+    assert!(explained.contains("TARGETING_MATCH"), "{explained}");
+    assert!(explained.contains("individual target"), "{explained}");
+
+    let history = server
+        .anchor(&["-o", "json", "history", "checkout", "-e", "staging"])
+        .ok()
+        .json();
+    assert_eq!(history.as_array().unwrap().len(), 6);
+    let diff = server
+        .anchor(&["diff", "checkout", "1", "2", "-e", "staging"])
+        .ok()
+        .stdout;
+    assert!(diff.contains("/enabled"), "{diff}");
+    server
+        .anchor(&["revert", "checkout", "1", "-e", "staging"])
+        .ok();
+    let config = server
+        .anchor(&[
+            "-o",
+            "json",
+            "targeting",
+            "show",
+            "checkout",
+            "-e",
+            "staging",
+        ])
+        .ok()
+        .json();
+    assert_eq!(config["enabled"], false);
+    let audit = server
+        .anchor(&["-o", "json", "audit", "--flag", "checkout"])
+        .ok()
+        .json();
+    assert!(audit.as_array().unwrap().len() >= 7, "{audit}");
+}
+
+#[test]
+fn errors_print_one_line_and_exit_with_the_documented_code() {
+    let server = start("errors");
+    // The server's validation problem, every field by its JSON pointer.
+    let invalid = server.anchor(&[
+        "flags",
+        "create",
+        "bad key",
+        "--kind",
+        "string",
+        "--variant",
+        "a=1",
+    ]);
+    assert_eq!(invalid.code, 1, "{}", invalid.stderr);
+    assert_eq!(invalid.stderr.lines().count(), 1, "{}", invalid.stderr);
+    assert!(
+        invalid
+            .stderr
+            .starts_with("error: 422 Unprocessable Entity: /key: invalid flag key"),
+        "{}",
+        invalid.stderr
+    );
+    assert!(invalid.stderr.contains("/variants/0"), "{}", invalid.stderr);
+
+    let missing = server.anchor(&["flags", "get", "nope"]);
+    assert_eq!(missing.code, 4, "{}", missing.stderr);
+    assert!(missing.stderr.contains("nope"), "{}", missing.stderr);
+
+    let bad_context = server.anchor(&["evaluate", "x", "--context", "{not json"]);
+    assert_eq!(bad_context.code, 2, "{}", bad_context.stderr);
+    let bad_usage = server.anchor(&["flags", "frobnicate"]);
+    assert_eq!(bad_usage.code, 2);
+
+    let no_token = run(
+        &server.config,
+        &["--url", &server.url, "flags", "list"],
+        None,
+    );
+    assert_eq!(no_token.code, 3, "{}", no_token.stderr);
+    assert!(
+        no_token.stderr.contains("anchor login"),
+        "{}",
+        no_token.stderr
+    );
+    let no_url = run(&server.config, &["flags", "list"], None);
+    assert_eq!(no_url.code, 2, "{}", no_url.stderr);
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error_with_exit_code_5() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = temp_dir("unreachable");
+    let url = format!("http://127.0.0.1:{port}");
+    let run = run(
+        &config,
+        &["--url", &url, "--token", "t", "flags", "list"],
+        None,
+    );
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with(&format!("error: cannot reach the server at {url}")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("refused"), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1);
+}
+
+#[test]
+fn export_then_import_into_another_project_is_idempotent_and_dry_run_shows_the_diff() {
+    let server = start("transfer");
+    server
+        .anchor(&["flags", "create", "checkout", "--tag", "web"])
+        .ok();
+    server
+        .anchor(&[
+            "flags",
+            "create",
+            "theme",
+            "--kind",
+            "string",
+            "--variant",
+            "dark=dark",
+            "--variant",
+            "light=light",
+        ])
+        .ok();
+    server
+        .anchor(&[
+            "segments",
+            "create",
+            "beta",
+            "-e",
+            "production",
+            "--include",
+            "u1",
+            "--description",
+            "testers",
+        ])
+        .ok();
+    server
+        .anchor(&["flags", "on", "checkout", "-e", "production"])
+        .ok();
+    server
+        .anchor(&[
+            "targeting",
+            "rollout",
+            "checkout",
+            "on",
+            "25",
+            "-e",
+            "production",
+        ])
+        .ok();
+    let dir = temp_dir("transfer-files");
+    let json_file = dir.join("export.json");
+    let yaml_file = dir.join("export.yaml");
+    server
+        .anchor(&["export", "--file", json_file.to_str().unwrap()])
+        .ok();
+    server
+        .anchor(&[
+            "export",
+            "--format",
+            "yaml",
+            "--file",
+            yaml_file.to_str().unwrap(),
+        ])
+        .ok();
+    let stdout_export = server.anchor(&["export"]).ok().json();
+    assert_eq!(stdout_export["flags"].as_array().unwrap().len(), 2);
+
+    server.create_project("copy");
+    let dry = server
+        .anchor(&[
+            "-p",
+            "copy",
+            "import",
+            json_file.to_str().unwrap(),
+            "--dry-run",
+        ])
+        .ok()
+        .stdout;
+    for expected in [
+        "+ environment production",
+        "+ segment beta in production",
+        "+ flag checkout",
+        "~ flag checkout in production",
+        "~ /enabled false → true",
+        "+ /defaultServe/rollout",
+        "nothing was written",
+    ] {
+        assert!(dry.contains(expected), "`{expected}` missing from:\n{dry}");
+    }
+    assert!(
+        !dry.contains("checkout in development"),
+        "unchanged configurations are left out:\n{dry}"
+    );
+    let copy = server.anchor(&["-p", "copy", "-o", "json", "flags", "list"]);
+    assert_eq!(
+        copy.code, 0,
+        "the dry run created nothing, not even environments: {}",
+        copy.stderr
+    );
+    assert_eq!(copy.json(), json!([]));
+
+    server
+        .anchor(&["-p", "copy", "import", yaml_file.to_str().unwrap()])
+        .ok();
+    let again = server
+        .anchor(&[
+            "-p",
+            "copy",
+            "-o",
+            "json",
+            "import",
+            json_file.to_str().unwrap(),
+        ])
+        .ok()
+        .json();
+    assert_eq!(again["changes"], 0, "{again}");
+    let copied = server.anchor(&["-p", "copy", "export"]).ok().json();
+    assert_eq!(copied["flags"], stdout_export["flags"]);
+    assert_eq!(copied["segments"], stdout_export["segments"]);
+
+    // A change in the source shows as exactly that change.
+    server
+        .anchor(&["flags", "off", "checkout", "-e", "production"])
+        .ok();
+    server
+        .anchor(&["export", "--file", json_file.to_str().unwrap()])
+        .ok();
+    let dry = server
+        .anchor(&[
+            "-p",
+            "copy",
+            "-o",
+            "json",
+            "import",
+            json_file.to_str().unwrap(),
+            "--dry-run",
+        ])
+        .ok()
+        .json();
+    assert_eq!(dry["changes"], 1, "{dry}");
+    assert_eq!(dry["steps"][0]["diff"], json!(["~ /enabled true → false"]));
+}
+
+#[test]
+fn a_release_is_started_inspected_and_steered_by_flag_key() {
+    let server = start("release");
+    server.anchor(&["flags", "create", "checkout"]).ok();
+    server
+        .anchor(&["flags", "on", "checkout", "-e", "production"])
+        .ok();
+    let started = server
+        .anchor(&[
+            "-o",
+            "json",
+            "release",
+            "start",
+            "checkout",
+            "-e",
+            "production",
+            "--control",
+            "off",
+            "--treatment",
+            "on",
+        ])
+        .ok()
+        .json();
+    assert_eq!(started["state"]["state"], "running", "{started}");
+    let id = started["id"].as_str().unwrap();
+
+    let status = server
+        .anchor(&[
+            "-o",
+            "json",
+            "release",
+            "status",
+            "checkout",
+            "-e",
+            "production",
+        ])
+        .ok()
+        .json();
+    assert_eq!(status["id"], id);
+    assert_eq!(status["percentage"], 1.0);
+    let table = server.anchor(&["release", "status", id]).ok().stdout;
+    assert!(table.contains("stage            1 of 5"), "{table}");
+    assert!(table.contains("1% of traffic to the treatment"), "{table}");
+
+    let paused = server
+        .anchor(&[
+            "-o",
+            "json",
+            "release",
+            "pause",
+            "checkout",
+            "-e",
+            "production",
+        ])
+        .ok()
+        .json();
+    assert_eq!(paused["state"]["state"], "paused");
+    let conflict = server.anchor(&["release", "pause", id]);
+    assert_eq!(
+        conflict.code, 1,
+        "pausing twice is refused: {}",
+        conflict.stderr
+    );
+    server.anchor(&["release", "rollback", id]).ok();
+    let missing = server.anchor(&["release", "pause", "checkout", "-e", "production"]);
+    assert_eq!(
+        missing.code, 4,
+        "no active release is left: {}",
+        missing.stderr
+    );
+
+    // Watching a finished release prints it once and returns.
+    let watched = server
+        .anchor(&[
+            "release",
+            "status",
+            "checkout",
+            "-e",
+            "production",
+            "--watch",
+        ])
+        .ok()
+        .stdout;
+    assert!(watched.contains("rolledBack"), "{watched}");
+    let list = server
+        .anchor(&["-o", "json", "release", "status"])
+        .ok()
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn segments_and_sdk_keys_round_trip_and_a_secret_prints_once() {
+    let server = start("segments-keys");
+    server
+        .anchor(&[
+            "segments",
+            "create",
+            "beta",
+            "--include",
+            "a",
+            "--include",
+            "b",
+        ])
+        .ok();
+    server
+        .anchor(&[
+            "segments",
+            "update",
+            "beta",
+            "--exclude",
+            "a",
+            "--description",
+            "beta users",
+        ])
+        .ok();
+    let segment = server
+        .anchor(&["-o", "json", "segments", "get", "beta"])
+        .ok()
+        .json();
+    assert_eq!(segment["segment"]["included"], json!(["b"]));
+    assert_eq!(segment["segment"]["excluded"], json!(["a"]));
+    assert_eq!(segment["segment"]["description"], "beta users");
+    server.anchor(&["segments", "delete", "beta"]).ok();
+    assert_eq!(server.anchor(&["segments", "get", "beta"]).code, 4);
+
+    // A new key's secret is printed once: alone with --quiet, never in the list.
+    let secret = server
+        .anchor(&[
+            "-q",
+            "keys",
+            "create",
+            "--kind",
+            "server",
+            "-e",
+            "production",
+        ])
+        .ok()
+        .stdout;
+    let secret = secret.trim();
+    assert!(secret.len() > 20 && !secret.contains(' '), "{secret}");
+    let keys = server
+        .anchor(&["-o", "json", "keys", "list", "-e", "production"])
+        .ok();
+    assert!(!keys.stdout.contains(secret));
+    let id = keys.json()[0]["id"].as_str().unwrap().to_string();
+    server
+        .anchor(&["keys", "revoke", &id, "-e", "production"])
+        .ok();
+    let keys = server
+        .anchor(&["-o", "json", "keys", "list", "-e", "production"])
+        .ok()
+        .json();
+    assert_eq!(keys[0]["revoked"], true);
+
+    assert_eq!(server.anchor(&["change-requests", "get", "nope"]).code, 4);
+}
+
+#[test]
+fn a_change_in_an_environment_that_requires_approval_waits_for_someone_else() {
+    let server = start("change-requests");
+    let bearer = format!("Bearer {}", server.token);
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/projects/default/environments",
+        &bearer,
+        &json!({"key": "gated", "name": "Gated", "requiresApproval": true}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/users",
+        &bearer,
+        &json!({"username": "reviewer", "password": PASSWORD}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        &server.addr,
+        "PUT",
+        "/api/v1/projects/default/members/reviewer",
+        &bearer,
+        &json!({"role": "editor"}),
+    );
+    assert_eq!(status, 204, "{body}");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("reviewer:{PASSWORD}"))
+    );
+    let (status, created) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/tokens",
+        &basic,
+        &json!({"name": "review"}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let reviewer_token = created["token"].as_str().unwrap();
+
+    server.anchor(&["flags", "create", "checkout"]).ok();
+    let held = server
+        .anchor(&["flags", "on", "checkout", "-e", "gated", "-m", "please"])
+        .ok()
+        .stdout;
+    assert!(
+        held.contains("gated requires approval: change request"),
+        "{held}"
+    );
+    let record = server
+        .anchor(&["-o", "json", "flags", "get", "checkout"])
+        .ok()
+        .json();
+    assert!(!enabled_in(&record, "gated"), "nothing changed yet");
+
+    let requests = server
+        .anchor(&["-o", "json", "change-requests", "list", "--status", "open"])
+        .ok()
+        .json();
+    let id = requests[0]["id"].as_str().unwrap().to_string();
+    let shown = server.anchor(&["change-requests", "get", &id]).ok().stdout;
+    assert!(shown.contains("~ /enabled true"), "{shown}");
+
+    let own = server.anchor(&["change-requests", "approve", &id]);
+    assert_eq!(
+        own.code, 3,
+        "authors do not approve their own: {}",
+        own.stderr
+    );
+    let approved = run(
+        &server.config,
+        &[
+            "--url",
+            &server.url,
+            "--token",
+            reviewer_token,
+            "-o",
+            "json",
+            "change-requests",
+            "approve",
+            &id,
+            "-m",
+            "ok",
+        ],
+        None,
+    )
+    .ok()
+    .json();
+    assert_eq!(approved["status"], "approved");
+    server.anchor(&["change-requests", "apply", &id]).ok();
+    let record = server
+        .anchor(&["-o", "json", "flags", "get", "checkout"])
+        .ok()
+        .json();
+    assert!(enabled_in(&record, "gated"));
+}
