@@ -209,8 +209,9 @@ pub async fn import(ctx: &Ctx, args: &ImportArgs) -> Result<(), CliError> {
     }
     let total = steps.len();
     let mut held = 0;
+    let mut created = HashMap::new();
     for (i, step) in steps.iter().enumerate() {
-        if apply(ctx, step, args.comment.as_deref()).await? {
+        if apply(ctx, step, args.comment.as_deref(), &mut created).await? {
             held += 1;
         }
         let done = i + 1;
@@ -367,8 +368,15 @@ fn initial_config(flag: &Value) -> Value {
     json!({"enabled": false, "offVariant": off, "defaultServe": {"variant": off}})
 }
 
-/// Returns whether the server held the write as a change request.
-async fn apply(ctx: &Ctx, step: &Step, comment: Option<&str>) -> Result<bool, CliError> {
+/// Returns whether the server held the write as a change request. `created` keeps the
+/// configuration versions of the flags this import created, from their creation's answer, so
+/// their configurations are written without reading them first.
+async fn apply(
+    ctx: &Ctx,
+    step: &Step,
+    comment: Option<&str>,
+    created: &mut HashMap<(String, String), u64>,
+) -> Result<bool, CliError> {
     let answer = match step {
         Step::CreateEnvironment(env) => {
             ctx.api
@@ -395,7 +403,17 @@ async fn apply(ctx: &Ctx, step: &Step, comment: Option<&str>) -> Result<bool, Cl
                 )
                 .await?
         }
-        Step::CreateFlag(flag) => ctx.api.post(&ctx.project_path("/flags"), flag).await?,
+        Step::CreateFlag(flag) => {
+            let answer = ctx.api.post(&ctx.project_path("/flags"), flag).await?;
+            for e in answer.body["environments"].as_array().into_iter().flatten() {
+                if let (Some(env), Some(version)) =
+                    (e["environment"].as_str(), e["config"]["version"].as_u64())
+                {
+                    created.insert((text(&flag["key"]), env.to_string()), version);
+                }
+            }
+            answer
+        }
         Step::UpdateFlag { flag, .. } => {
             let mut body = flag.clone();
             if let Some(comment) = comment {
@@ -430,14 +448,15 @@ async fn apply(ctx: &Ctx, step: &Step, comment: Option<&str>) -> Result<bool, Cl
                 body["comment"] = json!(comment);
             }
             // A flag created by this import has its version only now.
-            let version = match version {
-                Some(v) => Some(*v),
-                None => ctx
-                    .api
-                    .get(&ctx.env_path_of(env, &format!("/flags/{}", seg(flag))))
-                    .await?["version"]
-                    .as_u64(),
-            };
+            let version =
+                match version.or_else(|| created.get(&(flag.clone(), env.clone())).copied()) {
+                    Some(v) => Some(v),
+                    None => ctx
+                        .api
+                        .get(&ctx.env_path_of(env, &format!("/flags/{}", seg(flag))))
+                        .await?["version"]
+                        .as_u64(),
+                };
             ctx.api
                 .put(
                     &ctx.env_path_of(env, &format!("/flags/{}", seg(flag))),
@@ -457,8 +476,8 @@ fn strip_version(mut value: Value) -> Value {
     value
 }
 
-/// For comparison only: without `version`, nulls, and empty lists, maps and descriptions,
-/// which the server and a hand-written file may or may not spell out.
+/// For comparison only: without `version`, nulls, empty lists and maps, and the server's
+/// defaults, which the server and a hand-written file may or may not spell out.
 fn normal(value: &Value) -> Value {
     fn clean(value: &Value) -> Option<Value> {
         match value {
@@ -474,7 +493,7 @@ fn normal(value: &Value) -> Value {
             Value::Object(map) => {
                 let map: Map<String, Value> = map
                     .iter()
-                    .filter(|(k, v)| !(k.as_str() == "description" && v.as_str() == Some("")))
+                    .filter(|(k, v)| !is_server_default(k, v))
                     .filter_map(|(k, v)| clean(v).map(|v| (k.clone(), v)))
                     .collect();
                 (!map.is_empty()).then_some(Value::Object(map))
@@ -483,6 +502,14 @@ fn normal(value: &Value) -> Value {
         }
     }
     clean(&strip_version(value.clone())).unwrap_or(Value::Null)
+}
+
+/// Values the server fills in when a document leaves them out.
+fn is_server_default(key: &str, value: &Value) -> bool {
+    matches!(
+        (key, value.as_str()),
+        ("description", Some("")) | ("lifecycle", Some("temporary"))
+    )
 }
 
 /// The differences between two JSON values as lines: `+ /path value`, `- /path value`,
@@ -551,5 +578,9 @@ mod tests {
             ]
         );
         assert!(changes(&after, &after).is_empty());
+        let written = json!({"key": "f", "kind": "boolean", "variants": []});
+        let stored = json!({"key": "f", "kind": "boolean", "variants": [], "tags": [],
+                            "description": "", "lifecycle": "temporary"});
+        assert!(changes(&stored, &written).is_empty());
     }
 }
