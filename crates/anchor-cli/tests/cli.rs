@@ -1,20 +1,74 @@
-//! The management commands as a user runs them: the real `anchor` binary against a real
-//! `anchor serve` on a free port, each test with its own server, data and config directory.
+//! The management commands as a user runs them: the real `anchor` binary against a real server
+//! on a free port, each test with its own server, store and config directory. Every story runs
+//! on SQLite and, when `ANCHOR_TEST_POSTGRES_URL` is set, on PostgreSQL in a fresh schema.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use anchor_server::{AppState, Secret, bootstrap, launch};
+use anchor_store::{SqlStore, Store};
 use base64::Engine;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
 
-/// A server with an admin token, and a config directory for the CLI.
+enum Backend {
+    Sqlite,
+    Postgres { url: String, schema: String },
+}
+
+/// Declares one test per backend running the same story; PostgreSQL only when
+/// `ANCHOR_TEST_POSTGRES_URL` is set.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::start(stringify!($name), super::Backend::Sqlite));
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
+                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+                        return;
+                    };
+                    let schema = format!("anchor_cli_{}", super::unique());
+                    super::$name(super::start(
+                        stringify!($name),
+                        super::Backend::Postgres { url, schema },
+                    ));
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    login_checks_the_token_and_stores_it_in_a_file_only_the_user_can_read,
+    flags_are_created_listed_and_switched_on_and_off_per_environment,
+    targeting_edits_change_what_a_context_is_served,
+    errors_print_one_line_and_exit_with_the_documented_code,
+    export_then_import_into_another_project_is_idempotent_and_dry_run_shows_the_diff,
+    a_release_is_started_inspected_and_steered_by_flag_key,
+    segments_and_sdk_keys_round_trip_and_a_secret_prints_once,
+    a_change_in_an_environment_that_requires_approval_waits_for_someone_else,
+);
+
+/// A server with an admin token, and a config directory for the CLI. Dropping it stops the
+/// server and drops its PostgreSQL schema.
 struct Server {
-    child: Child,
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    backend: Backend,
     addr: String,
     url: String,
     token: String,
@@ -23,49 +77,85 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let (Some(runtime), Backend::Postgres { url, schema }) = (&self.runtime, &self.backend) {
+            runtime.block_on(async {
+                use sqlx::{Connection, Executor};
+                sqlx::any::install_default_drivers();
+                if let Ok(mut conn) = sqlx::AnyConnection::connect(url).await {
+                    let _ = conn
+                        .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                        .await;
+                }
+            });
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        }
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+fn unique() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let dir =
-        std::env::temp_dir().join(format!("anchor-cli-{name}-{}-{nanos}", std::process::id()));
+    format!("{}_{nanos}", std::process::id())
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("anchor-cli-{name}-{}", unique()));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     dir
 }
 
-fn start(name: &str) -> Server {
+fn start(name: &str, backend: Backend) -> Server {
     let dir = temp_dir(name);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_anchor"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .env_remove("ANCHOR_DATABASE_URL")
-        .env_remove("ANCHOR_CONFIG")
-        .env("ANCHOR_ADMIN_PASSWORD", PASSWORD)
-        .env("ANCHOR_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the anchor binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server prints where it listens")
-            .expect("readable stdout");
-        if let Some(addr) = line.strip_prefix("Listening on http://") {
-            break addr.to_string();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let (addr, stop) = runtime.block_on(async {
+        let store: Arc<dyn Store> = match &backend {
+            Backend::Sqlite => Arc::new(
+                SqlStore::open_sqlite(&dir.join("anchor.db"))
+                    .await
+                    .expect("SQLite opens"),
+            ),
+            Backend::Postgres { url, schema } => Arc::new(
+                SqlStore::open_postgres(url, Some(schema))
+                    .await
+                    .expect("PostgreSQL opens"),
+            ),
+        };
+        bootstrap(store.as_ref(), Some(&Secret::new(PASSWORD)))
+            .await
+            .expect("the first start's bootstrap");
+        let state = AppState::new(store).expect("the application state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("an address").to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(launch(listener, state, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    });
     let basic = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
     );
+    for _ in 0..200 {
+        if TcpStream::connect(&addr).is_ok()
+            && http(&addr, "GET", "/readyz", &basic, &Value::Null).0 == 200
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (status, created) = http(
         &addr,
         "POST",
@@ -76,7 +166,9 @@ fn start(name: &str) -> Server {
     assert_eq!(status, 201, "{created}");
     let token = created["token"].as_str().expect("a token").to_string();
     Server {
-        child,
+        runtime: Some(runtime),
+        stop: Some(stop),
+        backend,
         url: format!("http://{addr}"),
         addr,
         token,
@@ -188,9 +280,7 @@ fn enabled_in(record: &Value, env: &str) -> bool {
         .expect("a configuration in the environment")
 }
 
-#[test]
-fn login_checks_the_token_and_stores_it_in_a_file_only_the_user_can_read() {
-    let server = start("login");
+fn login_checks_the_token_and_stores_it_in_a_file_only_the_user_can_read(server: Server) {
     let refused = run(
         &server.config,
         &["login", &server.url, "--token", "ra_nope"],
@@ -231,9 +321,7 @@ fn login_checks_the_token_and_stores_it_in_a_file_only_the_user_can_read() {
     assert_eq!(overridden.code, 3, "{}", overridden.stderr);
 }
 
-#[test]
-fn flags_are_created_listed_and_switched_on_and_off_per_environment() {
-    let server = start("flags");
+fn flags_are_created_listed_and_switched_on_and_off_per_environment(server: Server) {
     let created = server
         .anchor(&["flags", "create", "new-checkout", "--tag", "web"])
         .ok();
@@ -321,9 +409,7 @@ fn flags_are_created_listed_and_switched_on_and_off_per_environment() {
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
 
-#[test]
-fn targeting_edits_change_what_a_context_is_served() {
-    let server = start("targeting");
+fn targeting_edits_change_what_a_context_is_served(server: Server) {
     server.anchor(&["flags", "create", "checkout"]).ok();
     server
         .anchor(&["flags", "on", "checkout", "-e", "staging"])
@@ -430,9 +516,7 @@ fn targeting_edits_change_what_a_context_is_served() {
     assert!(audit.as_array().unwrap().len() >= 7, "{audit}");
 }
 
-#[test]
-fn errors_print_one_line_and_exit_with_the_documented_code() {
-    let server = start("errors");
+fn errors_print_one_line_and_exit_with_the_documented_code(server: Server) {
     // The server's validation problem, every field by its JSON pointer.
     let invalid = server.anchor(&[
         "flags",
@@ -504,9 +588,9 @@ fn an_unreachable_server_is_a_clear_error_with_exit_code_5() {
     assert_eq!(run.stderr.lines().count(), 1);
 }
 
-#[test]
-fn export_then_import_into_another_project_is_idempotent_and_dry_run_shows_the_diff() {
-    let server = start("transfer");
+fn export_then_import_into_another_project_is_idempotent_and_dry_run_shows_the_diff(
+    server: Server,
+) {
     server
         .anchor(&["flags", "create", "checkout", "--tag", "web"])
         .ok();
@@ -644,9 +728,7 @@ fn export_then_import_into_another_project_is_idempotent_and_dry_run_shows_the_d
     assert_eq!(dry["steps"][0]["diff"], json!(["~ /enabled true → false"]));
 }
 
-#[test]
-fn a_release_is_started_inspected_and_steered_by_flag_key() {
-    let server = start("release");
+fn a_release_is_started_inspected_and_steered_by_flag_key(server: Server) {
     server.anchor(&["flags", "create", "checkout"]).ok();
     server
         .anchor(&["flags", "on", "checkout", "-e", "production"])
@@ -735,9 +817,7 @@ fn a_release_is_started_inspected_and_steered_by_flag_key() {
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
 
-#[test]
-fn segments_and_sdk_keys_round_trip_and_a_secret_prints_once() {
-    let server = start("segments-keys");
+fn segments_and_sdk_keys_round_trip_and_a_secret_prints_once(server: Server) {
     server
         .anchor(&[
             "segments",
@@ -802,9 +882,7 @@ fn segments_and_sdk_keys_round_trip_and_a_secret_prints_once() {
     assert_eq!(server.anchor(&["change-requests", "get", "nope"]).code, 4);
 }
 
-#[test]
-fn a_change_in_an_environment_that_requires_approval_waits_for_someone_else() {
-    let server = start("change-requests");
+fn a_change_in_an_environment_that_requires_approval_waits_for_someone_else(server: Server) {
     let bearer = format!("Bearer {}", server.token);
     let (status, body) = http(
         &server.addr,
