@@ -547,6 +547,30 @@ fn errors_print_one_line_and_exit_with_the_documented_code(server: Server) {
     let bad_usage = server.anchor(&["flags", "frobnicate"]);
     assert_eq!(bad_usage.code, 2);
 
+    // Nonsense is a usage error, never a panic.
+    for args in [
+        &["release", "status", "x", "--watch", "--interval", "NaN"][..],
+        &["targeting", "rollout", "f", "on", "NaN"],
+        &["targeting", "rollout", "f", "on", "101"],
+        &["evaluate", "x", "--context", "[1]"],
+        &["flags", "create", "f", "--variant", "novalue"],
+    ] {
+        let run = server.anchor(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+    }
+    let not_an_export = server.config.join("not-an-export.json");
+    std::fs::create_dir_all(&server.config).unwrap();
+    std::fs::write(&not_an_export, "{\"flags\": 1}").unwrap();
+    let import = server.anchor(&["import", not_an_export.to_str().unwrap()]);
+    assert_eq!(import.code, 2, "{}", import.stderr);
+    let bad_url = run(
+        &server.config,
+        &["--url", "ftp://x", "--token", "t", "flags", "list"],
+        None,
+    );
+    assert_eq!(bad_url.code, 2, "{}", bad_url.stderr);
+
     let no_token = run(
         &server.config,
         &["--url", &server.url, "flags", "list"],

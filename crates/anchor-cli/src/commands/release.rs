@@ -75,6 +75,12 @@ async fn resolve(ctx: &Ctx, release: &str, active_only: bool) -> Result<String, 
 }
 
 async fn status(ctx: &Ctx, args: &ReleaseStatusArgs) -> Result<(), CliError> {
+    if !args.interval.is_finite() || args.interval <= 0.0 {
+        return Err(CliError::Usage(format!(
+            "--interval must be a positive number of seconds, not {}",
+            args.interval
+        )));
+    }
     let Some(release) = &args.release else {
         let releases = ctx.api.get(&ctx.project_path("/releases")).await?;
         ctx.out.show(&releases, |out| {

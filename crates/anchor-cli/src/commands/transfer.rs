@@ -7,6 +7,9 @@
 //! diff and sends no write.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures_util::StreamExt;
 
 use serde_json::{Map, Value, json};
 
@@ -209,15 +212,23 @@ pub async fn import(ctx: &Ctx, args: &ImportArgs) -> Result<(), CliError> {
     }
     let total = steps.len();
     let mut held = 0;
-    let mut created = HashMap::new();
-    for (i, step) in steps.iter().enumerate() {
-        if apply(ctx, step, args.comment.as_deref(), &mut created).await? {
-            held += 1;
-        }
-        let done = i + 1;
-        if total >= PROGRESS_FROM && (done == total || done % progress_step(total) == 0) {
-            ctx.out
-                .progress(&format!("importing: {done}/{total} changes"));
+    let mut done = 0;
+    let created = Mutex::new(HashMap::new());
+    // Steps of one phase are independent of each other, so a few go at once; the phases
+    // (environments, segments, restores, definitions, configurations) stay in order.
+    for phase in phases(&steps) {
+        let mut results = futures_util::stream::iter(phase)
+            .map(|step| apply(ctx, step, args.comment.as_deref(), &created))
+            .buffer_unordered(CONCURRENCY);
+        while let Some(result) = results.next().await {
+            if result? {
+                held += 1;
+            }
+            done += 1;
+            if total >= PROGRESS_FROM && (done == total || done % progress_step(total) == 0) {
+                ctx.out
+                    .progress(&format!("importing: {done}/{total} changes"));
+            }
         }
     }
     if total >= PROGRESS_FROM {
@@ -233,6 +244,27 @@ pub async fn import(ctx: &Ctx, args: &ImportArgs) -> Result<(), CliError> {
         }
     });
     Ok(())
+}
+
+/// Writes in flight at once during an import: enough to keep the server busy while the CLI
+/// waits on the network, few enough not to crowd out other clients.
+const CONCURRENCY: usize = 4;
+
+/// The steps grouped by the order they must keep: everything of one group can go at once.
+fn phases(steps: &[Step]) -> Vec<Vec<&Step>> {
+    let rank = |step: &Step| match step {
+        Step::CreateEnvironment(_) => 0,
+        Step::CreateSegment { .. } | Step::UpdateSegment { .. } => 1,
+        Step::RestoreFlag(_) => 2,
+        Step::CreateFlag(_) | Step::UpdateFlag { .. } => 3,
+        Step::SetConfig { .. } => 4,
+    };
+    let mut phases: Vec<Vec<&Step>> = vec![Vec::new(); 5];
+    for step in steps {
+        phases[rank(step)].push(step);
+    }
+    phases.retain(|p| !p.is_empty());
+    phases
 }
 
 /// Imports with fewer changes finish before progress would help.
@@ -375,7 +407,7 @@ async fn apply(
     ctx: &Ctx,
     step: &Step,
     comment: Option<&str>,
-    created: &mut HashMap<(String, String), u64>,
+    created: &Mutex<HashMap<(String, String), u64>>,
 ) -> Result<bool, CliError> {
     let answer = match step {
         Step::CreateEnvironment(env) => {
@@ -406,9 +438,11 @@ async fn apply(
         Step::CreateFlag(flag) => {
             let answer = ctx.api.post(&ctx.project_path("/flags"), flag).await?;
             for e in answer.body["environments"].as_array().into_iter().flatten() {
-                if let (Some(env), Some(version)) =
-                    (e["environment"].as_str(), e["config"]["version"].as_u64())
-                {
+                if let (Some(env), Some(version), Ok(mut created)) = (
+                    e["environment"].as_str(),
+                    e["config"]["version"].as_u64(),
+                    created.lock(),
+                ) {
                     created.insert((text(&flag["key"]), env.to_string()), version);
                 }
             }
@@ -448,15 +482,18 @@ async fn apply(
                 body["comment"] = json!(comment);
             }
             // A flag created by this import has its version only now.
-            let version =
-                match version.or_else(|| created.get(&(flag.clone(), env.clone())).copied()) {
-                    Some(v) => Some(v),
-                    None => ctx
-                        .api
-                        .get(&ctx.env_path_of(env, &format!("/flags/{}", seg(flag))))
-                        .await?["version"]
-                        .as_u64(),
-                };
+            let known = created
+                .lock()
+                .ok()
+                .and_then(|c| c.get(&(flag.clone(), env.clone())).copied());
+            let version = match version.or(known) {
+                Some(v) => Some(v),
+                None => ctx
+                    .api
+                    .get(&ctx.env_path_of(env, &format!("/flags/{}", seg(flag))))
+                    .await?["version"]
+                    .as_u64(),
+            };
             ctx.api
                 .put(
                     &ctx.env_path_of(env, &format!("/flags/{}", seg(flag))),
