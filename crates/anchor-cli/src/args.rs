@@ -259,6 +259,7 @@ pub enum TargetingCommand {
 
 #[derive(Args, Debug)]
 pub struct ServeVariantArgs {
+    /// The flag's key
     pub flag: String,
     /// The variant's name
     pub variant: String,
@@ -268,6 +269,7 @@ pub struct ServeVariantArgs {
 
 #[derive(Args, Debug)]
 pub struct RolloutArgs {
+    /// The flag's key
     pub flag: String,
     /// The variant rolled out
     pub variant: String,
@@ -286,6 +288,7 @@ pub struct RolloutArgs {
 
 #[derive(Args, Debug)]
 pub struct AddTargetArgs {
+    /// The flag's key
     pub flag: String,
     /// The variant they get
     pub variant: String,
@@ -298,6 +301,7 @@ pub struct AddTargetArgs {
 
 #[derive(Args, Debug)]
 pub struct RemoveTargetArgs {
+    /// The flag's key
     pub flag: String,
     /// Targeting keys
     #[arg(required = true)]
@@ -369,6 +373,7 @@ pub enum ReleaseCommand {
 
 #[derive(Args, Debug)]
 pub struct ReleaseStartArgs {
+    /// The flag's key
     pub flag: String,
     /// The variant served now
     #[arg(long)]
@@ -404,6 +409,7 @@ pub struct ReleaseStatusArgs {
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {
+    /// The flag's key
     pub flag: String,
     /// The older revision
     pub from: u64,
@@ -413,6 +419,7 @@ pub struct DiffArgs {
 
 #[derive(Args, Debug)]
 pub struct RevertArgs {
+    /// The flag's key
     pub flag: String,
     /// The revision whose configuration to restore (as a new revision)
     pub version: u64,
@@ -518,6 +525,7 @@ pub struct KeyIdArg {
 
 #[derive(Args, Debug)]
 pub struct EvaluateArgs {
+    /// The flag's key
     pub flag: String,
     /// The evaluation context as a JSON object, e.g. '{"targetingKey": "user-42", "country":
     /// "DE"}'
