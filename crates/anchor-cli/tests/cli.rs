@@ -2,7 +2,7 @@
 //! on a free port, each test with its own server, store and config directory. Every story runs
 //! on SQLite and, when `ANCHOR_TEST_POSTGRES_URL` is set, on PostgreSQL in a fresh schema.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -270,6 +270,33 @@ fn run(config: &Path, args: &[&str], stdin: Option<&str>) -> Run {
     }
 }
 
+/// A child's output, line by line, as it comes.
+fn lines_of(output: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+/// Collects lines into `seen` until one contains `needle` (20 s at most).
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str, seen: &mut String) {
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("`{needle}` never came; so far:\n{seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(needle) {
+            return;
+        }
+    }
+}
+
 fn enabled_in(record: &Value, env: &str) -> bool {
     record["environments"]
         .as_array()
@@ -406,7 +433,17 @@ fn flags_are_created_listed_and_switched_on_and_off_per_environment(server: Serv
 
     server.anchor(&["flags", "archive", "banner"]).ok();
     let list = server.anchor(&["-o", "json", "flags", "list"]).ok().json();
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    let states: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 2, "{list}");
+    assert!(
+        states.contains(&"rolledBack") && states.contains(&"aborted"),
+        "{list}"
+    );
 }
 
 fn targeting_edits_change_what_a_context_is_served(server: Server) {
@@ -821,7 +858,67 @@ fn a_release_is_started_inspected_and_steered_by_flag_key(server: Server) {
         missing.stderr
     );
 
-    // Watching a finished release prints it once and returns.
+    // Watching follows a running release until it ends: each change is printed again.
+    server
+        .anchor(&[
+            "release",
+            "start",
+            "checkout",
+            "-e",
+            "production",
+            "--control",
+            "off",
+            "--treatment",
+            "on",
+        ])
+        .ok();
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_anchor"))
+        .args([
+            "--url",
+            &server.url,
+            "--token",
+            &server.token,
+            "release",
+            "status",
+            "checkout",
+            "-e",
+            "production",
+            "--watch",
+            "--interval",
+            "0.2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the anchor binary runs");
+    // Each step waits until the watcher has shown the state before, so no timing is assumed.
+    let lines = lines_of(watch.stdout.take().expect("piped stdout"));
+    let mut watched = String::new();
+    wait_for_line(&lines, "state            running", &mut watched);
+    server
+        .anchor(&["release", "pause", "checkout", "-e", "production"])
+        .ok();
+    wait_for_line(&lines, "state            paused", &mut watched);
+    server
+        .anchor(&["release", "abort", "checkout", "-e", "production"])
+        .ok();
+    wait_for_line(&lines, "state            aborted", &mut watched);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while watch.try_wait().expect("waitable").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "--watch did not return after the release ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(watch.wait().expect("the watch ends").success());
+    let views = watched.matches("release          ").count();
+    assert!(
+        views >= 3,
+        "a view per change (running, paused, aborted):\n{watched}"
+    );
+
+    // Watching a finished release (the flag's latest) prints it once and returns.
     let watched = server
         .anchor(&[
             "release",
@@ -833,12 +930,23 @@ fn a_release_is_started_inspected_and_steered_by_flag_key(server: Server) {
         ])
         .ok()
         .stdout;
-    assert!(watched.contains("rolledBack"), "{watched}");
+    assert_eq!(watched.matches("release          ").count(), 1, "{watched}");
+    assert!(watched.contains("state            aborted"), "{watched}");
     let list = server
         .anchor(&["-o", "json", "release", "status"])
         .ok()
         .json();
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    let states: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 2, "{list}");
+    assert!(
+        states.contains(&"rolledBack") && states.contains(&"aborted"),
+        "{list}"
+    );
 }
 
 fn segments_and_sdk_keys_round_trip_and_a_secret_prints_once(server: Server) {
