@@ -433,16 +433,10 @@ fn flags_are_created_listed_and_switched_on_and_off_per_environment(server: Serv
 
     server.anchor(&["flags", "archive", "banner"]).ok();
     let list = server.anchor(&["-o", "json", "flags", "list"]).ok().json();
-    let states: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["state"]["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states.len(), 2, "{list}");
-    assert!(
-        states.contains(&"rolledBack") && states.contains(&"aborted"),
-        "{list}"
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "archived flags are not listed: {list}"
     );
 }
 
