@@ -248,3 +248,36 @@ fn coverage_never_delays_a_stage_that_does_not_require_it_nor_a_rollback() {
     let rolled = step_with_coverage(&t, &started.state, Ok(&bad), None, 2 * MINUTE);
     assert!(matches!(rolled.state, ReleaseState::RolledBack { .. }));
 }
+
+proptest::proptest! {
+    /// Any counts (up to the largest a row may carry) give finite shares in [0, 1] that add
+    /// up to 1 per attribute, and a warning exactly by the rule.
+    #[test]
+    fn every_table_has_finite_shares_adding_up_and_warnings_by_the_rule(
+        cells in proptest::collection::vec(
+            (0usize..2, 0usize..25, 0u64..1_000_000_000_000, 0u64..1_000_000_000_000),
+            0..60,
+        )
+    ) {
+        let plan = template(true).coverage;
+        let mut observed = CoverageObservations::default();
+        for (attribute, value, control, treatment) in cells {
+            let attribute = ["platform", "country"][attribute].to_string();
+            let value = if value == 24 { "other".to_string() } else { format!("v{value}") };
+            observed.control.entry(attribute.clone()).or_default().insert(value.clone(), control);
+            observed.treatment.entry(attribute).or_default().insert(value, treatment);
+        }
+        let table = coverage_table(&plan, &observed);
+        for attribute in ["platform", "country"] {
+            let rows: Vec<&CoverageRow> = table.iter().filter(|r| r.attribute == attribute).collect();
+            let users: u64 = rows.iter().map(|r| r.users).sum();
+            let shares: f64 = rows.iter().map(|r| r.share).sum();
+            proptest::prop_assert!(users == 0 || (shares - 1.0).abs() < 1e-9, "{shares}");
+            for r in rows {
+                proptest::prop_assert!(r.share.is_finite() && (0.0..=1.0).contains(&r.share));
+                let warn = r.value != "other" && r.share >= 0.05 && r.treated_users < 50;
+                proptest::prop_assert_eq!(r.warning, warn);
+            }
+        }
+    }
+}

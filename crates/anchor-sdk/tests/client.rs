@@ -454,14 +454,6 @@ async fn a_flag_under_a_release_with_coverage_attributes_sends_first_exposures_b
             }}),
         )
         .await;
-    // The release sets the flag to 50% and tells SDKs to watch it, broken down by platform.
-    server
-        .api(
-            reqwest::Method::POST,
-            "/api/v1/projects/default/environments/production/flags/checkout/releases",
-            json!({"template": "covered", "control": "off", "treatment": "on"}),
-        )
-        .await;
     let key = server
         .sdk_key("default", "production", SdkKeyKind::Server)
         .await;
@@ -470,6 +462,24 @@ async fn a_flag_under_a_release_with_coverage_attributes_sends_first_exposures_b
         .build()
         .await
         .unwrap();
+    // The release sets the flag to 50% and tells connected SDKs (in the same patch) to watch
+    // it, broken down by platform and tier.
+    server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/projects/default/environments/production/flags/checkout/releases",
+            json!({"template": "covered", "control": "off", "treatment": "on"}),
+        )
+        .await;
+    assert!(
+        eventually(5, || (0..50).any(|i| client.bool_value(
+            "checkout",
+            &user(&format!("probe-{i}")),
+            false
+        )))
+        .await,
+        "the patch arrived"
+    );
     let mut expected: std::collections::BTreeMap<(String, String), u64> = Default::default();
     for i in 0..300u64 {
         let platform = ["ios", "android", "web"][(i % 3) as usize];
@@ -497,7 +507,11 @@ async fn a_flag_under_a_release_with_coverage_attributes_sends_first_exposures_b
         .unwrap();
     let mut got: std::collections::BTreeMap<(String, String), u64> = Default::default();
     for (variant, attributes) in &counts {
-        for (value, n) in &attributes["platform"] {
+        // The probes above have no platform: "(none)".
+        for (value, n) in attributes["platform"]
+            .iter()
+            .filter(|(v, _)| *v != "(none)")
+        {
             got.insert((variant.clone(), value.clone()), *n);
         }
         let tiers = &attributes["app.tier"];
