@@ -164,6 +164,14 @@ impl EvaluationContext {
         self.get_hashed(name, name_hash(name))
     }
 
+    /// The value at an attribute path as conditions read it: a dotted path reads nested
+    /// objects first, then a top-level attribute named by the whole path; JSON null counts as
+    /// missing. For callers outside the evaluator (SDKs breaking exposures down by an
+    /// attribute), so they read the same value a condition would.
+    pub fn lookup(&self, path: &str) -> Option<&Value> {
+        AttributePath::new(path).lookup(self)
+    }
+
     /// The attributes in insertion order, the targeting key among them.
     pub fn attributes(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.entries.iter().map(|e| (&*e.name, &e.value))
@@ -381,6 +389,10 @@ mod tests {
         );
         assert_eq!(AttributePath::new("app.missing").lookup(&ctx), None);
         assert_eq!(AttributePath::new("gone").lookup(&ctx), None);
+        // The public lookup reads the same values.
+        assert_eq!(ctx.lookup("app.build.number"), Some(&json!(7)));
+        assert_eq!(ctx.lookup("device.os"), Some(&json!("ios")));
+        assert_eq!(ctx.lookup("gone"), None);
     }
 
     #[test]

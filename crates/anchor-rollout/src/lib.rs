@@ -12,6 +12,9 @@
 //!   means, an absolute error-rate backstop and sample ratio mismatch; [`evaluate`] runs a
 //!   [`GuardrailPlan`] with its α split across the guardrails and returns a [`Verdict`] per
 //!   guardrail, each with the numbers behind it.
+//! - [`coverage`]: canary coverage: per coverage attribute and value, the share of the users
+//!   and the treated users, with a warning for real shares too thinly treated;
+//!   [`step_with_coverage`] keeps a `requireCoverage` stage from advancing until they are.
 //! - [`release`]: the release-plan state machine: [`step`] judges a stage on its observations
 //!   at a given time, [`command`] applies a person's action; both return the next
 //!   [`ReleaseState`], the [`Action`]s for the driver and the [`Decision`] in words.
@@ -53,10 +56,15 @@
 
 mod special;
 
+pub mod coverage;
 pub mod release;
 pub mod sketch;
 pub mod stats;
 
+pub use coverage::{
+    CoverageGap, CoverageObservations, CoveragePlan, CoverageRow, CoverageThresholds,
+    coverage_table, step_with_coverage,
+};
 pub use release::{
     Action, Command, CommandRefused, Decision, Event, HoldReason, Projection, ReleaseState,
     ReleaseTemplate, Stage, StageClock, StageRecord, Transition, command, step,

@@ -50,6 +50,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::coverage::{CoverageGap, CoveragePlan};
 use crate::stats::{GuardrailCheck, GuardrailPlan, GuardrailReport, Observations, PlanProblem};
 use crate::stats::{Needed, SrmCheck, StageEvidence, Verdict, evaluate_release, stage_evidence};
 
@@ -68,6 +69,10 @@ pub struct Stage {
     /// Entering the stage waits for a person's approval.
     #[serde(default)]
     pub approval: bool,
+    /// The stage does not advance until the canary covers the user base (see
+    /// [`crate::coverage`]).
+    #[serde(default)]
+    pub require_coverage: bool,
 }
 
 /// The recipe of a release.
@@ -90,6 +95,9 @@ pub struct ReleaseTemplate {
     /// done to 100% of traffic, would exceed this many milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_limit_ms: Option<f64>,
+    /// Canary coverage: `coverageAttributes` and `coverageThresholds`.
+    #[serde(flatten)]
+    pub coverage: CoveragePlan,
 }
 
 fn default_max_extension_ms() -> u64 {
@@ -107,6 +115,7 @@ impl ReleaseTemplate {
             dwell_ms: 15 * 60_000,
             warmup_ms: 60_000,
             approval: false,
+            require_coverage: false,
         };
         Self {
             stages: [1.0, 5.0, 25.0, 50.0, 100.0]
@@ -118,6 +127,7 @@ impl ReleaseTemplate {
             hold_only: Vec::new(),
             rollback_disables_flag: false,
             p99_limit_ms: None,
+            coverage: CoveragePlan::default(),
         }
     }
 
@@ -152,6 +162,12 @@ impl ReleaseTemplate {
             if stage.dwell_ms == 0 && p < 100.0 {
                 problem(format!("/stages/{i}/dwellMs"), "must be positive");
             }
+            if stage.require_coverage && self.coverage.coverage_attributes.is_empty() {
+                problem(
+                    format!("/stages/{i}/requireCoverage"),
+                    "needs coverageAttributes to judge the coverage by",
+                );
+            }
             if stage.warmup_ms >= stage.dwell_ms && p < 100.0 {
                 problem(
                     format!("/stages/{i}/warmupMs"),
@@ -179,6 +195,7 @@ impl ReleaseTemplate {
                 problem(format!("/holdOnly/{i}"), "names no guardrail");
             }
         }
+        problems.extend(self.coverage.problems());
         problems.extend(self.guardrails.problems().into_iter().map(|p| PlanProblem {
             path: format!("/guardrails{}", p.path),
             message: p.message,
@@ -226,6 +243,8 @@ pub enum HoldReason {
     GuardrailBreached { check: GuardrailCheck },
     /// The treatment's p99 latency, projected to 100% of traffic, exceeds the template's limit.
     ProjectedLatency { projection: Projection },
+    /// The stage requires coverage and these values (or attributes) lack treated users.
+    InsufficientCoverage { gaps: Vec<CoverageGap> },
 }
 
 /// What the treatment measured when it left a stage, for the scaling projection.
@@ -506,7 +525,7 @@ impl Transition {
     }
 }
 
-fn percent(p: f64) -> String {
+pub(crate) fn percent(p: f64) -> String {
     if p.fract() == 0.0 {
         format!("{p:.0}%")
     } else {

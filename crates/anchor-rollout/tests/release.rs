@@ -15,6 +15,7 @@ fn template() -> ReleaseTemplate {
         dwell_ms: 10 * 60_000,
         warmup_ms: 60_000,
         approval,
+        require_coverage: false,
     };
     ReleaseTemplate {
         stages: vec![
@@ -44,6 +45,7 @@ fn template() -> ReleaseTemplate {
         hold_only: vec!["signups".into()],
         rollback_disables_flag: false,
         p99_limit_ms: None,
+        coverage: anchor_rollout::CoveragePlan::default(),
     }
 }
 
@@ -549,6 +551,7 @@ fn a_projected_p99_above_the_limit_holds_instead_of_advancing() {
         dwell_ms: 10 * 60_000,
         warmup_ms: 0,
         approval: false,
+        require_coverage: false,
     };
     let t = ReleaseTemplate {
         stages: vec![stage(1.0), stage(5.0), stage(50.0), stage(100.0)],
@@ -563,6 +566,7 @@ fn a_projected_p99_above_the_limit_holds_instead_of_advancing() {
         hold_only: vec![],
         rollback_disables_flag: false,
         p99_limit_ms: Some(300.0),
+        coverage: anchor_rollout::CoveragePlan::default(),
     };
     assert!(t.problems().is_empty(), "{:?}", t.problems());
     let with_latency = |share, p99: f64| {

@@ -1,7 +1,7 @@
 //! The configuration the client evaluates against, its compiled snapshot and its evaluation
 //! counters, replaced as one immutable value on every change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +32,10 @@ pub(crate) struct ConfigPayload {
     /// of the ones the builder names. Absent from servers that do not send it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub watched_flags: Vec<String>,
+    /// By watched flag: the context attributes to break its exposures down by (its release's
+    /// coverage attributes). Absent from servers that do not send it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub coverage: BTreeMap<String, Vec<String>>,
 }
 
 /// A stream `patch` event: what changed on top of `previous_revision`.
@@ -51,6 +55,9 @@ pub(crate) struct Patch {
     /// The whole `watchedFlags` list, when it changed.
     #[serde(default)]
     pub watched_flags: Option<Vec<String>>,
+    /// The whole `coverage` map, when it changed.
+    #[serde(default)]
+    pub coverage: Option<BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Debug)]
@@ -64,6 +71,8 @@ pub(crate) struct Held {
     pub watched_flags: Vec<String>,
     /// By flag index: the flag's key when its outcomes are watched.
     pub watched: Vec<Option<String>>,
+    /// The configuration's `coverage` map, kept so that a patch carries it over.
+    pub coverage: BTreeMap<String, Vec<String>>,
 }
 
 impl Held {
@@ -86,7 +95,14 @@ impl Held {
             counters,
             watched_flags: Vec::new(),
             watched,
+            coverage: BTreeMap::new(),
         }
+    }
+
+    /// Keeps the configuration's coverage attributes by flag.
+    pub(crate) fn covering(mut self, coverage: BTreeMap<String, Vec<String>>) -> Self {
+        self.coverage = coverage;
+        self
     }
 
     /// Marks the flags whose outcomes are watched: those of the configuration (`listed`, kept
@@ -368,7 +384,19 @@ mod tests {
         assert_eq!(held.watched_flags, ["b", "gone"]);
         let without: ConfigPayload = serde_json::from_value(json!({"flags": []})).unwrap();
         assert!(without.watched_flags.is_empty());
-        assert!(!serde_json::to_string(&without).unwrap().contains("watched"));
+        assert!(without.coverage.is_empty());
+        let text = serde_json::to_string(&without).unwrap();
+        assert!(!text.contains("watched") && !text.contains("coverage"));
+        let covered: ConfigPayload = serde_json::from_value(json!({
+            "flags": [], "watchedFlags": ["b"], "coverage": {"b": ["platform", "geo.country"]}
+        }))
+        .unwrap();
+        assert_eq!(covered.coverage["b"], ["platform", "geo.country"]);
+        let patch: Patch = serde_json::from_value(json!({
+            "revision": 3, "previousRevision": 2, "coverage": {"b": ["platform"]}
+        }))
+        .unwrap();
+        assert_eq!(patch.coverage.unwrap()["b"], ["platform"]);
     }
 
     #[test]

@@ -75,7 +75,9 @@ use tokio::sync::{broadcast, watch};
 
 pub use error::Error;
 use held::{ConfigPayload, Held, Source, changed_flags};
-pub use outcomes::{DEFAULT_METRIC_CAP, MAX_METRICS_PER_ARM, MAX_UNITS_PER_ARM, Outcome};
+pub use outcomes::{
+    DEFAULT_METRIC_CAP, MAX_COVERAGE_VALUES, MAX_METRICS_PER_ARM, MAX_UNITS_PER_FLAG, Outcome,
+};
 use outcomes::{Outcomes, Served};
 
 /// Whether the client's configuration is current.
@@ -232,6 +234,7 @@ impl Shared {
                     variant,
                     unit: context.targeting_key().map(outcomes::unit_hash),
                 },
+                context,
             );
         }
     }
@@ -265,9 +268,36 @@ impl Shared {
                 }
             });
         }
-        let old = self.held.swap(Arc::new(
-            Held::new(revision, source, payload.config).watching(watched_flags, &self.watch),
-        ));
+        let coverage = payload.coverage.clone();
+        let fresh = Arc::new(
+            Held::new(revision, source, payload.config)
+                .watching(watched_flags, &self.watch)
+                .covering(coverage),
+        );
+        let old = self.held.swap(Arc::clone(&fresh));
+        if let Some(outcomes) = &self.outcomes {
+            // A flag whose own configuration changed (a release's stage sets its share)
+            // starts counting its units afresh.
+            let before: HashMap<&str, &anchor_engine::ConfiguredFlag> = old
+                .config
+                .flags
+                .iter()
+                .map(|f| (f.flag.key.as_str(), f))
+                .collect();
+            let after: HashMap<&str, &anchor_engine::ConfiguredFlag> = fresh
+                .config
+                .flags
+                .iter()
+                .map(|f| (f.flag.key.as_str(), f))
+                .collect();
+            let changed: Vec<&str> = flags
+                .iter()
+                .map(String::as_str)
+                .filter(|key| before.get(key) != after.get(key))
+                .collect();
+            let watched: Vec<&str> = fresh.watched.iter().flatten().map(String::as_str).collect();
+            outcomes.configure(&changed, &fresh.coverage, &watched);
+        }
         self.generation.fetch_add(1, Ordering::Release);
         if self.counting
             && let Ok(mut retired) = self.retired.lock()
@@ -769,14 +799,14 @@ impl Client {
     /// once per request, not in a tight loop of its own. Does nothing without telemetry.
     pub fn record(&self, context: &EvaluationContext, outcome: Outcome) {
         self.attribute(None, context, |outcomes, minute, served| {
-            outcomes.record(minute, served, outcome);
+            outcomes.record(minute, served, context, outcome);
         });
     }
 
     /// [`Client::record`] for these flags only (watched or not).
     pub fn record_flags(&self, flags: &[&str], context: &EvaluationContext, outcome: Outcome) {
         self.attribute(Some(flags), context, |outcomes, minute, served| {
-            outcomes.record(minute, served, outcome);
+            outcomes.record(minute, served, context, outcome);
         });
     }
 
@@ -794,7 +824,7 @@ impl Client {
             return;
         }
         self.attribute(None, context, |outcomes, minute, served| {
-            outcomes.track(minute, served, event, value);
+            outcomes.track(minute, served, context, event, value);
         });
     }
 

@@ -188,12 +188,17 @@ async fn session(shared: &Shared, connection: &Connection, init: &watch::Sender<
                         .watched_flags
                         .clone()
                         .unwrap_or_else(|| held.watched_flags.clone());
+                    let coverage = patch
+                        .coverage
+                        .clone()
+                        .unwrap_or_else(|| held.coverage.clone());
                     let (config, touched) = held.patched(patch);
                     shared.install(
                         ConfigPayload {
                             revision,
                             config,
                             watched_flags,
+                            coverage,
                         },
                         Source::Server,
                         touched,

@@ -116,6 +116,7 @@ fn config_event(held: &EnvironmentSnapshot) -> Event {
             "flags": held.config.flags,
             "segments": held.config.segments,
             "watchedFlags": held.watched_flags,
+            "coverage": held.coverage,
         }))
         .unwrap_or_else(|_| Event::default().comment("unserialisable"))
 }
@@ -775,6 +776,7 @@ async fn download_config(State(state): State<AppState>, headers: HeaderMap) -> R
             "flags": held.config.flags,
             "segments": held.config.segments,
             "watchedFlags": held.watched_flags,
+            "coverage": held.coverage,
         }))
         .into_response()
     };

@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anchor_engine::{FlagConfig, Rollout, Serve, WeightedVariant};
-use anchor_rollout::{Action, Command, Observations, ReleaseState, ReleaseTemplate, Transition};
+use anchor_rollout::{
+    Action, Command, CoverageObservations, CoverageRow, Observations, ReleaseState,
+    ReleaseTemplate, Transition,
+};
 use anchor_store::{Actor, ReleaseRecord, ReleaseUpdate, Role, StoreError};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -55,6 +58,18 @@ pub trait MetricSource: Send + Sync + 'static {
         to_ms: i64,
         expected_treatment_share: f64,
     ) -> Result<Observations, String>;
+
+    /// Both arms' exposures of `release` by coverage attribute and value over the same
+    /// minutes as [`MetricSource::observe`]; `Ok(None)` from a source that has none (a stage
+    /// that requires coverage then waits, never advancing on missing counts).
+    async fn coverage(
+        &self,
+        _release: &ReleaseRecord,
+        _from_ms: i64,
+        _to_ms: i64,
+    ) -> Result<Option<CoverageObservations>, String> {
+        Ok(None)
+    }
 }
 
 /// The controller's settings.
@@ -241,6 +256,12 @@ struct ReleaseView {
     /// The decision log, oldest first (in one release's view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     decisions: Option<Vec<anchor_store::ReleaseDecision>>,
+    /// Canary coverage of the current stage (in one release's view only, when the template
+    /// names coverage attributes): per attribute and value, its share of the users, its
+    /// treated users and whether that share is too thinly treated to judge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    coverage: Option<Vec<CoverageRow>>,
 }
 
 /// The treatment's current share in the flag's configuration.
@@ -304,11 +325,44 @@ async fn view(
     } else {
         None
     };
+    let coverage = if with_decisions {
+        stage_coverage(state, &record).await?
+    } else {
+        None
+    };
     Ok(ReleaseView {
         record,
         percentage,
         decisions,
+        coverage,
     })
+}
+
+/// The coverage table of the release's current stage (its minutes since the warm-up), when
+/// its template names coverage attributes and it is at a stage.
+async fn stage_coverage(
+    state: &AppState,
+    record: &ReleaseRecord,
+) -> ApiResult<Option<Vec<CoverageRow>>> {
+    let (template, current) = parse(record)?;
+    if template.coverage.coverage_attributes.is_empty() {
+        return Ok(None);
+    }
+    let clock = match &current {
+        ReleaseState::Running { clock }
+        | ReleaseState::Holding { clock, .. }
+        | ReleaseState::Paused { clock, .. } => clock,
+        _ => return Ok(None),
+    };
+    let observed = StoreMetrics(Arc::clone(&state.store))
+        .coverage(record, clock.observe_from_ms, state.now_ms())
+        .await
+        .map_err(ApiError::Internal)?
+        .unwrap_or_default();
+    Ok(Some(anchor_rollout::coverage_table(
+        &template.coverage,
+        &observed,
+    )))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -700,10 +754,28 @@ async fn drive(
             .observe(&record, clock.observe_from_ms, now, share)
             .await
     };
-    let transition = anchor_rollout::step(
+    let requires_coverage = template
+        .stages
+        .get(clock.stage)
+        .is_some_and(|s| s.require_coverage);
+    let coverage = if requires_coverage && now >= clock.observe_from_ms {
+        settings
+            .metrics
+            .coverage(&record, clock.observe_from_ms, now)
+            .await
+            .unwrap_or_else(|e| {
+                // Without counts the stage waits; it never advances on missing coverage.
+                tracing::warn!(error = %e, release = %record.id, "cannot read the coverage");
+                None
+            })
+    } else {
+        None
+    };
+    let transition = anchor_rollout::step_with_coverage(
         &template,
         &current,
         observed.as_ref().map_err(String::as_str),
+        coverage.as_ref(),
         now,
     );
     if transition.state == current && transition.actions.is_empty() {
@@ -770,11 +842,7 @@ impl MetricSource for StoreMetrics {
         to_ms: i64,
         expected_treatment_share: f64,
     ) -> Result<Observations, String> {
-        let from_minute = from_ms.div_euclid(1_000).saturating_add(59).div_euclid(60) * 60;
-        // Up to the minutes the ingestion accepts ahead of this server's clock (SDK clocks
-        // differ), so whatever was accepted is judged.
-        let ahead = crate::telemetry::MAX_FUTURE_SECS.div_euclid(60) + 1;
-        let to_minute = (to_ms.div_euclid(1_000).div_euclid(60) + 1 + ahead) * 60;
+        let (from_minute, to_minute) = stage_minutes(from_ms, to_ms);
         let mut by_variant = self
             .0
             .outcome_observations(
@@ -792,4 +860,38 @@ impl MetricSource for StoreMetrics {
             expected_treatment_share,
         })
     }
+
+    async fn coverage(
+        &self,
+        release: &ReleaseRecord,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Option<CoverageObservations>, String> {
+        let (from_minute, to_minute) = stage_minutes(from_ms, to_ms);
+        let mut by_variant = self
+            .0
+            .coverage_counts(
+                &release.project,
+                &release.environment,
+                &release.flag,
+                from_minute,
+                to_minute,
+            )
+            .await
+            .map_err(|e| format!("reading the coverage counts: {e}"))?;
+        Ok(Some(CoverageObservations {
+            control: by_variant.remove(&release.control).unwrap_or_default(),
+            treatment: by_variant.remove(&release.treatment).unwrap_or_default(),
+        }))
+    }
+}
+
+/// The minutes `[from, to)` (unix seconds) a stage's observations from `from_ms` to `to_ms`
+/// cover: those that began at or after `from_ms`, up to the minutes the ingestion accepts
+/// ahead of this server's clock (SDK clocks differ), so whatever was accepted is judged.
+fn stage_minutes(from_ms: i64, to_ms: i64) -> (i64, i64) {
+    let from_minute = from_ms.div_euclid(1_000).saturating_add(59).div_euclid(60) * 60;
+    let ahead = crate::telemetry::MAX_FUTURE_SECS.div_euclid(60) + 1;
+    let to_minute = (to_ms.div_euclid(1_000).div_euclid(60) + 1 + ahead) * 60;
+    (from_minute, to_minute)
 }

@@ -17,7 +17,7 @@
 //! behind when it is next polled: at once for a reader that is merely slow, and for a stalled
 //! one once it reads what its socket's buffers already hold.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use anchor_engine::{ConfiguredFlag, Diagnostic, EnvironmentConfig, Segment, Snapshot, compile};
@@ -51,6 +51,10 @@ pub struct EnvironmentSnapshot {
     /// changing the flag (aborted) stays listed until the environment's next change, which
     /// costs nothing but telemetry.
     pub watched_flags: Vec<String>,
+    /// By watched flag whose release's template names coverage attributes: those attributes
+    /// (`coverage`), by which SDKs break the flag's exposures down. Read with
+    /// `watched_flags`, so it changes with the environment's revisions.
+    pub coverage: BTreeMap<String, Vec<String>>,
 }
 
 /// What changed from `previous_revision` to `revision`; a client holding `previous_revision`
@@ -60,7 +64,7 @@ pub struct Patch {
     pub revision: u64,
     pub previous_revision: u64,
     /// `{"revision", "previousRevision", "flags", "deletedFlags", "segments",
-    /// "deletedSegments"}`: the added or changed flags and segments whole, the removed ones
+    /// "deletedSegments"}` (and `watchedFlags`, `coverage` when they changed): the added or changed flags and segments whole, the removed ones
     /// (deleted or archived) by key.
     pub json: String,
 }
@@ -77,6 +81,9 @@ struct PatchBody<'a> {
     /// The whole list, when it changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     watched_flags: Option<&'a [String]>,
+    /// The whole map, when it changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coverage: Option<&'a BTreeMap<String, Vec<String>>>,
 }
 
 /// The items of `new` that are not in `old` as they are, and the keys of `old` that `new` lacks.
@@ -117,6 +124,7 @@ impl Patch {
             deleted_segments,
             watched_flags: (old.watched_flags != new.watched_flags)
                 .then_some(new.watched_flags.as_slice()),
+            coverage: (old.coverage != new.coverage).then_some(&new.coverage),
         };
         Patch {
             revision: new.revision,
@@ -273,13 +281,26 @@ impl Snapshots {
             return Ok(());
         }
         let (snapshot, diagnostics) = compile(&config);
-        let mut watched_flags: Vec<String> = store
+        let releases: Vec<_> = store
             .active_releases()
             .await?
             .into_iter()
             .filter(|r| r.project == project && r.environment == environment)
-            .map(|r| r.flag)
             .collect();
+        let mut coverage = BTreeMap::new();
+        for release in &releases {
+            // Only the attributes are needed; a template that does not read as one (it was
+            // validated when written) simply asks for no breakdown.
+            let attributes: Vec<String> = release
+                .template
+                .get("coverageAttributes")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            if !attributes.is_empty() {
+                coverage.insert(release.flag.clone(), attributes);
+            }
+        }
+        let mut watched_flags: Vec<String> = releases.into_iter().map(|r| r.flag).collect();
         watched_flags.sort();
         watched_flags.dedup();
         let fresh = Arc::new(EnvironmentSnapshot {
@@ -290,6 +311,7 @@ impl Snapshots {
             config,
             diagnostics,
             watched_flags,
+            coverage,
         });
         let channel = {
             let mut held = self.held.write().unwrap_or_else(PoisonError::into_inner);

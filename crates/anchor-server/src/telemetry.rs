@@ -7,11 +7,16 @@
 //! batch carries an id of the SDK's making: the store records it with the counts in one
 //! transaction, so an SDK that retries a batch (its answer was lost) never counts it twice.
 //!
-//! A batch may also carry `outcomes`: per minute, flag and variant, the distinct units exposed,
-//! the requests and errors recorded, the requests' latencies as an
-//! [`anchor_rollout::LatencySketch`] and custom metrics' sums. They are stored with the counts,
-//! under the same batch id, and read by people through `GET …/flags/{flag}/outcomes` (rates,
-//! quantiles and means) and by the rollout controller through the store.
+//! A batch may also carry `outcomes`: per minute, flag and variant, the exposures (units the
+//! SDK served the variant for the first time since the flag's configuration last changed, so
+//! a stage's minutes add up to its distinct units per SDK instance), the requests and errors
+//! recorded, the requests' latencies as an [`anchor_rollout::LatencySketch`], custom metrics'
+//! sums, and `coverage`: those exposures by the values of the release's coverage attributes
+//! (`{"platform": {"ios": 12, "android": 30, "other": 1}}`; at most
+//! [`MAX_COVERAGE_ATTRIBUTES`] attributes of at most [`MAX_COVERAGE_VALUES`] values, none
+//! counting more than the row's exposures). They are stored with the counts, under the same
+//! batch id, and read by people through `GET …/flags/{flag}/outcomes` (rates, quantiles and
+//! means) and the release view (coverage), and by the rollout controller through the store.
 //!
 //! A batch is judged whole before anything is stored: every problem is reported at once, each
 //! with its JSON pointer, and a batch with any problem stores nothing.
@@ -45,6 +50,14 @@ pub const MAX_METRICS: usize = 32;
 /// The most `[index, count]` pairs one sketch may list: one per bucket of the mapping.
 pub const MAX_SKETCH_BINS: usize =
     (anchor_rollout::sketch::MAX_INDEX - anchor_rollout::sketch::MIN_INDEX + 1) as usize;
+/// The most coverage attributes one outcome row may break its exposures down by (as a
+/// template may name).
+pub const MAX_COVERAGE_ATTRIBUTES: usize = anchor_rollout::coverage::MAX_COVERAGE_ATTRIBUTES;
+/// The most values one coverage attribute may list in a row: the SDK names 20 and counts the
+/// rest as `other`; a little room for other SDKs' choices.
+pub const MAX_COVERAGE_VALUES: usize = 32;
+/// The longest coverage value.
+const MAX_COVERAGE_VALUE: usize = 128;
 /// The longest custom metric name.
 const MAX_METRIC_NAME: usize = 64;
 /// How far ahead of the server's clock a minute may start (clocks differ).
@@ -308,6 +321,12 @@ fn outcome_row(
         }
         Some(_) => problems.add(at("metrics"), "must be an object: name → sums"),
     }
+    let coverage = coverage(
+        row.get("coverage"),
+        &at("coverage"),
+        exposures.as_ref().ok().copied(),
+        problems,
+    );
     if problems.0.len() != before {
         return None;
     }
@@ -322,7 +341,97 @@ fn outcome_row(
             latency: latency.ok()?,
             metrics,
         },
+        coverage,
     })
+}
+
+/// An outcome row's `coverage` (`{"platform": {"ios": 12, "other": 1}}`), reporting each bad
+/// field under `at`: at most [`MAX_COVERAGE_ATTRIBUTES`] attribute paths of 1 to 256
+/// characters, each with at most [`MAX_COVERAGE_VALUES`] values of 1 to 128 characters
+/// counting 1 or more, and no attribute counting more than the row's `exposures` (each first
+/// exposure is counted once per attribute).
+fn coverage(
+    value: Option<&Value>,
+    at: &str,
+    exposures: Option<u64>,
+    problems: &mut Problems,
+) -> anchor_rollout::coverage::ValueCounts {
+    let mut out = BTreeMap::new();
+    let attributes = match value {
+        None | Some(Value::Null) => return out,
+        Some(Value::Object(attributes)) if attributes.len() > MAX_COVERAGE_ATTRIBUTES => {
+            problems.add(
+                at.to_string(),
+                format!(
+                    "{} attributes: a row breaks exposures down by at most {MAX_COVERAGE_ATTRIBUTES}",
+                    attributes.len()
+                ),
+            );
+            return out;
+        }
+        Some(Value::Object(attributes)) => attributes,
+        Some(_) => {
+            problems.add(
+                at.to_string(),
+                "must be an object: attribute → value → exposures",
+            );
+            return out;
+        }
+    };
+    for (attribute, values) in attributes {
+        let path = format!("{at}/{}", pointer_token(attribute));
+        if let Err(message) = text(&Value::String(attribute.clone()), MAX_NAME) {
+            problems.add(path, format!("an attribute path {message}"));
+            continue;
+        }
+        let values = match values {
+            Value::Object(values) if values.len() > MAX_COVERAGE_VALUES => {
+                problems.add(
+                    path,
+                    format!(
+                        "{} values: at most {MAX_COVERAGE_VALUES} per attribute (count the rest as `other`)",
+                        values.len()
+                    ),
+                );
+                continue;
+            }
+            Value::Object(values) => values,
+            _ => {
+                problems.add(path, "must be an object: value → exposures");
+                continue;
+            }
+        };
+        let mut counts = BTreeMap::new();
+        let mut total = 0u64;
+        for (value, n) in values {
+            let value_path = format!("{path}/{}", pointer_token(value));
+            if let Err(message) = text(&Value::String(value.clone()), MAX_COVERAGE_VALUE) {
+                problems.add(value_path, format!("a value {message}"));
+                continue;
+            }
+            match n.as_u64() {
+                Some(n) if (1..=MAX_COUNT).contains(&n) => {
+                    total = total.saturating_add(n);
+                    counts.insert(value.clone(), n);
+                }
+                _ => problems.add(
+                    value_path,
+                    format!("must be an integer from 1 to {MAX_COUNT}"),
+                ),
+            }
+        }
+        if let Some(exposures) = exposures
+            && total > exposures
+        {
+            problems.add(
+                path,
+                format!("counts {total} exposures, more than the row's {exposures}"),
+            );
+            continue;
+        }
+        out.insert(attribute.clone(), counts);
+    }
+    out
 }
 
 /// Judges a batch (`body`) against the server's clock (`now`, unix seconds) and the oldest
@@ -628,8 +737,10 @@ struct MetricSummary {
 #[serde(rename_all = "camelCase")]
 struct VariantOutcomes {
     variant: String,
-    /// Distinct units served the variant, summed over minutes (and over SDK instances): a unit
-    /// active in several minutes counts in each.
+    /// Units first served the variant, summed over minutes and SDK instances: an SDK counts a
+    /// unit once, in the minute it first serves it, until the flag's configuration changes (a
+    /// release's stage change does), so over one stage this is the distinct units each instance
+    /// exposed (a unit served by two instances counts twice).
     exposures: u64,
     requests: u64,
     errors: u64,
@@ -903,9 +1014,65 @@ mod tests {
         let parsed = parse_batch(&batch(json!([good])), NOW, DEFAULT_MAX_AGE_SECS)
             .ok()
             .unwrap();
+        assert!(parsed.outcomes[0].coverage.is_empty());
         let row = &parsed.outcomes[0].observations;
         assert_eq!((row.exposures, row.requests, row.errors), (3, 5, 1));
         assert_eq!(row.latency.count(), 5);
         assert_eq!(row.metrics["revenue.eur"].sum, 10.5);
+    }
+
+    #[test]
+    fn every_bad_coverage_field_is_named_by_its_json_pointer() {
+        let minute = NOW / 60 * 60;
+        let row = |coverage: Value| {
+            json!({"batchId": "b", "evaluations": [], "outcomes": [
+                {"minute": minute, "flag": "f", "variant": "on", "exposures": 10,
+                 "coverage": coverage}]})
+        };
+        let many_values: serde_json::Map<String, Value> = (0..=MAX_COVERAGE_VALUES)
+            .map(|i| (format!("v{i}"), json!(1)))
+            .collect();
+        let many_attributes: serde_json::Map<String, Value> = (0..=MAX_COVERAGE_ATTRIBUTES)
+            .map(|i| (format!("a{i}"), json!({"x": 1})))
+            .collect();
+        let good = json!({"platform": {"ios": 6, "android": 3, "other": 1},
+                          "geo.country": {"(none)": 10}});
+        let cases = [
+            (row(good.clone()), vec![]),
+            (row(Value::Null), vec![]),
+            (row(json!([])), vec!["/outcomes/0/coverage"]),
+            (
+                row(Value::Object(many_attributes)),
+                vec!["/outcomes/0/coverage"],
+            ),
+            (
+                row(json!({
+                    "": {"x": 1},
+                    "platform": [],
+                    "many": many_values,
+                    "counts": {"": 1, "zero": 0, "neg": -1, "text": "1", "a/b": 1},
+                    "too.many": {"a": 6, "b": 5},
+                })),
+                vec![
+                    "/outcomes/0/coverage/",
+                    "/outcomes/0/coverage/counts/",
+                    "/outcomes/0/coverage/counts/neg",
+                    "/outcomes/0/coverage/counts/text",
+                    "/outcomes/0/coverage/counts/zero",
+                    "/outcomes/0/coverage/many",
+                    "/outcomes/0/coverage/platform",
+                    "/outcomes/0/coverage/too.many",
+                ],
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(paths(body.clone()), expected, "{body}");
+        }
+        let parsed = parse_batch(&row(good), NOW, DEFAULT_MAX_AGE_SECS)
+            .ok()
+            .unwrap();
+        let coverage = &parsed.outcomes[0].coverage;
+        assert_eq!(coverage["platform"]["ios"], 6);
+        assert_eq!(coverage["geo.country"]["(none)"], 10);
     }
 }

@@ -630,3 +630,136 @@ async fn the_controller_judges_the_outcomes_sdks_report_and_sdks_learn_which_fla
     assert_eq!(evidence["nTreatment"], 20000, "{evidence}");
     assert_eq!(server.treatment_weight().await, 0);
 }
+
+/// Canary coverage through the real HTTP surface: SDKs are told which attributes to break
+/// exposures down by, post the breakdown, and a stage that requires coverage holds until a
+/// real share of users (Brazil) has enough treated users, then advances.
+#[tokio::test]
+async fn a_stage_requiring_coverage_holds_until_a_value_has_enough_treated_users_then_advances() {
+    let server = Server::start_judging(true).await;
+    server.setup().await;
+    let (status, template) = server
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/release-templates/covered",
+            Some(json!({"name": "Covered", "template": {
+                "stages": [
+                    {"percentage": 50.0, "dwellMs": 300, "requireCoverage": true},
+                    {"percentage": 100.0, "dwellMs": 1}
+                ],
+                "guardrails": {"guardrails": [
+                    {"name": "error rate", "kind": "errorRate", "maxRelativeIncrease": 0.5}
+                ]},
+                "maxExtensionMs": 300,
+                "coverageAttributes": ["country"]
+            }})),
+        )
+        .await;
+    assert_eq!(status, 200, "{template}");
+    // A bad coverage setting is named by its pointer.
+    let (status, problem) = server
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/release-templates/bad",
+            Some(json!({"name": "Bad", "template": {
+                "stages": [{"percentage": 100.0, "dwellMs": 1, "requireCoverage": true}],
+                "guardrails": {"guardrails": []},
+                "coverageThresholds": {"minShare": 2.0}
+            }})),
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    let pointers: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        pointers.contains(&"/template/stages/0/requireCoverage")
+            && pointers.contains(&"/template/coverageThresholds/minShare"),
+        "{problem}"
+    );
+    let (_, key) = server
+        .post(
+            "/api/v1/projects/default/environments/production/keys",
+            json!({"kind": "server"}),
+        )
+        .await;
+    let key = key["key"].as_str().unwrap().to_string();
+    let (status, release) = server
+        .post(
+            "/api/v1/projects/default/environments/production/flags/checkout/releases",
+            json!({"template": "covered", "control": "off", "treatment": "on"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{release}");
+    let id = release["id"].as_str().unwrap().to_string();
+
+    // SDKs learn which attributes to break the flag's exposures down by.
+    let config: Value = server
+        .http
+        .get(format!("{}/sdk/v1/config", server.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["coverage"], json!({"checkout": ["country"]}));
+
+    let next_minute = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60
+        + 1)
+        * 60;
+    let post = |batch: &'static str, outcomes: Value| {
+        let request = server
+            .http
+            .post(format!("{}/sdk/v1/telemetry", server.url))
+            .bearer_auth(&key)
+            .json(&json!({"batchId": batch, "evaluations": [], "outcomes": outcomes}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // Healthy and evenly split, but Brazil (10% of users) has had 10 treated users.
+    let row = |variant: &str, exposures: u64, coverage: Value| {
+        json!({"minute": next_minute, "flag": "checkout", "variant": variant,
+               "exposures": exposures, "requests": exposures * 20, "errors": exposures / 5,
+               "coverage": {"country": coverage}})
+    };
+    let first = json!([
+        row("off", 50_000, json!({"DE": 40_000, "BR": 10_000})),
+        row("on", 50_000, json!({"DE": 49_990, "BR": 10})),
+    ]);
+    assert_eq!(post("c-1", first).await, 202);
+    let held = server.until(&id, |r| state_of(r) == "holding").await;
+    assert_eq!(
+        held["state"]["reason"]["kind"], "insufficientCoverage",
+        "{held}"
+    );
+    let message = messages(&held).last().cloned().unwrap();
+    assert_eq!(
+        message,
+        "held at 50%: country=BR has 10 of 50 treated users; the canary does not cover the user base yet"
+    );
+    let table = held["coverage"].as_array().unwrap();
+    let brazil = table.iter().find(|r| r["value"] == "BR").unwrap();
+    assert_eq!(brazil["attribute"], "country");
+    assert_eq!(brazil["treatedUsers"], 10);
+    assert_eq!(brazil["users"], 10_010);
+    assert!((brazil["share"].as_f64().unwrap() - 0.1001).abs() < 1e-9);
+    assert_eq!(brazil["warning"], true);
+    let germany = table.iter().find(|r| r["value"] == "DE").unwrap();
+    assert_eq!(germany["warning"], false);
+
+    // Enough Brazilian users reach the treatment: the hold clears and the release advances
+    // (to 100%, completing it).
+    let more = json!([row("on", 100, json!({"BR": 100}))]);
+    assert_eq!(post("c-2", more).await, 202);
+    let done = server.until(&id, |r| state_of(r) == "completed").await;
+    assert_eq!(state_of(&done), "completed", "{done}");
+    assert_eq!(server.treatment_weight().await, 100_000);
+}

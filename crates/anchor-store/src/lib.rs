@@ -468,10 +468,11 @@ pub trait Store: Send + Sync + 'static {
     /// transaction under the one batch id (a retried batch adds neither twice). Outcomes are
     /// merged into the per-minute aggregate of their (flag, variant): exposures, requests and
     /// errors added, latency sketches merged (counts added per bucket), metric sums added per
-    /// name (at most [`MAX_METRICS_PER_AGGREGATE`] names per aggregate). Concurrent batches
+    /// name (at most [`MAX_METRICS_PER_AGGREGATE`] names per aggregate), coverage counts added
+    /// per (flag, minute, variant, attribute, value). Concurrent batches
     /// touching the same aggregate take turns on its row, so none is lost. `Invalid` (and
-    /// nothing written) for a minute not a multiple of 60, an empty variant or more errors than
-    /// requests; rows with the same key are merged.
+    /// nothing written) for a minute not a multiple of 60, an empty variant, more errors than
+    /// requests or an empty coverage attribute or value; rows with the same key are merged.
     async fn record_telemetry(
         &self,
         project: &str,
@@ -678,6 +679,19 @@ pub trait Store: Send + Sync + 'static {
         from_minute: i64,
         to_minute: i64,
     ) -> Result<std::collections::BTreeMap<String, anchor_rollout::ArmObservations>, StoreError>;
+
+    /// Canary coverage: the exposures of one flag in one environment over the minutes in
+    /// `[from_minute, to_minute)`, summed per variant, coverage attribute and value (as the
+    /// outcome rows' `coverage` carried them). A variant without counts in the range is
+    /// absent. `NotFound` for an unknown project or environment.
+    async fn coverage_counts(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<std::collections::BTreeMap<String, anchor_rollout::coverage::ValueCounts>, StoreError>;
 
     /// The configuration changes committed through every process sharing this store, as they
     /// commit: on PostgreSQL, every write that bumps an environment's revision counter and

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anchor_engine::{ConfiguredFlag, EnvironmentConfig, Flag, FlagConfig, Segment, Serve};
 use anchor_rollout::ArmObservations;
+use anchor_rollout::coverage::ValueCounts;
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -3622,6 +3623,7 @@ impl Store for SqlStore {
             let sum = sums.entry((&row.flag, row.minute, variant)).or_insert(0);
             *sum = sum.saturating_add(i64::try_from(row.count).unwrap_or(i64::MAX));
         }
+        let coverage = merge_coverage(outcomes)?;
         let outcomes = merge_outcomes(outcomes)?;
         let at = self.now();
         let mut tx = self.begin().await?;
@@ -3673,8 +3675,82 @@ impl Store for SqlStore {
         for ((flag, minute, variant), arm) in &outcomes {
             add_outcome(&mut tx, &env_id, flag, *minute, variant, arm).await?;
         }
+        let coverage: Vec<_> = coverage.into_iter().collect();
+        for chunk in coverage.chunks(COUNTS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO coverage_counts \
+                 (environment_id, flag, minute, variant, attribute, value, count) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let n = 2 + 6 * i;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "($1, ${}, ${}, ${}, ${}, ${}, ${})",
+                    n,
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5
+                ));
+            }
+            sql.push_str(
+                " ON CONFLICT (environment_id, flag, minute, variant, attribute, value) \
+                 DO UPDATE SET count = coverage_counts.count + excluded.count",
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(&env_id);
+            for ((flag, minute, variant, attribute, value), count) in chunk {
+                query = query
+                    .bind(*flag)
+                    .bind(*minute)
+                    .bind(*variant)
+                    .bind(*attribute)
+                    .bind(*value)
+                    .bind(*count);
+            }
+            query.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn coverage_counts(
+        &self,
+        project: &str,
+        environment: &str,
+        flag: &str,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<BTreeMap<String, ValueCounts>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let env_id = environment_id(&mut conn, &project_id, environment).await?;
+        // Summed in SQL: a stage's minutes hold at most (variants × attributes × values) keys.
+        let rows = sqlx::query(
+            "SELECT variant, attribute, value, CAST(SUM(count) AS BIGINT) AS total \
+             FROM coverage_counts \
+             WHERE environment_id = $1 AND flag = $2 AND minute >= $3 AND minute < $4 \
+             GROUP BY variant, attribute, value",
+        )
+        .bind(&env_id)
+        .bind(flag)
+        .bind(from_minute)
+        .bind(to_minute)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut by_variant: BTreeMap<String, ValueCounts> = BTreeMap::new();
+        for r in &rows {
+            let total: i64 = r.try_get("total")?;
+            by_variant
+                .entry(r.try_get("variant")?)
+                .or_default()
+                .entry(r.try_get("attribute")?)
+                .or_default()
+                .insert(r.try_get("value")?, total.max(0) as u64);
+        }
+        Ok(by_variant)
     }
 
     async fn outcome_minutes(
@@ -3698,6 +3774,7 @@ impl Store for SqlStore {
                     flag: flag.to_string(),
                     variant,
                     observations: arm,
+                    coverage: ValueCounts::new(),
                 });
             },
         )
@@ -4047,6 +4124,37 @@ fn merge_outcomes(
         );
     }
     Ok(merged)
+}
+
+/// The coverage counts of a batch's outcome rows summed by key, in key order (for the same
+/// reasons as [`merge_outcomes`]). `Invalid` for an empty attribute or value.
+#[allow(clippy::type_complexity, reason = "the key of one row, used once")]
+fn merge_coverage(
+    outcomes: &[OutcomeAggregate],
+) -> Result<BTreeMap<(&str, i64, &str, &str, &str), i64>, StoreError> {
+    let mut sums = BTreeMap::new();
+    for row in outcomes {
+        for (attribute, values) in &row.coverage {
+            for (value, count) in values {
+                if attribute.is_empty() || value.is_empty() {
+                    return Err(StoreError::Invalid(format!(
+                        "coverage of `{}` at {}: an attribute and a value are never empty",
+                        row.flag, row.minute
+                    )));
+                }
+                let key = (
+                    row.flag.as_str(),
+                    row.minute,
+                    row.variant.as_str(),
+                    attribute.as_str(),
+                    value.as_str(),
+                );
+                let sum: &mut i64 = sums.entry(key).or_insert(0);
+                *sum = sum.saturating_add(i64::try_from(*count).unwrap_or(i64::MAX));
+            }
+        }
+    }
+    Ok(sums)
 }
 
 /// Merges one (flag, minute, variant)'s outcomes into its stored aggregate.

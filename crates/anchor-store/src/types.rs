@@ -620,6 +620,11 @@ pub struct OutcomeAggregate {
     pub variant: String,
     /// Exposures, requests, errors, the latency sketch and the custom metrics' sums.
     pub observations: anchor_rollout::ArmObservations,
+    /// The exposures by coverage attribute, then value (canary coverage). Written with the
+    /// row; [`crate::Store::outcome_minutes`] leaves it empty, and
+    /// [`crate::Store::coverage_counts`] reads it back summed over a range.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub coverage: anchor_rollout::coverage::ValueCounts,
 }
 
 /// The most custom metrics one stored (flag, variant, minute) row keeps. Batches are limited

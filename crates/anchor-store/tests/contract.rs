@@ -4,6 +4,7 @@
 //! is set, against PostgreSQL (a fresh schema per test, dropped afterwards). `.ci/run` sets it to
 //! the local server.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -145,6 +146,7 @@ contract!(
     evaluation_counts_add_up_per_minute_flag_and_variant_and_a_retried_batch_counts_once,
     concurrent_telemetry_batches_all_add_up_and_a_raced_retry_counts_once,
     outcomes_merge_per_minute_flag_and_variant_and_a_retried_batch_counts_once,
+    coverage_counts_add_up_per_variant_attribute_and_value_over_a_range_and_a_retried_batch_counts_once,
     concurrent_outcome_batches_merge_their_sketches_and_a_raced_retry_counts_once,
     committed_changes_reach_the_change_feed_and_a_lost_connection_resyncs,
     webhooks_are_created_updated_rotated_and_deleted_with_audit_entries_and_never_return_their_secret,
@@ -3982,6 +3984,7 @@ fn outcome(
             latency,
             metrics: [("revenue".to_string(), revenue)].into(),
         },
+        coverage: Default::default(),
     }
 }
 
@@ -4049,6 +4052,7 @@ async fn outcomes_merge_per_minute_flag_and_variant_and_a_retried_batch_counts_o
         flag: "checkout".into(),
         variant: variant.into(),
         observations,
+        coverage: Default::default(),
     };
     assert_eq!(
         minutes,
@@ -4112,6 +4116,128 @@ async fn outcomes_merge_per_minute_flag_and_variant_and_a_retried_batch_counts_o
             what: "environment",
             ..
         })
+    ));
+}
+
+/// An outcome row carrying coverage counts: `(attribute, value, count)`.
+fn covered(
+    minute: i64,
+    flag: &str,
+    variant: &str,
+    counts: &[(&str, &str, u64)],
+) -> OutcomeAggregate {
+    let mut row = outcome(minute, flag, variant, 1, &[], 0);
+    for &(attribute, value, n) in counts {
+        row.coverage
+            .entry(attribute.into())
+            .or_default()
+            .insert(value.into(), n);
+    }
+    row
+}
+
+async fn coverage_counts_add_up_per_variant_attribute_and_value_over_a_range_and_a_retried_batch_counts_once(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let first = [
+        covered(
+            MINUTE,
+            "checkout",
+            "on",
+            &[
+                ("platform", "ios", 3),
+                ("platform", "android", 1),
+                ("country", "BR", 4),
+            ],
+        ),
+        // The same key twice in one batch is summed.
+        covered(MINUTE, "checkout", "on", &[("platform", "ios", 2)]),
+        covered(MINUTE, "checkout", "off", &[("platform", "ios", 40)]),
+        covered(MINUTE + 60, "checkout", "on", &[("platform", "ios", 5)]),
+        covered(MINUTE + 120, "checkout", "on", &[("platform", "ios", 100)]),
+        covered(MINUTE, "search", "on", &[("platform", "ios", 9)]),
+    ];
+    for _ in 0..2 {
+        s.record_telemetry("shop", "production", "batch-c", &[], &first)
+            .await
+            .unwrap();
+    }
+    s.record_telemetry(
+        "shop",
+        "production",
+        "batch-d",
+        &[],
+        &[covered(
+            MINUTE,
+            "checkout",
+            "on",
+            &[("platform", "(none)", 1)],
+        )],
+    )
+    .await
+    .unwrap();
+    let counts = s
+        .coverage_counts("shop", "production", "checkout", MINUTE, MINUTE + 120)
+        .await
+        .unwrap();
+    let expected: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> = [
+        ("off", vec![("platform", vec![("ios", 40)])]),
+        (
+            "on",
+            vec![
+                ("country", vec![("BR", 4)]),
+                ("platform", vec![("(none)", 1), ("android", 1), ("ios", 10)]),
+            ],
+        ),
+    ]
+    .into_iter()
+    .map(|(variant, attributes)| {
+        let attributes = attributes
+            .into_iter()
+            .map(|(a, values)| {
+                let values = values
+                    .into_iter()
+                    .map(|(v, n)| (v.to_string(), n))
+                    .collect();
+                (a.to_string(), values)
+            })
+            .collect();
+        (variant.to_string(), attributes)
+    })
+    .collect();
+    assert_eq!(
+        counts, expected,
+        "the retry counted once; the range is half-open"
+    );
+    // The outcome rows themselves were stored with the counts.
+    let arms = s
+        .outcome_observations("shop", "production", "checkout", MINUTE, MINUTE + 60)
+        .await
+        .unwrap();
+    assert_eq!(arms["on"].exposures, 3);
+    assert!(
+        s.coverage_counts("shop", "production", "nothing", MINUTE, MINUTE + 60)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // An empty attribute or value is refused, with nothing of its batch written.
+    for bad in [
+        covered(MINUTE, "checkout", "on", &[("", "ios", 1)]),
+        covered(MINUTE, "checkout", "on", &[("platform", "", 1)]),
+    ] {
+        assert!(matches!(
+            s.record_telemetry("shop", "production", "bad-c", &[], &[bad])
+                .await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+    assert!(matches!(
+        s.coverage_counts("shop", "nowhere", "checkout", MINUTE, MINUTE + 60)
+            .await,
+        Err(StoreError::NotFound { .. })
     ));
 }
 
