@@ -42,8 +42,15 @@ struct ServeArgs {
     /// Days after which SDK telemetry for a minute is refused, 1 to 30 [default: 7]
     #[arg(long, env = "ANCHOR_TELEMETRY_MAX_AGE_DAYS")]
     telemetry_max_age_days: Option<u32>,
+    /// Days after which telemetry minutes are merged into hours, at least the telemetry max
+    /// age [default: 2, or the telemetry max age if longer]
+    #[arg(long, env = "ANCHOR_TELEMETRY_MINUTE_RETENTION_DAYS")]
+    telemetry_minute_retention_days: Option<u32>,
+    /// Days after which telemetry is deleted [default: 90]
+    #[arg(long, env = "ANCHOR_TELEMETRY_RETENTION_DAYS")]
+    telemetry_retention_days: Option<u32>,
     /// A TOML file with any of: listen, data_dir, database_url, admin_password, cors_origins,
-    /// telemetry_max_age_days
+    /// telemetry_max_age_days, telemetry_minute_retention_days, telemetry_retention_days
     #[arg(long, env = "ANCHOR_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -59,6 +66,8 @@ struct FileConfig {
     #[serde(default)]
     cors_origins: Vec<String>,
     telemetry_max_age_days: Option<u32>,
+    telemetry_minute_retention_days: Option<u32>,
+    telemetry_retention_days: Option<u32>,
 }
 
 fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
@@ -91,12 +100,16 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     };
     let config = ServerConfig::from_settings(&listen, data_dir, database_url, admin_password)?
         .with_cors_origins(cors_origins)?;
-    Ok(
-        match args.telemetry_max_age_days.or(file.telemetry_max_age_days) {
-            Some(days) => config.with_telemetry_max_age_days(days)?,
-            None => config,
-        },
-    )
+    let config = match args.telemetry_max_age_days.or(file.telemetry_max_age_days) {
+        Some(days) => config.with_telemetry_max_age_days(days)?,
+        None => config,
+    };
+    Ok(config.with_telemetry_retention_days(
+        args.telemetry_minute_retention_days
+            .or(file.telemetry_minute_retention_days),
+        args.telemetry_retention_days
+            .or(file.telemetry_retention_days),
+    )?)
 }
 
 /// A future that completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this
