@@ -55,8 +55,9 @@ pub mod sketch;
 pub mod stats;
 
 pub use release::{
-    Action, Command, CommandRefused, Decision, Event, HoldReason, Projection, ReleaseState,
-    ReleaseTemplate, Stage, StageClock, StageRecord, Transition, command, step,
+    Action, Command, CommandRefused, Decision, Event, HoldReason, MetricProjection, Projection,
+    ProjectionLimit, ReleaseState, ReleaseTemplate, Stage, StageClock, StageRecord, Transition,
+    command, step,
 };
 pub use sketch::LatencySketch;
 pub use stats::{
