@@ -93,9 +93,7 @@ const COMPACTION_ROWS_PER_TRANSACTION: u32 = 500;
 /// since ingestion adds to a minute's row; batch ids are forgotten once a retry could only
 /// carry minutes that ingestion refuses (the window plus the minutes accepted ahead of the
 /// clock, with an hour to spare).
-fn retention(state: &AppState) -> anchor_store::TelemetryRetention {
-    let settings = state.telemetry_compaction;
-    let window = state.telemetry_max_age_secs;
+fn retention(settings: Compaction, window: i64) -> anchor_store::TelemetryRetention {
     let minute_secs = settings.minute_secs.max(window + 3_600);
     anchor_store::TelemetryRetention {
         minute_secs,
@@ -113,7 +111,8 @@ pub(crate) async fn compact(state: AppState) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        match state.store.compact_telemetry(&retention(&state)).await {
+        let retention = retention(state.telemetry_compaction, state.telemetry_max_age_secs);
+        match state.store.compact_telemetry(&retention).await {
             Ok(report) if report == anchor_store::CompactionReport::default() => {}
             Ok(report) => tracing::info!(
                 merged = report.minutes_merged,
@@ -844,6 +843,24 @@ mod tests {
             Err(ApiError::Malformed(d)) => d.into_iter().map(|d| d.path).collect(),
             Err(e) => panic!("unexpected {e}"),
         }
+    }
+
+    #[test]
+    fn minutes_outlive_the_late_data_window_and_batch_ids_outlive_a_retry() {
+        let day = 86_400;
+        let settings = |minutes: i64, keep: i64| Compaction {
+            minute_secs: minutes * day,
+            keep_secs: keep * day,
+            every: COMPACTION_EVERY,
+        };
+        // Two days of minutes, a week's window: minutes stay an hour past the window.
+        let r = retention(settings(2, 90), 7 * day);
+        assert_eq!(r.minute_secs, 7 * day + 3_600);
+        assert_eq!(r.keep_secs, 90 * day);
+        assert_eq!(r.batch_ids_ms, (7 * day + MAX_FUTURE_SECS + 3_600) * 1_000);
+        // Longer minute retentions stand; the retention never undercuts the minutes.
+        let r = retention(settings(10, 3), day);
+        assert_eq!((r.minute_secs, r.keep_secs), (10 * day, 10 * day));
     }
 
     #[test]

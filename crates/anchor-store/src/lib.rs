@@ -453,7 +453,8 @@ pub trait Store: Send + Sync + 'static {
     /// flag and variant), if the environment has not seen `batch_id` yet: the id is recorded in
     /// the same transaction as the counts, so a retried batch counts once, even when the retry
     /// races the original. Returns whether the batch was new. Batch ids are remembered for
-    /// [`TELEMETRY_BATCH_MEMORY_MS`]. The caller validates the rows (minutes multiples of 60,
+    /// [`TELEMETRY_BATCH_MEMORY_MS`] at most ([`Store::compact_telemetry`] forgets them sooner,
+    /// once ingestion would refuse a retry anyway). The caller validates the rows (minutes multiples of 60,
     /// counts at least 1, variants never empty); rows with the same key are summed.
     async fn record_evaluations(
         &self,
