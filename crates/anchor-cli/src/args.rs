@@ -129,8 +129,15 @@ pub struct ServeArgs {
     /// Days after which SDK telemetry for a minute is refused, 1 to 30 [default: 7]
     #[arg(long, env = "ANCHOR_TELEMETRY_MAX_AGE_DAYS")]
     pub telemetry_max_age_days: Option<u32>,
+    /// Days after which telemetry minutes are merged into hours, at least the telemetry max
+    /// age [default: 2, or the telemetry max age if longer]
+    #[arg(long, env = "ANCHOR_TELEMETRY_MINUTE_RETENTION_DAYS")]
+    pub telemetry_minute_retention_days: Option<u32>,
+    /// Days after which telemetry is deleted [default: 90]
+    #[arg(long, env = "ANCHOR_TELEMETRY_RETENTION_DAYS")]
+    pub telemetry_retention_days: Option<u32>,
     /// A TOML file with any of: listen, data_dir, database_url, admin_password, cors_origins,
-    /// telemetry_max_age_days
+    /// telemetry_max_age_days, telemetry_minute_retention_days, telemetry_retention_days
     #[arg(long, env = "ANCHOR_CONFIG")]
     pub config: Option<PathBuf>,
 }

@@ -21,6 +21,8 @@ struct FileConfig {
     #[serde(default)]
     cors_origins: Vec<String>,
     telemetry_max_age_days: Option<u32>,
+    telemetry_minute_retention_days: Option<u32>,
+    telemetry_retention_days: Option<u32>,
 }
 
 fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
@@ -53,12 +55,16 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     };
     let config = ServerConfig::from_settings(&listen, data_dir, database_url, admin_password)?
         .with_cors_origins(cors_origins)?;
-    Ok(
-        match args.telemetry_max_age_days.or(file.telemetry_max_age_days) {
-            Some(days) => config.with_telemetry_max_age_days(days)?,
-            None => config,
-        },
-    )
+    let config = match args.telemetry_max_age_days.or(file.telemetry_max_age_days) {
+        Some(days) => config.with_telemetry_max_age_days(days)?,
+        None => config,
+    };
+    Ok(config.with_telemetry_retention_days(
+        args.telemetry_minute_retention_days
+            .or(file.telemetry_minute_retention_days),
+        args.telemetry_retention_days
+            .or(file.telemetry_retention_days),
+    )?)
 }
 
 /// A future that completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this

@@ -66,8 +66,9 @@ pub use coverage::{
     coverage_table, step_with_coverage,
 };
 pub use release::{
-    Action, Command, CommandRefused, Decision, Event, HoldReason, Projection, ReleaseState,
-    ReleaseTemplate, Stage, StageClock, StageRecord, Transition, command, step,
+    Action, Command, CommandRefused, Decision, Event, HoldReason, MetricProjection, Projection,
+    ProjectionLimit, ReleaseState, ReleaseTemplate, Stage, StageClock, StageRecord, Transition,
+    command, step,
 };
 pub use sketch::LatencySketch;
 pub use stats::{

@@ -48,6 +48,8 @@
 //! tolerance at 5%, which takes a few minutes of data, while the last widening, to 100%, asks
 //! for the tolerance itself. Rolling back always uses the tolerance itself.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::coverage::{CoverageGap, CoveragePlan};
@@ -98,6 +100,21 @@ pub struct ReleaseTemplate {
     /// Canary coverage: `coverageAttributes` and `coverageThresholds`.
     #[serde(flatten)]
     pub coverage: CoveragePlan,
+    /// Custom resource metrics (for example CPU milliseconds per request) whose treatment
+    /// mean, projected from the stages done to 100% of traffic, holds the release instead of
+    /// advancing when it exceeds its limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projections: Vec<ProjectionLimit>,
+}
+
+/// A custom metric to project to full traffic, and the most its projection may reach.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectionLimit {
+    /// The custom metric's name, as SDKs report it (`track`).
+    pub metric: String,
+    /// The treatment's mean of the metric, projected to 100%, may not exceed this.
+    pub limit: f64,
 }
 
 fn default_max_extension_ms() -> u64 {
@@ -128,6 +145,7 @@ impl ReleaseTemplate {
             rollback_disables_flag: false,
             p99_limit_ms: None,
             coverage: CoveragePlan::default(),
+            projections: Vec::new(),
         }
     }
 
@@ -190,6 +208,21 @@ impl ReleaseTemplate {
                 "must be a positive number of milliseconds",
             );
         }
+        for (i, projection) in self.projections.iter().enumerate() {
+            if projection.metric.is_empty()
+                || self.projections[..i]
+                    .iter()
+                    .any(|p| p.metric == projection.metric)
+            {
+                problem(
+                    format!("/projections/{i}/metric"),
+                    "must name a custom metric, once",
+                );
+            }
+            if !projection.limit.is_finite() {
+                problem(format!("/projections/{i}/limit"), "must be a finite number");
+            }
+        }
         for (i, name) in self.hold_only.iter().enumerate() {
             if !self.guardrails.guardrails.iter().any(|g| &g.name == name) {
                 problem(format!("/holdOnly/{i}"), "names no guardrail");
@@ -245,6 +278,11 @@ pub enum HoldReason {
     ProjectedLatency { projection: Projection },
     /// The stage requires coverage and these values (or attributes) lack treated users.
     InsufficientCoverage { gaps: Vec<CoverageGap> },
+    /// A custom metric's treatment mean, projected to 100% of traffic, exceeds its limit.
+    ProjectedMetric {
+        projection: MetricProjection,
+        limit: f64,
+    },
 }
 
 /// What the treatment measured when it left a stage, for the scaling projection.
@@ -258,6 +296,112 @@ pub struct StageRecord {
     /// What each guardrail measured in the stage, carried into the later stages' tests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<StageEvidence>,
+    /// The treatment's mean of each custom metric the template projects, over the stage (the
+    /// metrics it had values of).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// One per-stage value of the treatment (read from each [`StageRecord`] by `value`) as
+/// `(percentage, value)` points, oldest first: the stages that measured it.
+fn stage_points(
+    history: &[StageRecord],
+    value: impl Fn(&StageRecord) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    history
+        .iter()
+        .filter_map(|r| Some((r.percentage, value(r)?)))
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect()
+}
+
+/// The least-squares line through `points` (share in percent, value), evaluated at 100%:
+/// load that grows with the share shows as a slope. `None` without two distinct shares.
+fn fit_at_full_traffic(points: &[(f64, f64)]) -> Option<f64> {
+    if points.len() < 2 {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss, reason = "a handful of stages")]
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+    Some(mean_y + sxy / sxx * (100.0 - mean_x)).filter(|v| v.is_finite())
+}
+
+/// "<name> grew from <first> at 5% to <last> at 25%: projected <value> at 100%", each value
+/// written by `number`.
+fn describe_fit(
+    name: &str,
+    points: &[(f64, f64)],
+    projected: f64,
+    number: impl Fn(f64) -> String,
+) -> String {
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return String::new();
+    };
+    let verb = if last.1 > first.1 + first.1.abs() * 0.02 {
+        "grew"
+    } else if last.1 < first.1 - first.1.abs() * 0.02 {
+        "fell"
+    } else {
+        "held"
+    };
+    format!(
+        "{name} {verb} from {} at {} to {} at {}: projected {} at 100%",
+        number(first.1),
+        percent(first.0),
+        number(last.1),
+        percent(last.0),
+        number(projected)
+    )
+}
+
+/// A custom metric's value in words, to about three significant digits.
+fn metric_number(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// A custom metric's treatment mean fitted against its share over the stages done and
+/// projected to 100%, as [`Projection`] does for the p99 latency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricProjection {
+    pub metric: String,
+    /// `(percentage, mean)` of each stage that measured the metric, oldest first.
+    pub points: Vec<(f64, f64)>,
+    /// The mean the line gives at 100% of traffic.
+    pub projected: f64,
+}
+
+impl MetricProjection {
+    /// Needs two stages at different shares with values of `metric`; `None` otherwise.
+    #[must_use]
+    pub fn of(history: &[StageRecord], metric: &str) -> Option<Self> {
+        let points = stage_points(history, |r| r.metrics.get(metric).copied());
+        let projected = fit_at_full_traffic(&points)?;
+        Some(Self {
+            metric: metric.to_owned(),
+            points,
+            projected,
+        })
+    }
+
+    /// "cpu_ms grew from 104 at 1% to 120 at 5%: projected 500 at 100%".
+    #[must_use]
+    pub fn describe(&self) -> String {
+        describe_fit(&self.metric, &self.points, self.projected, metric_number)
+    }
 }
 
 /// The treatment's p99 latency fitted against its share over the stages done (least squares,
@@ -275,24 +419,8 @@ impl Projection {
     /// Needs two stages at different shares; `None` otherwise.
     #[must_use]
     pub fn of(history: &[StageRecord]) -> Option<Self> {
-        let points: Vec<(f64, f64)> = history
-            .iter()
-            .filter_map(|r| Some((r.percentage, r.treatment_p99_ms?)))
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .collect();
-        #[allow(clippy::cast_precision_loss, reason = "a handful of stages")]
-        let n = points.len() as f64;
-        if points.len() < 2 {
-            return None;
-        }
-        let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
-        let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
-        let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
-        if sxx <= 0.0 {
-            return None;
-        }
-        let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
-        let projected = mean_y + sxy / sxx * (100.0 - mean_x);
+        let points = stage_points(history, |r| r.treatment_p99_ms);
+        let projected = fit_at_full_traffic(&points)?;
         Some(Self {
             points,
             projected_p99_ms: projected.max(0.0),
@@ -302,24 +430,9 @@ impl Projection {
     /// "p99 grew from 50 ms at 5% to 80 ms at 25%: projected 190 ms at 100%".
     #[must_use]
     pub fn describe(&self) -> String {
-        let (Some(first), Some(last)) = (self.points.first(), self.points.last()) else {
-            return String::new();
-        };
-        let verb = if last.1 > first.1 * 1.02 {
-            "grew"
-        } else if last.1 < first.1 * 0.98 {
-            "fell"
-        } else {
-            "held"
-        };
-        format!(
-            "p99 {verb} from {:.0} ms at {} to {:.0} ms at {}: projected {:.0} ms at 100%",
-            first.1,
-            percent(first.0),
-            last.1,
-            percent(last.0),
-            self.projected_p99_ms
-        )
+        describe_fit("p99", &self.points, self.projected_p99_ms, |v| {
+            format!("{v:.0} ms")
+        })
     }
 }
 
@@ -900,6 +1013,16 @@ pub fn step(
             percentage: stage.percentage,
             treatment_p99_ms: observations.treatment.latency.quantile(0.99),
             evidence,
+            metrics: template
+                .projections
+                .iter()
+                .filter_map(|p| {
+                    let sums = observations.treatment.metrics.get(&p.metric)?;
+                    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
+                    let mean = sums.sum / sums.count as f64;
+                    (sums.count > 0 && mean.is_finite()).then(|| (p.metric.clone(), mean))
+                })
+                .collect(),
         });
         let projection = Projection::of(&history);
         if let (Some(projection), Some(limit)) = (&projection, template.p99_limit_ms)
@@ -923,13 +1046,48 @@ pub fn step(
                 Some(report),
             );
         }
+        let metric_projections: Vec<(MetricProjection, f64)> = template
+            .projections
+            .iter()
+            .filter_map(|p| Some((MetricProjection::of(&history, &p.metric)?, p.limit)))
+            .collect();
+        if let Some((projection, limit)) = metric_projections
+            .iter()
+            .find(|(projection, limit)| projection.projected > *limit)
+        {
+            if matches!(held, Some(HoldReason::ProjectedMetric { projection: p, .. })
+                if p.metric == projection.metric)
+            {
+                return Transition::unchanged(state, Some(report));
+            }
+            let message = format!(
+                "held at {at}: {}, above the limit of {}",
+                projection.describe(),
+                metric_number(*limit)
+            );
+            return hold(
+                clock,
+                now_ms,
+                HoldReason::ProjectedMetric {
+                    projection: projection.clone(),
+                    limit: *limit,
+                },
+                Event::Holding,
+                message,
+                Some(report),
+            );
+        }
         let mut why = format!(
             "advanced from {at} after {}: every guardrail safe",
             duration_words(now_ms - clock.since_ms)
         );
-        if let Some(projection) = &projection {
+        let described = projection
+            .iter()
+            .map(Projection::describe)
+            .chain(metric_projections.iter().map(|(p, _)| p.describe()));
+        for projection in described {
             why.push_str("; ");
-            why.push_str(&projection.describe());
+            why.push_str(&projection);
         }
         let mut next = enter(template, clock.stage + 1, now_ms, false, &why, history);
         if let Some(decision) = &mut next.decision {

@@ -46,6 +46,7 @@ fn template() -> ReleaseTemplate {
         rollback_disables_flag: false,
         p99_limit_ms: None,
         coverage: anchor_rollout::CoveragePlan::default(),
+        projections: vec![],
     }
 }
 
@@ -199,6 +200,7 @@ fn a_healthy_stage_advances_only_after_its_dwell() {
         .map(|g| g.name.as_str())
         .collect();
     assert_eq!(names, expected);
+    assert!(history[0].metrics.is_empty());
     assert_eq!(
         after.actions,
         [Action::Notify {
@@ -527,6 +529,7 @@ fn the_treatments_p99_is_projected_to_full_traffic_from_the_stages_done() {
             percentage,
             treatment_p99_ms,
             evidence: Vec::new(),
+            metrics: Default::default(),
         },
     );
     let projection = anchor_rollout::Projection::of(&records).unwrap();
@@ -567,6 +570,7 @@ fn a_projected_p99_above_the_limit_holds_instead_of_advancing() {
         rollback_disables_flag: false,
         p99_limit_ms: Some(300.0),
         coverage: anchor_rollout::CoveragePlan::default(),
+        projections: vec![],
     };
     assert!(t.problems().is_empty(), "{:?}", t.problems());
     let with_latency = |share, p99: f64| {
@@ -626,4 +630,112 @@ fn a_projected_p99_above_the_limit_holds_instead_of_advancing() {
     let mut bad = t;
     bad.p99_limit_ms = Some(-1.0);
     assert!(bad.problems().iter().any(|p| p.path == "/p99LimitMs"));
+}
+
+#[test]
+fn a_custom_metrics_projection_is_reported_with_each_advance_and_holds_above_its_limit() {
+    let stage = |percentage| Stage {
+        percentage,
+        dwell_ms: 10 * 60_000,
+        warmup_ms: 0,
+        approval: false,
+        require_coverage: false,
+    };
+    let t = ReleaseTemplate {
+        stages: vec![stage(1.0), stage(5.0), stage(25.0), stage(100.0)],
+        guardrails: GuardrailPlan::new(vec![GuardrailSpec {
+            name: "error rate".into(),
+            guardrail: Guardrail::ErrorRate {
+                max_relative_increase: 0.5,
+                min_absolute_increase: 0.0,
+            },
+        }]),
+        max_extension_ms: 60_000,
+        hold_only: vec![],
+        rollback_disables_flag: false,
+        p99_limit_ms: None,
+        coverage: anchor_rollout::CoveragePlan::default(),
+        projections: vec![anchor_rollout::ProjectionLimit {
+            metric: "cpu_ms".into(),
+            limit: 250.0,
+        }],
+    };
+    assert!(t.problems().is_empty(), "{:?}", t.problems());
+    // The treatment's CPU per request grows with its share: 100 ms plus 4 ms per percent
+    // (the control's stays at 100 ms and is not what is projected).
+    let with_cpu = |share: f64, slope: f64| {
+        let mut o = healthy(share);
+        let mut treatment = anchor_rollout::MetricSums::default();
+        let mut control = anchor_rollout::MetricSums::default();
+        for i in 0..1_000 {
+            let spread = if i % 2 == 0 { 5.0 } else { -5.0 };
+            treatment.record_capped(100.0 + slope * share * 100.0 + spread, 1e9);
+            control.record_capped(100.0 + spread, 1e9);
+        }
+        o.treatment.metrics.insert("cpu_ms".into(), treatment);
+        o.control.metrics.insert("cpu_ms".into(), control);
+        o
+    };
+    let state = started(&t).state;
+    let first = step(&t, &state, Ok(&with_cpu(0.01, 4.0)), 10 * MINUTE);
+    assert_eq!(running_stage(&first.state), 1, "one point: no line yet");
+    let ReleaseState::Running { clock } = &first.state else {
+        panic!("{:?}", first.state)
+    };
+    assert!((clock.history[0].metrics["cpu_ms"] - 104.0).abs() < 1e-9);
+    let second = step(&t, &first.state, Ok(&with_cpu(0.05, 4.0)), 20 * MINUTE);
+    let ReleaseState::Holding {
+        reason: HoldReason::ProjectedMetric { projection, limit },
+        ..
+    } = &second.state
+    else {
+        panic!("{:?}", second.state)
+    };
+    assert_eq!(*limit, 250.0);
+    assert_eq!(projection.metric, "cpu_ms");
+    assert!(
+        (projection.projected - 500.0).abs() < 1e-6,
+        "{projection:?}"
+    );
+    assert_eq!(
+        second.actions,
+        [Action::Notify {
+            event: Event::Holding
+        }]
+    );
+    assert_eq!(
+        second.decision.unwrap().message,
+        "held at 5%: cpu_ms grew from 104 at 1% to 120 at 5%: projected 500 at 100%, above \
+         the limit of 250"
+    );
+    // While it still breaches, the hold stays as it is, without another decision.
+    let still = step(&t, &second.state, Ok(&with_cpu(0.05, 4.0)), 21 * MINUTE);
+    assert_eq!(still.state, second.state);
+    assert!(still.decision.is_none());
+    // A flatter growth projects below the limit: the release advances and says why.
+    let flat = step(&t, &first.state, Ok(&with_cpu(0.05, 1.0)), 20 * MINUTE);
+    assert_eq!(running_stage(&flat.state), 2);
+    let message = flat.decision.unwrap().message;
+    assert!(
+        message.contains("safe; cpu_ms held from 104 at 1% to 105 at 5%: projected 129 at 100%;"),
+        "{message}"
+    );
+    // The same projection from a hold: it clears by advancing.
+    let cleared = step(&t, &second.state, Ok(&with_cpu(0.05, 1.0)), 22 * MINUTE);
+    assert_eq!(running_stage(&cleared.state), 2);
+    // The template round-trips and bad projections are named by their pointers.
+    let json = serde_json::to_value(&t).unwrap();
+    assert_eq!(
+        json["projections"],
+        serde_json::json!([{"metric": "cpu_ms", "limit": 250.0}])
+    );
+    let back: ReleaseTemplate = serde_json::from_value(json).unwrap();
+    assert_eq!(back, t);
+    let mut bad = t;
+    bad.projections.push(anchor_rollout::ProjectionLimit {
+        metric: "cpu_ms".into(),
+        limit: f64::NAN,
+    });
+    let paths: Vec<String> = bad.problems().into_iter().map(|p| p.path).collect();
+    assert_eq!(paths, ["/projections/1/metric", "/projections/1/limit"]);
 }

@@ -54,7 +54,17 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// SDK telemetry for minutes older than this is refused (7 days by default).
     pub telemetry_max_age: std::time::Duration,
+    /// Telemetry minutes older than this are merged into hours; `None`: 2 days, or the
+    /// late-data window above if that is longer (a merged hour must never receive a minute).
+    pub telemetry_minute_retention: Option<std::time::Duration>,
+    /// Telemetry older than this is deleted (90 days by default).
+    pub telemetry_retention: std::time::Duration,
 }
+
+/// How long telemetry keeps its minutes by default, and how long it is kept at all.
+pub const DEFAULT_MINUTE_RETENTION_DAYS: u32 = 2;
+pub const DEFAULT_RETENTION_DAYS: u32 = 90;
+const DAY: u64 = 86_400;
 
 /// Every problem with a configuration, reported together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +126,10 @@ impl ServerConfig {
                 telemetry_max_age: std::time::Duration::from_secs(
                     crate::telemetry::DEFAULT_MAX_AGE_SECS as u64,
                 ),
+                telemetry_minute_retention: None,
+                telemetry_retention: std::time::Duration::from_secs(
+                    u64::from(DEFAULT_RETENTION_DAYS) * DAY,
+                ),
             }),
             _ => Err(ConfigError(problems)),
         }
@@ -151,8 +165,78 @@ impl ServerConfig {
                 "the telemetry window of {days} days is not between 1 and 30 days"
             )]));
         }
-        self.telemetry_max_age = std::time::Duration::from_secs(u64::from(days) * 86_400);
+        self.telemetry_max_age = std::time::Duration::from_secs(u64::from(days) * DAY);
+        self.check_telemetry_ages()?;
         Ok(self)
+    }
+
+    /// Keeps telemetry at minute resolution for `minute_days` (then merged into hours) and
+    /// at all for `keep_days`; `None` keeps the default. Either order with
+    /// [`Self::with_telemetry_max_age_days`] gives the same checks.
+    pub fn with_telemetry_retention_days(
+        mut self,
+        minute_days: Option<u32>,
+        keep_days: Option<u32>,
+    ) -> Result<Self, ConfigError> {
+        if let Some(days) = minute_days {
+            self.telemetry_minute_retention =
+                Some(std::time::Duration::from_secs(u64::from(days) * DAY));
+        }
+        if let Some(days) = keep_days {
+            self.telemetry_retention = std::time::Duration::from_secs(u64::from(days) * DAY);
+        }
+        self.check_telemetry_ages()?;
+        Ok(self)
+    }
+
+    /// How long telemetry keeps its minutes: as configured, else 2 days or the late-data
+    /// window if that is longer.
+    pub fn minute_retention(&self) -> std::time::Duration {
+        self.telemetry_minute_retention.unwrap_or_else(|| {
+            std::time::Duration::from_secs(u64::from(DEFAULT_MINUTE_RETENTION_DAYS) * DAY)
+                .max(self.telemetry_max_age)
+        })
+    }
+
+    /// Minutes must stay minutes as long as late data for them is accepted: ingestion adds
+    /// to a minute's row, and a minute merged into its hour would then be counted apart from
+    /// it, or (were it merged again) twice. Rows must outlive their minutes.
+    fn check_telemetry_ages(&self) -> Result<(), ConfigError> {
+        let days = |d: std::time::Duration| d.as_secs() / DAY;
+        let minutes = self.minute_retention();
+        let mut problems = Vec::new();
+        if !(DAY..=365 * DAY).contains(&minutes.as_secs()) {
+            problems.push(format!(
+                "the telemetry minute retention of {} days is not between 1 and 365 days",
+                days(minutes)
+            ));
+        }
+        if minutes < self.telemetry_max_age {
+            problems.push(format!(
+                "the telemetry minute retention ({} days) is shorter than the window in which \
+                 late telemetry is accepted ({} days): minutes already merged into hours would \
+                 receive late data",
+                days(minutes),
+                days(self.telemetry_max_age)
+            ));
+        }
+        if !(DAY..=3_650 * DAY).contains(&self.telemetry_retention.as_secs()) {
+            problems.push(format!(
+                "the telemetry retention of {} days is not between 1 and 3650 days",
+                days(self.telemetry_retention)
+            ));
+        } else if self.telemetry_retention < minutes {
+            problems.push(format!(
+                "the telemetry retention ({} days) is shorter than its minute retention ({} days)",
+                days(self.telemetry_retention),
+                days(minutes)
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
     }
 }
 
@@ -211,6 +295,41 @@ mod tests {
         assert_eq!(config.telemetry_max_age.as_secs(), 30 * 86_400);
         assert!(config.clone().with_telemetry_max_age_days(0).is_err());
         assert!(config.with_telemetry_max_age_days(31).is_err());
+    }
+
+    #[test]
+    fn minutes_are_kept_at_least_as_long_as_late_telemetry_is_accepted() {
+        let config = ServerConfig::from_settings("127.0.0.1:4242", "d".into(), None, None).unwrap();
+        // The default two days give way to the default late-data window of 7.
+        assert_eq!(config.minute_retention().as_secs(), 7 * DAY);
+        assert_eq!(config.telemetry_retention.as_secs(), 90 * DAY);
+        let short = config.clone().with_telemetry_max_age_days(1).unwrap();
+        assert_eq!(short.minute_retention().as_secs(), 2 * DAY);
+        // Explicitly shorter than the window is refused, in either order of the settings.
+        assert!(
+            config
+                .clone()
+                .with_telemetry_retention_days(Some(2), None)
+                .is_err()
+        );
+        let two = short.with_telemetry_retention_days(Some(2), None).unwrap();
+        assert!(two.clone().with_telemetry_max_age_days(3).is_err());
+        assert!(two.clone().with_telemetry_max_age_days(2).is_ok());
+        // The retention outlives the minutes, and both stay in range.
+        assert!(
+            two.clone()
+                .with_telemetry_retention_days(None, Some(1))
+                .is_err()
+        );
+        assert!(
+            two.clone()
+                .with_telemetry_retention_days(Some(0), None)
+                .is_err()
+        );
+        let err = two
+            .with_telemetry_retention_days(Some(400), Some(5_000))
+            .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
     }
 
     #[test]

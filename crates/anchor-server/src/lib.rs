@@ -66,6 +66,8 @@ pub struct AppState {
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     /// Telemetry for minutes older than this many seconds is refused.
     telemetry_max_age_secs: i64,
+    /// How long telemetry keeps its minutes and itself, and how often it is compacted.
+    telemetry_compaction: telemetry::Compaction,
     /// Sends webhook deliveries; woken by `webhooks::emit`.
     pub webhooks: Arc<webhooks::Dispatcher>,
     /// The rollout controller's metric source and pace.
@@ -96,6 +98,7 @@ impl AppState {
             event_streams: Arc::default(),
             shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
             telemetry_max_age_secs: telemetry::DEFAULT_MAX_AGE_SECS,
+            telemetry_compaction: telemetry::Compaction::default(),
             webhooks: Arc::new(webhooks::Dispatcher::new(
                 webhooks::WebhookSettings::default(),
             )?),
@@ -132,6 +135,23 @@ impl AppState {
     /// since the store remembers batch ids for 35, and at least a minute).
     pub fn with_telemetry_max_age(mut self, max_age: std::time::Duration) -> Self {
         self.telemetry_max_age_secs = max_age.as_secs().clamp(60, 30 * 24 * 60 * 60) as i64;
+        self
+    }
+
+    /// Merges telemetry minutes older than `minutes` into hours and deletes telemetry older
+    /// than `keep`, checking every `every` (2 days, 90 days and 10 minutes by default). The
+    /// minutes are kept at least as long as late telemetry is accepted, whatever is given.
+    pub fn with_telemetry_retention(
+        mut self,
+        minutes: std::time::Duration,
+        keep: std::time::Duration,
+        every: std::time::Duration,
+    ) -> Self {
+        self.telemetry_compaction = telemetry::Compaction {
+            minute_secs: i64::try_from(minutes.as_secs()).unwrap_or(i64::MAX),
+            keep_secs: i64::try_from(keep.as_secs()).unwrap_or(i64::MAX),
+            every,
+        };
         self
     }
 
@@ -412,7 +432,12 @@ pub async fn start(config: &ServerConfig) -> Result<Started, StartError> {
     let state = AppState::new(store)
         .map_err(StartError::Bootstrap)?
         .with_cors_origins(config.cors_origins.clone())
-        .with_telemetry_max_age(config.telemetry_max_age);
+        .with_telemetry_max_age(config.telemetry_max_age)
+        .with_telemetry_retention(
+            config.minute_retention(),
+            config.telemetry_retention,
+            telemetry::COMPACTION_EVERY,
+        );
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -469,6 +494,8 @@ pub async fn launch(
     // The rollout controller; a step cut short rolls back with its transaction, and the lease
     // it held lapses for the next server.
     let controller = tokio::spawn(releases::run(state.clone(), state.releases.clone()));
+    // Telemetry compaction; a step cut short rolls back with its transaction.
+    let compactor = tokio::spawn(telemetry::compact(state.clone()));
     // Open streams never end by themselves: tell them to, or graceful shutdown would wait
     // for them forever.
     let stopping = Arc::clone(&state.shutdown);
@@ -483,6 +510,7 @@ pub async fn launch(
     scheduler.abort();
     dispatcher.abort();
     controller.abort();
+    compactor.abort();
     if let Some(follower) = follower {
         follower.abort();
     }

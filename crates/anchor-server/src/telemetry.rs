@@ -75,6 +75,69 @@ const MAX_PROBLEMS: usize = 100;
 /// The widest range of minutes one read returns.
 const MAX_RANGE_SECS: i64 = 31 * 24 * 60 * 60;
 
+/// How often the server compacts old telemetry by default.
+pub const COMPACTION_EVERY: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// How long telemetry keeps its minutes (`minute_secs`) and itself (`keep_secs`), and how
+/// often the server compacts it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Compaction {
+    pub minute_secs: i64,
+    pub keep_secs: i64,
+    pub every: std::time::Duration,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            minute_secs: i64::from(crate::config::DEFAULT_MINUTE_RETENTION_DAYS) * 86_400,
+            keep_secs: i64::from(crate::config::DEFAULT_RETENTION_DAYS) * 86_400,
+            every: COMPACTION_EVERY,
+        }
+    }
+}
+
+/// The most rows one compaction transaction merges or deletes: a few milliseconds of work, so
+/// ingestion never waits long behind it.
+const COMPACTION_ROWS_PER_TRANSACTION: u32 = 500;
+
+/// What the store is asked to compact, from the server's settings. Minutes stay minutes at
+/// least as long as late data for them is accepted (and an hour more, for clocks that differ),
+/// since ingestion adds to a minute's row; batch ids are forgotten once a retry could only
+/// carry minutes that ingestion refuses (the window plus the minutes accepted ahead of the
+/// clock, with an hour to spare).
+fn retention(settings: Compaction, window: i64) -> anchor_store::TelemetryRetention {
+    let minute_secs = settings.minute_secs.max(window + 3_600);
+    anchor_store::TelemetryRetention {
+        minute_secs,
+        keep_secs: settings.keep_secs.max(minute_secs),
+        batch_ids_ms: (window + MAX_FUTURE_SECS + 3_600) * 1_000,
+        rows_per_transaction: COMPACTION_ROWS_PER_TRANSACTION,
+    }
+}
+
+/// Compacts old telemetry every [`Compaction::every`] until the server stops (see
+/// [`anchor_store::Store::compact_telemetry`]: several servers on one database may do it at
+/// once). A failed run is logged and tried again at the next tick.
+pub(crate) async fn compact(state: AppState) {
+    let mut interval = tokio::time::interval(state.telemetry_compaction.every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let retention = retention(state.telemetry_compaction, state.telemetry_max_age_secs);
+        match state.store.compact_telemetry(&retention).await {
+            Ok(report) if report == anchor_store::CompactionReport::default() => {}
+            Ok(report) => tracing::info!(
+                merged = report.minutes_merged,
+                expired = report.rows_expired,
+                forgotten = report.batch_ids_forgotten,
+                "compacted telemetry"
+            ),
+            Err(error) => tracing::warn!(%error, "compacting telemetry failed; trying again later"),
+        }
+    }
+}
+
 /// The SDK route: ingestion.
 pub fn sdk_routes() -> axum::Router<AppState> {
     axum::Router::new().route("/sdk/v1/telemetry", axum::routing::post(ingest))
@@ -891,6 +954,24 @@ mod tests {
             Err(ApiError::Malformed(d)) => d.into_iter().map(|d| d.path).collect(),
             Err(e) => panic!("unexpected {e}"),
         }
+    }
+
+    #[test]
+    fn minutes_outlive_the_late_data_window_and_batch_ids_outlive_a_retry() {
+        let day = 86_400;
+        let settings = |minutes: i64, keep: i64| Compaction {
+            minute_secs: minutes * day,
+            keep_secs: keep * day,
+            every: COMPACTION_EVERY,
+        };
+        // Two days of minutes, a week's window: minutes stay an hour past the window.
+        let r = retention(settings(2, 90), 7 * day);
+        assert_eq!(r.minute_secs, 7 * day + 3_600);
+        assert_eq!(r.keep_secs, 90 * day);
+        assert_eq!(r.batch_ids_ms, (7 * day + MAX_FUTURE_SECS + 3_600) * 1_000);
+        // Longer minute retentions stand; the retention never undercuts the minutes.
+        let r = retention(settings(10, 3), day);
+        assert_eq!((r.minute_secs, r.keep_secs), (10 * day, 10 * day));
     }
 
     #[test]

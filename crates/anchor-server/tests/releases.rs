@@ -19,6 +19,9 @@ enum Health {
     Healthy,
     /// The treatment fails this many times as often as the control.
     Errors(f64),
+    /// Healthy, and the treatment's `cpu_ms` per request grows by this much per percent of
+    /// traffic it gets (from 100, the control's).
+    Cpu(f64),
     Down,
 }
 
@@ -35,9 +38,10 @@ impl MetricSource for Simulated {
         share: f64,
     ) -> Result<Observations, String> {
         let health = *self.0.lock().unwrap();
-        let factor = match health {
-            Health::Healthy => 1.0,
-            Health::Errors(f) => f,
+        let (factor, cpu_slope) = match health {
+            Health::Healthy => (1.0, None),
+            Health::Errors(f) => (f, None),
+            Health::Cpu(slope) => (1.0, Some(slope)),
             Health::Down => return Err("the telemetry store timed out".into()),
         };
         let total = 1_000_000u64;
@@ -48,9 +52,17 @@ impl MetricSource for Simulated {
             errors: (400_000.0 * rate).round() as u64,
             ..ArmObservations::default()
         };
+        let mut treatment = arm(treated, 0.01 * factor);
+        if let Some(slope) = cpu_slope {
+            let mut cpu = anchor_rollout::MetricSums::default();
+            for _ in 0..1_000 {
+                cpu.record_capped(100.0 + slope * share * 100.0, 1e9);
+            }
+            treatment.metrics.insert("cpu_ms".into(), cpu);
+        }
         Ok(Observations {
             control: arm(total - treated, 0.01),
-            treatment: arm(treated, 0.01 * factor),
+            treatment,
             expected_treatment_share: share,
         })
     }
@@ -408,6 +420,91 @@ async fn a_healthy_release_advances_waits_for_approval_and_completes() {
     assert!(
         actors[2].1.starts_with("started; stage 1 of 3: 1%"),
         "{actors:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_custom_metric_projected_above_its_limit_holds_and_a_flatter_one_advances() {
+    let server = Server::start().await;
+    server.setup().await;
+    let (status, body) = server
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/release-templates/projected",
+            Some(json!({"name": "Projected", "template": {
+                "stages": [
+                    {"percentage": 1.0, "dwellMs": 300},
+                    {"percentage": 5.0, "dwellMs": 300},
+                    {"percentage": 25.0, "dwellMs": 300},
+                    {"percentage": 100.0, "dwellMs": 300}
+                ],
+                "guardrails": {"guardrails": [
+                    {"name": "error rate", "kind": "errorRate", "maxRelativeIncrease": 0.5}
+                ]},
+                "maxExtensionMs": 60000,
+                "projections": [{"metric": "cpu_ms", "limit": 250.0}]
+            }})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["template"]["projections"][0]["metric"], "cpu_ms",
+        "{body}"
+    );
+    // A limit that is no number is named by its pointer.
+    let (status, problem) = server
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/release-templates/bad",
+            Some(json!({"name": "Bad", "template": {
+                "stages": [{"percentage": 100.0, "dwellMs": 300}],
+                "guardrails": {"guardrails": []},
+                "projections": [{"metric": "", "limit": 1.0}]
+            }})),
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        problem
+            .to_string()
+            .contains("/template/projections/0/metric"),
+        "{problem}"
+    );
+
+    // 4 ms more CPU per request for each percent of traffic: 104 at 1%, 120 at 5%, a line
+    // that reaches 500 at 100%.
+    server.set(Health::Cpu(4.0));
+    let (status, body) = server
+        .post(
+            "/api/v1/projects/default/environments/production/flags/checkout/releases",
+            json!({"template": "projected", "control": "off", "treatment": "on"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let held = server.until(&id, |r| state_of(r) == "holding").await;
+    assert_eq!(state_of(&held), "holding", "{held}");
+    assert_eq!(held["state"]["reason"]["kind"], "projectedMetric", "{held}");
+    assert_eq!(held["state"]["reason"]["limit"], 250.0);
+    assert_eq!(held["state"]["reason"]["projection"]["metric"], "cpu_ms");
+    assert_eq!(server.treatment_weight().await, 5_000, "held at 5%");
+    let log = messages(&held);
+    assert!(
+        log.iter().any(|m| m
+            == "held at 5%: cpu_ms grew from 104 at 1% to 120 at 5%: projected 500 at 100%, \
+                above the limit of 250"),
+        "{log:?}"
+    );
+    // The CPU stops growing with the share: the projection falls below the limit and the
+    // release advances, saying so, and completes.
+    server.set(Health::Cpu(0.0));
+    let done = server.until(&id, |r| state_of(r) == "completed").await;
+    assert_eq!(state_of(&done), "completed", "{done}");
+    let log = messages(&done);
+    assert!(
+        log.iter().any(|m| m.starts_with("advanced from 5%")
+            && m.contains("cpu_ms fell from 104 at 1% to 100 at 5%: projected")),
+        "{log:?}"
     );
 }
 

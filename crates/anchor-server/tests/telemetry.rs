@@ -56,6 +56,7 @@ on_every_backend!(
     reading_counts_needs_a_viewer_of_the_project_and_a_sane_range,
     outcomes_are_stored_with_their_batch_once_and_read_back_per_variant,
     every_bad_outcome_field_is_named_and_nothing_of_the_batch_is_stored,
+    compacted_hours_keep_their_totals_in_the_read_endpoints,
 );
 
 struct App {
@@ -691,4 +692,81 @@ async fn every_bad_outcome_field_is_named_and_nothing_of_the_batch_is_stored(app
         .post(json!({"batchId": "bad", "evaluations": counts, "outcomes": [good]}))
         .await;
     assert_eq!(reply.body, json!({"accepted": 1, "outcomes": 1}));
+}
+
+async fn compacted_hours_keep_their_totals_in_the_read_endpoints(app: App) {
+    // Two whole hours three days back (inside the week in which late telemetry is accepted),
+    // a minute of each variant every five minutes.
+    let start = (this_minute() - 3 * 86_400) / 3_600 * 3_600;
+    let minutes: Vec<i64> = (0..24).map(|i| start + 300 * i).collect();
+    for (i, &minute) in minutes.iter().enumerate() {
+        let n = i as u64 + 1;
+        let reply = app
+            .post(json!({
+                "batchId": format!("old-{i}"),
+                "evaluations": [
+                    {"minute": minute, "flag": "checkout", "variant": "on", "count": n},
+                    {"minute": minute, "flag": "checkout", "variant": null, "count": 1}],
+                "outcomes": [
+                    {"minute": minute, "flag": "checkout", "variant": "on", "exposures": n,
+                     "requests": 10 * n, "errors": n, "latency": sketch(10.0 * n as f64, 10 * n),
+                     "metrics": {"cpu_ms": {"count": n, "sum": 2.0 * n as f64,
+                                            "sumOfSquares": 4.0 * n as f64}}},
+                    {"minute": minute, "flag": "checkout", "variant": "off", "exposures": 1,
+                     "requests": 5, "errors": 0, "latency": sketch(50.0, 5)}]
+            }))
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    }
+    let range = format!("?from={start}&to={}", start + 2 * 3_600);
+    let read = |path: &'static str| {
+        let uri = format!("{path}{range}");
+        let app = &app;
+        async move {
+            let reply = app.call("GET", &uri, Some(&app.admin), None).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            reply.body
+        }
+    };
+    let evaluations = read(EVALUATIONS).await;
+    let outcomes = read(OUTCOMES).await;
+    assert_eq!(evaluations["minutes"].as_array().unwrap().len(), 24);
+    assert_eq!(
+        evaluations["evaluations"],
+        json!((1..=24).sum::<u64>() + 24)
+    );
+
+    // Compacted as if minutes were kept a day: each hour becomes one row at its start.
+    let report = app
+        .state
+        .store
+        .compact_telemetry(&anchor_store::TelemetryRetention {
+            minute_secs: 86_400,
+            keep_secs: 90 * 86_400,
+            batch_ids_ms: 30 * 86_400_000,
+            rows_per_transaction: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.minutes_merged, 24 * 4, "{report:?}");
+    let compacted = read(EVALUATIONS).await;
+    assert_eq!(compacted["totals"], evaluations["totals"]);
+    assert_eq!(compacted["evaluations"], evaluations["evaluations"]);
+    let hours: Vec<&Value> = compacted["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["minute"])
+        .collect();
+    assert_eq!(hours, [&json!(start), &json!(start + 3_600)]);
+    // Rates, quantiles and means over the range are those of the minutes.
+    let compacted = read(OUTCOMES).await;
+    assert_eq!(compacted["variants"], outcomes["variants"]);
+    assert_eq!(compacted["minutes"].as_array().unwrap().len(), 2);
+    // A retried batch of a compacted hour is still recognised.
+    let reply = app
+        .post(json!({"batchId": "old-0", "evaluations": [
+            {"minute": start, "flag": "checkout", "variant": "on", "count": 1}]}))
+        .await;
+    assert_eq!(reply.body, json!({"accepted": 0, "duplicate": true}));
 }

@@ -16,7 +16,8 @@
 //! upserts; each batch's id is recorded with its counts, so a retried batch counts once.
 //! Per-variant outcomes (exposures, requests, errors, latency sketches, custom metric sums)
 //! are kept per minute beside them, recorded in the same transaction under the same batch id,
-//! and read back merged as the rollout guardrails' [`anchor_rollout::ArmObservations`]. On
+//! and read back merged as the rollout guardrails' [`anchor_rollout::ArmObservations`]. Old
+//! minutes are compacted into hours, and older ones deleted ([`Store::compact_telemetry`]). On
 //! PostgreSQL, every commit that moves an environment's revision counter or changes SDK keys
 //! also notifies the other processes sharing the database ([`Store::changes`]).
 //!
@@ -452,7 +453,8 @@ pub trait Store: Send + Sync + 'static {
     /// flag and variant), if the environment has not seen `batch_id` yet: the id is recorded in
     /// the same transaction as the counts, so a retried batch counts once, even when the retry
     /// races the original. Returns whether the batch was new. Batch ids are remembered for
-    /// [`TELEMETRY_BATCH_MEMORY_MS`]. The caller validates the rows (minutes multiples of 60,
+    /// [`TELEMETRY_BATCH_MEMORY_MS`] at most ([`Store::compact_telemetry`] forgets them sooner,
+    /// once ingestion would refuse a retry anyway). The caller validates the rows (minutes multiples of 60,
     /// counts at least 1, variants never empty); rows with the same key are summed.
     async fn record_evaluations(
         &self,
@@ -493,6 +495,20 @@ pub trait Store: Send + Sync + 'static {
         from_minute: i64,
         to_minute: i64,
     ) -> Result<Vec<EvaluationCount>, StoreError>;
+
+    /// Compacts old telemetry (evaluation counts and outcome aggregates of every environment):
+    /// rows older than `retention.keep_secs` are deleted; minutes of whole hours older than
+    /// `retention.minute_secs` are merged into one row per (flag, hour, variant) at the hour's
+    /// start (counts added, sketches and metric sums merged), which reads over a range then
+    /// count when the hour's start lies in it; batch ids older than `retention.batch_ids_ms`
+    /// are forgotten. It works in transactions of at most `retention.rows_per_transaction`
+    /// rows, each deleting exactly the minute rows it merges (`DELETE … RETURNING`), so
+    /// ingestion waits at most one short transaction and compactions running at once on one
+    /// database never merge a minute twice.
+    async fn compact_telemetry(
+        &self,
+        retention: &TelemetryRetention,
+    ) -> Result<CompactionReport, StoreError>;
 
     /// Creates or replaces a release template (`If-Match`: `expected_version`, when given;
     /// `VersionMismatch { what: "release template" }` otherwise). Audited

@@ -23,6 +23,7 @@ use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row};
 use crate::types::*;
 use crate::{ChangeFeed, Store};
 
+mod telemetry;
 mod webhooks;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -3673,7 +3674,14 @@ impl Store for SqlStore {
             query.execute(&mut *tx).await?;
         }
         for ((flag, minute, variant), arm) in &outcomes {
-            add_outcome(&mut tx, &env_id, flag, *minute, variant, arm).await?;
+            add_outcome(
+                &mut tx,
+                &env_id,
+                (flag, *minute, variant),
+                MINUTE_SPAN_SECS,
+                arm,
+            )
+            .await?;
         }
         let coverage: Vec<_> = coverage.into_iter().collect();
         for chunk in coverage.chunks(COUNTS_PER_STATEMENT) {
@@ -3843,6 +3851,13 @@ impl Store for SqlStore {
         // Byte order on every backend, whatever PostgreSQL's collation; `None` sorts first.
         counts.sort_unstable_by(|a, b| (a.minute, &a.variant).cmp(&(b.minute, &b.variant)));
         Ok(counts)
+    }
+
+    async fn compact_telemetry(
+        &self,
+        retention: &TelemetryRetention,
+    ) -> Result<CompactionReport, StoreError> {
+        self.compact_telemetry_impl(retention).await
     }
 
     async fn put_release_template(
@@ -4165,24 +4180,24 @@ fn merge_coverage(
 /// the latest committed version, since `ON CONFLICT DO UPDATE` waits for and then updates that
 /// version. Merging them in Rust and writing them back under the same lock therefore never
 /// loses a concurrent batch's sketch. A new row starts from empty JSON objects, which
-/// decode as an empty sketch and no metrics.
+/// decode as an empty sketch and no metrics. `span` is the seconds the row covers (a minute,
+/// or an hour merged by compaction); a row merged into takes it.
 async fn add_outcome(
     conn: &mut AnyConnection,
     env_id: &str,
-    flag: &str,
-    minute: i64,
-    variant: &str,
+    (flag, minute, variant): (&str, i64, &str),
+    span: i64,
     arm: &ArmObservations,
 ) -> Result<(), StoreError> {
     let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let row = sqlx::query(
         "INSERT INTO outcome_aggregates \
-         (environment_id, flag, minute, variant, exposures, requests, errors, latency, metrics) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, '{}', '{}') \
+         (environment_id, flag, minute, variant, exposures, requests, errors, latency, metrics, \
+         span) VALUES ($1, $2, $3, $4, $5, $6, $7, '{}', '{}', $8) \
          ON CONFLICT (environment_id, flag, minute, variant) DO UPDATE SET \
          exposures = outcome_aggregates.exposures + excluded.exposures, \
          requests = outcome_aggregates.requests + excluded.requests, \
-         errors = outcome_aggregates.errors + excluded.errors \
+         errors = outcome_aggregates.errors + excluded.errors, span = excluded.span \
          RETURNING latency, metrics",
     )
     .bind(env_id)
@@ -4192,6 +4207,7 @@ async fn add_outcome(
     .bind(as_i64(arm.exposures))
     .bind(as_i64(arm.requests))
     .bind(as_i64(arm.errors))
+    .bind(span)
     .fetch_one(&mut *conn)
     .await?;
     if arm.latency.count() == 0 && arm.metrics.is_empty() {

@@ -637,6 +637,40 @@ pub const MAX_METRICS_PER_AGGREGATE: usize = 128;
 /// later than this would be refused anyway.
 pub const TELEMETRY_BATCH_MEMORY_MS: i64 = 35 * 24 * 60 * 60 * 1000;
 
+/// How long telemetry is kept, and at which resolution: what [`crate::Store::compact_telemetry`]
+/// does with the rows older than these ages (all measured back from the store's clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelemetryRetention {
+    /// Minutes older than this (seconds) are merged into one row per hour. Never shorter than
+    /// the lag after which the server refuses late minutes, so a merged hour never receives a
+    /// minute again.
+    pub minute_secs: i64,
+    /// Rows (minutes or hours) older than this (seconds) are deleted.
+    pub keep_secs: i64,
+    /// Telemetry batch ids received longer ago than this (milliseconds) are forgotten: a retry
+    /// that late carries only minutes the server refuses anyway.
+    pub batch_ids_ms: i64,
+    /// How many rows one transaction merges or deletes at most, so that compaction never holds
+    /// ingestion up for long.
+    pub rows_per_transaction: u32,
+}
+
+/// What one [`crate::Store::compact_telemetry`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Minute rows (evaluation counts and outcome aggregates) merged into hour rows.
+    pub minutes_merged: u64,
+    /// Rows deleted for being older than the retention.
+    pub rows_expired: u64,
+    /// Telemetry batch ids forgotten.
+    pub batch_ids_forgotten: u64,
+}
+
+/// How many seconds a stored telemetry row covers: a minute as reported, or an hour merged by
+/// compaction.
+pub const MINUTE_SPAN_SECS: i64 = 60;
+pub const HOUR_SPAN_SECS: i64 = 3_600;
+
 /// What the store stands in for a `None` variant in its key column. A variant name is never
 /// empty (the engine's model requires 1 to 128 characters), so it cannot be confused.
 pub const DEFAULT_VARIANT_SENTINEL: &str = "";

@@ -14,6 +14,7 @@ use anchor_store::{
     Actor, AuditEntry, AuditFilter, Change, ChangeRequest, ChangeRequestStatus, ConfigChange,
     EvaluationCount, FlagFilter, NewChangeRequest, NewEnvironment, NewSdkKey, NewToken,
     OutcomeAggregate, ReviewDecision, Role, SdkKeyKind, SegmentChange, SqlStore, Store, StoreError,
+    TelemetryRetention,
 };
 use anchor_store::{DeliveryOutcome, DeliveryStatus, NewWebhook, WebhookFormat, WebhookUpdate};
 use serde_json::json;
@@ -148,6 +149,8 @@ contract!(
     outcomes_merge_per_minute_flag_and_variant_and_a_retried_batch_counts_once,
     coverage_counts_add_up_per_variant_attribute_and_value_over_a_range_and_a_retried_batch_counts_once,
     concurrent_outcome_batches_merge_their_sketches_and_a_raced_retry_counts_once,
+    compaction_merges_old_minutes_into_hours_without_changing_totals_and_expires_old_rows,
+    two_concurrent_compactions_merge_every_minute_exactly_once,
     committed_changes_reach_the_change_feed_and_a_lost_connection_resyncs,
     webhooks_are_created_updated_rotated_and_deleted_with_audit_entries_and_never_return_their_secret,
     an_event_is_queued_for_each_enabled_subscribed_webhook_and_a_test_delivery_for_one,
@@ -4282,6 +4285,297 @@ async fn concurrent_outcome_batches_merge_their_sketches_and_a_raced_retry_count
     assert_eq!(arms["off"], expected("off"));
     assert_eq!(arms["on"].latency.count(), (1..=20).sum::<u64>());
     assert_eq!(arms["off"].exposures, 40);
+}
+
+// ---- telemetry compaction ----
+
+const HOUR: i64 = 3_600;
+const DAY: i64 = 24 * HOUR;
+
+/// Minutes kept two days, rows 90 days, batch ids a week; `rows` per transaction.
+fn retention(rows: u32) -> TelemetryRetention {
+    TelemetryRetention {
+        minute_secs: 2 * DAY,
+        keep_secs: 90 * DAY,
+        batch_ids_ms: 7 * DAY * 1_000,
+        rows_per_transaction: rows,
+    }
+}
+
+/// Per variant (`None` as ""), the evaluations in `[from, to)`.
+async fn evaluation_totals(f: &Fixture, from: i64, to: i64) -> BTreeMap<String, u64> {
+    let mut totals = BTreeMap::new();
+    for row in f
+        .store
+        .evaluation_counts("shop", "production", "checkout", from, to)
+        .await
+        .unwrap()
+    {
+        *totals.entry(row.variant.unwrap_or_default()).or_default() += row.count;
+    }
+    totals
+}
+
+/// Three hours of minutes from `MINUTE` (an hour's start): 7 evaluation rows and 4 outcome
+/// rows per minute, each batch a minute, so 180 batches.
+async fn record_three_hours(f: &Fixture) -> Vec<OutcomeAggregate> {
+    assert_eq!(MINUTE % HOUR, 0);
+    let mut all = Vec::new();
+    for m in 0..180i64 {
+        let minute = MINUTE + 60 * m;
+        let k = m as u64;
+        let evaluations = [
+            count(minute, "checkout", Some("on"), 1 + k),
+            count(minute, "checkout", Some("off"), 2),
+            count(minute, "checkout", None, k % 3 + 1),
+            count(minute, "search", Some("on"), 5),
+        ];
+        let outcomes = vec![
+            outcome(
+                minute,
+                "checkout",
+                "on",
+                k % 4 + 1,
+                &[10.0 + (k % 50) as f64, 500.0],
+                k % 2,
+            ),
+            outcome(minute, "checkout", "off", 2, &[11.0], 0),
+            outcome(minute, "search", "on", 1, &[3.0], 0),
+        ];
+        f.store
+            .record_telemetry(
+                "shop",
+                "production",
+                &format!("m{m}"),
+                &evaluations,
+                &outcomes,
+            )
+            .await
+            .unwrap();
+        f.store
+            .record_telemetry(
+                "shop",
+                "staging",
+                &format!("m{m}"),
+                &evaluations[..1],
+                &outcomes[..1],
+            )
+            .await
+            .unwrap();
+        all.extend(outcomes);
+    }
+    all
+}
+
+async fn compaction_merges_old_minutes_into_hours_without_changing_totals_and_expires_old_rows(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let all = record_three_hours(f).await;
+    let (from, to) = (MINUTE, MINUTE + 3 * HOUR);
+    let evaluations_before = evaluation_totals(f, from, to).await;
+    let arms_before = s
+        .outcome_observations("shop", "production", "checkout", from, to)
+        .await
+        .unwrap();
+    let checkout = |variant: &str| {
+        merged(
+            all.iter()
+                .filter(|r| r.flag == "checkout" && r.variant == variant),
+        )
+    };
+    assert_eq!(arms_before["on"], checkout("on"));
+    // Nothing is old enough yet.
+    let report = s.compact_telemetry(&retention(7)).await.unwrap();
+    assert_eq!(report.minutes_merged + report.rows_expired, 0, "{report:?}");
+
+    // Two days and two and a half hours later, the first two hours are past the minute
+    // retention; the third is not whole yet and keeps its minutes.
+    f.advance((2 * DAY + 2 * HOUR + 30 * 60) * 1_000);
+    // A small transaction size makes merges split hours across transactions.
+    let report = s.compact_telemetry(&retention(7)).await.unwrap();
+    // Per merged minute: production's 4 evaluation rows and 3 outcome rows, staging's 1 + 1.
+    assert_eq!(report.minutes_merged, 120 * (4 + 3 + 1 + 1), "{report:?}");
+    assert_eq!(report.rows_expired, 0);
+    assert_eq!(evaluation_totals(f, from, to).await, evaluations_before);
+    let arms = s
+        .outcome_observations("shop", "production", "checkout", from, to)
+        .await
+        .unwrap();
+    assert_eq!(arms, arms_before);
+    // The merged hours are one row each at the hour's start; the third hour is untouched.
+    let rows = s
+        .evaluation_counts("shop", "production", "checkout", from, to)
+        .await
+        .unwrap();
+    let minutes: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.minute).collect();
+    assert_eq!(rows.len(), 3 * 2 + 3 * 60, "{rows:?}");
+    assert!(minutes.contains(&MINUTE) && minutes.contains(&(MINUTE + HOUR)));
+    assert!(!minutes.contains(&(MINUTE + 60)) && minutes.contains(&(MINUTE + 2 * HOUR + 60)));
+    let hour = s
+        .outcome_minutes(
+            "shop",
+            "production",
+            "checkout",
+            MINUTE + HOUR,
+            MINUTE + HOUR + 60,
+        )
+        .await
+        .unwrap();
+    assert_eq!(hour.len(), 2);
+    let second_hour = |variant: &str| {
+        merged(all.iter().filter(|r| {
+            r.flag == "checkout"
+                && r.variant == variant
+                && (MINUTE + HOUR..MINUTE + 2 * HOUR).contains(&r.minute)
+        }))
+    };
+    assert_eq!(hour[0].observations, second_hour("off"));
+    assert_eq!(hour[1].observations, second_hour("on"));
+    // Other flags and environments were merged apart and keep their totals.
+    let search = s
+        .outcome_observations("shop", "production", "search", from, to)
+        .await
+        .unwrap();
+    assert_eq!(search["on"].requests, 180);
+    let staging = s
+        .evaluation_counts("shop", "staging", "checkout", from, MINUTE + 2 * HOUR)
+        .await
+        .unwrap();
+    assert_eq!(staging.len(), 2);
+    assert_eq!(
+        staging.iter().map(|r| r.count).sum::<u64>(),
+        (1..=120).sum::<u64>()
+    );
+    // Compacting again changes nothing.
+    let again = s.compact_telemetry(&retention(7)).await.unwrap();
+    assert_eq!(again.minutes_merged + again.rows_expired, 0, "{again:?}");
+    assert_eq!(evaluation_totals(f, from, to).await, evaluations_before);
+
+    // Late data for a minute still kept at minute resolution adds to it as before.
+    let late = MINUTE + 2 * HOUR + 10 * 60;
+    let late_outcome = outcome(late, "checkout", "on", 1, &[42.0], 1);
+    assert!(
+        s.record_telemetry(
+            "shop",
+            "production",
+            "late",
+            &[count(late, "checkout", Some("on"), 1_000)],
+            std::slice::from_ref(&late_outcome),
+        )
+        .await
+        .unwrap()
+    );
+    let mut expected = evaluations_before.clone();
+    *expected.get_mut("on").unwrap() += 1_000;
+    assert_eq!(evaluation_totals(f, from, to).await, expected);
+    let arms = s
+        .outcome_observations("shop", "production", "checkout", late, late + 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        arms["on"],
+        merged(
+            all.iter()
+                .filter(|r| r.flag == "checkout" && r.variant == "on" && r.minute == late)
+                .chain([&late_outcome])
+        )
+    );
+    // The batch id is remembered until the batch-id retention, then forgotten.
+    assert!(
+        !s.record_telemetry("shop", "production", "m0", &[], &[])
+            .await
+            .unwrap()
+    );
+    f.advance(5 * DAY * 1_000);
+    let report = s.compact_telemetry(&retention(7)).await.unwrap();
+    // The late batch came later and is still remembered.
+    assert_eq!(report.batch_ids_forgotten, 2 * 180);
+    // The late data went into minute rows that were there already.
+    assert_eq!(report.minutes_merged, 60 * (4 + 3 + 1 + 1), "{report:?}");
+    assert_eq!(evaluation_totals(f, from, to).await, expected);
+    assert!(
+        s.record_telemetry("shop", "production", "m0", &[], &[])
+            .await
+            .unwrap()
+    );
+    // Past the retention, rows are deleted, hours and minutes alike.
+    let recent = MINUTE + 90 * DAY;
+    s.record_evaluations(
+        "shop",
+        "production",
+        "recent",
+        &[count(recent, "checkout", Some("on"), 3)],
+    )
+    .await
+    .unwrap();
+    f.advance(90 * DAY * 1_000);
+    let report = s.compact_telemetry(&retention(7)).await.unwrap();
+    // Three hours of production (4 evaluation and 3 outcome rows each) and of staging (1 + 1).
+    assert_eq!(report.rows_expired, 3 * (4 + 3) + 3 * 2, "{report:?}");
+    assert!(evaluation_totals(f, from, to).await.is_empty());
+    assert!(
+        s.outcome_minutes("shop", "staging", "checkout", from, to)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        evaluation_totals(f, recent, recent + 60).await["on"],
+        3,
+        "a row within the retention stays (merged into its hour)"
+    );
+}
+
+async fn two_concurrent_compactions_merge_every_minute_exactly_once(f: &Fixture) {
+    seed(f).await;
+    let all = record_three_hours(f).await;
+    let (from, to) = (MINUTE, MINUTE + 3 * HOUR);
+    let evaluations_before = evaluation_totals(f, from, to).await;
+    let arms_before = f
+        .store
+        .outcome_observations("shop", "production", "checkout", from, to)
+        .await
+        .unwrap();
+    f.advance((2 * DAY + 4 * HOUR) * 1_000);
+    // Two servers compact the same database at once, each in small transactions, twice over.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = Arc::clone(&f.store);
+        tasks.push(tokio::spawn(async move {
+            store.compact_telemetry(&retention(11)).await.unwrap()
+        }));
+    }
+    let mut merged_minutes = 0;
+    for t in tasks {
+        merged_minutes += t.await.unwrap().minutes_merged;
+    }
+    assert_eq!(
+        merged_minutes,
+        180 * (4 + 3 + 1 + 1),
+        "each minute merged once"
+    );
+    assert_eq!(evaluation_totals(f, from, to).await, evaluations_before);
+    let arms = f
+        .store
+        .outcome_observations("shop", "production", "checkout", from, to)
+        .await
+        .unwrap();
+    assert_eq!(arms, arms_before);
+    assert_eq!(
+        arms["on"],
+        merged(
+            all.iter()
+                .filter(|r| r.flag == "checkout" && r.variant == "on")
+        )
+    );
+    let rows = f
+        .store
+        .outcome_minutes("shop", "production", "checkout", from, to)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3 * 2, "one row per hour and variant: {rows:?}");
 }
 
 /// The next change within a few seconds.
