@@ -29,6 +29,7 @@ fn template(require: bool) -> ReleaseTemplate {
         name: "error rate".into(),
         guardrail: Guardrail::ErrorRate {
             max_relative_increase: 0.5,
+            min_absolute_increase: 0.0,
         },
     }]);
     t
