@@ -668,6 +668,7 @@ async fn a_release_page_shows_stages_and_decisions_and_obeys_commands(server: Se
 /// `cargo test --release -p anchor-server --test dashboard -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "a measurement: run it in release mode"]
+#[allow(clippy::print_stdout, reason = "a measurement prints its numbers")]
 async fn the_flag_list_of_1000_flags_stays_small_and_fast() {
     let server = Server::start(None).await;
     let admin = anchor_store::Actor::user("admin");
