@@ -1,8 +1,9 @@
 //! The dashboard end to end in a real headless Chromium, driven through chromedriver
 //! (Debian's `chromium` and `chromium-driver`; `.ci/run` installs them): sign in, create a flag
 //! (first with a problem shown next to its field), turn it on and then off in production with
-//! the confirmation, evaluate it for a context, filter the list with the page's script, and
-//! pause a release. Screenshots of the main pages go to `target/dashboard-screenshots/`.
+//! the confirmation, evaluate it for a context, filter the list with the page's script, watch
+//! a release advance on simulated telemetry and approve its next stage, and see another rolled
+//! back by the controller with its reason. Screenshots of the main pages go to `target/dashboard-screenshots/`.
 //!
 //! Without `/usr/bin/chromedriver` the test fails and says how to install it: a browser test
 //! that passes without a browser would prove nothing.
@@ -11,8 +12,12 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use anchor_rollout::{ArmObservations, Observations};
+use anchor_server::releases::MetricSource;
+use anchor_store::ReleaseRecord;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
 use serde_json::json;
@@ -133,15 +138,63 @@ async fn click(client: &Client, locator: Locator<'_>) {
         .unwrap();
 }
 
+/// Reloads `page` until the text of `css` is `expected` (at most 15 s).
+async fn until_page_shows(client: &Client, page: &str, css: &str, expected: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        client.goto(page).await.unwrap();
+        let text = text_of(client, css).await;
+        if text == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{page}: `{css}` still says {text:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn fill(client: &Client, css: &str, text: &str) {
     let field = client.find(Locator::Css(css)).await.unwrap();
     field.clear().await.unwrap();
     field.send_keys(text).await.unwrap();
 }
 
+/// Telemetry as SDKs would report it: the treatment of `payments` fails five times as often
+/// as its control; every other release is healthy.
+struct Simulated;
+
+#[async_trait::async_trait]
+impl MetricSource for Simulated {
+    async fn observe(
+        &self,
+        release: &ReleaseRecord,
+        _: i64,
+        _: i64,
+        share: f64,
+    ) -> Result<Observations, String> {
+        let factor = if release.flag == "payments" { 5.0 } else { 1.0 };
+        let total = 1_000_000u64;
+        let treated = (total as f64 * share).round() as u64;
+        let arm = |exposures, rate: f64| ArmObservations {
+            exposures,
+            requests: 400_000,
+            errors: (400_000.0 * rate).round() as u64,
+            ..ArmObservations::default()
+        };
+        Ok(Observations {
+            control: arm(total - treated, 0.01),
+            treatment: arm(treated, 0.01 * factor),
+            expected_treatment_share: share,
+        })
+    }
+}
+
 #[tokio::test]
 async fn a_person_signs_in_creates_a_flag_and_turns_it_off_in_production() {
-    let server = Server::start(None).await;
+    let metrics: Arc<dyn MetricSource> = Arc::new(Simulated);
+    let server = Server::start_with(None, Some((metrics, Duration::from_millis(100)))).await;
     let driver = start_driver().await;
     let profile = std::env::temp_dir().join(format!("anchor-chromium-{}", uuid::Uuid::new_v4()));
     let client = browser(&driver, &profile).await;
@@ -174,14 +227,53 @@ async fn story(server: &Server, client: &Client) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    // A quick template: 1%, then 5% after an approval, then 100%.
+    let (status, body) = server
+        .api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/release-templates/quick",
+            json!({"name": "Quick", "template": {
+                "stages": [
+                    {"percentage": 1.0, "dwellMs": 300},
+                    {"percentage": 5.0, "dwellMs": 300, "approval": true},
+                    {"percentage": 100.0, "dwellMs": 300}
+                ],
+                "guardrails": {"guardrails": [
+                    {"name": "error rate", "kind": "errorRate", "maxRelativeIncrease": 0.5}
+                ]},
+                "maxExtensionMs": 60000
+            }}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let (status, release) = server
         .api(
             reqwest::Method::POST,
             "/api/v1/projects/default/environments/production/flags/checkout/releases",
-            json!({"control": "off", "treatment": "on"}),
+            json!({"control": "off", "treatment": "on", "template": "quick"}),
         )
         .await;
     assert_eq!(status, 201, "{release}");
+    // A release whose treatment fails more often: the controller rolls it back by itself.
+    server
+        .api_create_flag("payments", "The new payment provider")
+        .await;
+    let (status, body) = server
+        .api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/environments/production/flags/payments",
+            json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "off"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, failing) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/projects/default/environments/production/flags/payments/releases",
+            json!({"control": "off", "treatment": "on", "template": "quick"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{failing}");
     let (status, body) = server
         .api(
             reqwest::Method::PUT,
@@ -315,23 +407,43 @@ async fn story(server: &Server, client: &Client) {
     );
     screenshot(client, "06-flag-with-rules").await;
 
-    // A release: the stage timeline, paused with a confirmation.
+    // A release advancing on simulated telemetry: it waits for approval before 5%, a person
+    // approves (with a confirmation), and it goes on to the end.
     let id = release["id"].as_str().unwrap();
-    client
-        .goto(&format!("{url}/projects/default/releases/{id}"))
-        .await
-        .unwrap();
+    let release_page = format!("{url}/projects/default/releases/{id}");
+    until_page_shows(
+        client,
+        &release_page,
+        "p.meta .b.rel",
+        "waiting for approval",
+    )
+    .await;
+    assert_eq!(text_of(client, "ol.timeline li.done strong").await, "1%");
+    assert!(text_of(client, "table.report").await.contains("error rate"));
+    screenshot(client, "07-release-waiting-for-approval").await;
+    click(client, Locator::LinkText("Approve the next stage")).await;
     assert!(
         text_of(client, "main h1")
             .await
-            .starts_with("Release of checkout")
+            .starts_with("Approve the next stage")
     );
-    assert_eq!(text_of(client, "ol.timeline li.now strong").await, "1%");
-    screenshot(client, "07-release").await;
-    click(client, Locator::LinkText("Pause")).await;
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    assert_eq!(text_of(client, "p.meta .b.rel").await, "paused");
+    until_page_shows(client, &release_page, "p.meta .b.rel", "completed").await;
     assert!(text_of(client, "ol.log").await.contains("admin"));
+
+    // The failing release was rolled back by the controller, and its page says why.
+    let id = failing["id"].as_str().unwrap();
+    let failing_page = format!("{url}/projects/default/releases/{id}");
+    until_page_shows(client, &failing_page, "p.meta .b.rel", "rolled back").await;
+    let log = text_of(client, "ol.log").await;
+    assert!(log.contains("error rate"), "the decision log: {log}");
+    assert!(text_of(client, "table.report").await.contains("regressed"));
+    // The interval against the tolerance, drawn by the server.
+    client
+        .find(Locator::Css("table.report svg.interval circle"))
+        .await
+        .expect("the guardrail's chart");
+    screenshot(client, "08-release-rolled-back").await;
 
     // Signing out ends the session: pages send the browser to sign in again.
     click(client, Locator::Css(".who button")).await;

@@ -130,6 +130,40 @@ fn number(value: f64) -> String {
     }
 }
 
+/// A stage's dwell in words.
+fn duration(ms: u64) -> String {
+    if ms < 60_000 {
+        format!("{} s", ms.div_ceil(1000))
+    } else {
+        format!("{} min", ms / 60_000)
+    }
+}
+
+/// One guardrail's evidence as a small server-side SVG: the confidence interval of the
+/// treatment's regression (a bar with the estimate as a dot) against zero (grey) and the
+/// tolerance (red, dashed). Right of the red line is a regression; an interval wholly left of
+/// it is safe. Only numbers go into it, every one finite (the rollout crate guarantees it).
+fn interval_chart(e: &anchor_rollout::Evidence) -> Markup {
+    const W: f64 = 180.0;
+    const H: f64 = 26.0;
+    const PAD: f64 = 8.0;
+    let values = [e.lower, e.upper, e.estimate, e.tolerance, 0.0];
+    let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let span = if high - low > 0.0 { high - low } else { 1.0 };
+    let x = |v: f64| format!("{:.1}", PAD + (v - low) / span * (W - 2.0 * PAD));
+    let mid = format!("{:.1}", H / 2.0);
+    html! {
+        svg.interval width=(W) height=(H) viewBox={ "0 0 " (W) " " (H) } role="img"
+            aria-label={ "difference " (number(e.estimate)) ", bounds " (number(e.lower)) " to " (number(e.upper)) ", tolerance " (number(e.tolerance)) } {
+            line x1=(x(0.0)) x2=(x(0.0)) y1="2" y2=(H - 2.0) stroke="#9aa3b2" stroke-width="1" {}
+            line x1=(x(e.tolerance)) x2=(x(e.tolerance)) y1="2" y2=(H - 2.0) stroke="#b42318" stroke-width="1.5" stroke-dasharray="3 2" {}
+            line x1=(x(e.lower)) x2=(x(e.upper)) y1=(mid) y2=(mid) stroke="#1f5fbf" stroke-width="4" stroke-linecap="round" {}
+            circle cx=(x(e.estimate)) cy=(mid) r="4" fill="#14213d" {}
+        }
+    }
+}
+
 fn report_markup(report: &GuardrailReport, project: &str, id: &str, may_steer: bool) -> Markup {
     html! {
         table.report {
@@ -140,6 +174,7 @@ fn report_markup(report: &GuardrailReport, project: &str, id: &str, may_steer: b
                     th scope="col" { "Treatment" }
                     th scope="col" { "Control" }
                     th scope="col" { "Difference (bounds)" }
+                    th scope="col" { "Against the tolerance" }
                     th scope="col" { "Tolerance" }
                     th scope="col" { "n (treatment / control)" }
                     @if may_steer { th scope="col" { span.sr { "Actions" } } }
@@ -154,6 +189,7 @@ fn report_markup(report: &GuardrailReport, project: &str, id: &str, may_steer: b
                         td { (number(e.treatment)) }
                         td { (number(e.control)) }
                         td { (number(e.estimate)) " [" (number(e.lower)) ", " (number(e.upper)) "]" }
+                        td { (interval_chart(e)) }
                         td { (number(e.tolerance)) }
                         td { (e.n_treatment) " / " (e.n_control) }
                         @if may_steer {
@@ -205,13 +241,16 @@ async fn release_page(
         .and_then(serde_json::Value::as_u64)
         .map(|s| s as usize);
     let finished = matches!(state_name, "completed" | "rolledBack" | "aborted");
+    let decisions = view.decisions.clone().unwrap_or_default();
+    // The latest report kept on the release, else the one behind the latest decision (a
+    // finished release keeps the evidence of its last step there).
     let report: Option<GuardrailReport> = record
         .report
         .clone()
+        .or_else(|| decisions.iter().rev().find_map(|d| d.report.clone()))
         .and_then(|r| serde_json::from_value(r).ok());
     let may_steer = role >= Role::Editor && record.active;
     let title = format!("Release of {}", record.flag);
-    let decisions = view.decisions.clone().unwrap_or_default();
     html_response(
         StatusCode::OK,
         page(
@@ -243,7 +282,7 @@ async fn release_page(
                             };
                             li class=(class) {
                                 strong { (percent(stage.percentage)) }
-                                span.small { (stage.dwell_ms / 60_000) " min" @if stage.approval { ", approval" } }
+                                span.small { (duration(stage.dwell_ms)) @if stage.approval { ", approval" } }
                             }
                         }
                     }

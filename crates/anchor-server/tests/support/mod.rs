@@ -86,6 +86,14 @@ impl Server {
     /// A bootstrapped server (admin, project `default` with development, staging and
     /// production) on SQLite, or on PostgreSQL in `(url, schema)`.
     pub async fn start(postgres: Option<(String, String)>) -> Server {
+        Server::start_with(postgres, None).await
+    }
+
+    /// As [`Server::start`], the rollout controller judging `metrics` every `tick`.
+    pub async fn start_with(
+        postgres: Option<(String, String)>,
+        metrics: Option<(Arc<dyn anchor_server::releases::MetricSource>, Duration)>,
+    ) -> Server {
         let store: Arc<dyn Store> = match postgres {
             None => {
                 let dir =
@@ -100,7 +108,10 @@ impl Server {
         bootstrap(store.as_ref(), Some(&Secret::new(PASSWORD)))
             .await
             .unwrap();
-        let state = AppState::new(Arc::clone(&store)).unwrap();
+        let mut state = AppState::new(Arc::clone(&store)).unwrap();
+        if let Some((metrics, tick)) = metrics {
+            state = state.with_release_metrics(metrics, tick);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
