@@ -511,7 +511,7 @@ mod tests {
     fn dates_are_gregorian_in_utc() {
         assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(day(951_782_400_000), "2000-02-29");
-        assert_eq!(time(1_795_000_000_123), "2026-11-18 07:46:40 UTC");
+        assert_eq!(time(1_795_000_000_123), "2026-11-18 11:06:40 UTC");
     }
 
     #[test]
