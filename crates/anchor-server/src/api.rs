@@ -890,14 +890,14 @@ async fn diff_revisions(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RevertRequest {
-    version: u64,
-    comment: Option<String>,
+pub(crate) struct RevertRequest {
+    pub(crate) version: u64,
+    pub(crate) comment: Option<String>,
 }
 
 /// Reverting writes an old revision's configuration as a new revision.
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/revert", tag = "configuration", summary = "Write an old revision's configuration as a new revision", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key")), request_body = RevertRequest, responses((status = 200, body = FlagConfig), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match names an outdated version; nothing was written", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
-async fn revert_flag_config(
+pub(crate) async fn revert_flag_config(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, flag)): Path<(String, String, String)>,

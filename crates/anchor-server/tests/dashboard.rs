@@ -49,6 +49,7 @@ on_every_backend!(
     the_kill_switch_confirms_names_the_environment_and_writes_a_revision,
     evaluation_shows_the_engines_explanation,
     a_release_page_shows_stages_and_decisions_and_obeys_commands,
+    history_shows_each_revisions_diff_and_reverts_through_the_api,
 );
 
 async fn pages_forbid_inline_scripts_and_assets_are_embedded_with_content_hashes(server: Server) {
@@ -659,6 +660,89 @@ async fn a_release_page_shows_stages_and_decisions_and_obeys_commands(server: Se
         )
         .await;
     assert_eq!(reply.status, StatusCode::CONFLICT);
+}
+
+async fn history_shows_each_revisions_diff_and_reverts_through_the_api(server: Server) {
+    server.api_create_flag("checkout", "Checkout").await;
+    let (status, body) = server
+        .api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/environments/production/flags/checkout",
+            json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"},
+                   "comment": "ship it"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.add_user("vera", "viewer").await;
+    let viewer = server.sign_in("vera", "a long enough password").await;
+    let path = "/projects/default/flags/checkout/environments/production/history";
+    let page = server.get(path, Some(&viewer)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Version 2") && page.body.contains("“ship it”"));
+    // The change in RFC 6902 terms, escaped.
+    assert!(
+        page.body.contains(r#"{&quot;op&quot;:&quot;replace&quot;,&quot;path&quot;:&quot;/enabled&quot;,&quot;value&quot;:true}"#),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("Revert to version"),
+        "a viewer sees a revert"
+    );
+    let session = server.sign_in("admin", PASSWORD).await;
+    let page = server.get(path, Some(&session)).await;
+    assert!(page.body.contains("Revert to version 1"));
+    assert!(
+        !page.body.contains("Revert to version 2"),
+        "the current one"
+    );
+    let confirm = server
+        .get(
+            "/projects/default/flags/checkout/environments/production/revert?version=1",
+            Some(&session),
+        )
+        .await;
+    assert_eq!(confirm.status, StatusCode::OK);
+    assert!(confirm.body.contains("Revert Production to version 1"));
+    let csrf = csrf_of(&confirm.body);
+    let current = value_of(&confirm.body, "current");
+    let revert = "/projects/default/flags/checkout/environments/production/revert";
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("version", "1"),
+        ("current", current.as_str()),
+    ];
+    // A viewer's valid form is refused by the API's handler.
+    let viewer_csrf = csrf_of(&server.get(path, Some(&viewer)).await.body);
+    let reply = server
+        .post_form(
+            revert,
+            Some(&viewer),
+            &[
+                ("csrf", &viewer_csrf),
+                ("version", "1"),
+                ("current", &current),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let reply = server.post_form(revert, Some(&session), &fields).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    assert!(!server.enabled_in("checkout", "production").await);
+    // The same confirmation again is stale now: nothing is written.
+    let reply = server.post_form(revert, Some(&session), &fields).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, audit) = server
+        .api(
+            reqwest::Method::GET,
+            "/api/v1/projects/default/audit",
+            json!(null),
+        )
+        .await;
+    assert_eq!(audit[0]["action"], "flag.reverted", "{audit}");
+    let page = server.get(path, Some(&session)).await;
+    assert!(page.body.contains("Version 3"));
+    assert!(!page.body.contains("Version 4"));
 }
 
 /// The flag list's weight and time with 1,000 flags (each on in production with a rule and a

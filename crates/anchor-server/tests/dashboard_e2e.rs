@@ -1,7 +1,7 @@
 //! The dashboard end to end in a real headless Chromium, driven through chromedriver
 //! (Debian's `chromium` and `chromium-driver`; `.ci/run` installs them): sign in, create a flag
 //! (first with a problem shown next to its field), turn it on and then off in production with
-//! the confirmation, evaluate it for a context, filter the list with the page's script, watch
+//! the confirmation, revert a revision, evaluate it for a context, filter the list with the page's script, watch
 //! a release advance on simulated telemetry and approve its next stage, and see another rolled
 //! back by the controller with its reason. Screenshots of the main pages go to `target/dashboard-screenshots/`.
 //!
@@ -350,6 +350,20 @@ async fn story(server: &Server, client: &Client) {
     );
     assert!(!server.enabled_in("new-checkout", "production").await);
 
+    // History: each revision with its diff; reverting to the version that was on.
+    click(client, Locator::LinkText("History of Production")).await;
+    assert!(text_of(client, "ol.history").await.contains("Version 3"));
+    click(client, Locator::LinkText("Revert to version 2")).await;
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    assert!(
+        text_of(client, "ol.history > li")
+            .await
+            .starts_with("Version 4")
+    );
+    assert!(server.enabled_in("new-checkout", "production").await);
+    screenshot(client, "06-history").await;
+    click(client, Locator::LinkText("new-checkout")).await;
+
     // Why does this user get this value?
     client
         .find(Locator::Css("#eval-env"))
@@ -405,7 +419,7 @@ async fn story(server: &Server, client: &Client) {
             .await
             .contains("email ends with “@example.com”")
     );
-    screenshot(client, "06-flag-with-rules").await;
+    screenshot(client, "07-flag-with-rules").await;
 
     // A release advancing on simulated telemetry: it waits for approval before 5%, a person
     // approves (with a confirmation), and it goes on to the end.
@@ -420,7 +434,7 @@ async fn story(server: &Server, client: &Client) {
     .await;
     assert_eq!(text_of(client, "ol.timeline li.done strong").await, "1%");
     assert!(text_of(client, "table.report").await.contains("error rate"));
-    screenshot(client, "07-release-waiting-for-approval").await;
+    screenshot(client, "08-release-waiting-for-approval").await;
     click(client, Locator::LinkText("Approve the next stage")).await;
     assert!(
         text_of(client, "main h1")
@@ -443,7 +457,7 @@ async fn story(server: &Server, client: &Client) {
         .find(Locator::Css("table.report svg.interval circle"))
         .await
         .expect("the guardrail's chart");
-    screenshot(client, "08-release-rolled-back").await;
+    screenshot(client, "09-release-rolled-back").await;
 
     // Signing out ends the session: pages send the browser to sign in again.
     click(client, Locator::Css(".who button")).await;

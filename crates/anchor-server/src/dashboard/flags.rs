@@ -19,7 +19,7 @@ use super::{
     time,
 };
 use crate::AppState;
-use crate::api::{self, Body, ConfigUpdate};
+use crate::api::{self, Body, ConfigUpdate, RevertRequest};
 use crate::error::ApiError;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -31,6 +31,14 @@ pub(super) fn routes() -> Router<AppState> {
         .route(
             "/projects/{project}/flags/{flag}/environments/{environment}/switch",
             get(confirm_switch).post(switch),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/environments/{environment}/history",
+            get(history),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/environments/{environment}/revert",
+            get(confirm_revert).post(revert),
         )
 }
 
@@ -807,6 +815,7 @@ async fn render_flag(
                                 }
                             }
                             (config_markup(&c.config))
+                            p.small { a href={ "/projects/" (project) "/flags/" (f.key) "/environments/" (env.key) "/history" } { "History of " (env.name) } }
                             @for r in releases.iter().filter(|r| r.environment == env.key && r.active) {
                                 p { "Release: " a href={ "/projects/" (project) "/releases/" (r.id) } {
                                     (release_state_name(r)) ", " (r.treatment) " at " (percent(release_share(&c.config, r)))
@@ -1013,6 +1022,232 @@ async fn switch(
         Ok((env, config)) => html_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             switch_page(&signed, &project, &flag, &env, to, config.version, &problem),
+        ),
+        Err(e) => error_page(e),
+    }
+}
+
+// ---- history and revert ----
+
+/// What changed from one revision to the next, as RFC 6902 operations.
+fn diff_lines(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    json_patch::diff(old, new)
+        .0
+        .iter()
+        .filter(|op| !op.path().to_string().starts_with("/version"))
+        .map(|op| serde_json::to_string(op).unwrap_or_default())
+        .collect()
+}
+
+async fn history(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+) -> Response {
+    let shown = async {
+        let role = signed
+            .caller
+            .require(&state, &project, Role::Viewer)
+            .await?;
+        let env = state.store.environment(&project, &environment).await?;
+        let revisions = state
+            .store
+            .flag_revisions(&project, &environment, &flag)
+            .await?;
+        Ok::<_, ApiError>((role, env, revisions))
+    };
+    let (role, env, revisions) = match shown.await {
+        Ok(shown) => shown,
+        Err(e) => return error_page(e),
+    };
+    let title = format!("History of {flag} in {}", env.name);
+    let current = revisions.first().map(|r| r.version);
+    html_response(
+        StatusCode::OK,
+        page(
+            &Frame {
+                title: &title,
+                signed: Some(&signed),
+                project: Some(&project),
+            },
+            html! {
+                p.crumbs { a href={ "/projects/" (project) "/flags/" (flag) } { (flag) } " / " }
+                h1 { "History of " code { (flag) } " in " (env.name) }
+                ol.log.history {
+                    @for (i, revision) in revisions.iter().enumerate() {
+                        li {
+                            strong { "Version " (revision.version) }
+                            span.small { " · " (time(revision.created_at)) " · " (revision.actor.id) }
+                            @if let Some(comment) = &revision.comment { br; "“" (comment) "”" }
+                            @if let Some(older) = revisions.get(i + 1) {
+                                ul.diff {
+                                    @for line in diff_lines(&older.body, &revision.body) {
+                                        li { code { (line) } }
+                                    }
+                                }
+                            } @else {
+                                p.small { "The first configuration." }
+                            }
+                            @if role >= Role::Editor && Some(revision.version) != current {
+                                a.button href={ "/projects/" (project) "/flags/" (flag) "/environments/" (environment) "/revert?version=" (revision.version) } {
+                                    "Revert to version " (revision.version)
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        ),
+    )
+}
+
+#[derive(Deserialize)]
+struct RevertQuery {
+    version: u64,
+}
+
+#[derive(Deserialize)]
+struct RevertForm {
+    csrf: String,
+    version: u64,
+    /// The version the person saw as current: a revert on top of a newer one is refused.
+    current: u64,
+    #[serde(default)]
+    comment: String,
+}
+
+fn revert_page(
+    signed: &Signed,
+    project: &str,
+    flag: &str,
+    env: &Environment,
+    version: u64,
+    current: &FlagConfig,
+    problems: &[String],
+) -> Markup {
+    let title = format!("Revert {flag} in {}", env.name);
+    page(
+        &Frame {
+            title: &title,
+            signed: Some(signed),
+            project: Some(project),
+        },
+        html! {
+            section.narrow {
+                h1 { "Revert " code { (flag) } " in " (env.name) " to version " (version) "?" }
+                p { "Version " (version) "'s configuration becomes a new revision of " strong { (env.name) } " (now version " (current.version) ")." }
+                (field_problems(problems))
+                form.stack method="post" {
+                    input type="hidden" name="csrf" value=(signed.csrf);
+                    input type="hidden" name="version" value=(version);
+                    input type="hidden" name="current" value=(current.version);
+                    label for="comment" { "Comment" @if env.requires_comment { " (required in " (env.name) ")" } }
+                    input #comment name="comment" required[env.requires_comment];
+                    div.actions {
+                        button.primary type="submit" { "Revert " (env.name) " to version " (version) }
+                        a href={ "/projects/" (project) "/flags/" (flag) "/environments/" (env.key) "/history" } { "Cancel" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+async fn confirm_revert(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+    Query(query): Query<RevertQuery>,
+) -> Response {
+    let shown = async {
+        signed
+            .caller
+            .require(&state, &project, Role::Editor)
+            .await?;
+        let env = state.store.environment(&project, &environment).await?;
+        state
+            .store
+            .flag_revision(&project, &environment, &flag, query.version)
+            .await?;
+        let config = api::current_config(&state, &project, &environment, &flag).await?;
+        Ok::<_, ApiError>((env, config))
+    };
+    match shown.await {
+        Ok((env, config)) => html_response(
+            StatusCode::OK,
+            revert_page(&signed, &project, &flag, &env, query.version, &config, &[]),
+        ),
+        Err(e) => error_page(e),
+    }
+}
+
+/// Reverts through the API's own handler, with `If-Match` the version the person saw.
+async fn revert(
+    State(state): State<AppState>,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<RevertForm>,
+) -> Response {
+    let signed = match form_caller(&state, &headers, &form.csrf).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let mut if_match = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{}\"", form.current)) {
+        if_match.insert(header::IF_MATCH, value);
+    }
+    let reverted = api::revert_flag_config(
+        State(state.clone()),
+        signed.caller.clone(),
+        Path((project.clone(), environment.clone(), flag.clone())),
+        if_match,
+        Body::new(RevertRequest {
+            version: form.version,
+            comment: Some(form.comment.trim().to_string()).filter(|c| !c.is_empty()),
+        }),
+    )
+    .await;
+    let problems: Vec<String> = match reverted {
+        Ok(_) => {
+            if let Err(e) = state
+                .snapshots
+                .refresh(state.store.as_ref(), &project, &environment)
+                .await
+            {
+                tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
+            }
+            return Redirect::to(&format!(
+                "/projects/{}/flags/{}/environments/{}/history",
+                encode(&project),
+                encode(&flag),
+                encode(&environment)
+            ))
+            .into_response();
+        }
+        Err(ApiError::Invalid(diagnostics)) => diagnostics.into_iter().map(|d| d.message).collect(),
+        Err(ApiError::PreconditionFailed(_)) => vec![
+            "Someone changed this flag in the meantime: look at it again before you confirm."
+                .to_string(),
+        ],
+        Err(e) => return error_page(e),
+    };
+    let shown = async {
+        let env = state.store.environment(&project, &environment).await?;
+        let config = api::current_config(&state, &project, &environment, &flag).await?;
+        Ok::<_, ApiError>((env, config))
+    };
+    match shown.await {
+        Ok((env, config)) => html_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            revert_page(
+                &signed,
+                &project,
+                &flag,
+                &env,
+                form.version,
+                &config,
+                &problems,
+            ),
         ),
         Err(e) => error_page(e),
     }
