@@ -69,6 +69,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub(crate) struct Body<T>(Result<T, ApiError>);
 
 impl<T> Body<T> {
+    /// A body already parsed, as the dashboard's forms hand one to the same handlers.
+    pub(crate) fn new(value: T) -> Self {
+        Body(Ok(value))
+    }
+
     pub(crate) fn into_inner(self) -> ApiResult<T> {
         self.0
     }
@@ -462,7 +467,7 @@ fn initial_config(flag: &Flag) -> FlagConfig {
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/flags", tag = "flags", summary = "Create a flag; it starts disabled in every environment", params(("project" = String, Path, description = "Project key")), request_body = Flag, responses((status = 201, body = FlagRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The key exists", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
-async fn create_flag(
+pub(crate) async fn create_flag(
     State(state): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
@@ -659,16 +664,16 @@ async fn get_flag_config(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ConfigUpdate {
+pub(crate) struct ConfigUpdate {
     #[serde(flatten)]
-    config: FlagConfig,
-    comment: Option<String>,
+    pub(crate) config: FlagConfig,
+    pub(crate) comment: Option<String>,
     /// An admin applying directly in an environment that requires approval (audited).
     #[serde(default)]
-    break_glass: bool,
+    pub(crate) break_glass: bool,
     /// Apply at this time (unix milliseconds) instead of now: the change waits as a change
     /// request.
-    apply_at: Option<i64>,
+    pub(crate) apply_at: Option<i64>,
 }
 
 /// Checks a configuration against the rest of the environment with the engine's compiler;
@@ -742,7 +747,7 @@ async fn write_config(
 }
 
 #[utoipa::path(put, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}", tag = "configuration", summary = "Replace a flag's configuration in one environment (a new revision); send If-Match with the ETag you read", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key"), ("If-Match" = Option<String>, Header, description = "The ETag read; a stale one gives 412")), request_body(content = FlagConfig, description = "The configuration, optionally with a `comment`"), responses((status = 200, body = FlagConfig, headers(("ETag" = String, description = "The new version"))), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match names an outdated version; nothing was written", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
-async fn put_flag_config(
+pub(crate) async fn put_flag_config(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, flag)): Path<(String, String, String)>,
@@ -885,14 +890,14 @@ async fn diff_revisions(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RevertRequest {
-    version: u64,
-    comment: Option<String>,
+pub(crate) struct RevertRequest {
+    pub(crate) version: u64,
+    pub(crate) comment: Option<String>,
 }
 
 /// Reverting writes an old revision's configuration as a new revision.
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/revert", tag = "configuration", summary = "Write an old revision's configuration as a new revision", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key")), request_body = RevertRequest, responses((status = 200, body = FlagConfig), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match names an outdated version; nothing was written", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
-async fn revert_flag_config(
+pub(crate) async fn revert_flag_config(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, flag)): Path<(String, String, String)>,
@@ -1448,35 +1453,17 @@ struct SessionStarted {
 async fn sign_in(State(state): State<AppState>, body: Body<SignIn>) -> ApiResult<Response> {
     let body = body.into_inner()?;
     let caller = auth::sign_in(&state, &body.username, &body.password).await?;
-    let id = auth::random_token_body()?;
-    let csrf = auth::random_token_body()?;
-    let now = state.now_ms();
-    let expires_at = now + auth::SESSION_TTL_MS;
-    state
-        .store
-        .create_session(&anchor_store::NewSession {
-            id_hash: auth::token_hash(&id),
-            user_id: caller.user.id.clone(),
-            csrf_hash: auth::token_hash(&csrf),
-            created_at: now,
-            expires_at,
-        })
-        .await?;
-    let cookie = format!(
-        "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        auth::SESSION_COOKIE,
-        auth::SESSION_TTL_MS / 1_000
-    );
+    let session = auth::start_session(&state, &caller).await?;
     let mut response = (
         StatusCode::CREATED,
         Json(SessionStarted {
             username: caller.user.username,
-            csrf_token: csrf,
-            expires_at,
+            csrf_token: session.csrf_token,
+            expires_at: session.expires_at,
         }),
     )
         .into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
+    if let Ok(value) = HeaderValue::from_str(&session.cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     Ok(response)
@@ -1495,7 +1482,7 @@ async fn sign_out(
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("anchor_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        HeaderValue::from_static(auth::CLEAR_SESSION_COOKIE),
     );
     Ok(response)
 }
@@ -1504,18 +1491,18 @@ async fn sign_out(
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ExplainedEvaluation {
+pub(crate) struct ExplainedEvaluation {
     /// The environment revision the answer was computed from.
-    revision: u64,
+    pub(crate) revision: u64,
     /// The evaluation and every step taken, as the engine records them.
     #[schema(value_type = Object)]
-    explanation: serde_json::Value,
+    pub(crate) explanation: serde_json::Value,
     /// The same steps as sentences.
-    text: String,
+    pub(crate) text: String,
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/evaluate", tag = "configuration", summary = "Evaluate a flag for an evaluation context and explain why it gets that value", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key")), request_body(content = Object, description = "The evaluation context, e.g. {\"targetingKey\": \"user-42\", \"country\": \"DE\"}"), responses((status = 200, body = ExplainedEvaluation), (status = 400, description = "Not an evaluation context", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn explain_flag(
+pub(crate) async fn explain_flag(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, flag)): Path<(String, String, String)>,

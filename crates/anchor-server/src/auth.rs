@@ -266,13 +266,8 @@ async fn from_session(state: &AppState, parts: &Parts, id: &str) -> Result<Calle
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
     );
     if !safe {
-        let presented = parts
-            .headers
-            .get(CSRF_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(token_hash)
-            .unwrap_or_default();
-        if !constant_time_eq(presented.as_bytes(), session.csrf_hash.as_bytes()) {
+        let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        if !csrf_matches(presented, &session.csrf_hash) {
             return Err(ApiError::Forbidden(
                 "writes with a session cookie need the session's X-CSRF-Token header".into(),
             ));
@@ -283,6 +278,98 @@ async fn from_session(state: &AppState, parts: &Parts, id: &str) -> Result<Calle
         cap: Role::Admin,
         token_id: None,
     })
+}
+
+/// Whether `presented` is the token whose hash the session keeps, compared in constant time.
+fn csrf_matches(presented: Option<&str>, csrf_hash: &str) -> bool {
+    let presented = presented.map(token_hash).unwrap_or_default();
+    constant_time_eq(presented.as_bytes(), csrf_hash.as_bytes())
+}
+
+/// The CSRF token of the session whose id is `session_id`: derived from the id, so a page
+/// rendered for the session can put it into its forms without the server storing it in the
+/// clear, and no one without the HttpOnly cookie can compute it (SHA-256 is one-way).
+pub(crate) fn csrf_token_for(session_id: &str) -> String {
+    let digest = Sha256::digest(format!("anchor-csrf:{session_id}").as_bytes());
+    URL_SAFE_NO_PAD.encode(digest)
+}
+
+/// A new dashboard session for a signed-in caller, as the API's sign-in and the dashboard's
+/// sign-in form both start them.
+#[derive(Debug)]
+pub(crate) struct StartedSession {
+    /// The `Set-Cookie` value.
+    pub cookie: String,
+    pub csrf_token: String,
+    pub expires_at: i64,
+}
+
+pub(crate) async fn start_session(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<StartedSession, ApiError> {
+    let id = random_token_body()?;
+    let csrf = csrf_token_for(&id);
+    let now = state.now_ms();
+    let expires_at = now + SESSION_TTL_MS;
+    state
+        .store
+        .create_session(&anchor_store::NewSession {
+            id_hash: token_hash(&id),
+            user_id: caller.user.id.clone(),
+            csrf_hash: token_hash(&csrf),
+            created_at: now,
+            expires_at,
+        })
+        .await?;
+    Ok(StartedSession {
+        cookie: format!(
+            "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+            SESSION_TTL_MS / 1_000
+        ),
+        csrf_token: csrf,
+        expires_at,
+    })
+}
+
+/// The `Set-Cookie` value that ends the session cookie.
+pub(crate) const CLEAR_SESSION_COOKIE: &str =
+    "anchor_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0";
+
+/// The dashboard's caller: the session named by the cookie in `headers`, or `None` when there
+/// is no live session. A write (`csrf` given) must carry the session's CSRF token, which a
+/// page on another origin cannot read; it is compared in constant time.
+pub(crate) async fn session_caller(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    csrf: Option<Option<&str>>,
+) -> Result<Option<(Caller, String)>, ApiError> {
+    let Some(id) = session_cookie_in(headers) else {
+        return Ok(None);
+    };
+    let Some(session) = state
+        .store
+        .session(&token_hash(&id), state.now_ms())
+        .await?
+    else {
+        return Ok(None);
+    };
+    if let Some(presented) = csrf
+        && !csrf_matches(presented, &session.csrf_hash)
+    {
+        return Err(ApiError::Forbidden(
+            "this form is out of date or was not sent by the dashboard: reload the page".into(),
+        ));
+    }
+    let token = csrf_token_for(&id);
+    Ok(Some((
+        Caller {
+            user: session.user,
+            cap: Role::Admin,
+            token_id: None,
+        },
+        token,
+    )))
 }
 
 /// Signs in with a password (throttled per user name).

@@ -86,6 +86,29 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The status and the text a person may read, for the dashboard's HTML error pages: the
+    /// same mapping as the problem details (an internal cause stays in the log).
+    pub(crate) fn for_page(&self) -> (StatusCode, String) {
+        if let ApiError::Internal(detail) = self {
+            tracing::error!(%detail, "internal error");
+            return (
+                self.status(),
+                "the server failed; the error has been logged".into(),
+            );
+        }
+        let detail = match self {
+            ApiError::Invalid(d) | ApiError::Malformed(d) => d
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        };
+        (self.status(), detail)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

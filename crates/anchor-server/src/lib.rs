@@ -16,6 +16,7 @@ mod bootstrap;
 pub mod change_requests;
 mod changes;
 pub mod config;
+pub mod dashboard;
 mod error;
 pub mod ofrep;
 pub mod releases;
@@ -271,6 +272,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api_router)
         .merge(ofrep::routes(&state.cors_origins))
         .merge(telemetry::sdk_routes())
+        .merge(dashboard::routes())
         .route(
             "/api/v1/openapi.json",
             get(move || {

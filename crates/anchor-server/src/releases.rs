@@ -248,20 +248,20 @@ async fn delete_template(
 /// A release as the API shows it.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ReleaseView {
+pub(crate) struct ReleaseView {
     #[serde(flatten)]
-    record: ReleaseRecord,
+    pub(crate) record: ReleaseRecord,
     /// The treatment's share now, in percent.
-    percentage: f64,
+    pub(crate) percentage: f64,
     /// The decision log, oldest first (in one release's view only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    decisions: Option<Vec<anchor_store::ReleaseDecision>>,
+    pub(crate) decisions: Option<Vec<anchor_store::ReleaseDecision>>,
     /// Canary coverage of the current stage (in one release's view only, when the template
     /// names coverage attributes): per attribute and value, its share of the users, its
     /// treated users and whether that share is too thinly treated to judge.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
-    coverage: Option<Vec<CoverageRow>>,
+    pub(crate) coverage: Option<Vec<CoverageRow>>,
 }
 
 /// The treatment's current share in the flag's configuration.
@@ -528,7 +528,7 @@ async fn list_releases(
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/releases/{id}", tag = "releases", summary = "One release: its state, the treatment's share, the latest guardrail report and the decision log", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Release id")), responses((status = 200, body = ReleaseView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn get_release(
+pub(crate) async fn get_release(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
@@ -539,7 +539,7 @@ async fn get_release(
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/releases/{id}/commands", tag = "releases", summary = "Steer a release (editors): start, pause, resume, skip, approve, dismiss a guardrail, roll back, abort, complete", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Release id")), request_body(content = Object, description = "`{\"command\": \"pause\"}`; `{\"command\": \"dismiss\", \"guardrail\": \"p99 latency\"}`"), responses((status = 200, body = ReleaseView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The command does not apply in the release's state", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Not a command", body = Problem, content_type = "application/problem+json")))]
-async fn release_command(
+pub(crate) async fn release_command(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,

@@ -1,0 +1,470 @@
+//! The dashboard end to end in a real headless Chromium, driven through chromedriver
+//! (Debian's `chromium` and `chromium-driver`; `.ci/run` installs them): sign in, create a flag
+//! (first with a problem shown next to its field), turn it on and then off in production with
+//! the confirmation, revert a revision, evaluate it for a context, filter the list with the page's script, watch
+//! a release advance on simulated telemetry and approve its next stage, and see another rolled
+//! back by the controller with its reason. Screenshots of the main pages go to `target/dashboard-screenshots/`.
+//!
+//! Without `/usr/bin/chromedriver` the test fails and says how to install it: a browser test
+//! that passes without a browser would prove nothing.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anchor_rollout::{ArmObservations, Observations};
+use anchor_server::releases::MetricSource;
+use anchor_store::ReleaseRecord;
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
+use serde_json::json;
+use support::{PASSWORD, Server};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// chromedriver on a free port, stopped when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_driver() -> Driver {
+    for path in [CHROMEDRIVER, CHROMIUM] {
+        assert!(
+            std::path::Path::new(path).exists(),
+            "{path} is missing: the dashboard's browser test needs Debian's Chromium and \
+             ChromeDriver (`apt-get install -y chromium chromium-driver`, as .ci/run does)"
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting chromedriver");
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return driver;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("chromedriver did not listen on port {port} within 5 s");
+}
+
+async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            // The machine has no network beyond loopback: background networking only fails.
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }),
+    );
+    ClientBuilder::rustls()
+        .expect("a TLS configuration")
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session through chromedriver")
+}
+
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let dir = target.join("dashboard-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.unwrap();
+    std::fs::write(screenshot_dir().join(format!("{name}.png")), png).unwrap();
+}
+
+async fn text_of(client: &Client, css: &str) -> String {
+    let found = client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await;
+    match found {
+        Ok(element) => element.text().await.unwrap(),
+        Err(e) => {
+            let page = client.current_url().await.map(|u| u.to_string());
+            panic!("no `{css}` on {page:?}: {e}")
+        }
+    }
+}
+
+async fn click(client: &Client, locator: Locator<'_>) {
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(locator)
+        .await
+        .unwrap_or_else(|e| panic!("nothing to click for {locator:?}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Reloads `page` until the text of `css` is `expected` (at most 15 s).
+async fn until_page_shows(client: &Client, page: &str, css: &str, expected: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        client.goto(page).await.unwrap();
+        let text = text_of(client, css).await;
+        if text == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{page}: `{css}` still says {text:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn fill(client: &Client, css: &str, text: &str) {
+    let field = client.find(Locator::Css(css)).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+/// Telemetry as SDKs would report it: the treatment of `payments` fails five times as often
+/// as its control; every other release is healthy.
+struct Simulated;
+
+#[async_trait::async_trait]
+impl MetricSource for Simulated {
+    async fn observe(
+        &self,
+        release: &ReleaseRecord,
+        _: i64,
+        _: i64,
+        share: f64,
+    ) -> Result<Observations, String> {
+        let factor = if release.flag == "payments" { 5.0 } else { 1.0 };
+        let total = 1_000_000u64;
+        let treated = (total as f64 * share).round() as u64;
+        let arm = |exposures, rate: f64| ArmObservations {
+            exposures,
+            requests: 400_000,
+            errors: (400_000.0 * rate).round() as u64,
+            ..ArmObservations::default()
+        };
+        Ok(Observations {
+            control: arm(total - treated, 0.01),
+            treatment: arm(treated, 0.01 * factor),
+            expected_treatment_share: share,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_person_signs_in_creates_a_flag_and_turns_it_off_in_production() {
+    let metrics: Arc<dyn MetricSource> = Arc::new(Simulated);
+    let server = Server::start_with(None, Some((metrics, Duration::from_millis(100)))).await;
+    let driver = start_driver().await;
+    let profile = std::env::temp_dir().join(format!("anchor-chromium-{}", uuid::Uuid::new_v4()));
+    let client = browser(&driver, &profile).await;
+    // Close the browser whatever happens, so no Chromium outlives the test.
+    let outcome = std::panic::AssertUnwindSafe(story(&server, &client))
+        .catch_unwind()
+        .await;
+    let _ = client.close().await;
+    drop(driver);
+    let _ = std::fs::remove_dir_all(&profile);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn story(server: &Server, client: &Client) {
+    let url = &server.url;
+    // Some flags to look at: one under a release, one with a rule and a rollout.
+    server
+        .api_create_flag("checkout", "The checkout flow")
+        .await;
+    server
+        .api_create_flag("search-v2", "Ranking with the new index")
+        .await;
+    let (status, body) = server
+        .api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/environments/production/flags/checkout",
+            json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "off"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A quick template: 1%, then 5% after an approval, then 100%.
+    let (status, body) = server
+        .api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/release-templates/quick",
+            json!({"name": "Quick", "template": {
+                "stages": [
+                    {"percentage": 1.0, "dwellMs": 300},
+                    {"percentage": 5.0, "dwellMs": 300, "approval": true},
+                    {"percentage": 100.0, "dwellMs": 300}
+                ],
+                "guardrails": {"guardrails": [
+                    {"name": "error rate", "kind": "errorRate", "maxRelativeIncrease": 0.5}
+                ]},
+                "maxExtensionMs": 60000
+            }}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, release) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/projects/default/environments/production/flags/checkout/releases",
+            json!({"control": "off", "treatment": "on", "template": "quick"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{release}");
+    // A release whose treatment fails more often: the controller rolls it back by itself.
+    server
+        .api_create_flag("payments", "The new payment provider")
+        .await;
+    let (status, body) = server
+        .api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/environments/production/flags/payments",
+            json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "off"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, failing) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/projects/default/environments/production/flags/payments/releases",
+            json!({"control": "off", "treatment": "on", "template": "quick"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{failing}");
+    let (status, body) = server
+        .api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/environments/staging/flags/search-v2",
+            json!({"enabled": true, "offVariant": "off",
+                   "rules": [{"id": "staff", "description": "Everyone at the company",
+                              "conditions": [{"attribute": "email", "operator": "ends_with", "values": ["@example.com"]}],
+                              "serve": {"variant": "on"}}],
+                   "defaultServe": {"rollout": {"variants": [
+                       {"variant": "on", "weight": 10000}, {"variant": "off", "weight": 90000}]}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Signing in.
+    client.goto(url).await.unwrap();
+    assert_eq!(text_of(client, "h1").await, "Sign in");
+    screenshot(client, "01-sign-in").await;
+    fill(client, "#username", "admin").await;
+    fill(client, "#password", PASSWORD).await;
+    click(client, Locator::Css("form button[type=submit]")).await;
+    assert_eq!(text_of(client, "main h1").await, "Flags");
+    screenshot(client, "02-flags").await;
+
+    // A new flag: a bad key first, its problem next to the field, then a good one.
+    click(client, Locator::LinkText("New flag")).await;
+    assert_eq!(text_of(client, "main h1").await, "New flag");
+    fill(client, "#key", "new checkout!").await;
+    fill(
+        client,
+        "#description",
+        "<script>alert('x')</script> The one-page checkout",
+    )
+    .await;
+    fill(client, "#tags", "checkout, web").await;
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    let problem = text_of(client, "#key ~ .field-problem").await;
+    assert!(!problem.is_empty());
+    screenshot(client, "03-new-flag-problem").await;
+    fill(client, "#key", "new-checkout").await;
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    assert_eq!(text_of(client, "main h1").await, "new-checkout");
+    // The description is text, not markup.
+    assert_eq!(
+        text_of(client, ".description").await,
+        "<script>alert('x')</script> The one-page checkout"
+    );
+
+    // On in production, with the confirmation naming it.
+    click(client, Locator::LinkText("Turn on in Production")).await;
+    assert_eq!(
+        text_of(client, "main h1").await,
+        "Turn on new-checkout in Production?"
+    );
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    assert_eq!(text_of(client, ".notice").await, "Turned on in production.");
+    assert!(server.enabled_in("new-checkout", "production").await);
+
+    // And off again: the kill switch.
+    click(client, Locator::LinkText("Turn off in Production")).await;
+    assert_eq!(
+        text_of(client, "main h1").await,
+        "Turn off new-checkout in Production?"
+    );
+    screenshot(client, "04-kill-switch-confirmation").await;
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    assert_eq!(
+        text_of(client, ".notice").await,
+        "Turned off in production."
+    );
+    assert_eq!(
+        text_of(client, "section.env[aria-label=Production] h3 .b").await,
+        "off"
+    );
+    assert!(!server.enabled_in("new-checkout", "production").await);
+
+    // History: each revision with its diff; reverting to the version that was on.
+    click(client, Locator::LinkText("History of Production")).await;
+    assert!(text_of(client, "ol.history").await.contains("Version 3"));
+    click(client, Locator::LinkText("Revert to version 2")).await;
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    assert!(
+        text_of(client, "ol.history > li")
+            .await
+            .starts_with("Version 4")
+    );
+    assert!(server.enabled_in("new-checkout", "production").await);
+    screenshot(client, "06-history").await;
+    click(client, Locator::LinkText("new-checkout")).await;
+
+    // Why does this user get this value?
+    client
+        .find(Locator::Css("#eval-env"))
+        .await
+        .unwrap()
+        .select_by_value("production")
+        .await
+        .unwrap();
+    fill(client, "#context", r#"{"targetingKey": "user-7"}"#).await;
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    let explanation = text_of(client, "pre.explain").await;
+    assert!(
+        explanation.contains("new-checkout"),
+        "explanation: {explanation}"
+    );
+    screenshot(client, "05-flag").await;
+
+    // The list, filtered by the page's script as soon as a choice changes (the
+    // Content-Security-Policy lets it run: it comes from the server).
+    client
+        .goto(&format!("{url}/projects/default/flags"))
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#on"))
+        .await
+        .unwrap()
+        .select_by_value("staging")
+        .await
+        .unwrap();
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_url(
+            &format!("{url}/projects/default/flags?q=&lifecycle=&on=staging")
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .expect("the filter applied without a click");
+    assert_eq!(text_of(client, "p.count").await, "1 flags");
+    assert!(
+        text_of(client, "table.flags tbody")
+            .await
+            .contains("search-v2")
+    );
+    client
+        .goto(&format!("{url}/projects/default/flags/search-v2"))
+        .await
+        .unwrap();
+    assert!(
+        text_of(client, "section.env[aria-label=Staging]")
+            .await
+            .contains("email ends with “@example.com”")
+    );
+    screenshot(client, "07-flag-with-rules").await;
+
+    // A release advancing on simulated telemetry: it waits for approval before 5%, a person
+    // approves (with a confirmation), and it goes on to the end.
+    let id = release["id"].as_str().unwrap();
+    let release_page = format!("{url}/projects/default/releases/{id}");
+    until_page_shows(
+        client,
+        &release_page,
+        "p.meta .b.rel",
+        "waiting for approval",
+    )
+    .await;
+    assert_eq!(text_of(client, "ol.timeline li.done strong").await, "1%");
+    assert!(text_of(client, "table.report").await.contains("error rate"));
+    screenshot(client, "08-release-waiting-for-approval").await;
+    click(client, Locator::LinkText("Approve the next stage")).await;
+    assert!(
+        text_of(client, "main h1")
+            .await
+            .starts_with("Approve the next stage")
+    );
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    until_page_shows(client, &release_page, "p.meta .b.rel", "completed").await;
+    assert!(text_of(client, "ol.log").await.contains("admin"));
+
+    // The failing release was rolled back by the controller, and its page says why.
+    let id = failing["id"].as_str().unwrap();
+    let failing_page = format!("{url}/projects/default/releases/{id}");
+    until_page_shows(client, &failing_page, "p.meta .b.rel", "rolled back").await;
+    let log = text_of(client, "ol.log").await;
+    assert!(log.contains("error rate"), "the decision log: {log}");
+    assert!(text_of(client, "table.report").await.contains("regressed"));
+    // The interval against the tolerance, drawn by the server.
+    client
+        .find(Locator::Css("table.report svg.interval circle"))
+        .await
+        .expect("the guardrail's chart");
+    screenshot(client, "09-release-rolled-back").await;
+
+    // Signing out ends the session: pages send the browser to sign in again.
+    click(client, Locator::Css(".who button")).await;
+    assert_eq!(text_of(client, "h1").await, "Sign in");
+    client
+        .goto(&format!("{url}/projects/default/flags"))
+        .await
+        .unwrap();
+    assert_eq!(text_of(client, "h1").await, "Sign in");
+}
