@@ -194,7 +194,8 @@ pub struct AuditParams {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct StaleParams {
-    /// Directories or files of the codebase to search for flag references
+    /// Directories or files of the codebase to search for flag references (relative paths are
+    /// from the directory `anchor mcp` runs in)
     pub paths: Vec<String>,
     /// How many days a flag must have served one variant to everyone, unchanged, to be stale
     /// [default: 30]
