@@ -404,6 +404,7 @@ fn check_full(report: &Value, url: &str) {
     assert_eq!(ok(report, "create_flag", 0)["flag"]["key"], "checkout");
     let listed = ok(report, "list_flags", 0);
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert_eq!(listed[0]["flag"]["key"], "checkout", "{listed}");
     assert_eq!(
         ok(report, "get_flag", 0)["flag"]["description"],
         "the new checkout"
@@ -419,6 +420,11 @@ fn check_full(report: &Value, url: &str) {
         rollout["result"]["defaultServe"]["rollout"]["variants"][0],
         json!({"variant": "on", "weight": 25000})
     );
+    assert_eq!(
+        error(report, "set_rollout", 1),
+        "percent must be between 0 and 100, not 150"
+    );
+    assert!(error(report, "create_flag", 2).contains("a string flag needs its variants"));
     let explained = ok(report, "explain_evaluation", 0);
     let evaluation = &explained["explanation"]["evaluation"];
     assert_eq!(evaluation["variant"], "on", "{explained}");
