@@ -190,13 +190,15 @@ fn java(key: &str, kind: Kind, url: &str) -> String {
         "// Maven: dev.openfeature:sdk and dev.openfeature.contrib.providers:ofrep
 import dev.openfeature.contrib.providers.ofrep.OfrepProvider;
 import dev.openfeature.contrib.providers.ofrep.OfrepProviderOptions;
+import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
 import dev.openfeature.sdk.*;
-import java.util.List;
 import java.util.Map;
 
 OfrepProvider provider = OfrepProvider.constructProvider(OfrepProviderOptions.builder()
     .baseUrl({url})
-    .headers(Map.of(\"Authorization\", List.of(\"Bearer \" + System.getenv(\"ANCHOR_SDK_KEY\"))))
+    .headers(ImmutableMap.of(\"Authorization\",
+        ImmutableList.of(\"Bearer \" + System.getenv(\"ANCHOR_SDK_KEY\"))))
     .build());
 OpenFeatureAPI.getInstance().setProviderAndWait(provider);
 Client client = OpenFeatureAPI.getInstance().getClient();
@@ -265,6 +267,8 @@ mod tests {
         assert!(go.contains("ObjectValue(ctx, \"cfg\", map[string]any{}, evalCtx)"));
         let java = snippet(Language::Java, "limit", Kind::Number, url);
         assert!(java.contains("client.getDoubleValue(\"limit\", 0.0, context)"));
+        // The provider's options take Guava's immutable header map.
+        assert!(java.contains(".headers(ImmutableMap.of(\"Authorization\","));
         let cs = snippet(Language::Csharp, "on", Kind::Boolean, url);
         assert!(cs.contains("GetBooleanValueAsync(\"on\", false, context)"));
         for language in [Language::Python, Language::Go, Language::Csharp] {
