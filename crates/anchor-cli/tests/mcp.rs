@@ -221,7 +221,7 @@ fn client(args: &[&str], env: &[(&str, &str)], config: &Path) -> Value {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !stderr.contains("MISSING-MCP-PACKAGE"),
-        "the Python `mcp` package is missing: python3 -m pip install mcp (see .ci/run)\n{stderr}"
+        "the Python `mcp` package is missing: python3 -m pip install mcp==2.3.0 (see .ci/run)\n{stderr}"
     );
     assert!(output.status.success(), "mcp_client.py failed:\n{stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
