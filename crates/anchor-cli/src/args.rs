@@ -110,6 +110,16 @@ pub enum Command {
     /// Make a project match an export: creates and updates only what differs, so running it
     /// twice changes nothing.
     Import(ImportArgs),
+    /// Serve the Model Context Protocol for AI assistants (stdio unless --http), acting with
+    /// the personal access token of --token/ANCHOR_TOKEN/`anchor login`.
+    Mcp(McpArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct McpArgs {
+    /// Serve streamable HTTP at http://ADDRESS/mcp (e.g. 127.0.0.1:8765) instead of stdio
+    #[arg(long, value_name = "ADDRESS")]
+    pub http: Option<String>,
 }
 
 #[derive(Args, Debug)]

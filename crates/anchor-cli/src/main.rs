@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod error;
 mod http;
+mod mcp;
 mod output;
 #[cfg(test)]
 mod reference;
@@ -38,6 +39,13 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Mcp(args) => match mcp::run(cli.global, args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                let _ = writeln!(std::io::stderr(), "error: {error}");
+                ExitCode::from(error.exit_code())
+            }
+        },
         command => match commands::run(cli.global, command).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

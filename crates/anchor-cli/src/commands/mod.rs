@@ -8,7 +8,7 @@ mod login;
 mod misc;
 mod release;
 mod segments;
-mod targeting;
+pub(crate) mod targeting;
 mod transfer;
 
 use serde_json::Value;
@@ -81,7 +81,8 @@ pub async fn run(global: Global, command: Command) -> Result<(), CliError> {
         out,
     };
     match command {
-        Command::Serve(_) | Command::Login(_) => Ok(()),
+        // Handled before: they need no client (serve) or make their own (login, mcp).
+        Command::Serve(_) | Command::Login(_) | Command::Mcp(_) => Ok(()),
         Command::Flags(c) => flags::run(&ctx, c).await,
         Command::Targeting(c) => targeting::run(&ctx, c).await,
         Command::Segments(c) => segments::run(&ctx, c).await,

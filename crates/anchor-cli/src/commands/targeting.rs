@@ -11,7 +11,7 @@ use crate::http::seg;
 use crate::output::text;
 
 /// Rollout weights are out of 100,000 (the engine's unit): three decimals of a percent.
-const TOTAL_WEIGHT: f64 = 100_000.0;
+pub(crate) const TOTAL_WEIGHT: f64 = 100_000.0;
 
 pub async fn run(ctx: &Ctx, command: TargetingCommand) -> Result<(), CliError> {
     match command {
@@ -134,7 +134,11 @@ fn retarget(config: &mut Value, keys: &[String], variant: Option<&str>) {
     config["targets"] = Value::Object(targets);
 }
 
-fn default_rest(names: &[String], rolled: &str, off: &Value) -> Result<String, CliError> {
+pub(crate) fn default_rest(
+    names: &[String],
+    rolled: &str,
+    off: &Value,
+) -> Result<String, CliError> {
     if names.len() == 2
         && let Some(other) = names.iter().find(|n| *n != rolled)
     {

@@ -1,0 +1,568 @@
+//! `anchor mcp` driven by a real MCP client, the official Python SDK (tests/mcp_client.py),
+//! over stdio and streamable HTTP, against a real server on a free port (SQLite and, when
+//! `ANCHOR_TEST_POSTGRES_URL` is set, PostgreSQL). Needs python3 with the `mcp` package
+//! (`.ci/run` installs it); without them the tests fail, saying so.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anchor_server::{AppState, Secret, bootstrap, launch};
+use anchor_store::{SqlStore, Store};
+use base64::Engine;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+enum Backend {
+    Sqlite,
+    Postgres { url: String, schema: String },
+}
+
+/// Declares one test per backend running the same story; PostgreSQL only when
+/// `ANCHOR_TEST_POSTGRES_URL` is set.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::start(stringify!($name), super::Backend::Sqlite));
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
+                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+                        return;
+                    };
+                    let schema = format!("anchor_mcp_{}", super::unique());
+                    super::$name(super::start(
+                        stringify!($name),
+                        super::Backend::Postgres { url, schema },
+                    ));
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    every_tool_works_over_stdio_and_http_and_a_gated_write_becomes_a_change_request,
+    a_viewer_token_is_refused_a_write,
+);
+
+/// A server with an admin token, and a config directory for the CLI. Dropping it stops the
+/// server and drops its PostgreSQL schema.
+struct Server {
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    backend: Backend,
+    addr: String,
+    url: String,
+    token: String,
+    config: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let (Some(runtime), Backend::Postgres { url, schema }) = (&self.runtime, &self.backend) {
+            runtime.block_on(async {
+                use sqlx::{Connection, Executor};
+                sqlx::any::install_default_drivers();
+                if let Ok(mut conn) = sqlx::AnyConnection::connect(url).await {
+                    let _ = conn
+                        .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                        .await;
+                }
+            });
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}_{nanos}", std::process::id())
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("anchor-mcp-{name}-{}", unique()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
+}
+
+fn start(name: &str, backend: Backend) -> Server {
+    let dir = temp_dir(name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let (addr, stop) = runtime.block_on(async {
+        let store: Arc<dyn Store> = match &backend {
+            Backend::Sqlite => Arc::new(
+                SqlStore::open_sqlite(&dir.join("anchor.db"))
+                    .await
+                    .expect("SQLite opens"),
+            ),
+            Backend::Postgres { url, schema } => Arc::new(
+                SqlStore::open_postgres(url, Some(schema))
+                    .await
+                    .expect("PostgreSQL opens"),
+            ),
+        };
+        bootstrap(store.as_ref(), Some(&Secret::new(PASSWORD)))
+            .await
+            .expect("the first start's bootstrap");
+        let state = AppState::new(store).expect("the application state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("an address").to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(launch(listener, state, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    });
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
+    );
+    for _ in 0..200 {
+        if TcpStream::connect(&addr).is_ok()
+            && http(&addr, "GET", "/readyz", &basic, &Value::Null).0 == 200
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, created) = http(
+        &addr,
+        "POST",
+        "/api/v1/tokens",
+        &basic,
+        &json!({"name": "cli"}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().expect("a token").to_string();
+    Server {
+        runtime: Some(runtime),
+        stop: Some(stop),
+        backend,
+        url: format!("http://{addr}"),
+        addr,
+        token,
+        config: dir.join("config"),
+    }
+}
+
+/// A minimal HTTP/1.1 request, for what the CLI does not do (making tokens and projects).
+fn http(addr: &str, method: &str, path: &str, auth: &str, body: &Value) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).expect("the server accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a timeout");
+    let body = body.to_string();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .expect("the request is sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("an answer");
+    let status = response[9..12].parse().expect("a status");
+    let (_, rest) = response.split_once("\r\n\r\n").expect("a body");
+    let start = rest.find(['{', '[']).unwrap_or(0);
+    let end = rest.rfind(['}', ']']).map_or(rest.len(), |e| e + 1);
+    (
+        status,
+        serde_json::from_str(&rest[start..end.max(start)]).unwrap_or(Value::Null),
+    )
+}
+
+/// Runs tests/mcp_client.py and returns its JSON report; fails clearly when python3 or the
+/// `mcp` package is missing, so a machine without them never passes silently.
+fn client(args: &[&str], env: &[(&str, &str)], config: &Path) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client.py");
+    let mut command = Command::new("python3");
+    command
+        .arg(&script)
+        .args(args)
+        .env_remove("ANCHOR_URL")
+        .env_remove("ANCHOR_TOKEN")
+        .env_remove("ANCHOR_PROJECT")
+        .env_remove("ANCHOR_ENV")
+        .env("XDG_CONFIG_HOME", config)
+        .env("HOME", config);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap_or_else(|e| {
+        panic!("python3 must be installed to test `anchor mcp` with a real MCP client: {e}")
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("MISSING-MCP-PACKAGE"),
+        "the Python `mcp` package is missing: python3 -m pip install mcp==2.3.0 (see .ci/run)\n{stderr}"
+    );
+    assert!(output.status.success(), "mcp_client.py failed:\n{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("mcp_client.py printed no JSON ({e}): {stdout}\n{stderr}"))
+}
+
+/// The call to `tool` numbered `nth` (from 0) among the calls to that tool.
+fn call<'a>(report: &'a Value, tool: &str, nth: usize) -> &'a Value {
+    report["calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["tool"] == tool)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no call {nth} of {tool}: {report}"))
+}
+
+fn ok(report: &Value, tool: &str, nth: usize) -> Value {
+    let called = call(report, tool, nth);
+    assert_eq!(called["isError"], false, "{tool}: {called}");
+    let text = called["text"].as_str().unwrap_or("");
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+fn error<'a>(report: &'a Value, tool: &str, nth: usize) -> &'a str {
+    let called = call(report, tool, nth);
+    assert_eq!(called["isError"], true, "{tool} should fail: {called}");
+    called["text"].as_str().unwrap_or("")
+}
+
+/// `anchor mcp --http` on a free port, and its URL; the child is killed when dropped.
+struct HttpMcp {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for HttpMcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_mcp(env: &[(&str, &str)], config: &Path) -> HttpMcp {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_anchor"));
+    command
+        .args(["mcp", "--http", &listen])
+        .env_remove("ANCHOR_URL")
+        .env_remove("ANCHOR_TOKEN")
+        .env_remove("ANCHOR_PROJECT")
+        .env_remove("ANCHOR_ENV")
+        .env("XDG_CONFIG_HOME", config)
+        .env("HOME", config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("anchor mcp --http starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("streamable HTTP on") => break,
+            Some(Ok(_)) => {}
+            other => panic!("anchor mcp --http ended before listening: {other:?}"),
+        }
+    }
+    // Drain the rest so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    HttpMcp {
+        child,
+        url: format!("http://{listen}/mcp"),
+    }
+}
+
+fn every_tool_works_over_stdio_and_http_and_a_gated_write_becomes_a_change_request(server: Server) {
+    let bearer = format!("Bearer {}", server.token);
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/projects/default/environments",
+        &bearer,
+        &json!({"key": "gated", "name": "Gated", "requiresApproval": true}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let code = temp_dir("code");
+    std::fs::create_dir_all(code.join("src")).unwrap();
+    std::fs::write(
+        code.join("src/checkout.ts"),
+        "if (await client.getBooleanValue('checkout', false)) {}\n",
+    )
+    .unwrap();
+    let code = code.to_string_lossy().into_owned();
+    let env = [
+        ("ANCHOR_URL", server.url.as_str()),
+        ("ANCHOR_TOKEN", server.token.as_str()),
+    ];
+
+    let report = client(
+        &["stdio", env!("CARGO_BIN_EXE_anchor"), "full", &code],
+        &env,
+        &server.config,
+    );
+    check_full(&report, &server.url);
+
+    // Streamable HTTP, in a second project so the same story starts afresh.
+    server_project(&server, "web");
+    for (key, gated) in [("production", false), ("gated", true)] {
+        let (status, body) = http(
+            &server.addr,
+            "POST",
+            "/api/v1/projects/web/environments",
+            &bearer,
+            &json!({"key": key, "name": key, "requiresApproval": gated}),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let mcp = http_mcp(
+        &[
+            ("ANCHOR_URL", server.url.as_str()),
+            ("ANCHOR_TOKEN", server.token.as_str()),
+            ("ANCHOR_PROJECT", "web"),
+        ],
+        &server.config,
+    );
+    let report = client(&["http", &mcp.url, "full", &code], &[], &server.config);
+    check_full(&report, &server.url);
+    let audit = ok(&report, "read_audit_log", 0);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["project"] != "default"),
+        "the HTTP server acts in project web: {audit}"
+    );
+}
+
+fn server_project(server: &Server, key: &str) {
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/projects",
+        &format!("Bearer {}", server.token),
+        &json!({"key": key, "name": key}),
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
+fn check_full(report: &Value, url: &str) {
+    let tools = report["tools"].as_array().expect("tools");
+    assert_eq!(tools.len(), 14, "{tools:?}");
+    let annotations = |name: &str| {
+        tools
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no tool {name}"))["annotations"]
+            .clone()
+    };
+    assert_eq!(annotations("toggle_flag")["destructiveHint"], true);
+    assert_eq!(annotations("toggle_flag")["idempotentHint"], true);
+    assert_eq!(annotations("rollback_release")["destructiveHint"], true);
+    assert_eq!(annotations("list_flags")["readOnlyHint"], true);
+    let schema = &tools.iter().find(|t| t["name"] == "set_rollout").unwrap()["inputSchema"];
+    assert!(
+        schema["properties"]["percent"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("0 to 100")),
+        "{schema}"
+    );
+
+    assert_eq!(ok(report, "create_flag", 0)["flag"]["key"], "checkout");
+    let listed = ok(report, "list_flags", 0);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert_eq!(listed[0]["flag"]["key"], "checkout", "{listed}");
+    assert_eq!(
+        ok(report, "get_flag", 0)["flag"]["description"],
+        "the new checkout"
+    );
+    assert!(error(report, "get_flag", 1).starts_with("404"));
+    let toggled = ok(report, "toggle_flag", 0);
+    assert_eq!(toggled["applied"], true, "{toggled}");
+    assert_eq!(toggled["result"]["enabled"], true, "{toggled}");
+    let targeted = ok(report, "update_targeting", 0);
+    assert_eq!(targeted["result"]["targets"]["on"], json!(["user-1"]));
+    let rollout = ok(report, "set_rollout", 0);
+    assert_eq!(
+        rollout["result"]["defaultServe"]["rollout"]["variants"][0],
+        json!({"variant": "on", "weight": 25000})
+    );
+    assert_eq!(
+        error(report, "set_rollout", 1),
+        "percent must be between 0 and 100, not 150"
+    );
+    assert!(error(report, "create_flag", 2).contains("a string flag needs its variants"));
+    let explained = ok(report, "explain_evaluation", 0);
+    let evaluation = &explained["explanation"]["evaluation"];
+    assert_eq!(evaluation["variant"], "on", "{explained}");
+    assert_eq!(evaluation["reason"], "TARGETING_MATCH", "{explained}");
+    let started = ok(report, "start_release", 0);
+    assert_eq!(started["result"]["state"]["state"], "running", "{started}");
+    let release = ok(report, "get_release", 0);
+    assert_eq!(release["id"], started["result"]["id"]);
+    assert_eq!(ok(report, "pause_release", 0)["state"]["state"], "paused");
+    let rolled = ok(report, "rollback_release", 0);
+    assert_ne!(rolled["state"]["state"], "running", "{rolled}");
+    let audit = ok(report, "read_audit_log", 0);
+    assert!(!audit.as_array().expect("entries").is_empty(), "{audit}");
+    let stale = ok(report, "find_stale_flags", 0);
+    let stale_flags: Vec<&str> = stale["stale"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["flag"].as_str().unwrap())
+        .collect();
+    assert_eq!(stale_flags, ["unused-banner"], "{stale}");
+    let ts = ok(report, "generate_flag_code", 0);
+    let ts = ts.as_str().expect("code");
+    assert!(
+        ts.contains("getBooleanValue(\"checkout\", false, context)"),
+        "{ts}"
+    );
+    assert!(ts.contains(&format!("baseUrl: \"{url}\"")), "{ts}");
+    let rust = ok(report, "generate_flag_code", 1);
+    assert!(
+        rust.as_str()
+            .unwrap()
+            .contains("client.bool_value(\"checkout\"")
+    );
+    let held = ok(report, "toggle_flag", 1);
+    assert_eq!(held["applied"], false, "{held}");
+    assert!(
+        held["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("gated requires approval") && m.contains("change request")),
+        "{held}"
+    );
+    assert!(held["changeRequest"]["id"].is_string(), "{held}");
+}
+
+fn a_viewer_token_is_refused_a_write(server: Server) {
+    let bearer = format!("Bearer {}", server.token);
+    server_flag(&server, "checkout");
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/users",
+        &bearer,
+        &json!({"username": "watcher", "password": PASSWORD}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        &server.addr,
+        "PUT",
+        "/api/v1/projects/default/members/watcher",
+        &bearer,
+        &json!({"role": "viewer"}),
+    );
+    assert_eq!(status, 204, "{body}");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("watcher:{PASSWORD}"))
+    );
+    let (status, created) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/tokens",
+        &basic,
+        &json!({"name": "assistant"}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let viewer = created["token"].as_str().unwrap();
+    let report = client(
+        &["stdio", env!("CARGO_BIN_EXE_anchor"), "viewer"],
+        &[("ANCHOR_URL", &server.url), ("ANCHOR_TOKEN", viewer)],
+        &server.config,
+    );
+    assert_eq!(ok(&report, "get_flag", 0)["flag"]["key"], "checkout");
+    let refused = error(&report, "toggle_flag", 0);
+    assert!(refused.starts_with("403"), "{refused}");
+}
+
+fn server_flag(server: &Server, key: &str) {
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/projects/default/flags",
+        &format!("Bearer {}", server.token),
+        &json!({"key": key, "kind": "boolean",
+                "variants": [{"name": "on", "value": true}, {"name": "off", "value": false}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
+#[test]
+fn without_a_server_or_a_token_the_tools_are_listed_and_each_call_fails_clearly() {
+    let config = temp_dir("offline");
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    for transport in ["stdio", "http"] {
+        let env = [("ANCHOR_URL", url.as_str()), ("ANCHOR_TOKEN", "ra_pat_x")];
+        let report = if transport == "stdio" {
+            client(
+                &["stdio", env!("CARGO_BIN_EXE_anchor"), "offline"],
+                &env,
+                &config,
+            )
+        } else {
+            let mcp = http_mcp(&env, &config);
+            client(&["http", &mcp.url, "offline"], &[], &config)
+        };
+        assert_eq!(report["tools"].as_array().map(Vec::len), Some(14));
+        let message = error(&report, "get_flag", 0);
+        assert!(
+            message.starts_with(&format!("cannot reach the server at {url}")),
+            "{message}"
+        );
+    }
+    let report = client(
+        &["stdio", env!("CARGO_BIN_EXE_anchor"), "offline"],
+        &[],
+        &config,
+    );
+    assert_eq!(report["tools"].as_array().map(Vec::len), Some(14));
+    assert!(error(&report, "get_flag", 0).contains("no server: run `anchor login <url>`"));
+    let report = client(
+        &["stdio", env!("CARGO_BIN_EXE_anchor"), "offline"],
+        &[("ANCHOR_URL", &url)],
+        &config,
+    );
+    assert!(error(&report, "get_flag", 0).contains("no token"));
+}
