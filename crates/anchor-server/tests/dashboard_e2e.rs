@@ -112,18 +112,31 @@ async fn screenshot(client: &Client, name: &str) {
 }
 
 async fn text_of(client: &Client, css: &str) -> String {
-    let found = client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(css))
-        .await;
-    match found {
-        Ok(element) => element.text().await.unwrap(),
-        Err(e) => {
-            let page = client.current_url().await.map(|u| u.to_string());
-            panic!("no `{css}` on {page:?}: {e}")
+    // A page that is still being replaced (a redirect after a form) can hand out an element
+    // that is gone by the time it is read: look it up again rather than fail.
+    for _ in 0..20 {
+        let found = client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await;
+        match found {
+            Ok(element) => match element.text().await {
+                Ok(text) => return text,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("reading `{css}`: {e}"),
+            },
+            Err(e) => {
+                let page = client.current_url().await.map(|u| u.to_string());
+                panic!("no `{css}` on {page:?}: {e}")
+            }
         }
     }
+    panic!("`{css}` kept going stale")
 }
 
 async fn click(client: &Client, locator: Locator<'_>) {
