@@ -7,8 +7,10 @@ mod config;
 mod error;
 mod http;
 mod output;
+// Also used by `anchor mcp`, which looks for stale flags the same way.
 #[cfg(test)]
 mod reference;
+mod scan;
 mod serve;
 
 use std::io::Write;
