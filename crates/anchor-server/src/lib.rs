@@ -17,6 +17,7 @@ pub mod change_requests;
 mod changes;
 pub mod config;
 mod error;
+pub mod lifecycle;
 pub mod ofrep;
 pub mod releases;
 pub mod snapshots;

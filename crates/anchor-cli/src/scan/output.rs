@@ -75,6 +75,13 @@ pub fn sarif(reports: &[FlagReport]) -> Value {
         for (kind, reason) in report.stale.iter().zip(&report.reasons) {
             let index = Staleness::ALL.iter().position(|k| k == kind).unwrap_or(0);
             for reference in &report.references {
+                // SARIF locations are URIs: relative to the scanned root as they are, or
+                // `file://` for an absolute path.
+                let uri = if reference.file.starts_with('/') {
+                    format!("file://{}", reference.file)
+                } else {
+                    reference.file.clone()
+                };
                 results.push(json!({
                     "ruleId": kind.rule_id(),
                     "ruleIndex": index,
@@ -82,7 +89,7 @@ pub fn sarif(reports: &[FlagReport]) -> Value {
                     "message": {"text": format!("Flag `{}`: {reason}.", report.key)},
                     "locations": [{
                         "physicalLocation": {
-                            "artifactLocation": {"uri": reference.file},
+                            "artifactLocation": {"uri": uri},
                             "region": {
                                 "startLine": reference.line,
                                 "startColumn": reference.column,
