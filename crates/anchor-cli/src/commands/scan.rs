@@ -122,6 +122,7 @@ fn print(out: &Out, output: Output, reports: &[FlagReport], found: &scan::Scan, 
         Output::Json => out.always(&crate::output::pretty(&scan::output::json(
             reports,
             found.files,
+            found.bytes,
             offline,
         ))),
         Output::Table => {

@@ -10,10 +10,11 @@ use crate::output::{Out, Tone, cell};
 const SHOWN_REFERENCES: usize = 3;
 
 /// The JSON form: every flag, and how much was scanned.
-pub fn json(reports: &[FlagReport], files: u64, offline: bool) -> Value {
+pub fn json(reports: &[FlagReport], files: u64, bytes: u64, offline: bool) -> Value {
     json!({
         "offline": offline,
         "files": files,
+        "bytes": bytes,
         "references": reports.iter().map(|r| r.references.len()).sum::<usize>(),
         "stale": reports.iter().filter(|r| !r.stale.is_empty()).count(),
         "flags": reports,
