@@ -11,7 +11,8 @@ pub const EXIT_CODES: &str = "Exit codes:
   2  usage error (bad arguments, bad --context JSON, no server URL configured)
   3  authentication or permission: no token, an invalid token, or a missing role
   4  not found (flag, segment, release, change request, project, environment)
-  5  the server could not be reached";
+  5  the server could not be reached
+  6  `anchor scan --fail-on-stale` found stale flags";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,7 +56,7 @@ pub struct Global {
         default_value = "development"
     )]
     pub env: String,
-    /// Tables for people, or JSON for scripts
+    /// Tables for people, JSON for scripts, or SARIF 2.1.0 for code scanning (`anchor scan` only)
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Print nothing on success (errors still go to stderr; secrets and JSON still print)
@@ -67,6 +68,7 @@ pub struct Global {
 pub enum Output {
     Table,
     Json,
+    Sarif,
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,6 +115,9 @@ pub enum Command {
     /// Serve the Model Context Protocol for AI assistants (stdio unless --http), acting with
     /// the personal access token of --token/ANCHOR_TOKEN/`anchor login`.
     Mcp(McpArgs),
+    /// Find the flag keys the code refers to (SDK calls in Rust, JavaScript/TypeScript, Python,
+    /// Go, Java/Kotlin, C#, Ruby, PHP) and, with the server's data, which flags are stale.
+    Scan(ScanArgs),
 }
 
 #[derive(Args, Debug)]
@@ -120,6 +125,32 @@ pub struct McpArgs {
     /// Serve streamable HTTP at http://ADDRESS/mcp (e.g. 127.0.0.1:8765) instead of stdio
     #[arg(long, value_name = "ADDRESS")]
     pub http: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// Files or directories to scan (.gitignore rules apply) [default: .]
+    pub paths: Vec<PathBuf>,
+    /// Only report references; ask no server (needs no URL or token)
+    #[arg(long)]
+    pub offline: bool,
+    /// Days of serving one variant to everyone, or of no evaluation, after which a flag is stale
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
+    /// A regex whose first capture group (or group named `key`) is a flag key, for calls the
+    /// built-in patterns do not know (repeatable; added to .anchor-scan.toml's `patterns`)
+    #[arg(long = "pattern", value_name = "REGEX")]
+    pub patterns: Vec<String>,
+    /// An identifier that stands for a flag key, e.g. a constant holding it (repeatable; added
+    /// to .anchor-scan.toml's `[aliases]`)
+    #[arg(long = "alias", value_name = "NAME=KEY")]
+    pub aliases: Vec<String>,
+    /// The scan configuration [default: .anchor-scan.toml in the current directory, if any]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Exit with code 6 when a flag is stale (for CI gates)
+    #[arg(long)]
+    pub fail_on_stale: bool,
 }
 
 #[derive(Args, Debug)]

@@ -23,6 +23,9 @@ pub enum CliError {
     /// Reading or writing a local file.
     #[error("{0}")]
     Local(String),
+    /// `anchor scan --fail-on-stale` found stale flags (the report is printed already).
+    #[error("{0}")]
+    Stale(String),
 }
 
 impl CliError {
@@ -34,6 +37,7 @@ impl CliError {
             Self::Auth(_) => 3,
             Self::NotFound(_) => 4,
             Self::Unreachable { .. } => 5,
+            Self::Stale(_) => 6,
         }
     }
 

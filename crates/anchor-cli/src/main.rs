@@ -8,8 +8,10 @@ mod error;
 mod http;
 mod mcp;
 mod output;
+// Also used by `anchor mcp`, which looks for stale flags the same way.
 #[cfg(test)]
 mod reference;
+mod scan;
 mod serve;
 
 use std::io::Write;

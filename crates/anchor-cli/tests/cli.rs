@@ -61,6 +61,7 @@ on_every_backend!(
     a_release_is_started_inspected_and_steered_by_flag_key,
     segments_and_sdk_keys_round_trip_and_a_secret_prints_once,
     a_change_in_an_environment_that_requires_approval_waits_for_someone_else,
+    scan_joins_the_code_with_the_servers_flags_and_fails_a_ci_gate_on_stale_ones,
 );
 
 /// A server with an admin token, and a config directory for the CLI. Dropping it stops the
@@ -1103,4 +1104,166 @@ fn a_change_in_an_environment_that_requires_approval_waits_for_someone_else(serv
         .ok()
         .json();
     assert!(enabled_in(&record, "gated"));
+}
+
+fn scan_joins_the_code_with_the_servers_flags_and_fails_a_ci_gate_on_stale_ones(server: Server) {
+    let bearer = format!("Bearer {}", server.token);
+    for key in ["checkout", "unused", "old-banner"] {
+        let flag = json!({"key": key, "kind": "boolean",
+            "variants": [{"name": "on", "value": true}, {"name": "off", "value": false}]});
+        let (status, body) = http(
+            &server.addr,
+            "POST",
+            "/api/v1/projects/default/flags",
+            &bearer,
+            &flag,
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/projects/default/flags/old-banner/archive",
+        &bearer,
+        &Value::Null,
+    );
+    assert_eq!(status, 200, "{body}");
+    let code = temp_dir("scan-code");
+    std::fs::create_dir_all(code.join("src")).unwrap();
+    std::fs::create_dir_all(code.join("generated")).unwrap();
+    std::fs::write(
+        code.join("src/app.ts"),
+        "const on = await client.getBooleanValue('checkout', false);\n\
+         // client.getBooleanValue('unused', false) is only a comment\n\
+         if (await client.getBooleanValue('old-banner', false)) { banner(); }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        code.join("src/jobs.py"),
+        "if client.get_boolean_value(\"ghost\", False):\n    run()\n",
+    )
+    .unwrap();
+    // Ignored by .gitignore: its reference does not count.
+    std::fs::write(code.join(".gitignore"), "generated/\n").unwrap();
+    std::fs::write(
+        code.join("generated/all.ts"),
+        "client.getBooleanValue('unused', false)",
+    )
+    .unwrap();
+    let dir = code.to_str().unwrap();
+
+    // Offline: no server, no token; only what the code says.
+    let offline = run(
+        &server.config,
+        &["scan", "--offline", dir, "-o", "json"],
+        None,
+    )
+    .ok();
+    let report = offline.json();
+    let keys: Vec<(&str, u64)> = report["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["key"].as_str().unwrap(),
+                f["references"].as_array().unwrap().len() as u64,
+            )
+        })
+        .collect();
+    assert_eq!(keys, [("checkout", 1), ("ghost", 1), ("old-banner", 1)]);
+    assert_eq!(report["files"], 2, "the ignored file is not read: {report}");
+    let first = &report["flags"][0]["references"][0];
+    assert_eq!(
+        (
+            first["line"].as_u64(),
+            first["column"].as_u64(),
+            first["language"].as_str()
+        ),
+        (Some(1), Some(24), Some("javascript"))
+    );
+    assert!(first["file"].as_str().unwrap().ends_with("src/app.ts"));
+
+    // With the server: each flag's staleness.
+    let online = server.anchor(&["scan", dir, "-o", "json"]).ok();
+    let stale: Vec<(String, Value)> = online.json()["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["key"].as_str().unwrap().to_string(), f["stale"].clone()))
+        .collect();
+    assert_eq!(
+        stale,
+        [
+            ("checkout".to_string(), json!([])),
+            ("ghost".to_string(), json!(["unknown"])),
+            ("old-banner".to_string(), json!(["archived"])),
+            ("unused".to_string(), json!(["unreferenced"])),
+        ]
+    );
+    let table = server.anchor(&["scan", dir]).ok();
+    assert!(
+        table.stdout.contains("referenced nowhere in the code"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains("not defined on the server"),
+        "{}",
+        table.stdout
+    );
+
+    // The CI gate: the documented exit code, the report still printed.
+    let gate = server.anchor(&["scan", dir, "--fail-on-stale", "-q"]);
+    assert_eq!(
+        gate.code, 6,
+        "stdout: {}\nstderr: {}",
+        gate.stdout, gate.stderr
+    );
+    assert_eq!(gate.stderr.trim(), "error: 3 stale flags (--fail-on-stale)");
+    let clean = temp_dir("scan-clean");
+    std::fs::write(
+        clean.join("main.go"),
+        "v, _ := c.BooleanValue(ctx, \"checkout\", false, ec)\nw, _ := c.BooleanValue(ctx, \"unused\", false, ec)\n",
+    )
+    .unwrap();
+    server
+        .anchor(&["scan", clean.to_str().unwrap(), "--fail-on-stale", "-q"])
+        .ok();
+
+    // SARIF 2.1.0: a result per stale reference, each naming a declared rule and a place.
+    let sarif = server.anchor(&["scan", dir, "-o", "sarif"]).ok().json();
+    assert_eq!(sarif["version"], "2.1.0");
+    assert!(sarif["$schema"].as_str().unwrap().contains("sarif-2.1.0"));
+    let run = &sarif["runs"][0];
+    assert_eq!(run["tool"]["driver"]["name"], "anchor scan");
+    let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
+    let results = run["results"].as_array().unwrap();
+    let mut seen: Vec<(&str, &str, u64)> = Vec::new();
+    for result in results {
+        let rule = result["ruleId"].as_str().unwrap();
+        let index = result["ruleIndex"].as_u64().unwrap() as usize;
+        assert_eq!(rules[index]["id"], rule, "ruleIndex points at its rule");
+        assert!(rules[index]["shortDescription"]["text"].is_string());
+        assert!(!result["message"]["text"].as_str().unwrap().is_empty());
+        let location = &result["locations"][0]["physicalLocation"];
+        let uri = location["artifactLocation"]["uri"].as_str().unwrap();
+        let line = location["region"]["startLine"].as_u64().unwrap();
+        assert!(location["region"]["startColumn"].as_u64().unwrap() >= 1);
+        seen.push((rule, uri.rsplit('/').next().unwrap(), line));
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        [
+            ("anchor/archived-flag", "app.ts", 3),
+            ("anchor/unknown-flag", "jobs.py", 1)
+        ]
+    );
+
+    // Usage errors are told as such.
+    let bad = server.anchor(&["scan", dir, "--pattern", "no-group"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    let bad = server.anchor(&["flags", "list", "-o", "sarif"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
 }

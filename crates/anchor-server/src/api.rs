@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::AppState;
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, ApiResult, Problem};
+use crate::{AppState, lifecycle};
 
 /// The API's routes, each registered from its `#[utoipa::path]` annotation, so the OpenAPI
 /// document and the router cannot disagree.
@@ -442,7 +442,9 @@ async fn list_flags(
         after: query.after,
         limit: query.limit.unwrap_or(100),
     };
-    Ok(Json(state.store.flags(&project, &filter).await?))
+    let mut page = state.store.flags(&project, &filter).await?;
+    lifecycle::fill(&*state.store, &project, &mut page.items, state.now_ms()).await?;
+    Ok(Json(page))
 }
 
 /// The configuration a new flag gets everywhere: disabled, serving its "off" variant (a
@@ -507,7 +509,15 @@ async fn get_flag(
     Path((project, flag)): Path<(String, String)>,
 ) -> ApiResult<Json<FlagRecord>> {
     caller.require(&state, &project, Role::Viewer).await?;
-    Ok(Json(state.store.flag(&project, &flag).await?))
+    let mut record = state.store.flag(&project, &flag).await?;
+    lifecycle::fill(
+        &*state.store,
+        &project,
+        std::slice::from_mut(&mut record),
+        state.now_ms(),
+    )
+    .await?;
+    Ok(Json(record))
 }
 
 #[derive(Deserialize)]

@@ -18,6 +18,7 @@ mod changes;
 pub mod config;
 pub mod dashboard;
 mod error;
+pub mod lifecycle;
 pub mod ofrep;
 pub mod releases;
 pub mod snapshots;

@@ -57,6 +57,7 @@ on_every_backend!(
     outcomes_are_stored_with_their_batch_once_and_read_back_per_variant,
     every_bad_outcome_field_is_named_and_nothing_of_the_batch_is_stored,
     compacted_hours_keep_their_totals_in_the_read_endpoints,
+    the_flag_api_reports_each_environments_lifecycle_from_telemetry_and_revisions,
 );
 
 struct App {
@@ -769,4 +770,127 @@ async fn compacted_hours_keep_their_totals_in_the_read_endpoints(app: App) {
             {"minute": start, "flag": "checkout", "variant": "on", "count": 1}]}))
         .await;
     assert_eq!(reply.body, json!({"accepted": 0, "duplicate": true}));
+}
+
+/// The `lifecycle` of each environment of `checkout`, by environment, from the flag and from
+/// the list (which must agree).
+async fn lifecycles(app: &App) -> Value {
+    let flag = app
+        .call(
+            "GET",
+            "/api/v1/projects/default/flags/checkout",
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(flag.status, StatusCode::OK, "{}", flag.body);
+    let list = app
+        .call(
+            "GET",
+            "/api/v1/projects/default/flags?archived=true",
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        list.body["items"][0], flag.body,
+        "the list and the flag agree"
+    );
+    let by_env: serde_json::Map<String, Value> = flag.body["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["environment"].as_str().unwrap().to_string(),
+                e["lifecycle"].clone(),
+            )
+        })
+        .collect();
+    json!({"createdAt": flag.body["createdAt"], "environments": by_env})
+}
+
+async fn the_flag_api_reports_each_environments_lifecycle_from_telemetry_and_revisions(app: App) {
+    // Just created: disabled everywhere (one variant, since its creation), never evaluated.
+    let seen = lifecycles(&app).await;
+    let created = seen["createdAt"].as_i64().unwrap();
+    for env in ["development", "staging", "production"] {
+        let lifecycle = &seen["environments"][env];
+        assert_eq!(lifecycle["status"], "new", "{env}: {seen}");
+        assert_eq!(lifecycle["lastEvaluatedAt"], Value::Null);
+        let since = lifecycle["servingOneVariantSince"].as_i64().unwrap();
+        assert!(
+            (created..created + 60_000).contains(&since),
+            "{since} vs {created}"
+        );
+    }
+    // Evaluated in production: no longer new; still one variant (off) to everyone.
+    let minute = this_minute();
+    let reply = app
+        .post(json!({
+            "batchId": "lifecycle-1",
+            "evaluations": [
+                {"minute": minute - 120, "flag": "checkout", "variant": "off", "count": 4},
+                {"minute": minute - 60, "flag": "checkout", "variant": "off", "count": 1},
+            ]
+        }))
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let seen = lifecycles(&app).await;
+    let production = &seen["environments"]["production"];
+    assert_eq!(production["status"], "rolledOut", "{seen}");
+    assert_eq!(production["lastEvaluatedAt"], (minute - 60) * 1000);
+    assert_eq!(seen["environments"]["development"]["status"], "new");
+    // Half of production gets `on`: active, serving more than one variant.
+    let config = "/api/v1/projects/default/environments/production/flags/checkout";
+    let split = json!({
+        "enabled": true, "offVariant": "off",
+        "defaultServe": {"rollout": {"variants": [
+            {"variant": "on", "weight": 50000}, {"variant": "off", "weight": 50000}]}}
+    });
+    let reply = app.call("PUT", config, Some(&app.admin), Some(split)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let seen = lifecycles(&app).await;
+    let production = &seen["environments"]["production"];
+    assert_eq!(production["status"], "active", "{seen}");
+    assert_eq!(production["servingOneVariantSince"], Value::Null);
+    // Everyone gets `on` (a rollout of one weighted variant), since that revision.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let all_on = json!({
+        "enabled": true, "offVariant": "off",
+        "defaultServe": {"rollout": {"variants": [
+            {"variant": "on", "weight": 100000}, {"variant": "off", "weight": 0}]}}
+    });
+    let reply = app
+        .call("PUT", config, Some(&app.admin), Some(all_on))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let seen = lifecycles(&app).await;
+    let production = &seen["environments"]["production"];
+    assert_eq!(production["status"], "rolledOut", "{seen}");
+    assert!(production["servingOneVariantSince"].as_i64().unwrap() >= before);
+    // A temporary flag past its cleanup date is stale everywhere.
+    let definition = json!({
+        "key": "checkout", "kind": "boolean", "cleanupDate": "2020-01-31",
+        "variants": [{"name": "on", "value": true}, {"name": "off", "value": false}]
+    });
+    let reply = app
+        .call(
+            "PUT",
+            "/api/v1/projects/default/flags/checkout",
+            Some(&app.admin),
+            Some(definition),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let seen = lifecycles(&app).await;
+    for env in ["development", "staging", "production"] {
+        assert_eq!(
+            seen["environments"][env]["status"], "stale",
+            "{env}: {seen}"
+        );
+    }
 }

@@ -509,6 +509,10 @@ pub trait Store: Send + Sync + 'static {
         &self,
         retention: &TelemetryRetention,
     ) -> Result<CompactionReport, StoreError>;
+    /// The latest minute each flag was reported evaluated in each environment of a project
+    /// (every key an SDK reported, defined or not), by flag then environment. `NotFound` for an
+    /// unknown project.
+    async fn last_evaluations(&self, project: &str) -> Result<Vec<LastEvaluation>, StoreError>;
 
     /// Creates or replaces a release template (`If-Match`: `expected_version`, when given;
     /// `VersionMismatch { what: "release template" }` otherwise). Audited

@@ -647,6 +647,7 @@ async fn load_flag(
             environment: c.try_get("env")?,
             config,
             updated_at: c.try_get("updated_at")?,
+            lifecycle: None,
         });
     }
     Ok(FlagRecord {
@@ -3720,6 +3721,24 @@ impl Store for SqlStore {
             }
             query.execute(&mut *tx).await?;
         }
+        let mut latest: BTreeMap<&str, i64> = BTreeMap::new();
+        for ((flag, minute, _), _) in &sums {
+            let entry = latest.entry(flag).or_insert(*minute);
+            *entry = (*entry).max(*minute);
+        }
+        for (flag, minute) in latest {
+            // Late batches (an SDK flushing after a network outage) never move it back.
+            sqlx::query(
+                "INSERT INTO flag_last_evaluated (environment_id, flag, minute) VALUES ($1, $2, $3) \
+                 ON CONFLICT (environment_id, flag) DO UPDATE SET minute = excluded.minute \
+                 WHERE excluded.minute > flag_last_evaluated.minute",
+            )
+            .bind(&env_id)
+            .bind(flag)
+            .bind(minute)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -3858,6 +3877,30 @@ impl Store for SqlStore {
         retention: &TelemetryRetention,
     ) -> Result<CompactionReport, StoreError> {
         self.compact_telemetry_impl(retention).await
+    }
+
+    async fn last_evaluations(&self, project: &str) -> Result<Vec<LastEvaluation>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let rows = sqlx::query(
+            "SELECT e.key AS environment, l.flag, l.minute FROM flag_last_evaluated l \
+             JOIN environments e ON e.id = l.environment_id WHERE e.project_id = $1",
+        )
+        .bind(&project_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut found = rows
+            .iter()
+            .map(|r| {
+                Ok(LastEvaluation {
+                    environment: r.try_get("environment")?,
+                    flag: r.try_get("flag")?,
+                    minute: r.try_get("minute")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        found.sort_unstable_by(|a, b| (&a.flag, &a.environment).cmp(&(&b.flag, &b.environment)));
+        Ok(found)
     }
 
     async fn put_release_template(

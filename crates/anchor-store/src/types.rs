@@ -116,6 +116,38 @@ pub struct EnvironmentFlagConfig {
     /// Its `version` is the stored one.
     pub config: FlagConfig,
     pub updated_at: i64,
+    /// Where the flag stands in this environment, in the flag list and a flag's GET (other
+    /// answers leave it out; the server fills it in from telemetry and revisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<FlagLifecycle>,
+}
+
+/// A flag's lifecycle in one environment: the verdict, and the two facts it rests on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct FlagLifecycle {
+    pub status: LifecycleStatus,
+    /// Unix milliseconds: the start of the last minute an SDK reported evaluating the flag
+    /// here (telemetry); absent when none ever did.
+    pub last_evaluated_at: Option<i64>,
+    /// Unix milliseconds: since when the flag has served one variant to everyone here
+    /// (disabled, or one variant whatever the context); absent when it serves more than one.
+    pub serving_one_variant_since: Option<i64>,
+}
+
+/// `new`: created less than 7 days ago and not evaluated yet. `rolledOut`: serving one
+/// variant to everyone. `stale`: a temporary flag past its cleanup date or rolled out for 30
+/// days, or any flag not evaluated for 30 days. `archived`. Otherwise `active`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum LifecycleStatus {
+    New,
+    Active,
+    RolledOut,
+    Stale,
+    Archived,
 }
 
 /// Which flags a listing returns.
@@ -593,6 +625,16 @@ pub struct SessionRecord {
     pub user: User,
     pub csrf_hash: String,
     pub expires_at: i64,
+}
+
+/// When a flag was last reported evaluated in an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastEvaluation {
+    pub environment: String,
+    pub flag: String,
+    /// Unix seconds at the start of the minute.
+    pub minute: i64,
 }
 
 /// How many evaluations of one flag an SDK served in one minute with one variant: a row of a

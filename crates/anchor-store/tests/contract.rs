@@ -12,9 +12,9 @@ use anchor_engine::{EvaluationContext, Flag, FlagConfig, Lifecycle, Segment, Ser
 use anchor_rollout::{ArmObservations, LatencySketch, MetricSums};
 use anchor_store::{
     Actor, AuditEntry, AuditFilter, Change, ChangeRequest, ChangeRequestStatus, ConfigChange,
-    EvaluationCount, FlagFilter, NewChangeRequest, NewEnvironment, NewSdkKey, NewToken,
-    OutcomeAggregate, ReviewDecision, Role, SdkKeyKind, SegmentChange, SqlStore, Store, StoreError,
-    TelemetryRetention,
+    EvaluationCount, FlagFilter, LastEvaluation, NewChangeRequest, NewEnvironment, NewSdkKey,
+    NewToken, OutcomeAggregate, ReviewDecision, Role, SdkKeyKind, SegmentChange, SqlStore, Store,
+    StoreError, TelemetryRetention,
 };
 use anchor_store::{DeliveryOutcome, DeliveryStatus, NewWebhook, WebhookFormat, WebhookUpdate};
 use serde_json::json;
@@ -146,6 +146,7 @@ contract!(
     a_segment_deletion_request_fails_with_a_version_mismatch_if_the_segment_changed,
     evaluation_counts_add_up_per_minute_flag_and_variant_and_a_retried_batch_counts_once,
     concurrent_telemetry_batches_all_add_up_and_a_raced_retry_counts_once,
+    the_last_evaluation_of_each_flag_per_environment_only_moves_forward,
     outcomes_merge_per_minute_flag_and_variant_and_a_retried_batch_counts_once,
     coverage_counts_add_up_per_variant_attribute_and_value_over_a_range_and_a_retried_batch_counts_once,
     concurrent_outcome_batches_merge_their_sketches_and_a_raced_retry_counts_once,
@@ -3803,6 +3804,66 @@ fn count(minute: i64, flag: &str, variant: Option<&str>, count: u64) -> Evaluati
 
 /// A minute of the fake clock's day, in unix seconds.
 const MINUTE: i64 = 1_800_000_000 / 60 * 60;
+
+async fn the_last_evaluation_of_each_flag_per_environment_only_moves_forward(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    assert!(s.last_evaluations("shop").await.unwrap().is_empty());
+    let batches = [
+        (
+            "production",
+            "b1",
+            vec![count(MINUTE, "checkout", Some("on"), 1)],
+        ),
+        (
+            "production",
+            "b2",
+            vec![
+                count(MINUTE + 120, "checkout", None, 1),
+                count(MINUTE + 60, "checkout", Some("on"), 1),
+                count(MINUTE + 60, "search", Some("on"), 1),
+            ],
+        ),
+        // A late batch of an earlier minute does not move it back.
+        (
+            "production",
+            "b3",
+            vec![count(MINUTE, "checkout", Some("off"), 9)],
+        ),
+        (
+            "staging",
+            "b1",
+            vec![count(MINUTE - 60, "checkout", Some("on"), 1)],
+        ),
+    ];
+    for (environment, batch, rows) in &batches {
+        assert!(
+            s.record_evaluations("shop", environment, batch, rows)
+                .await
+                .unwrap()
+        );
+    }
+    let last = |environment: &str, flag: &str, minute: i64| LastEvaluation {
+        environment: environment.into(),
+        flag: flag.into(),
+        minute,
+    };
+    assert_eq!(
+        s.last_evaluations("shop").await.unwrap(),
+        [
+            last("production", "checkout", MINUTE + 120),
+            last("staging", "checkout", MINUTE - 60),
+            last("production", "search", MINUTE + 60),
+        ]
+    );
+    assert!(matches!(
+        s.last_evaluations("nope").await,
+        Err(StoreError::NotFound {
+            what: "project",
+            ..
+        })
+    ));
+}
 
 async fn evaluation_counts_add_up_per_minute_flag_and_variant_and_a_retried_batch_counts_once(
     f: &Fixture,

@@ -7,13 +7,14 @@ mod history;
 mod login;
 mod misc;
 mod release;
+mod scan;
 mod segments;
 pub(crate) mod targeting;
 mod transfer;
 
 use serde_json::Value;
 
-use crate::args::{Command, Global};
+use crate::args::{Command, Global, Output};
 use crate::config::{self, Token};
 use crate::error::CliError;
 use crate::http::{Api, seg};
@@ -56,8 +57,18 @@ impl Ctx {
 /// Runs a management command (everything but `serve`).
 pub async fn run(global: Global, command: Command) -> Result<(), CliError> {
     let out = Out::new(global.output, global.quiet);
+    if global.output == Output::Sarif && !matches!(command, Command::Scan(_)) {
+        return Err(CliError::Usage(
+            "--output sarif is only for `anchor scan`".to_string(),
+        ));
+    }
     if let Command::Login(args) = command {
         return login::login(&args.server, global.token, out).await;
+    }
+    if let Command::Scan(args) = &command
+        && args.offline
+    {
+        return scan::offline(args, global.output, out);
     }
     let stored = config::load()?;
     let url = global.url.or(stored.url).ok_or_else(|| {
@@ -96,6 +107,7 @@ pub async fn run(global: Global, command: Command) -> Result<(), CliError> {
         Command::Evaluate(a) => misc::evaluate(&ctx, &a).await,
         Command::Export(a) => transfer::export(&ctx, &a).await,
         Command::Import(a) => transfer::import(&ctx, &a).await,
+        Command::Scan(a) => scan::online(&ctx, &a, global.output).await,
     }
 }
 
