@@ -6,7 +6,6 @@
 //! with an error result saying what is missing, so an assistant can tell its user.
 
 mod code;
-mod stale;
 mod tools;
 
 use std::io::Write;
@@ -15,8 +14,6 @@ use crate::args::{Global, McpArgs};
 use crate::config::{self, Token};
 use crate::error::CliError;
 use crate::http::Api;
-
-use stale::LiteralSearch;
 
 /// Serves until stdin closes (stdio) or until interrupted (HTTP).
 pub async fn run(global: Global, args: McpArgs) -> Result<(), CliError> {
@@ -28,12 +25,7 @@ pub async fn run(global: Global, args: McpArgs) -> Result<(), CliError> {
             "anchor mcp: tool calls will fail until this is fixed: {problem}"
         );
     }
-    let server = tools::Anchor::new(
-        api,
-        global.project,
-        global.env,
-        std::sync::Arc::new(LiteralSearch),
-    );
+    let server = tools::Anchor::new(api, global.project, global.env);
     match args.http {
         None => serve_stdio(server).await,
         Some(listen) => serve_http(server, &listen).await,

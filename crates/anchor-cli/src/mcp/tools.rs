@@ -3,7 +3,6 @@
 //! the assistant reads what went wrong and the server keeps running.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -14,7 +13,6 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::code::{self, Kind, Language};
-use super::stale::{self, ReferenceFinder};
 use crate::commands::targeting::{TOTAL_WEIGHT, default_rest};
 use crate::error::CliError;
 use crate::http::{Answer, Api, query, seg};
@@ -24,7 +22,6 @@ pub struct Anchor {
     api: Result<Api, String>,
     project: String,
     environment: String,
-    finder: Arc<dyn ReferenceFinder>,
     #[allow(dead_code, reason = "read by the code #[tool_handler] generates")]
     tool_router: ToolRouter<Self>,
 }
@@ -247,17 +244,11 @@ fn written(answer: Answer, environment: &str, done: &str) -> Value {
 
 #[tool_router]
 impl Anchor {
-    pub fn new(
-        api: Result<Api, String>,
-        project: String,
-        environment: String,
-        finder: Arc<dyn ReferenceFinder>,
-    ) -> Self {
+    pub fn new(api: Result<Api, String>, project: String, environment: String) -> Self {
         Self {
             api,
             project,
             environment,
-            finder,
             tool_router: Self::tool_router(),
         }
     }
@@ -742,21 +733,38 @@ impl Anchor {
             let records = self
                 .all_flags(p.project.as_ref(), &[("archived", Some("true".into()))])
                 .await?;
-            let mut keys: Vec<String> = records
-                .iter()
-                .filter_map(|r| r["flag"]["key"].as_str().map(String::from))
-                .collect();
-            keys.sort();
-            keys.dedup();
+            // The same scanner as `anchor scan` (SDK call patterns, .gitignore), so the
+            // assistant and the CLI give one verdict.
             let paths: Vec<PathBuf> = p.paths.iter().map(PathBuf::from).collect();
-            let finder = Arc::clone(&self.finder);
-            let references = tokio::task::spawn_blocking(move || finder.find(&paths, &keys))
-                .await
-                .map_err(|e| CliError::Local(format!("searching the code: {e}")))?
-                .map_err(CliError::Local)?;
-            let (now_ms, today) = now();
-            let stale = stale::judge(&records, &references, p.days.unwrap_or(30), now_ms, &today);
-            Ok(json!({"flagsOnServer": records.len(), "stale": stale}))
+            let scan = tokio::task::spawn_blocking(move || {
+                crate::scan::find_references(&paths, &crate::scan::ScanOptions::default())
+            })
+            .await
+            .map_err(|e| CliError::Local(format!("searching the code: {e}")))?;
+            let server: Vec<crate::scan::ServerFlag> = records
+                .iter()
+                .filter_map(crate::scan::ServerFlag::from_json)
+                .collect();
+            let (now_ms, _) = now();
+            let stale: Vec<Value> = crate::scan::classify(
+                &scan.references,
+                Some(&server),
+                now_ms,
+                p.days.unwrap_or(30),
+            )
+            .into_iter()
+            .filter(|report| !report.stale.is_empty())
+            .map(|report| {
+                json!({
+                    "flag": report.key,
+                    "onServer": report.on_server,
+                    "stale": report.stale,
+                    "reasons": report.reasons,
+                    "references": report.references,
+                })
+            })
+            .collect();
+            Ok(json!({"flagsOnServer": records.len(), "filesScanned": scan.files, "stale": stale}))
         };
         result(outcome.await)
     }
