@@ -3,200 +3,22 @@
 //! `ANCHOR_TEST_POSTGRES_URL` is set, PostgreSQL). Needs python3 with the `mcp` package
 //! (`.ci/run` installs it); without them the tests fail, saying so.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
+#[macro_use]
+mod support;
 
-use anchor_server::{AppState, Secret, bootstrap, launch};
-use anchor_store::{SqlStore, Store};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
 use base64::Engine;
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "correct horse battery staple";
-
-enum Backend {
-    Sqlite,
-    Postgres { url: String, schema: String },
-}
-
-/// Declares one test per backend running the same story; PostgreSQL only when
-/// `ANCHOR_TEST_POSTGRES_URL` is set.
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(super::start(stringify!($name), super::Backend::Sqlite));
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[test]
-                fn $name() {
-                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
-                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
-                        return;
-                    };
-                    let schema = format!("anchor_mcp_{}", super::unique());
-                    super::$name(super::start(
-                        stringify!($name),
-                        super::Backend::Postgres { url, schema },
-                    ));
-                }
-            )*
-        }
-    };
-}
+use support::*;
 
 on_every_backend!(
     every_tool_works_over_stdio_and_http_and_a_gated_write_becomes_a_change_request,
     a_viewer_token_is_refused_a_write,
 );
-
-/// A server with an admin token, and a config directory for the CLI. Dropping it stops the
-/// server and drops its PostgreSQL schema.
-struct Server {
-    runtime: Option<tokio::runtime::Runtime>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    backend: Backend,
-    addr: String,
-    url: String,
-    token: String,
-    config: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let (Some(runtime), Backend::Postgres { url, schema }) = (&self.runtime, &self.backend) {
-            runtime.block_on(async {
-                use sqlx::{Connection, Executor};
-                sqlx::any::install_default_drivers();
-                if let Ok(mut conn) = sqlx::AnyConnection::connect(url).await {
-                    let _ = conn
-                        .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                        .await;
-                }
-            });
-        }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(Duration::from_secs(5));
-        }
-    }
-}
-
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{}_{nanos}", std::process::id())
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("anchor-mcp-{name}-{}", unique()));
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
-    dir
-}
-
-fn start(name: &str, backend: Backend) -> Server {
-    let dir = temp_dir(name);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let (addr, stop) = runtime.block_on(async {
-        let store: Arc<dyn Store> = match &backend {
-            Backend::Sqlite => Arc::new(
-                SqlStore::open_sqlite(&dir.join("anchor.db"))
-                    .await
-                    .expect("SQLite opens"),
-            ),
-            Backend::Postgres { url, schema } => Arc::new(
-                SqlStore::open_postgres(url, Some(schema))
-                    .await
-                    .expect("PostgreSQL opens"),
-            ),
-        };
-        bootstrap(store.as_ref(), Some(&Secret::new(PASSWORD)))
-            .await
-            .expect("the first start's bootstrap");
-        let state = AppState::new(store).expect("the application state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
-        let addr = listener.local_addr().expect("an address").to_string();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(launch(listener, state, async {
-            let _ = stopped.await;
-        }));
-        (addr, stop)
-    });
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
-    );
-    for _ in 0..200 {
-        if TcpStream::connect(&addr).is_ok()
-            && http(&addr, "GET", "/readyz", &basic, &Value::Null).0 == 200
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (status, created) = http(
-        &addr,
-        "POST",
-        "/api/v1/tokens",
-        &basic,
-        &json!({"name": "cli"}),
-    );
-    assert_eq!(status, 201, "{created}");
-    let token = created["token"].as_str().expect("a token").to_string();
-    Server {
-        runtime: Some(runtime),
-        stop: Some(stop),
-        backend,
-        url: format!("http://{addr}"),
-        addr,
-        token,
-        config: dir.join("config"),
-    }
-}
-
-/// A minimal HTTP/1.1 request, for what the CLI does not do (making tokens and projects).
-fn http(addr: &str, method: &str, path: &str, auth: &str, body: &Value) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).expect("the server accepts");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("a timeout");
-    let body = body.to_string();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {auth}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .expect("the request is sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("an answer");
-    let status = response[9..12].parse().expect("a status");
-    let (_, rest) = response.split_once("\r\n\r\n").expect("a body");
-    let start = rest.find(['{', '[']).unwrap_or(0);
-    let end = rest.rfind(['}', ']']).map_or(rest.len(), |e| e + 1);
-    (
-        status,
-        serde_json::from_str(&rest[start..end.max(start)]).unwrap_or(Value::Null),
-    )
-}
 
 /// Runs tests/mcp_client.py and returns its JSON report; fails clearly when python3 or the
 /// `mcp` package is missing, so a machine without them never passes silently.
