@@ -113,6 +113,123 @@ pub fn status(facts: &Facts<'_>, now_ms: i64) -> LifecycleStatus {
     }
 }
 
+/// What is known of a flag in one environment, for the judgement over all of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnvironmentFacts {
+    pub last_evaluated_at: Option<i64>,
+    pub serving_one_variant_since: Option<i64>,
+}
+
+/// What is known of a flag over all its environments: the flag list's, the dashboard's and
+/// `anchor scan`'s verdicts are all drawn from this, by [`stale_reasons`].
+#[derive(Debug, Clone, Copy)]
+pub struct FlagFacts<'a> {
+    pub archived: bool,
+    pub lifecycle: Lifecycle,
+    pub created_at: i64,
+    pub cleanup_date: Option<&'a str>,
+    pub environments: &'a [EnvironmentFacts],
+}
+
+/// Why a flag is stale, with its numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaleReason {
+    /// A temporary flag whose cleanup date (`YYYY-MM-DD`) has passed.
+    PastCleanupDate(String),
+    /// A temporary flag serving one variant to everyone, in every environment, for so many
+    /// days.
+    RolledOut { days: i64 },
+    /// No SDK reported evaluating it, in any environment, for so many days; `ever` says
+    /// whether one ever did (otherwise the days count from its creation).
+    NotEvaluated { days: i64, ever: bool },
+}
+
+impl std::fmt::Display for StaleReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PastCleanupDate(date) => write!(f, "cleanup date {date} has passed"),
+            Self::RolledOut { days } => write!(
+                f,
+                "one variant to everyone in every environment for {days} days"
+            ),
+            Self::NotEvaluated { days, ever: true } => {
+                write!(f, "last evaluated {days} days ago")
+            }
+            Self::NotEvaluated { days, ever: false } => {
+                write!(f, "never evaluated, created {days} days ago")
+            }
+        }
+    }
+}
+
+/// Why a flag that is not archived is stale, judged over all its environments with `days`
+/// as the limit: a flag still evaluated somewhere, or still serving two variants somewhere,
+/// is in use. Empty when it is not stale.
+pub fn stale_reasons(facts: &FlagFacts<'_>, now_ms: i64, days: i64) -> Vec<StaleReason> {
+    let limit = days * DAY_MS;
+    let mut reasons = Vec::new();
+    if facts.lifecycle == Lifecycle::Temporary {
+        if let Some(date) = facts
+            .cleanup_date
+            .filter(|d| *d < utc_date(now_ms).as_str())
+        {
+            reasons.push(StaleReason::PastCleanupDate(date.to_string()));
+        }
+        let since = facts
+            .environments
+            .iter()
+            .map(|e| e.serving_one_variant_since)
+            .collect::<Option<Vec<i64>>>()
+            .and_then(|all| all.into_iter().max());
+        if let Some(since) = since.filter(|s| now_ms - s >= limit) {
+            reasons.push(StaleReason::RolledOut {
+                days: (now_ms - since) / DAY_MS,
+            });
+        }
+    }
+    let last = facts
+        .environments
+        .iter()
+        .filter_map(|e| e.last_evaluated_at)
+        .max();
+    let quiet_since = last.unwrap_or(facts.created_at);
+    if now_ms - quiet_since >= limit {
+        reasons.push(StaleReason::NotEvaluated {
+            days: (now_ms - quiet_since) / DAY_MS,
+            ever: last.is_some(),
+        });
+    }
+    reasons
+}
+
+/// Where a flag stands over all its environments, as the flag list, the dashboard and the
+/// MCP server show it: archived; stale when [`stale_reasons`] finds a reason within
+/// [`STALE_AFTER_DAYS`]; new when younger than [`NEW_FOR_DAYS`] and never evaluated; rolled
+/// out when it serves one variant to everyone in every environment; otherwise active.
+pub fn flag_status(facts: &FlagFacts<'_>, now_ms: i64) -> LifecycleStatus {
+    if facts.archived {
+        LifecycleStatus::Archived
+    } else if !stale_reasons(facts, now_ms, STALE_AFTER_DAYS).is_empty() {
+        LifecycleStatus::Stale
+    } else if facts
+        .environments
+        .iter()
+        .all(|e| e.last_evaluated_at.is_none())
+        && now_ms - facts.created_at < NEW_FOR_DAYS * DAY_MS
+    {
+        LifecycleStatus::New
+    } else if !facts.environments.is_empty()
+        && facts
+            .environments
+            .iter()
+            .all(|e| e.serving_one_variant_since.is_some())
+    {
+        LifecycleStatus::RolledOut
+    } else {
+        LifecycleStatus::Active
+    }
+}
+
 /// Unix milliseconds as the UTC date `YYYY-MM-DD` (civil-from-days, Howard Hinnant's
 /// algorithm), to compare with a cleanup date.
 pub fn utc_date(ms: i64) -> String {
@@ -129,8 +246,8 @@ pub fn utc_date(ms: i64) -> String {
 }
 
 /// Fills in `lifecycle` for every environment of `records` (all of one project): one query
-/// for the last evaluations, and the revisions of each configuration that serves one variant
-/// now (only those can have a "since").
+/// for the last evaluations and one for the earlier revisions of every configuration (only
+/// those that serve one variant now are read, back to where they served something else).
 pub async fn fill(
     store: &dyn Store,
     project: &str,
@@ -146,18 +263,40 @@ pub async fn fill(
         .into_iter()
         .map(|l| ((l.flag, l.environment), l.minute * 1000))
         .collect();
+    let mut earlier: HashMap<(String, String), Vec<(i64, serde_json::Value)>> = HashMap::new();
+    if records.iter().any(|r| {
+        r.environments
+            .iter()
+            .any(|e| single_variant(&e.config).is_some())
+    }) {
+        for revision in store.earlier_flag_revisions(project).await? {
+            earlier
+                .entry((revision.resource_key, revision.environment))
+                .or_default()
+                .push((revision.created_at, revision.body));
+        }
+    }
     for record in records {
         for env in &mut record.environments {
-            let since = if single_variant(&env.config).is_some() {
-                let revisions: Vec<(i64, Option<FlagConfig>)> = store
-                    .flag_revisions(project, &env.environment, &record.flag.key)
-                    .await?
-                    .into_iter()
-                    .map(|r| (r.created_at, serde_json::from_value(r.body).ok()))
-                    .collect();
-                serving_one_variant_since(&env.config, env.updated_at, &revisions)
-            } else {
-                None
+            let since = match single_variant(&env.config) {
+                Some(variant) => {
+                    let older = earlier
+                        .get(&(record.flag.key.clone(), env.environment.clone()))
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    // Parsing stops at the first revision that served something else.
+                    let mut revisions = Vec::new();
+                    for (at, body) in older {
+                        let config = serde_json::from_value::<FlagConfig>(body.clone()).ok();
+                        let same = config.as_ref().and_then(single_variant) == Some(variant);
+                        revisions.push((*at, config));
+                        if !same {
+                            break;
+                        }
+                    }
+                    serving_one_variant_since(&env.config, env.updated_at, &revisions)
+                }
+                None => None,
             };
             let last_evaluated_at = last
                 .get(&(record.flag.key.clone(), env.environment.clone()))
@@ -176,6 +315,25 @@ pub async fn fill(
                 serving_one_variant_since: since,
             });
         }
+        let environments: Vec<EnvironmentFacts> = record
+            .environments
+            .iter()
+            .filter_map(|e| e.lifecycle.as_ref())
+            .map(|l| EnvironmentFacts {
+                last_evaluated_at: l.last_evaluated_at,
+                serving_one_variant_since: l.serving_one_variant_since,
+            })
+            .collect();
+        record.status = Some(flag_status(
+            &FlagFacts {
+                archived: record.archived,
+                lifecycle: record.flag.lifecycle,
+                created_at: record.created_at,
+                cleanup_date: record.flag.cleanup_date.as_deref(),
+                environments: &environments,
+            },
+            now_ms,
+        ));
     }
     Ok(())
 }
@@ -341,5 +499,51 @@ mod tests {
         }
         assert_eq!(utc_date(0), "1970-01-01");
         assert_eq!(utc_date(1_709_251_199_000), "2024-02-29");
+    }
+
+    #[test]
+    fn over_all_environments_a_flag_in_use_anywhere_is_not_stale() {
+        let env = |evaluated: Option<i64>, since: Option<i64>| EnvironmentFacts {
+            last_evaluated_at: evaluated.map(|days| NOW - days * DAY_MS),
+            serving_one_variant_since: since.map(|days| NOW - days * DAY_MS),
+        };
+        let judge = |environments: &[EnvironmentFacts]| {
+            let facts = FlagFacts {
+                archived: false,
+                lifecycle: Lifecycle::Temporary,
+                created_at: NOW - 400 * DAY_MS,
+                cleanup_date: None,
+                environments,
+            };
+            (
+                flag_status(&facts, NOW),
+                stale_reasons(&facts, NOW, STALE_AFTER_DAYS),
+            )
+        };
+        // Staging is quiet, but production evaluated it yesterday and still splits traffic.
+        assert_eq!(
+            judge(&[env(Some(1), None), env(Some(90), Some(90))]),
+            (LifecycleStatus::Active, vec![])
+        );
+        // One variant everywhere, the newest run for 40 days: rolled out long ago.
+        assert_eq!(
+            judge(&[env(Some(1), Some(40)), env(Some(2), Some(300))]),
+            (
+                LifecycleStatus::Stale,
+                vec![StaleReason::RolledOut { days: 40 }]
+            )
+        );
+        // One variant everywhere, but only for ten days in one of them.
+        assert_eq!(
+            judge(&[env(Some(1), Some(10)), env(Some(2), Some(300))]),
+            (LifecycleStatus::RolledOut, vec![])
+        );
+        // Nobody evaluated it anywhere for 31 days.
+        let (status, reasons) = judge(&[env(Some(31), None), env(None, None)]);
+        assert_eq!(status, LifecycleStatus::Stale);
+        assert_eq!(
+            reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["last evaluated 31 days ago"]
+        );
     }
 }

@@ -807,7 +807,7 @@ async fn lifecycles(app: &App) -> Value {
             )
         })
         .collect();
-    json!({"createdAt": flag.body["createdAt"], "environments": by_env})
+    json!({"createdAt": flag.body["createdAt"], "status": flag.body["status"], "environments": by_env})
 }
 
 async fn the_flag_api_reports_each_environments_lifecycle_from_telemetry_and_revisions(app: App) {
@@ -818,6 +818,7 @@ async fn the_flag_api_reports_each_environments_lifecycle_from_telemetry_and_rev
         let lifecycle = &seen["environments"][env];
         assert_eq!(lifecycle["status"], "new", "{env}: {seen}");
         assert_eq!(lifecycle["lastEvaluatedAt"], Value::Null);
+        assert_eq!(seen["status"], "new", "over all environments: {seen}");
         let since = lifecycle["servingOneVariantSince"].as_i64().unwrap();
         assert!(
             (created..created + 60_000).contains(&since),
@@ -841,6 +842,8 @@ async fn the_flag_api_reports_each_environments_lifecycle_from_telemetry_and_rev
     assert_eq!(production["status"], "rolledOut", "{seen}");
     assert_eq!(production["lastEvaluatedAt"], (minute - 60) * 1000);
     assert_eq!(seen["environments"]["development"]["status"], "new");
+    // Over all environments: evaluated somewhere, and one variant to everyone everywhere.
+    assert_eq!(seen["status"], "rolledOut", "{seen}");
     // Half of production gets `on`: active, serving more than one variant.
     let config = "/api/v1/projects/default/environments/production/flags/checkout";
     let split = json!({
@@ -854,6 +857,7 @@ async fn the_flag_api_reports_each_environments_lifecycle_from_telemetry_and_rev
     let production = &seen["environments"]["production"];
     assert_eq!(production["status"], "active", "{seen}");
     assert_eq!(production["servingOneVariantSince"], Value::Null);
+    assert_eq!(seen["status"], "active", "{seen}");
     // Everyone gets `on` (a rollout of one weighted variant), since that revision.
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -893,4 +897,5 @@ async fn the_flag_api_reports_each_environments_lifecycle_from_telemetry_and_rev
             "{env}: {seen}"
         );
     }
+    assert_eq!(seen["status"], "stale", "{seen}");
 }

@@ -143,6 +143,11 @@ pub trait Store: Send + Sync + 'static {
         flag: &str,
         version: u64,
     ) -> Result<Revision, StoreError>;
+    /// The earlier revisions of every flag configuration of a project: those older than the
+    /// configuration's current version, newest first per flag and environment. One query
+    /// for the lifecycle of a whole flag list, which needs to look back only while the
+    /// configurations served what they serve now.
+    async fn earlier_flag_revisions(&self, project: &str) -> Result<Vec<Revision>, StoreError>;
 
     /// Audit entries, newest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;

@@ -6,7 +6,7 @@
 mod releases;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -656,6 +656,7 @@ async fn load_flag(
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         environments,
+        status: None,
     })
 }
 
@@ -1869,17 +1870,50 @@ impl Store for SqlStore {
         let mut conn = self.pool.acquire().await?;
         let project_id = project_id(&mut conn, project).await?;
         let limit = limit(filter.limit) as usize;
-        let keys =
-            sqlx::query("SELECT key FROM flags WHERE project_id = $1 AND key > $2 ORDER BY key")
-                .bind(&project_id)
-                .bind(filter.after.as_deref().unwrap_or(""))
-                .fetch_all(&mut *conn)
-                .await?;
+        // Two queries for the whole page, not one per flag: the flag list of a project with a
+        // thousand flags is a page people load all day.
+        let rows = sqlx::query(
+            "SELECT id, key, definition, archived, created_at, updated_at FROM flags \
+             WHERE project_id = $1 AND key > $2 ORDER BY key",
+        )
+        .bind(&project_id)
+        .bind(filter.after.as_deref().unwrap_or(""))
+        .fetch_all(&mut *conn)
+        .await?;
+        let configs = sqlx::query(
+            "SELECT c.flag_id, e.key AS env, c.config, c.version, c.updated_at FROM flag_configs c \
+             JOIN environments e ON e.id = c.environment_id \
+             WHERE e.project_id = $1 ORDER BY e.position, e.key",
+        )
+        .bind(&project_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut by_flag: HashMap<String, Vec<EnvironmentFlagConfig>> = HashMap::new();
+        for c in &configs {
+            let mut config: FlagConfig = from_json(&c.try_get::<String, _>("config")?)?;
+            config.version = c.try_get::<i64, _>("version")? as u64;
+            by_flag
+                .entry(c.try_get("flag_id")?)
+                .or_default()
+                .push(EnvironmentFlagConfig {
+                    environment: c.try_get("env")?,
+                    config,
+                    updated_at: c.try_get("updated_at")?,
+                    lifecycle: None,
+                });
+        }
         let mut items = Vec::new();
         let mut next = None;
-        for row in &keys {
-            let key: String = row.try_get("key")?;
-            let record = load_flag(&mut conn, &project_id, &key).await?;
+        for row in &rows {
+            let flag_id: String = row.try_get("id")?;
+            let record = FlagRecord {
+                flag: from_json(&row.try_get::<String, _>("definition")?)?,
+                archived: row.try_get::<i64, _>("archived")? != 0,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                environments: by_flag.remove(&flag_id).unwrap_or_default(),
+                status: None,
+            };
             if matches_filter(&record, filter) {
                 if items.len() == limit {
                     next = items.last().map(|r: &FlagRecord| r.flag.key.clone());
@@ -2028,6 +2062,26 @@ impl Store for SqlStore {
         .fetch_all(&mut *conn)
         .await?;
         rows.iter().map(|r| revision_from(r, environment)).collect()
+    }
+
+    async fn earlier_flag_revisions(&self, project: &str) -> Result<Vec<Revision>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let project_id = project_id(&mut conn, project).await?;
+        let rows = sqlx::query(
+            "SELECT e.key AS env, r.resource_kind, r.resource_key, r.version, r.body, \
+             r.actor_kind, r.actor_id, r.comment, r.created_at FROM revisions r \
+             JOIN environments e ON e.id = r.environment_id \
+             JOIN flags f ON f.project_id = e.project_id AND f.key = r.resource_key \
+             JOIN flag_configs c ON c.flag_id = f.id AND c.environment_id = r.environment_id \
+             WHERE e.project_id = $1 AND r.resource_kind = 'flag' AND r.version < c.version \
+             ORDER BY r.resource_key, e.key, r.version DESC",
+        )
+        .bind(&project_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| revision_from(r, &r.try_get::<String, _>("env")?))
+            .collect()
     }
 
     async fn flag_revision(
@@ -3169,8 +3223,7 @@ impl Store for SqlStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut reviews: std::collections::HashMap<String, Vec<Review>> =
-            std::collections::HashMap::new();
+        let mut reviews: HashMap<String, Vec<Review>> = HashMap::new();
         for r in &review_rows {
             reviews
                 .entry(r.try_get("change_request_id")?)

@@ -106,6 +106,10 @@ pub struct FlagRecord {
     pub updated_at: i64,
     /// In the environments' display order.
     pub environments: Vec<EnvironmentFlagConfig>,
+    /// Where the flag stands over all its environments (in the flag list and a flag's GET;
+    /// the server fills it in, like each environment's `lifecycle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<LifecycleStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -437,6 +437,15 @@ async fn every_change_is_an_immutable_revision_and_an_audit_entry_with_a_diff(f:
             .len(),
         1
     );
+    // Only the revisions before each configuration's current one: staging's first.
+    let earlier = s.earlier_flag_revisions("shop").await.unwrap();
+    assert_eq!(
+        earlier
+            .iter()
+            .map(|r| (r.environment.as_str(), r.resource_key.as_str(), r.version))
+            .collect::<Vec<_>>(),
+        [("staging", "f", 1)]
+    );
 
     let audit = s
         .audit(&AuditFilter {

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use anchor_engine::Lifecycle;
+use anchor_server::lifecycle::{EnvironmentFacts, FlagFacts, StaleReason, stale_reasons};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::Reference;
-
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// One reason a flag is stale; each is a SARIF rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -163,7 +163,6 @@ pub fn classify(
     let mut keys: Vec<&str> = by_key.keys().chain(known.keys()).copied().collect();
     keys.sort_unstable();
     keys.dedup();
-    let threshold = i64::from(days) * DAY_MS;
     keys.into_iter()
         .filter_map(|key| {
             let references = by_key.get(key).cloned().unwrap_or_default();
@@ -190,45 +189,34 @@ pub fn classify(
                 stale(Staleness::Archived, "archived on the server".to_string());
                 return Some(report);
             }
-            if !flag.permanent {
-                let today = crate::output::time(&Value::from(now_ms));
-                let today = today.get(..10).unwrap_or_default();
-                if let Some(date) = flag.cleanup_date.as_ref().filter(|d| d.as_str() < today) {
-                    stale(
-                        Staleness::PastCleanupDate,
-                        format!("cleanup date {date} has passed"),
-                    );
-                }
-                let since = flag
-                    .environments
-                    .iter()
-                    .map(|e| e.serving_one_variant_since)
-                    .try_fold(i64::MIN, |latest, since| Some(latest.max(since?)));
-                if let Some(since) = since.filter(|s| *s > i64::MIN && now_ms - s >= threshold) {
-                    stale(
-                        Staleness::RolledOut,
-                        format!(
-                            "one variant to everyone in every environment for {} days",
-                            (now_ms - since) / DAY_MS
-                        ),
-                    );
-                }
-            }
-            let last = flag
+            // The server's own judgement, with this scan's number of days: with the default
+            // it is the verdict the flag list, the dashboard and the MCP server show.
+            let environments: Vec<EnvironmentFacts> = flag
                 .environments
                 .iter()
-                .filter_map(|e| e.last_evaluated_at)
-                .max();
-            let quiet_since = last.unwrap_or(flag.created_at);
-            if now_ms - quiet_since >= threshold {
-                let days = (now_ms - quiet_since) / DAY_MS;
-                stale(
-                    Staleness::NotEvaluated,
-                    match last {
-                        Some(_) => format!("last evaluated {days} days ago"),
-                        None => format!("never evaluated, created {days} days ago"),
-                    },
-                );
+                .map(|e| EnvironmentFacts {
+                    last_evaluated_at: e.last_evaluated_at,
+                    serving_one_variant_since: e.serving_one_variant_since,
+                })
+                .collect();
+            let facts = FlagFacts {
+                archived: false,
+                lifecycle: if flag.permanent {
+                    Lifecycle::Permanent
+                } else {
+                    Lifecycle::Temporary
+                },
+                created_at: flag.created_at,
+                cleanup_date: flag.cleanup_date.as_deref(),
+                environments: &environments,
+            };
+            for reason in stale_reasons(&facts, now_ms, i64::from(days)) {
+                let kind = match reason {
+                    StaleReason::PastCleanupDate(_) => Staleness::PastCleanupDate,
+                    StaleReason::RolledOut { .. } => Staleness::RolledOut,
+                    StaleReason::NotEvaluated { .. } => Staleness::NotEvaluated,
+                };
+                stale(kind, reason.to_string());
             }
             if report.references.is_empty() {
                 stale(
@@ -246,6 +234,7 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_800_000_000_000;
+    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
     fn reference(key: &str) -> Reference {
         Reference {

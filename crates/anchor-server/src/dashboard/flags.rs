@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use anchor_engine::{Condition, Flag, FlagConfig, FlagKind, Lifecycle, Operator, Serve, Variant};
-use anchor_store::{Environment, FlagFilter, FlagRecord, ReleaseRecord, Role};
+use anchor_store::{Environment, FlagFilter, FlagRecord, LifecycleStatus, ReleaseRecord, Role};
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -21,6 +21,7 @@ use super::{
 use crate::AppState;
 use crate::api::{self, Body, ConfigUpdate, RevertRequest};
 use crate::error::ApiError;
+use crate::lifecycle;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -46,28 +47,19 @@ async fn project_home(Path(project): Path<String>) -> Redirect {
     Redirect::to(&format!("/projects/{}/flags", encode(&project)))
 }
 
-/// A temporary flag is stale when its cleanup date has passed, or when nobody changed it in
-/// any environment for this long: it has probably done its job and should leave the code.
-const STALE_AFTER_MS: i64 = 30 * 86_400_000;
+/// Whether the flag API calls the flag stale: the status `lifecycle::fill` gave it, so the
+/// dashboard, the API, `anchor scan` and the MCP server give one verdict.
+pub(crate) fn is_stale(record: &FlagRecord) -> bool {
+    record.status == Some(LifecycleStatus::Stale)
+}
 
-pub(crate) fn is_stale(record: &FlagRecord, now_ms: i64) -> bool {
-    if record.flag.lifecycle != Lifecycle::Temporary || record.archived {
-        return false;
+/// The flag's status in words, when it says more than its lifecycle.
+fn status_word(record: &FlagRecord) -> Option<&'static str> {
+    match record.status? {
+        LifecycleStatus::New => Some("new"),
+        LifecycleStatus::RolledOut => Some("rolled out"),
+        LifecycleStatus::Active | LifecycleStatus::Stale | LifecycleStatus::Archived => None,
     }
-    let today = super::day(now_ms);
-    let past_cleanup = record
-        .flag
-        .cleanup_date
-        .as_deref()
-        .is_some_and(|date| date < today.as_str());
-    let last_change = record
-        .environments
-        .iter()
-        .map(|e| e.updated_at)
-        .chain([record.updated_at])
-        .max()
-        .unwrap_or(record.updated_at);
-    past_cleanup || now_ms - last_change > STALE_AFTER_MS
 }
 
 /// A weight out of 100,000 as a percentage.
@@ -180,7 +172,9 @@ async fn render_list(
         after: nonempty(&query.after),
         limit: 1000,
     };
-    let flags = state.store.flags(project, &filter).await?;
+    let mut flags = state.store.flags(project, &filter).await?;
+    let now = state.now_ms();
+    lifecycle::fill(&*state.store, project, &mut flags.items, now).await?;
     let releases: HashMap<(String, String), ReleaseRecord> = state
         .store
         .releases(project, None, None)
@@ -189,12 +183,11 @@ async fn render_list(
         .filter(|r| r.active)
         .map(|r| ((r.flag.clone(), r.environment.clone()), r))
         .collect();
-    let now = state.now_ms();
     let stale_only = query.stale.is_some();
     let rows: Vec<&FlagRecord> = flags
         .items
         .iter()
-        .filter(|f| !stale_only || is_stale(f, now))
+        .filter(|f| !stale_only || is_stale(f))
         .collect();
     let q = nonempty(&query.q).unwrap_or_default();
     let next = flags.next.as_ref().map(|after| {
@@ -260,7 +253,7 @@ async fn render_list(
                 }
                 tbody {
                     @for record in &rows {
-                        (flag_row(project, record, &environments, &releases, now))
+                        (flag_row(project, record, &environments, &releases))
                     }
                 }
             }
@@ -278,7 +271,6 @@ fn flag_row(
     record: &FlagRecord,
     environments: &[Environment],
     releases: &HashMap<(String, String), ReleaseRecord>,
-    now: i64,
 ) -> Markup {
     let flag = &record.flag;
     let description: String = flag.description.chars().take(90).collect();
@@ -291,7 +283,8 @@ fn flag_row(
             }
             td {
                 (lifecycle_name(flag.lifecycle))
-                @if is_stale(record, now) { " " span.b.stale { "stale" } }
+                @if let Some(word) = status_word(record) { " " span.b { (word) } }
+                @if is_stale(record) { " " span.b.stale { "stale" } }
             }
             @for env in environments {
                 @let config = record.environments.iter().find(|c| c.environment == env.key);
@@ -750,7 +743,14 @@ async fn render_flag(
     query: &FlagQuery,
 ) -> Result<Markup, ApiError> {
     let role = signed.caller.require(state, project, Role::Viewer).await?;
-    let record = state.store.flag(project, flag).await?;
+    let mut record = state.store.flag(project, flag).await?;
+    lifecycle::fill(
+        &*state.store,
+        project,
+        std::slice::from_mut(&mut record),
+        state.now_ms(),
+    )
+    .await?;
     let environments = state.store.environments(project).await?;
     let releases = state.store.releases(project, None, Some(flag)).await?;
     let evaluated = match (nonempty(&query.env), query.context.as_deref()) {
@@ -765,7 +765,6 @@ async fn render_flag(
         .unwrap_or_else(|| "{\"targetingKey\": \"user-42\"}".into());
     let json = serde_json::to_string_pretty(&record).unwrap_or_default();
     let f = &record.flag;
-    let now = state.now_ms();
     let title = format!("Flag {}", f.key);
     Ok(page(
         &Frame {
@@ -783,7 +782,8 @@ async fn render_flag(
             p.meta {
                 span.b { (f.kind.as_str()) }
                 " " span.b { (lifecycle_name(f.lifecycle)) }
-                @if is_stale(&record, now) { " " span.b.stale { "stale" } }
+                @if let Some(word) = status_word(&record) { " " span.b { (word) } }
+                @if is_stale(&record) { " " span.b.stale { "stale" } }
                 @if let Some(date) = &f.cleanup_date { " cleanup by " (date) }
                 @for tag in &f.tags { " " span.b.tag { (tag) } }
                 @if record.archived { " " span.b.off { "archived" } }

@@ -303,12 +303,6 @@ pub(crate) fn time(ms: i64) -> String {
     )
 }
 
-/// The day of a unix millisecond instant, `YYYY-MM-DD` (UTC).
-pub(crate) fn day(ms: i64) -> String {
-    let (y, m, d) = civil_from_days(ms.div_euclid(86_400_000));
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 /// Howard Hinnant's `civil_from_days`: the proleptic Gregorian date of a day count since
 /// 1970-01-01.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -510,7 +504,7 @@ mod tests {
     #[test]
     fn dates_are_gregorian_in_utc() {
         assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(day(951_782_400_000), "2000-02-29");
+        assert_eq!(time(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(time(1_795_000_000_123), "2026-11-18 11:06:40 UTC");
     }
 
