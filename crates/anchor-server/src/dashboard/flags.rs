@@ -1030,7 +1030,7 @@ async fn switch(
 // ---- history and revert ----
 
 /// What changed from one revision to the next, as RFC 6902 operations.
-fn diff_lines(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+pub(crate) fn diff_lines(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
     json_patch::diff(old, new)
         .0
         .iter()
