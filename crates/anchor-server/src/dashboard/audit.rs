@@ -114,16 +114,20 @@ fn paginate(mut fetched: Vec<AuditEntry>) -> (Vec<AuditEntry>, Option<i64>) {
 /// An RFC 6902 operation in a few words: `replace /enabled: true`.
 fn operation_text(op: &serde_json::Value) -> String {
     let name = op.get("op").and_then(|o| o.as_str()).unwrap_or("?");
-    let path = op.get("path").and_then(|p| p.as_str()).unwrap_or("");
+    // The empty pointer is the whole document: no path to print.
+    let path = match op.get("path").and_then(|p| p.as_str()).unwrap_or("") {
+        "" => String::new(),
+        path => format!(" {path}"),
+    };
     match op.get("value") {
         Some(value) if name != "remove" => {
             let mut value = value.to_string();
             if value.chars().count() > 40 {
                 value = value.chars().take(39).collect::<String>() + "…";
             }
-            format!("{name} {path}: {value}")
+            format!("{name}{path}: {value}")
         }
-        _ => format!("{name} {path}"),
+        _ => format!("{name}{path}"),
     }
 }
 
