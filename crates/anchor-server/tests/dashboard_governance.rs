@@ -51,6 +51,7 @@ on_every_backend!(
     review_forms_without_the_sessions_csrf_token_write_nothing,
     text_in_requests_and_reviews_shows_as_text,
     the_list_of_requests_filters_by_state,
+    governance_pages_carry_no_inline_script_or_style,
 );
 
 const USER_PASSWORD: &str = "a long enough password";
@@ -529,4 +530,40 @@ async fn the_list_of_requests_filters_by_state(server: Server) {
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.body.contains("“merged” is no state"));
+}
+
+async fn governance_pages_carry_no_inline_script_or_style(server: Server) {
+    let id = gated_request(&server, "launch").await;
+    let admin = server.sign_in("admin", PASSWORD).await;
+    let request = request_path(&id);
+    for path in [
+        "/projects/default/audit".to_string(),
+        "/audit".to_string(),
+        "/projects/default/change-requests".to_string(),
+        request.clone(),
+        format!("{request}/reject"),
+        format!("{request}/cancel"),
+    ] {
+        let page = server.get(&path, Some(&admin)).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        for script in page.body.split("<script").skip(1) {
+            let tag = &script[..script.find('>').unwrap()];
+            assert!(tag.contains(" src="), "{path}: an inline script");
+        }
+        let lower = page.body.to_ascii_lowercase();
+        for inline in [" onclick=", " onload=", " onchange=", " style="] {
+            assert!(!lower.contains(inline), "{path} has{inline}");
+        }
+        // The project's pages link each other from the frame.
+        if path.starts_with("/projects/") {
+            assert!(
+                page.body
+                    .contains("href=\"/projects/default/audit\">Audit</a>")
+            );
+            assert!(
+                page.body
+                    .contains("href=\"/projects/default/change-requests\">Change requests</a>")
+            );
+        }
+    }
 }
