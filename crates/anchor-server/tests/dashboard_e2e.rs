@@ -508,6 +508,7 @@ async fn story(server: &Server, client: &Client) {
     assert_eq!(text_of(client, "main h1").await, "Flags");
     click(client, Locator::LinkText("Change requests")).await;
     assert_eq!(text_of(client, "main h1").await, "Change requests");
+    screenshot(client, "10-change-requests").await;
     click(client, Locator::Css("table.requests tbody a")).await;
     assert_eq!(
         text_of(client, "main h1").await,
@@ -515,13 +516,14 @@ async fn story(server: &Server, client: &Client) {
     );
     assert_eq!(text_of(client, "strong.author").await, "admin");
     assert!(text_of(client, "ul.diff").await.contains("/enabled"));
-    screenshot(client, "10-change-request").await;
+    screenshot(client, "11-change-request").await;
     click(client, Locator::LinkText("Approve")).await;
     assert_eq!(
         text_of(client, "main h1").await,
         "Approve the change to new-checkout in Gated?"
     );
     fill(client, "#comment", "Checked with the team").await;
+    screenshot(client, "12-approve-confirmation").await;
     click(client, Locator::Css("form.stack button[type=submit]")).await;
     assert_eq!(
         text_of(client, ".notice").await,
@@ -543,14 +545,14 @@ async fn story(server: &Server, client: &Client) {
         "Applied: the configuration changed."
     );
     assert!(server.enabled_in("new-checkout", "gated").await);
-    screenshot(client, "11-change-request-applied").await;
+    screenshot(client, "13-change-request-applied").await;
     click(client, Locator::LinkText("Audit")).await;
     assert!(
         text_of(client, "table.audit tbody")
             .await
             .contains("change_request.applied")
     );
-    screenshot(client, "12-audit-log").await;
+    screenshot(client, "14-audit-log").await;
 
     // Signing out ends the session: pages send the browser to sign in again.
     click(client, Locator::Css(".who button")).await;
