@@ -82,12 +82,12 @@ pub(crate) async fn propose(
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ChangeRequestView {
     #[serde(flatten)]
-    request: ChangeRequest,
+    pub(crate) request: ChangeRequest,
     /// The flag configuration's version now; applying fails when it differs from `baseVersion`.
-    current_version: u64,
+    pub(crate) current_version: u64,
     /// An RFC 6902 JSON Patch from the current configuration to the proposed one.
     #[schema(value_type = Vec<Object>)]
-    diff: serde_json::Value,
+    pub(crate) diff: serde_json::Value,
 }
 
 async fn view(state: &AppState, request: ChangeRequest) -> ApiResult<ChangeRequestView> {
@@ -179,7 +179,7 @@ async fn validate_proposal(
     }
 }
 
-fn same_person(actor: &Actor, caller: &Caller) -> bool {
+pub(crate) fn same_person(actor: &Actor, caller: &Caller) -> bool {
     let name = &caller.user.username;
     actor.id == *name || actor.id.starts_with(&format!("{name}/"))
 }
@@ -210,7 +210,7 @@ async fn list_change_requests(
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/change-requests/{id}", tag = "change requests", summary = "A change request with the diff from the current configuration", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Change request id")), responses((status = 200, body = ChangeRequestView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn get_change_request(
+pub(crate) async fn get_change_request(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
@@ -366,7 +366,7 @@ async fn review(
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/change-requests/{id}/approve", tag = "change requests", summary = "Approve (an editor or admin other than the author)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Change request id")), request_body = ReviewBody, responses((status = 200, body = ChangeRequestView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The author, or not an editor", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not open for review", body = Problem, content_type = "application/problem+json")))]
-async fn approve_change_request(
+pub(crate) async fn approve_change_request(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
@@ -385,7 +385,7 @@ async fn approve_change_request(
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/change-requests/{id}/reject", tag = "change requests", summary = "Reject (an editor or admin other than the author)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Change request id")), request_body = ReviewBody, responses((status = 200, body = ChangeRequestView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The author, or not an editor", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not open for review", body = Problem, content_type = "application/problem+json")))]
-async fn reject_change_request(
+pub(crate) async fn reject_change_request(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
@@ -404,7 +404,7 @@ async fn reject_change_request(
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/change-requests/{id}/apply", tag = "change requests", summary = "Apply an approved change request (its author or an approver)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Change request id")), responses((status = 200, body = ChangeRequest), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Neither author nor approver", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not approved, or the flag changed since: edit the request against the current configuration", body = Problem, content_type = "application/problem+json")))]
-async fn apply_change_request(
+pub(crate) async fn apply_change_request(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
@@ -456,7 +456,7 @@ async fn announce_applied(state: &AppState, actor: &Actor, applied: &ChangeReque
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/change-requests/{id}/cancel", tag = "change requests", summary = "Cancel a change request (its author or an admin)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Change request id")), responses((status = 200, body = ChangeRequest), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Neither author nor admin", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Already closed", body = Problem, content_type = "application/problem+json")))]
-async fn cancel_change_request(
+pub(crate) async fn cancel_change_request(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,

@@ -3,7 +3,8 @@
 //! (first with a problem shown next to its field), turn it on and then off in production with
 //! the confirmation, revert a revision, evaluate it for a context, filter the list with the page's script, watch
 //! a release advance on simulated telemetry and approve its next stage, and see another rolled
-//! back by the controller with its reason. Screenshots of the main pages go to `target/dashboard-screenshots/`.
+//! back by the controller with its reason; then a change in an environment that requires
+//! approval waits as a change request, which a second person approves and applies. Screenshots of the main pages go to `target/dashboard-screenshots/`.
 //!
 //! Without `/usr/bin/chromedriver` the test fails and says how to install it: a browser test
 //! that passes without a browser would prove nothing.
@@ -471,6 +472,87 @@ async fn story(server: &Server, client: &Client) {
         .await
         .expect("the guardrail's chart");
     screenshot(client, "09-release-rolled-back").await;
+
+    // In an environment that requires approval, turning the flag on waits as a change
+    // request; a second person signs in, reads its diff, approves and applies it.
+    let (status, body) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/projects/default/environments",
+            json!({"key": "gated", "name": "Gated", "requiresApproval": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    server.add_user("ann", "editor").await;
+    client
+        .goto(&format!("{url}/projects/default/flags/new-checkout"))
+        .await
+        .unwrap();
+    click(client, Locator::LinkText("Turn on in Gated")).await;
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    assert_eq!(
+        text_of(client, ".notice").await,
+        "gated requires approval: the change waits as a change request."
+    );
+    assert!(!server.enabled_in("new-checkout", "gated").await);
+    assert!(
+        text_of(client, "section.env[aria-label=Gated] .pending")
+            .await
+            .starts_with("Change request open")
+    );
+    click(client, Locator::Css(".who button")).await;
+    assert_eq!(text_of(client, "h1").await, "Sign in");
+    fill(client, "#username", "ann").await;
+    fill(client, "#password", "a long enough password").await;
+    click(client, Locator::Css("form button[type=submit]")).await;
+    assert_eq!(text_of(client, "main h1").await, "Flags");
+    click(client, Locator::LinkText("Change requests")).await;
+    assert_eq!(text_of(client, "main h1").await, "Change requests");
+    screenshot(client, "10-change-requests").await;
+    click(client, Locator::Css("table.requests tbody a")).await;
+    assert_eq!(
+        text_of(client, "main h1").await,
+        "Change to flag new-checkout in Gated"
+    );
+    assert_eq!(text_of(client, "strong.author").await, "admin");
+    assert!(text_of(client, "ul.diff").await.contains("/enabled"));
+    screenshot(client, "11-change-request").await;
+    click(client, Locator::LinkText("Approve")).await;
+    assert_eq!(
+        text_of(client, "main h1").await,
+        "Approve the change to new-checkout in Gated?"
+    );
+    fill(client, "#comment", "Checked with the team").await;
+    screenshot(client, "12-approve-confirmation").await;
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    assert_eq!(
+        text_of(client, ".notice").await,
+        "Approved: its author or you can now apply it."
+    );
+    assert!(
+        text_of(client, "ol.reviews")
+            .await
+            .contains("Checked with the team")
+    );
+    click(client, Locator::LinkText("Apply")).await;
+    assert_eq!(
+        text_of(client, "main h1").await,
+        "Apply the change to new-checkout in Gated?"
+    );
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    assert_eq!(
+        text_of(client, ".notice").await,
+        "Applied: the configuration changed."
+    );
+    assert!(server.enabled_in("new-checkout", "gated").await);
+    screenshot(client, "13-change-request-applied").await;
+    click(client, Locator::LinkText("Audit")).await;
+    assert!(
+        text_of(client, "table.audit tbody")
+            .await
+            .contains("change_request.applied")
+    );
+    screenshot(client, "14-audit-log").await;
 
     // Signing out ends the session: pages send the browser to sign in again.
     click(client, Locator::Css(".who button")).await;

@@ -753,6 +753,14 @@ async fn render_flag(
     .await?;
     let environments = state.store.environments(project).await?;
     let releases = state.store.releases(project, None, Some(flag)).await?;
+    // Requests still waiting on this flag, so the page can point to them.
+    let pending: Vec<anchor_store::ChangeRequest> = state
+        .store
+        .change_requests(project, None, None)
+        .await?
+        .into_iter()
+        .filter(|r| r.flag == flag && r.resource_kind == "flag" && r.status.is_pending())
+        .collect();
     let evaluated = match (nonempty(&query.env), query.context.as_deref()) {
         (Some(env), Some(context)) => {
             Some(evaluate(state, signed, project, flag, &env, context).await)
@@ -816,6 +824,9 @@ async fn render_flag(
                             }
                             (config_markup(&c.config))
                             p.small { a href={ "/projects/" (project) "/flags/" (f.key) "/environments/" (env.key) "/history" } { "History of " (env.name) } }
+                            @for r in pending.iter().filter(|r| r.environment == env.key) {
+                                p.pending { a href={ "/projects/" (project) "/change-requests/" (r.id) } { "Change request " (r.status.as_str()) " (by " (r.author.id) ")" } }
+                            }
                             @for r in releases.iter().filter(|r| r.environment == env.key && r.active) {
                                 p { "Release: " a href={ "/projects/" (project) "/releases/" (r.id) } {
                                     (release_state_name(r)) ", " (r.treatment) " at " (percent(release_share(&c.config, r)))
@@ -1030,7 +1041,7 @@ async fn switch(
 // ---- history and revert ----
 
 /// What changed from one revision to the next, as RFC 6902 operations.
-fn diff_lines(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+pub(crate) fn diff_lines(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
     json_patch::diff(old, new)
         .0
         .iter()

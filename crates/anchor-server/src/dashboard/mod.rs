@@ -18,6 +18,9 @@
 mod flags;
 mod releases;
 
+mod audit;
+mod change_requests;
+
 use std::sync::LazyLock;
 
 use anchor_store::Role;
@@ -50,6 +53,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/assets/{name}", get(asset))
         .merge(flags::routes())
         .merge(releases::routes())
+        .merge(audit::routes())
+        .merge(change_requests::routes())
         .layer(axum::middleware::from_fn(security_headers))
 }
 
@@ -230,6 +235,8 @@ pub(crate) fn page(frame: &Frame<'_>, body: Markup) -> Markup {
                         nav aria-label="Project" {
                             a href={ "/projects/" (project) "/flags" } { "Flags" }
                             a href={ "/projects/" (project) "/releases" } { "Releases" }
+                            a href={ "/projects/" (project) "/change-requests" } { "Change requests" }
+                            a href={ "/projects/" (project) "/audit" } { "Audit" }
                         }
                     }
                     @if let Some(signed) = frame.signed {
