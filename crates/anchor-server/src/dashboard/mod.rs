@@ -17,6 +17,8 @@
 
 mod flags;
 mod releases;
+mod segments;
+mod settings;
 
 use std::sync::LazyLock;
 
@@ -50,6 +52,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/assets/{name}", get(asset))
         .merge(flags::routes())
         .merge(releases::routes())
+        .merge(segments::routes())
+        .merge(settings::routes())
         .layer(axum::middleware::from_fn(security_headers))
 }
 
@@ -230,6 +234,8 @@ pub(crate) fn page(frame: &Frame<'_>, body: Markup) -> Markup {
                         nav aria-label="Project" {
                             a href={ "/projects/" (project) "/flags" } { "Flags" }
                             a href={ "/projects/" (project) "/releases" } { "Releases" }
+                            a href={ "/projects/" (project) "/segments" } { "Segments" }
+                            a href={ "/projects/" (project) "/settings" } { "Settings" }
                         }
                     }
                     @if let Some(signed) = frame.signed {
