@@ -175,7 +175,10 @@ async fn render_list(
                     }
                 }
             }
-            p.count { (segments.len()) " segments" }
+            p.count {
+                (segments.len())
+                @if segments.len() == 1 { " segment" } @else { " segments" }
+            }
             table.segments {
                 thead {
                     tr {

@@ -519,7 +519,7 @@ async fn keys_markup(
             }
             @if keys.is_empty() { p.small { "No SDK keys yet." } }
             @if role >= Role::Admin {
-                h3 { "New SDK key" }
+                h3.gap { "New SDK key" }
                 form.filters method="post" action={ "/projects/" (project) "/settings/keys" } {
                     input type="hidden" name="csrf" value=(signed.csrf);
                     label for="key-environment" { "Environment" }
@@ -565,7 +565,8 @@ async fn keys_markup(
                     }
                 }
             }
-            h3 { "New access token" }
+            @if tokens.is_empty() { p.small { "You have no access tokens yet." } }
+            h3.gap { "New access token" }
             (field_problems(problems_of("form")))
             form.stack method="post" action={ "/projects/" (project) "/settings/tokens" } novalidate {
                 input type="hidden" name="csrf" value=(signed.csrf);
@@ -1083,7 +1084,7 @@ async fn webhooks_page(
                             tr {
                                 td { a href={ "/projects/" (project) "/settings/webhooks/" (w.id) } { (w.name) } }
                                 td { code { (w.url) } }
-                                td { (w.events.join(", ")) }
+                                td { (events_text(&w.events)) }
                                 td { (w.format.as_str()) }
                                 td { @if w.enabled { span.b.on { "enabled" } } @else { span.b.off { "disabled" } } }
                             }
@@ -1278,6 +1279,15 @@ async fn create_webhook(
     )
 }
 
+/// The events a webhook receives, in words.
+fn events_text(events: &[String]) -> String {
+    if events.iter().any(|e| e == ALL_EVENTS) {
+        "every event".to_string()
+    } else {
+        events.join(", ")
+    }
+}
+
 fn status_class(status: DeliveryStatus) -> &'static str {
     match status {
         DeliveryStatus::Succeeded => "b on",
@@ -1343,10 +1353,10 @@ async fn webhook_page(
                 }
                 p {
                     code { (webhook.url) } " · " (webhook.format.as_str()) " · "
-                    (webhook.events.join(", ")) " · "
+                    (events_text(&webhook.events)) " · "
                     @if webhook.enabled { "enabled" } @else { "disabled" }
                 }
-                h3 { "Delivery log" }
+                h3.gap { "Delivery log" }
                 p.small { "Newest first; kept for 30 days, at most 1,000 per webhook." }
                 table.deliveries {
                     thead {
