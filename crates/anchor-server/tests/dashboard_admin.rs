@@ -56,6 +56,7 @@ on_every_backend!(
     viewers_see_no_write_buttons_and_their_posts_are_refused,
     forms_without_the_sessions_csrf_token_write_nothing,
     admin_pages_show_user_text_as_text_and_no_inline_code,
+    saving_a_segment_keeps_its_rule_ids_and_case_folding,
 );
 
 const SEGMENTS_API: &str = "/api/v1/projects/default/environments/development/segments";
@@ -1122,4 +1123,60 @@ async fn admin_pages_show_user_text_as_text_and_no_inline_code(server: Server) {
         )
         .await;
     assert!(segment.body.contains("&lt;script&gt;"));
+}
+
+async fn saving_a_segment_keeps_its_rule_ids_and_case_folding(server: Server) {
+    let (status, body) = server
+        .api(
+            reqwest::Method::POST,
+            SEGMENTS_API,
+            json!({"key": "staff", "rules": [{"id": "mail", "conditions": [
+                {"attribute": "email", "operator": "ends_with", "values": ["@Example.com"],
+                 "caseInsensitive": true}]}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let session = server.sign_in("admin", PASSWORD).await;
+    let path = "/projects/default/environments/development/segments/staff";
+    let (page, csrf) = form_page(&server, &session, path).await;
+    // The page carries what the form would otherwise lose: the rule's id and the case option.
+    assert_eq!(support::hidden_value(&page.body, "id_0"), "mail");
+    let case = between(&page.body, "id=\"case_0\"", ">");
+    assert!(case.contains("checked"), "{case}");
+    let version = support::hidden_value(&page.body, "version");
+    let reply = server
+        .post_form(
+            path,
+            Some(&session),
+            &[
+                ("csrf", &csrf),
+                ("key", "staff"),
+                ("version", &version),
+                ("included", "ann"),
+                ("rule_0", "1"),
+                ("id_0", "mail"),
+                ("attribute_0", "email"),
+                ("operator_0", "ends_with"),
+                ("values_0", "@Example.com"),
+                ("case_0", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    let (_, segment) = server
+        .api(
+            reqwest::Method::GET,
+            &format!("{SEGMENTS_API}/staff"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        segment["segment"]["rules"],
+        json!([{"id": "mail", "conditions": [{"attribute": "email", "operator": "ends_with",
+            "values": ["@Example.com"], "caseInsensitive": true}]}]),
+        "{segment}"
+    );
+    assert_eq!(segment["segment"]["included"], json!(["ann"]));
+    let saved = server.get(&reply.header("location"), Some(&session)).await;
+    assert!(saved.body.contains("Saved."));
 }

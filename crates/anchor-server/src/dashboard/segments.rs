@@ -221,7 +221,7 @@ async fn render_list(
 // ---- the form ----
 
 /// The segment form as a browser sends it: fixed fields and numbered condition rows
-/// (`rule_0`, `attribute_0`, `operator_0`, `values_0`, `negate_0`, …).
+/// (`rule_0`, `attribute_0`, `operator_0`, `values_0`, `negate_0`, `case_0`, `id_0`, …).
 #[derive(Default)]
 struct SegmentForm {
     csrf: String,
@@ -244,6 +244,10 @@ struct ConditionRow {
     operator: String,
     values: String,
     negate: bool,
+    case_insensitive: bool,
+    /// The id of the rule the condition came from, kept so that saving the form does not
+    /// rename rules.
+    rule_id: String,
 }
 
 impl SegmentForm {
@@ -275,6 +279,8 @@ impl SegmentForm {
                         "operator" => row.operator = value,
                         "values" => row.values = value,
                         "negate" => row.negate = true,
+                        "case" => row.case_insensitive = true,
+                        "id" => row.rule_id = value,
                         _ => {}
                     }
                 }
@@ -299,6 +305,8 @@ impl SegmentForm {
                         .collect::<Vec<_>>()
                         .join("\n"),
                     negate: condition.negate,
+                    case_insensitive: condition.case_insensitive,
+                    rule_id: rule.id.clone(),
                 });
             }
         }
@@ -351,7 +359,7 @@ fn lines(text: &str) -> Vec<String> {
 /// naming no rule or an unknown operator), each with its field.
 fn segment_from_form(form: &SegmentForm) -> Result<Segment, Problems> {
     let mut problems = Problems::new();
-    let mut rules: BTreeMap<u32, Vec<Condition>> = BTreeMap::new();
+    let mut rules: BTreeMap<u32, (String, Vec<Condition>)> = BTreeMap::new();
     for (i, row) in form.rows.iter().enumerate() {
         let values = lines(&row.values);
         // A row left empty is a spare row nobody used.
@@ -361,13 +369,19 @@ fn segment_from_form(form: &SegmentForm) -> Result<Segment, Problems> {
         let operator = OPERATORS.iter().find(|o| o.as_str() == row.operator);
         let rule = row.rule.trim().parse::<u32>().ok().filter(|r| *r >= 1);
         match (operator, rule) {
-            (Some(operator), Some(rule)) => rules.entry(rule).or_default().push(Condition {
-                attribute: row.attribute.trim().to_string(),
-                operator: *operator,
-                values: values.iter().map(|l| line_value(l)).collect(),
-                negate: row.negate,
-                case_insensitive: false,
-            }),
+            (Some(operator), Some(rule)) => {
+                let (id, conditions) = rules.entry(rule).or_default();
+                if id.is_empty() {
+                    id.clone_from(&row.rule_id);
+                }
+                conditions.push(Condition {
+                    attribute: row.attribute.trim().to_string(),
+                    operator: *operator,
+                    values: values.iter().map(|l| line_value(l)).collect(),
+                    negate: row.negate,
+                    case_insensitive: row.case_insensitive,
+                });
+            }
             (None, _) => problems
                 .entry("rules")
                 .or_default()
@@ -388,10 +402,7 @@ fn segment_from_form(form: &SegmentForm) -> Result<Segment, Problems> {
         excluded: lines(&form.excluded),
         rules: rules
             .into_values()
-            .map(|conditions| SegmentRule {
-                id: String::new(),
-                conditions,
-            })
+            .map(|(id, conditions)| SegmentRule { id, conditions })
             .collect(),
         version: 0,
     })
@@ -513,7 +524,7 @@ fn segment_form(
                             th scope="col" { "Attribute" }
                             th scope="col" { "Operator" }
                             th scope="col" { "Values" }
-                            th scope="col" { "Negate" }
+                            th scope="col" { "Options" }
                         }
                     }
                     tbody {
@@ -543,6 +554,13 @@ fn segment_form(
                                     label.check for={ "negate_" (i) } {
                                         input type="checkbox" id={ "negate_" (i) } name={ "negate_" (i) } value="1" checked[row.negate];
                                         " not"
+                                    }
+                                    label.check for={ "case_" (i) } {
+                                        input type="checkbox" id={ "case_" (i) } name={ "case_" (i) } value="1" checked[row.case_insensitive];
+                                        " ignore case"
+                                    }
+                                    @if !row.rule_id.is_empty() {
+                                        input type="hidden" name={ "id_" (i) } value=(row.rule_id);
                                     }
                                 }
                             }
@@ -760,6 +778,7 @@ fn segment_view(
                         li {
                             "rule " (row.rule) ": " code { (row.attribute) }
                             @if row.negate { " not" }
+                            @if row.case_insensitive { " (ignoring case)" }
                             " " (row.operator.replace('_', " ")) " "
                             (row.values.replace('\n', ", "))
                         }
