@@ -103,27 +103,27 @@ where
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TokenRequest {
-    name: String,
+pub(crate) struct TokenRequest {
+    pub(crate) name: String,
     /// The most the token may do: at most the owner's highest role (and the creating
     /// credential's); that highest role when absent.
-    role: Option<Role>,
-    expires_in_days: Option<u32>,
+    pub(crate) role: Option<Role>,
+    pub(crate) expires_in_days: Option<u32>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TokenCreated {
-    id: String,
-    name: String,
-    role: Role,
-    expires_at: Option<i64>,
+pub(crate) struct TokenCreated {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) role: Role,
+    pub(crate) expires_at: Option<i64>,
     /// Shown this once; only its hash is stored.
-    token: String,
+    pub(crate) token: String,
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "identity", summary = "Create a personal access token (the secret is shown once)", request_body = TokenRequest, responses((status = 201, body = TokenCreated), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
-async fn create_token(
+pub(crate) async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
     request: Body<TokenRequest>,
@@ -192,18 +192,18 @@ async fn create_token(
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TokenInfo {
-    id: String,
-    name: String,
-    role: Role,
-    expires_at: Option<i64>,
-    created_at: i64,
-    revoked: bool,
+pub(crate) struct TokenInfo {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) role: Role,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) created_at: i64,
+    pub(crate) revoked: bool,
 }
 
 /// The caller's own tokens (never their secrets).
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "identity", summary = "List the caller's tokens (never their secrets)", responses((status = 200, body = Vec<TokenInfo>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json")))]
-async fn list_tokens(
+pub(crate) async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<Json<Vec<TokenInfo>>> {
@@ -224,7 +224,7 @@ async fn list_tokens(
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "identity", summary = "Revoke one of the caller's tokens", params(("id" = String, Path, description = "Token id")), responses((status = 204), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn revoke_token(
+pub(crate) async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -372,7 +372,7 @@ async fn get_project(
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/environments", tag = "projects", summary = "A project's environments in display order", params(("project" = String, Path, description = "Project key")), responses((status = 200, body = Vec<Environment>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn list_environments(
+pub(crate) async fn list_environments(
     State(state): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
@@ -382,7 +382,7 @@ async fn list_environments(
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments", tag = "projects", summary = "Add an environment (project admins); existing flags start disabled there", params(("project" = String, Path, description = "Project key")), request_body = NewEnvironment, responses((status = 201, body = Environment), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
-async fn create_environment(
+pub(crate) async fn create_environment(
     State(state): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
@@ -1025,7 +1025,7 @@ fn relative(diagnostics: Vec<Diagnostic>, prefix: &str) -> Vec<Diagnostic> {
 // ---- segments ----
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/segments", tag = "segments", summary = "An environment's segments (without their key lists)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), responses((status = 200, body = Vec<SegmentSummary>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn list_segments(
+pub(crate) async fn list_segments(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
@@ -1168,14 +1168,14 @@ fn describe_path(env: &EnvironmentConfig, path: &str) -> String {
 }
 
 #[derive(Deserialize)]
-struct SegmentWrite {
+pub(crate) struct SegmentWrite {
     #[serde(flatten)]
-    segment: Segment,
-    comment: Option<String>,
+    pub(crate) segment: Segment,
+    pub(crate) comment: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/segments", tag = "segments", summary = "Create a segment (version 1); in an environment that requires approval, an editor's segment waits as a change request (202)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), request_body = Segment, responses((status = 201, body = SegmentRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "In conflict with the current state", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
-async fn create_segment(
+pub(crate) async fn create_segment(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
@@ -1226,7 +1226,7 @@ async fn create_segment(
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}", tag = "segments", summary = "A segment with its key lists; the ETag is its version", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key")), responses((status = 200, body = SegmentRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn get_segment(
+pub(crate) async fn get_segment(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, key)): Path<(String, String, String)>,
@@ -1240,7 +1240,7 @@ async fn get_segment(
 }
 
 #[utoipa::path(put, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}", tag = "segments", summary = "Replace a segment's rules and key lists; send If-Match with the ETag you read. In an environment that requires approval, an editor's change waits as a change request (202)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key"), ("If-Match" = Option<String>, Header, description = "The ETag read; a stale one gives 412")), request_body = Segment, responses((status = 200, body = SegmentRecord), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match names an outdated version; nothing was written", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
-async fn update_segment(
+pub(crate) async fn update_segment(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, key)): Path<(String, String, String)>,
@@ -1293,7 +1293,7 @@ async fn update_segment(
 }
 
 #[utoipa::path(delete, path = "/api/v1/projects/{project}/environments/{environment}/segments/{segment}", tag = "segments", summary = "Delete a segment that no flag or segment uses; in an environment that requires approval, an editor's deletion waits as a change request (202)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("segment" = String, Path, description = "Segment key")), responses((status = 204), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "In conflict with the current state", body = Problem, content_type = "application/problem+json")))]
-async fn delete_segment(
+pub(crate) async fn delete_segment(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, key)): Path<(String, String, String)>,
@@ -1347,19 +1347,19 @@ async fn list_segment_revisions(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct SdkKeyRequest {
-    kind: SdkKeyKind,
+pub(crate) struct SdkKeyRequest {
+    pub(crate) kind: SdkKeyKind,
     /// With rotation: how long the keys being replaced keep working (default one day).
-    overlap_seconds: Option<u32>,
+    pub(crate) overlap_seconds: Option<u32>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct SdkKeyCreated {
+pub(crate) struct SdkKeyCreated {
     #[serde(flatten)]
-    record: SdkKeyRecord,
+    pub(crate) record: SdkKeyRecord,
     /// Shown this once; only its hash is stored.
-    key: String,
+    pub(crate) key: String,
 }
 
 fn new_sdk_key(
@@ -1383,7 +1383,7 @@ fn new_sdk_key(
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/keys", tag = "sdk keys", summary = "An environment's SDK keys (prefixes only), newest first", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), responses((status = 200, body = Vec<SdkKeyRecord>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn list_sdk_keys(
+pub(crate) async fn list_sdk_keys(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
@@ -1394,7 +1394,7 @@ async fn list_sdk_keys(
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/keys", tag = "sdk keys", summary = "Create an SDK key (server: full configuration and telemetry; client: evaluations and their telemetry, never rules or segments); the secret is shown once", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), request_body = SdkKeyRequest, responses((status = 201, body = SdkKeyCreated), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn create_sdk_key(
+pub(crate) async fn create_sdk_key(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
@@ -1409,7 +1409,7 @@ async fn create_sdk_key(
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/keys/rotate", tag = "sdk keys", summary = "Replace the keys of a kind: a new key now, the old ones expire after the overlap", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), request_body = SdkKeyRequest, responses((status = 201, body = SdkKeyCreated), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn rotate_sdk_key(
+pub(crate) async fn rotate_sdk_key(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment)): Path<(String, String)>,
@@ -1428,7 +1428,7 @@ async fn rotate_sdk_key(
 }
 
 #[utoipa::path(delete, path = "/api/v1/projects/{project}/environments/{environment}/keys/{id}", tag = "sdk keys", summary = "Revoke an SDK key at once", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("id" = String, Path, description = "Key id")), responses((status = 204), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn revoke_sdk_key(
+pub(crate) async fn revoke_sdk_key(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, id)): Path<(String, String, String)>,

@@ -30,7 +30,7 @@
 //! the webhook is made or its secret rotated; no read returns it, and it never reaches an audit
 //! entry or a log.
 
-mod routes;
+pub(crate) mod routes;
 
 use std::sync::Arc;
 use std::time::Duration;

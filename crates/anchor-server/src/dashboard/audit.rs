@@ -402,7 +402,7 @@ mod tests {
         assert_eq!(day_start("1970-01-01"), Some(0));
         assert_eq!(day_start("2000-02-29"), Some(951_782_400_000));
         assert_eq!(
-            super::super::day(day_start("2026-11-18").unwrap()),
+            crate::lifecycle::utc_date(day_start("2026-11-18").unwrap()),
             "2026-11-18"
         );
         assert_eq!(day_start("2001-02-29"), None);

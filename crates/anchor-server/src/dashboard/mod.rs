@@ -15,11 +15,12 @@
 //! are the API's own; the dashboard only renders their answers. Roles decide which buttons a
 //! page shows, and the handlers, not the pages, enforce them.
 
-mod flags;
-mod releases;
-
 mod audit;
 mod change_requests;
+mod flags;
+mod releases;
+mod segments;
+mod settings;
 
 use std::sync::LazyLock;
 
@@ -55,6 +56,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(releases::routes())
         .merge(audit::routes())
         .merge(change_requests::routes())
+        .merge(segments::routes())
+        .merge(settings::routes())
         .layer(axum::middleware::from_fn(security_headers))
 }
 
@@ -235,8 +238,10 @@ pub(crate) fn page(frame: &Frame<'_>, body: Markup) -> Markup {
                         nav aria-label="Project" {
                             a href={ "/projects/" (project) "/flags" } { "Flags" }
                             a href={ "/projects/" (project) "/releases" } { "Releases" }
+                            a href={ "/projects/" (project) "/segments" } { "Segments" }
                             a href={ "/projects/" (project) "/change-requests" } { "Change requests" }
                             a href={ "/projects/" (project) "/audit" } { "Audit" }
+                            a href={ "/projects/" (project) "/settings" } { "Settings" }
                         }
                     }
                     @if let Some(signed) = frame.signed {

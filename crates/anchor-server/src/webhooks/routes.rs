@@ -35,29 +35,29 @@ const MAX_URL: usize = 2_048;
 /// A webhook to create (`name` and `url` required) or the fields to change.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct WebhookRequest {
+pub(crate) struct WebhookRequest {
     /// 1 to 100 characters. Required when creating.
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     /// An absolute `http` or `https` URL. Required when creating.
-    url: Option<String>,
+    pub(crate) url: Option<String>,
     /// Event types to receive (`ping`, `flag.changed`, `release.stage_advanced`,
     /// `release.waiting_for_approval`, `release.holding`, `release.rolled_back`,
     /// `release.completed`, `release.guardrail_breached`), or `["*"]` for all (the default).
-    events: Option<Vec<String>>,
+    pub(crate) events: Option<Vec<String>>,
     /// `json` (the default) or `slack`.
     #[schema(value_type = Option<WebhookFormat>)]
-    format: Option<String>,
+    pub(crate) format: Option<String>,
     /// Disabled webhooks receive no events (but test deliveries). Enabled by default.
-    enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct WebhookCreated {
+pub(crate) struct WebhookCreated {
     #[serde(flatten)]
-    webhook: Webhook,
+    pub(crate) webhook: Webhook,
     /// The signing secret, shown this once (and again only by rotating it).
-    secret: String,
+    pub(crate) secret: String,
 }
 
 /// Judges every field at once: the update, or every problem with its JSON pointer.
@@ -152,7 +152,7 @@ fn as_seen_by(role: Role, mut webhook: Webhook) -> Webhook {
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/webhooks", tag = "webhooks", summary = "A project's webhooks, oldest first (never their secrets; URLs without their path below admin)", params(("project" = String, Path, description = "Project key")), responses((status = 200, body = Vec<Webhook>), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn list_webhooks(
+pub(crate) async fn list_webhooks(
     State(state): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
@@ -165,7 +165,7 @@ async fn list_webhooks(
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/webhooks", tag = "webhooks", summary = "Create a webhook (project admins); its signing secret is shown once", params(("project" = String, Path, description = "Project key")), request_body = WebhookRequest, responses((status = 201, body = WebhookCreated), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
-async fn create_webhook(
+pub(crate) async fn create_webhook(
     State(state): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
@@ -201,7 +201,7 @@ async fn create_webhook(
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/webhooks/{id}", tag = "webhooks", summary = "One webhook (never its secret; its URL without the path below admin)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Webhook id")), responses((status = 200, body = Webhook), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn get_webhook(
+pub(crate) async fn get_webhook(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
@@ -231,7 +231,7 @@ async fn update_webhook(
 }
 
 #[utoipa::path(delete, path = "/api/v1/projects/{project}/webhooks/{id}", tag = "webhooks", summary = "Delete a webhook and its delivery log (project admins)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Webhook id")), responses((status = 204), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn delete_webhook(
+pub(crate) async fn delete_webhook(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
@@ -262,13 +262,13 @@ async fn rotate_webhook_secret(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct DeliveryQuery {
+pub(crate) struct DeliveryQuery {
     /// At most this many (1 to 1,000; 100 by default).
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/webhooks/{id}/deliveries", tag = "webhooks", summary = "A webhook's delivery log, newest first: attempts, status, last answer or error", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Webhook id"), DeliveryQuery), responses((status = 200, body = Vec<WebhookDelivery>), (status = 400, description = "A bad limit", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn list_deliveries(
+pub(crate) async fn list_deliveries(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
@@ -290,7 +290,7 @@ async fn list_deliveries(
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/webhooks/{id}/test", tag = "webhooks", summary = "Send a `ping` event to this webhook now, even a disabled one (project admins); watch its delivery log", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Webhook id")), responses((status = 202, body = WebhookDelivery), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json")))]
-async fn test_webhook(
+pub(crate) async fn test_webhook(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
