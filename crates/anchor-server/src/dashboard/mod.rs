@@ -15,6 +15,7 @@
 //! are the API's own; the dashboard only renders their answers. Roles decide which buttons a
 //! page shows, and the handlers, not the pages, enforce them.
 
+mod editor;
 mod flags;
 mod releases;
 
@@ -50,6 +51,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/assets/{name}", get(asset))
         .merge(flags::routes())
         .merge(releases::routes())
+        .merge(editor::routes())
         .layer(axum::middleware::from_fn(security_headers))
 }
 
