@@ -51,6 +51,7 @@ on_every_backend!(
     environments_needing_approval_get_a_change_request,
     viewers_get_no_edit_links_and_their_posts_are_refused,
     forms_without_the_sessions_csrf_token_change_nothing,
+    segments_are_named_on_the_rule_form_and_matched_by_key,
 );
 
 const PRODUCTION: &str = "/projects/default/flags/checkout/environments/production/targeting";
@@ -1039,4 +1040,82 @@ async fn forms_without_the_sessions_csrf_token_change_nothing(server: Server) {
     let written = config(&server, "checkout", "production").await;
     assert_eq!(written["version"], 2);
     assert_eq!(written["rules"].as_array().unwrap().len(), 2);
+}
+
+async fn segments_are_named_on_the_rule_form_and_matched_by_key(server: Server) {
+    server.api_create_flag("checkout", "Checkout").await;
+    let (status, body) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/projects/default/environments/production/segments",
+            json!({"key": "beta-testers", "included": ["user-1"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let session = server.sign_in("admin", PASSWORD).await;
+    let form = server
+        .get(&format!("{PRODUCTION}/new-rule"), Some(&session))
+        .await;
+    assert!(
+        form.body.contains("<code>beta-testers</code>"),
+        "{}",
+        form.body
+    );
+    assert!(form.body.contains("aria-describedby=\"segments-help\""));
+    let csrf = csrf_of(&form.body);
+    let fields = rule_fields(
+        &csrf,
+        "1",
+        "beta",
+        &[("", "segment_match", "beta-testers")],
+        None,
+    );
+    let saved = server
+        .post_form(
+            &format!("{PRODUCTION}/new-rule"),
+            Some(&session),
+            &pairs(&fields),
+        )
+        .await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    assert_eq!(
+        config(&server, "checkout", "production").await["rules"][0]["conditions"],
+        json!([{"attribute": "", "operator": "segment_match", "values": ["beta-testers"]}])
+    );
+    // A segment that does not exist is the engine's problem, next to the values.
+    let fields = rule_fields(&csrf, "2", "", &[("", "segment_match", "nobody")], None);
+    let reply = server
+        .post_form(
+            &format!("{PRODUCTION}/new-rule"),
+            Some(&session),
+            &pairs(&fields),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_problem_between(
+        &reply.body,
+        "id=\"c-0-values\"",
+        "Add a condition",
+        "nobody",
+    );
+    // Every page of the editor keeps to the Content-Security-Policy: no inline script, style
+    // or handler.
+    for path in [
+        PRODUCTION.to_string(),
+        format!("{PRODUCTION}/new-rule"),
+        format!("{PRODUCTION}/rules/rule-1"),
+        format!("{PRODUCTION}/rules/rule-1/delete"),
+        format!("{PRODUCTION}/json"),
+    ] {
+        let page = server.get(&path, Some(&session)).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        for script in page.body.split("<script").skip(1) {
+            let tag = &script[..script.find('>').unwrap()];
+            assert!(tag.contains(" src="), "{path}: an inline script");
+        }
+        let lower = page.body.to_ascii_lowercase();
+        for handler in [" onclick=", " onsubmit=", " onchange=", " style="] {
+            assert!(!lower.contains(handler), "{path} has{handler}");
+        }
+    }
 }

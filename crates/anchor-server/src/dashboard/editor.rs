@@ -1286,9 +1286,6 @@ fn rule_markup(
                                 code { (key) }
                             }
                         }
-                        datalist #segment-keys {
-                            @for key in segments { option value=(key) {} }
-                        }
                     }
                     @for (k, row) in form.rows.iter().enumerate() {
                         (condition_row(k, row, problems, !segments.is_empty()))
