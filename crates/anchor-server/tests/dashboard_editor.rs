@@ -1062,14 +1062,34 @@ async fn segments_are_named_on_the_rule_form_and_matched_by_key(server: Server) 
         form.body
     );
     assert!(form.body.contains("aria-describedby=\"segments-help\""));
+    assert!(form.body.contains("list=\"segment-keys\""));
+    assert!(form.body.contains("<option value=\"beta-testers\">"));
     let csrf = csrf_of(&form.body);
-    let fields = rule_fields(
-        &csrf,
-        "1",
-        "beta",
-        &[("", "segment_match", "beta-testers")],
-        None,
+    // A segment picked from the list becomes a condition row of its own.
+    let mut fields = rule_fields(&csrf, "1", "beta", &[("", "in", "")], None);
+    fields.retain(|(n, _)| n != "action");
+    fields.push(("add_segment".into(), "beta-testers".into()));
+    fields.push(("action".into(), "add_segment".into()));
+    let more = server
+        .post_form(
+            &format!("{PRODUCTION}/new-rule"),
+            Some(&session),
+            &pairs(&fields),
+        )
+        .await;
+    assert_eq!(more.status, StatusCode::OK, "{}", more.body);
+    assert!(
+        more.body
+            .contains("<option value=\"segment_match\" selected>")
     );
+    assert!(more.body.contains("name=\"c.1.values\" rows=\"3\" aria-describedby=\"segments-help\">beta-testers</textarea>"), "{}", more.body);
+    assert_eq!(
+        config(&server, "checkout", "production").await["version"],
+        1
+    );
+    // Saving takes the segment typed even without that button.
+    let mut fields = rule_fields(&csrf, "1", "beta", &[], None);
+    fields.push(("add_segment".into(), "beta-testers".into()));
     let saved = server
         .post_form(
             &format!("{PRODUCTION}/new-rule"),

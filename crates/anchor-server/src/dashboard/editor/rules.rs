@@ -249,7 +249,7 @@ impl RuleForm {
 
     /// The form as posted; rows whose "remove" box is ticked are gone.
     fn read(fields: &Fields, variants: &[Variant]) -> RuleForm {
-        let rows = (0..fields.count("conditions"))
+        let mut rows: Vec<ConditionRow> = (0..fields.count("conditions"))
             .filter(|k| !fields.checked(&format!("c.{k}.remove")))
             .map(|k| ConditionRow {
                 attribute: fields.get(&format!("c.{k}.attribute")).to_string(),
@@ -259,6 +259,16 @@ impl RuleForm {
                 case_insensitive: fields.checked(&format!("c.{k}.ci")),
             })
             .collect();
+        // A segment picked from the list becomes a condition of its own, whichever button
+        // was pressed: what was typed is never dropped.
+        let segment = fields.get("add_segment").trim();
+        if !segment.is_empty() {
+            rows.push(ConditionRow {
+                operator: Operator::SegmentMatch.as_str().to_string(),
+                values: segment.to_string(),
+                ..ConditionRow::default()
+            });
+        }
         RuleForm {
             description: fields.get("description").to_string(),
             rows,
@@ -401,6 +411,18 @@ fn rule_markup(
                         (condition_row(k, row, problems, !segments.is_empty()))
                     }
                     button type="submit" name="action" value="add_condition" { "Add a condition" }
+                    @if !segments.is_empty() {
+                        div.row.segment-pick {
+                            div {
+                                label for="add-segment" { "Add a segment condition" }
+                                input #add-segment name="add_segment" list="segment-keys" aria-describedby="segments-help";
+                                datalist #segment-keys {
+                                    @for key in segments { option value=(key) {} }
+                                }
+                            }
+                            button type="submit" name="action" value="add_segment" { "Add the segment" }
+                        }
+                    }
                 }
                 (serve_fields("serve", "Serve", &loaded.variants, &form.serve, problems))
                 (comment_field(env, &form.comment, problems))
@@ -595,6 +617,9 @@ async fn save_rule_form(
             ),
         )
     };
+    if fields.get("action") == "add_segment" {
+        return render(&form, &Problems::new(), StatusCode::OK);
+    }
     if fields.get("action") == "add_condition" {
         form.rows.push(ConditionRow::default());
         return render(&form, &Problems::new(), StatusCode::OK);
