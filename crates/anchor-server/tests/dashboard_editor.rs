@@ -513,6 +513,14 @@ async fn bad_regex_bad_version_and_percentages_not_adding_up_stand_next_to_their
         "id=\"serve-bucket-by\"",
         "add up to 90%, not 100%",
     );
+    // The percentages are marked invalid for screen readers, and point at the problem.
+    let pct = &body[body.find("id=\"serve-pct-1\"").unwrap()..];
+    let pct = &pct[..pct.find('>').unwrap()];
+    assert!(pct.contains("aria-invalid=\"true\""), "{pct}");
+    assert!(
+        pct.contains("aria-describedby=\"serve-weights-help serve-weights\""),
+        "{pct}"
+    );
     // What was typed stays.
     assert!(body.contains("value=\"kept as typed\""));
     assert!(body.contains(">(unclosed</textarea>"));

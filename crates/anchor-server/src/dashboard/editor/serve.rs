@@ -218,8 +218,8 @@ pub(super) fn serve_fields(
                             label for=(format!("{prefix}-pct-{i}")) { (v.name) " %" }
                             input id=(format!("{prefix}-pct-{i}")) name=(field) inputmode="decimal" size="8"
                                 value=(form.percents.get(i).map(String::as_str).unwrap_or(""))
-                                aria-describedby=(id("weights-help"))
-                                aria-invalid=[invalid(problems, &field)];
+                                aria-describedby={ (id("weights-help")) " " (id("weights")) }
+                                aria-invalid=[invalid(problems, &field).or(invalid(problems, &name("weights")))];
                             (field_problems(problems_at(problems, &field)))
                         }
                     }
