@@ -462,7 +462,15 @@ async fn story(server: &Server, client: &Client) {
     fill(client, "#serve-pct-0", "10").await;
     fill(client, "#serve-pct-1", "90").await;
     screenshot(client, "11-rule-editor-serve").await;
-    click(client, Locator::Css("button.primary[value=save]")).await;
+    // Enter in a field saves, as the keyboard expects (not "Add a condition", the form's first
+    // visible button). U+E007 is WebDriver's Enter key.
+    client
+        .find(Locator::Css("#serve-pct-1"))
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
     assert_eq!(text_of(client, ".notice").await, "The rule was saved.");
     screenshot(client, "12-targeting").await;
     click(client, Locator::LinkText("search-v2")).await;

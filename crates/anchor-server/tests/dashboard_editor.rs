@@ -52,6 +52,7 @@ on_every_backend!(
     viewers_get_no_edit_links_and_their_posts_are_refused,
     forms_without_the_sessions_csrf_token_change_nothing,
     segments_are_named_on_the_rule_form_and_matched_by_key,
+    environments_needing_a_comment_ask_for_it_on_every_change,
 );
 
 const PRODUCTION: &str = "/projects/default/flags/checkout/environments/production/targeting";
@@ -1146,4 +1147,87 @@ async fn segments_are_named_on_the_rule_form_and_matched_by_key(server: Server) 
             assert!(!lower.contains(handler), "{path} has{handler}");
         }
     }
+}
+
+async fn environments_needing_a_comment_ask_for_it_on_every_change(server: Server) {
+    let (status, body) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/projects/default/environments",
+            json!({"key": "audited", "name": "Audited", "requiresComment": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    server.api_create_flag("checkout", "Checkout").await;
+    put_config(
+        &server,
+        "checkout",
+        "audited",
+        json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "off"},
+               "rules": [{"id": "a", "serve": {"variant": "on"}},
+                         {"id": "b", "serve": {"variant": "off"}}],
+               "comment": "set up"}),
+    )
+    .await;
+    let session = server.sign_in("admin", PASSWORD).await;
+    let audited = "/projects/default/flags/checkout/environments/audited/targeting";
+    let page = server.get(audited, Some(&session)).await;
+    // The move buttons carry a comment field of their own.
+    assert!(page.body.contains("id=\"comment-down-0\""));
+    assert!(page.body.contains("Comment (required in Audited)"));
+    let csrf = csrf_of(&page.body);
+    let version = hidden_value(&page.body, "version");
+    let reply = server
+        .post_form(
+            &format!("{audited}/rules/a/move"),
+            Some(&session),
+            &[
+                ("csrf", &csrf),
+                ("version", &version),
+                ("direction", "down"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(reply.body.contains("need a comment"), "{}", reply.body);
+    assert_eq!(
+        config(&server, "checkout", "audited").await["rules"][0]["id"],
+        "a"
+    );
+    // A rule saved without one: the problem next to the rule form's comment field.
+    let fields = rule_fields(&csrf, &version, "", &[("plan", "in", "pro")], None);
+    let reply = server
+        .post_form(
+            &format!("{audited}/new-rule"),
+            Some(&session),
+            &pairs(&fields),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_problem_between(&reply.body, "id=\"comment\"", "Save rule", "need a comment");
+    let reply = server
+        .post_form(
+            &format!("{audited}/rules/a/move"),
+            Some(&session),
+            &[
+                ("csrf", &csrf),
+                ("version", &version),
+                ("direction", "down"),
+                ("comment", "b first"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    assert_eq!(
+        config(&server, "checkout", "audited").await["rules"][0]["id"],
+        "b"
+    );
+    let (_, revisions) = server
+        .api(
+            reqwest::Method::GET,
+            "/api/v1/projects/default/environments/audited/flags/checkout/revisions",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(revisions[0]["comment"], "b first");
 }

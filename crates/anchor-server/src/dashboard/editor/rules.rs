@@ -841,7 +841,9 @@ async fn change_rule(
                 Ok(written) => return saved_redirect(path, written, what),
                 Err(Refused::Invalid(diagnostics)) => {
                     for d in diagnostics {
-                        let field = if d.path == "/comment" {
+                        // A deletion is shown again with its comment field; a move on the
+                        // environment's page, whose comment field belongs to another form.
+                        let field = if d.path == "/comment" && moving.is_none() {
                             "comment"
                         } else {
                             "form"
