@@ -18,3 +18,21 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
 });
+
+// Forms with several submit buttons (the targeting editor's "Add a condition" beside "Save")
+// say which was pressed by its name and value; the handler above disables the buttons, and a
+// disabled button is not sent, so the pressed one is repeated as a hidden field.
+document.addEventListener("DOMContentLoaded", () => {
+  for (const form of document.querySelectorAll("form[data-keep-submitter]")) {
+    form.addEventListener("submit", (event) => {
+      const button = event.submitter;
+      if (button && button.name) {
+        const hidden = document.createElement("input");
+        hidden.type = "hidden";
+        hidden.name = button.name;
+        hidden.value = button.value;
+        form.prepend(hidden);
+      }
+    });
+  }
+});

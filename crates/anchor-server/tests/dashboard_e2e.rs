@@ -1,7 +1,8 @@
 //! The dashboard end to end in a real headless Chromium, driven through chromedriver
 //! (Debian's `chromium` and `chromium-driver`; `.ci/run` installs them): sign in, create a flag
 //! (first with a problem shown next to its field), turn it on and then off in production with
-//! the confirmation, revert a revision, evaluate it for a context, filter the list with the page's script, watch
+//! the confirmation, revert a revision, evaluate it for a context, filter the list with the page's script, add a
+//! rule in the targeting editor, watch
 //! a release advance on simulated telemetry and approve its next stage, and see another rolled
 //! back by the controller with its reason; then a change in an environment that requires
 //! approval waits as a change request, which a second person approves and applies. Screenshots of the main pages go to `target/dashboard-screenshots/`.
@@ -434,6 +435,56 @@ async fn story(server: &Server, client: &Client) {
             .contains("email ends with “@example.com”")
     );
     screenshot(client, "07-flag-with-rules").await;
+
+    // A rule added in the form editor (two conditions, the second row asked for with a button,
+    // and a 10% / 90% rollout), then shown in words on the flag's page.
+    click(client, Locator::LinkText("Edit targeting in Staging")).await;
+    click(client, Locator::LinkText("Add rule")).await;
+    assert!(text_of(client, "main h1").await.starts_with("New rule for"));
+    fill(client, "#description", "German-speaking pro customers").await;
+    fill(client, "#c-0-attribute", "country").await;
+    fill(client, "#c-0-values", "DE\nAT").await;
+    click(client, Locator::Css("button[value=add_condition]")).await;
+    screenshot(client, "07b-rule-editor-conditions").await;
+    fill(client, "#c-1-attribute", "plan").await;
+    fill(client, "#c-1-values", "pro").await;
+    assert_eq!(
+        client
+            .find(Locator::Css("#description"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("German-speaking pro customers")
+    );
+    click(client, Locator::Css("#serve-mode-rollout")).await;
+    fill(client, "#serve-pct-0", "10").await;
+    fill(client, "#serve-pct-1", "90").await;
+    screenshot(client, "07c-rule-editor-serve").await;
+    // Enter in a field saves, as the keyboard expects (not "Add a condition", the form's first
+    // visible button). U+E007 is WebDriver's Enter key.
+    client
+        .find(Locator::Css("#serve-pct-1"))
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+    assert_eq!(text_of(client, ".notice").await, "The rule was saved.");
+    screenshot(client, "07d-targeting").await;
+    click(client, Locator::LinkText("search-v2")).await;
+    let staging = text_of(client, "section.env[aria-label=Staging]").await;
+    assert!(
+        staging.contains("country in “DE”, “AT”") && staging.contains("plan in “pro”"),
+        "{staging}"
+    );
+    assert!(
+        staging.contains("plan in “pro” → split on 10% · off 90%"),
+        "{staging}"
+    );
+    screenshot(client, "07e-flag-with-the-new-rule").await;
 
     // A release advancing on simulated telemetry: it waits for approval before 5%, a person
     // approves (with a confirmation), and it goes on to the end.

@@ -822,6 +822,12 @@ async fn render_flag(
                                     "Turn " (to) " in " (env.name)
                                 }
                             }
+                            @if role >= Role::Editor && !record.archived {
+                                " "
+                                a.button href={ "/projects/" (project) "/flags/" (f.key) "/environments/" (env.key) "/targeting" } {
+                                    "Edit targeting in " (env.name)
+                                }
+                            }
                             (config_markup(&c.config))
                             p.small { a href={ "/projects/" (project) "/flags/" (f.key) "/environments/" (env.key) "/history" } { "History of " (env.name) } }
                             @for r in pending.iter().filter(|r| r.environment == env.key) {

@@ -17,6 +17,7 @@
 
 mod audit;
 mod change_requests;
+mod editor;
 mod flags;
 mod releases;
 mod segments;
@@ -58,6 +59,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(change_requests::routes())
         .merge(segments::routes())
         .merge(settings::routes())
+        .merge(editor::routes())
         .layer(axum::middleware::from_fn(security_headers))
 }
 
