@@ -283,7 +283,8 @@ fn flag_row(
             }
             td {
                 (lifecycle_name(flag.lifecycle))
-                @if let Some(word) = status_word(record) { " " span.b { (word) } }
+                // "new" would badge every young flag: the list names only what asks for work.
+                @if record.status == Some(LifecycleStatus::RolledOut) { " " span.b { "rolled out" } }
                 @if is_stale(record) { " " span.b.stale { "stale" } }
             }
             @for env in environments {

@@ -61,6 +61,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(settings::routes())
         .merge(editor::routes())
         .layer(axum::middleware::from_fn(security_headers))
+        // Pages and assets are text and shrink about tenfold: a list of a thousand flags is a
+        // few dozen kilobytes on the wire. Event streams are left as they are (the default
+        // predicate skips them), so live updates are not held back in a compressor's buffer.
+        .layer(tower_http::compression::CompressionLayer::new())
 }
 
 /// The security headers of every dashboard response; pages are never stored by caches (they
