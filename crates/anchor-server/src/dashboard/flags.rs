@@ -224,6 +224,7 @@ async fn render_list(
             project: Some(project),
         },
         html! {
+            (super::live::marker(project, "flag release", None))
             div.heading {
                 h1 { "Flags" }
                 @if role >= Role::Editor {
@@ -774,6 +775,7 @@ async fn render_flag(
             project: Some(project),
         },
         html! {
+            (super::live::marker(project, "flag release", None))
             p.crumbs { a href={ "/projects/" (project) "/flags" } { "Flags" } " / " }
             h1 { (f.key) }
             @if let Some(notice) = query.notice.as_deref().and_then(notice_text) {
@@ -820,6 +822,9 @@ async fn render_flag(
                                 p { "Release: " a href={ "/projects/" (project) "/releases/" (r.id) } {
                                     (release_state_name(r)) ", " (r.treatment) " at " (percent(release_share(&c.config, r)))
                                 } }
+                            }
+                            @if role >= Role::Editor && !record.archived && !releases.iter().any(|r| r.environment == env.key && r.active) {
+                                p { a href={ "/projects/" (project) "/flags/" (f.key) "/environments/" (env.key) "/release" } { "Start a release in " (env.name) } }
                             }
                         }
                     }

@@ -16,6 +16,7 @@
 //! page shows, and the handlers, not the pages, enforce them.
 
 mod flags;
+mod live;
 mod releases;
 
 use std::sync::LazyLock;
@@ -50,6 +51,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/assets/{name}", get(asset))
         .merge(flags::routes())
         .merge(releases::routes())
+        .merge(live::routes())
         .layer(axum::middleware::from_fn(security_headers))
 }
 

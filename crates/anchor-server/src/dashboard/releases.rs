@@ -1,5 +1,6 @@
-//! Releases: the project's list, and one release with its stage timeline, the guardrails'
-//! latest numbers, the decision log and the commands that steer it.
+//! Releases: the project's list; one release with its stage timeline, each guardrail's chart
+//! over time, the guardrails' latest numbers, the canary coverage, the decision log and the
+//! commands that steer it; and the form that starts a release from a flag's environment.
 
 use anchor_rollout::{GuardrailReport, ReleaseTemplate, Verdict};
 use anchor_store::Role;
@@ -25,6 +26,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route(
             "/projects/{project}/releases/{id}/commands",
             get(confirm_command).post(command),
+        )
+        .route(
+            "/projects/{project}/flags/{flag}/environments/{environment}/release",
+            get(start_page).post(start),
         )
 }
 
@@ -54,8 +59,9 @@ async fn list(
             },
             html! {
                 h1 { "Releases" }
+                (super::live::marker(&project, "flag release", None))
                 @if releases.is_empty() {
-                    p { "No releases yet: start one from the API (" code { "POST …/flags/<flag>/releases" } ")." }
+                    p { "No releases yet: start one from a flag's page, per environment." }
                 }
                 table {
                     thead { tr { th scope="col" { "Flag" } th scope="col" { "Environment" } th scope="col" { "State" } th scope="col" { "Started" } } }
@@ -250,6 +256,22 @@ async fn release_page(
         .or_else(|| decisions.iter().rev().find_map(|d| d.report.clone()))
         .and_then(|r| serde_json::from_value(r).ok());
     let may_steer = role >= Role::Editor && record.active;
+    let now = state.now_ms();
+    let series = match chart_points(&state, record, template.as_ref(), &decisions, now).await {
+        Ok(series) => series,
+        Err(e) => return error_page(e),
+    };
+    let boundaries = template
+        .as_ref()
+        .map(|t| stage_boundaries(t, &decisions))
+        .unwrap_or_default();
+    let charts = by_guardrail(&series);
+    let end = if record.active {
+        now
+    } else {
+        record.updated_at
+    };
+    let span = (record.created_at, end.max(record.created_at + 1));
     let title = format!("Release of {}", record.flag);
     html_response(
         StatusCode::OK,
@@ -269,6 +291,7 @@ async fn release_page(
                     " · template " code { (record.template_key) }
                     @if let Some(rule) = &record.rule { " · rule " code { (rule) } }
                 }
+                (super::live::marker(&project, "flag release report", Some(&record.id)))
                 @if let Some(template) = &template {
                     h2 { "Stages" }
                     ol.timeline {
@@ -296,12 +319,18 @@ async fn release_page(
                     }
                 }
                 h2 { "Guardrails" }
+                @for series in &charts {
+                    (chart_markup(series, &boundaries, span))
+                }
                 @match &report {
                     Some(report) => {
                         @if let Some(at) = record.reported_at { p.small { "Latest report " (time(at)) } }
                         (report_markup(report, &project, &record.id, may_steer))
                     }
                     None => { p { "No report yet: the first comes after the stage's warm-up." } }
+                }
+                @if let Some(rows) = &view.coverage {
+                    (coverage_markup(rows))
                 }
                 h2 { "Decisions" }
                 ol.log {
@@ -406,6 +435,611 @@ async fn command(
             encode(&id)
         ))
         .into_response(),
+        Err(e) => error_page(e),
+    }
+}
+
+// ---- guardrail charts over time ----
+
+/// At most this many recomputed points per chart: a page showing a stage of hours renders
+/// as fast as one of minutes (each point is one read of the summed minutes).
+const MAX_POINTS: i64 = 120;
+
+/// One guardrail's evidence at one instant.
+#[derive(Clone)]
+struct Point {
+    at: i64,
+    treatment: f64,
+    control: f64,
+    estimate: f64,
+    lower: f64,
+    upper: f64,
+    tolerance: f64,
+    verdict: String,
+}
+
+/// One guardrail's points, oldest first.
+struct Series {
+    name: String,
+    points: Vec<Point>,
+}
+
+/// Every report behind the release, with its instant: the one behind each decision, the
+/// current stage's recomputed minute by minute from the stored telemetry (the controller
+/// keeps only its latest report between decisions), and the latest one kept on the release.
+async fn chart_points(
+    state: &AppState,
+    record: &anchor_store::ReleaseRecord,
+    template: Option<&ReleaseTemplate>,
+    decisions: &[anchor_store::ReleaseDecision],
+    now: i64,
+) -> Result<Vec<(i64, GuardrailReport)>, ApiError> {
+    let mut reports: Vec<(i64, GuardrailReport)> = decisions
+        .iter()
+        .filter_map(|d| {
+            let report = serde_json::from_value(d.report.clone()?).ok()?;
+            Some((d.at, report))
+        })
+        .collect();
+    if let (Some(template), Ok(current)) = (
+        template,
+        serde_json::from_value::<anchor_rollout::ReleaseState>(record.state.clone()),
+    ) {
+        reports.extend(stage_reports(state, record, template, &current, now).await?);
+    }
+    if let (Some(at), Some(Ok(report))) = (
+        record.reported_at,
+        record.report.clone().map(serde_json::from_value),
+    ) {
+        reports.push((at, report));
+    }
+    reports.sort_by_key(|(at, _)| *at);
+    Ok(reports)
+}
+
+/// The current stage's reports, as the controller would have judged at the end of each
+/// minute since the warm-up: the same test (`evaluate_release`) over the same minutes, with
+/// the evidence the earlier stages carried.
+async fn stage_reports(
+    state: &AppState,
+    record: &anchor_store::ReleaseRecord,
+    template: &ReleaseTemplate,
+    current: &anchor_rollout::ReleaseState,
+    now: i64,
+) -> Result<Vec<(i64, GuardrailReport)>, ApiError> {
+    use anchor_rollout::ReleaseState;
+    let clock = match current {
+        ReleaseState::Running { clock }
+        | ReleaseState::Holding { clock, .. }
+        | ReleaseState::Paused { clock, .. } => clock,
+        _ => return Ok(Vec::new()),
+    };
+    let Some(stage) = template.stages.get(clock.stage) else {
+        return Ok(Vec::new());
+    };
+    if now < clock.observe_from_ms {
+        return Ok(Vec::new());
+    }
+    let plan = template.stage_guardrails();
+    let carried: Vec<_> = clock
+        .history
+        .iter()
+        .flat_map(|r| r.evidence.iter().cloned())
+        .collect();
+    let widen_to = template
+        .stages
+        .get(clock.stage + 1)
+        .map_or(1.0, |next| next.percentage / 100.0);
+    // The minutes the controller reads: those that began at or after the warm-up's end, up
+    // to those SDKs may already report ahead of this server's clock.
+    let from = clock.observe_from_ms.div_euclid(1000).saturating_add(59) / 60 * 60;
+    let ahead = crate::telemetry::MAX_FUTURE_SECS / 60 + 1;
+    let to = (now.div_euclid(60_000) + 1 + ahead) * 60;
+    let minutes = ((to - from) / 60).max(0);
+    let step = (minutes + MAX_POINTS - 1) / MAX_POINTS.max(1);
+    let step = step.max(1) * 60;
+    let mut out = Vec::new();
+    let mut seen = (0u64, 0u64);
+    let mut end = from;
+    while end < to {
+        end = (end + step).min(to);
+        let mut observed = state
+            .store
+            .outcome_observations(
+                &record.project,
+                &record.environment,
+                &record.flag,
+                from,
+                end,
+            )
+            .await?;
+        let treatment = observed.remove(&record.treatment).unwrap_or_default();
+        let control = observed.remove(&record.control).unwrap_or_default();
+        let counts = (
+            treatment.requests + treatment.exposures,
+            control.requests + control.exposures,
+        );
+        // Minutes that added nothing add no point (most of those ahead of the clock).
+        if counts == seen {
+            continue;
+        }
+        seen = counts;
+        let observations = anchor_rollout::Observations {
+            control,
+            treatment,
+            expected_treatment_share: stage.percentage / 100.0,
+        };
+        let report = anchor_rollout::evaluate_release(&plan, &carried, &observations, widen_to);
+        out.push(((end * 1000).min(now), report));
+    }
+    Ok(out)
+}
+
+/// Each guardrail's points, in the order the latest report lists them. A verdict without
+/// enough data has no interval worth drawing.
+fn by_guardrail(reports: &[(i64, GuardrailReport)]) -> Vec<Series> {
+    let mut all: Vec<Series> = Vec::new();
+    for (at, report) in reports {
+        for check in &report.checks {
+            if matches!(check.verdict, Verdict::InsufficientData { .. }) {
+                continue;
+            }
+            let e = check.verdict.evidence();
+            let point = Point {
+                at: *at,
+                treatment: e.treatment,
+                control: e.control,
+                estimate: e.estimate,
+                lower: e.lower,
+                upper: e.upper,
+                tolerance: e.tolerance,
+                verdict: verdict_words(&check.verdict),
+            };
+            match all.iter_mut().find(|s| s.name == check.name) {
+                Some(series) => series.points.push(point),
+                None => all.push(Series {
+                    name: check.name.clone(),
+                    points: vec![point],
+                }),
+            }
+        }
+    }
+    all
+}
+
+/// When each stage began, from the decision log: `enter` writes "…; stage 2 of 5: 5% of
+/// traffic to the treatment" for every stage it starts.
+fn stage_boundaries(
+    template: &ReleaseTemplate,
+    decisions: &[anchor_store::ReleaseDecision],
+) -> Vec<(i64, String)> {
+    decisions
+        .iter()
+        .filter_map(|d| {
+            let rest = &d.message[d.message.find("; stage ")? + "; stage ".len()..];
+            let number: usize = rest[..rest.find(" of ")?].parse().ok()?;
+            let stage = template.stages.get(number.checked_sub(1)?)?;
+            Some((d.at, percent(stage.percentage)))
+        })
+        .collect()
+}
+
+/// The lowest and highest of some values, widened a little (and made a range when flat).
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (low, high) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+            (l.min(v), h.max(v))
+        });
+    if !low.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = if high > low {
+        (high - low) * 0.08
+    } else {
+        low.abs().max(1e-6) * 0.1
+    };
+    (low - pad, high + pad)
+}
+
+fn clock_time(ms: i64) -> String {
+    time(ms)[11..19].to_string()
+}
+
+/// One guardrail over time as a server-side SVG: above, the treatment's and the control's
+/// measurement; below, the difference with its confidence interval against zero and the
+/// tolerance line (above it is a regression); stage starts as vertical lines. Colours come
+/// from classes in the stylesheet (the policy forbids inline styles). The text alternative
+/// is the `<title>`, the `<desc>` and the sentence under the chart.
+fn chart_markup(series: &Series, boundaries: &[(i64, String)], span: (i64, i64)) -> Markup {
+    const W: f64 = 680.0;
+    const LEFT: f64 = 78.0;
+    const RIGHT: f64 = 16.0;
+    const TOP: (f64, f64) = (22.0, 112.0);
+    const BOTTOM: (f64, f64) = (150.0, 240.0);
+    const H: f64 = 282.0;
+    let Some(latest) = series.points.last() else {
+        return html! {};
+    };
+    let (t0, t1) = (
+        span.0.min(series.points[0].at),
+        span.1.max(latest.at).max(span.0 + 1),
+    );
+    let x = |t: i64| LEFT + (t - t0) as f64 / (t1 - t0) as f64 * (W - LEFT - RIGHT);
+    let (a_low, a_high) = range(series.points.iter().flat_map(|p| [p.treatment, p.control]));
+    let ya = |v: f64| TOP.1 - (v - a_low) / (a_high - a_low) * (TOP.1 - TOP.0);
+    // Bounds far outside the estimates and the tolerance would flatten everything else: they
+    // are cut at three times the largest of those, and drawn to the panel's edge.
+    let scale = series
+        .points
+        .iter()
+        .flat_map(|p| [p.estimate.abs(), p.tolerance.abs()])
+        .fold(1e-9, f64::max)
+        * 3.0;
+    let clip = |v: f64| v.clamp(-scale, scale);
+    let (b_low, b_high) = range(
+        series
+            .points
+            .iter()
+            .flat_map(|p| [clip(p.lower), clip(p.upper), p.estimate, p.tolerance])
+            .chain([0.0]),
+    );
+    let yb = |v: f64| BOTTOM.1 - (clip(v) - b_low) / (b_high - b_low) * (BOTTOM.1 - BOTTOM.0);
+    let line = |f: &dyn Fn(&Point) -> f64| {
+        series
+            .points
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.at), ya(f(p))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let f = |v: f64| format!("{v:.1}");
+    let summary = format!(
+        "Latest, {}: treatment {}, control {}; difference {} (bounds {} to {}) against a tolerance of {}: {}.",
+        time(latest.at),
+        number(latest.treatment),
+        number(latest.control),
+        number(latest.estimate),
+        number(latest.lower),
+        number(latest.upper),
+        number(latest.tolerance),
+        latest.verdict
+    );
+    let id = format!("chart-{}", encode(&series.name).replace('%', "-"));
+    html! {
+        figure.chart {
+            figcaption { h3 { (series.name) } }
+            svg.guardrail-chart viewBox={ "0 0 " (W) " " (H) } role="img" aria-labelledby={ (id) "-title " (id) "-desc" } {
+                title id={ (id) "-title" } { (series.name) " over time" }
+                desc id={ (id) "-desc" } {
+                    (series.points.len()) " measurements from " (time(t0)) " to " (time(t1)) ". " (summary)
+                }
+                // Panel frames, with the value axes' ends labelled.
+                rect.chart-frame x=(LEFT) y=(TOP.0) width=(W - LEFT - RIGHT) height=(TOP.1 - TOP.0) {}
+                rect.chart-frame x=(LEFT) y=(BOTTOM.0) width=(W - LEFT - RIGHT) height=(BOTTOM.1 - BOTTOM.0) {}
+                text.chart-label x="4" y="14" { "treatment and control" }
+                text.chart-label x=(LEFT - 4.0) y=(f(TOP.0 + 4.0)) text-anchor="end" { (number(a_high)) }
+                text.chart-label x=(LEFT - 4.0) y=(f(TOP.1)) text-anchor="end" { (number(a_low)) }
+                text.chart-label x="4" y=(f(BOTTOM.0 - 8.0)) { "difference, confidence interval and tolerance" }
+                text.chart-label x=(LEFT - 4.0) y=(f(BOTTOM.0 + 4.0)) text-anchor="end" { (number(b_high)) }
+                text.chart-label x=(LEFT - 4.0) y=(f(BOTTOM.1)) text-anchor="end" { (number(b_low)) }
+                // Time axis.
+                text.chart-label x=(LEFT) y=(f(BOTTOM.1 + 16.0)) { (clock_time(t0)) }
+                text.chart-label x=(W - RIGHT) y=(f(BOTTOM.1 + 16.0)) text-anchor="end" { (clock_time(t1)) }
+                text.chart-label x=(f((LEFT + W - RIGHT) / 2.0)) y=(f(BOTTOM.1 + 34.0)) text-anchor="middle" { "time (UTC)" }
+                // Stage starts.
+                @for (at, share) in boundaries.iter().filter(|(at, _)| (t0..=t1).contains(at)) {
+                    line.chart-stage x1=(f(x(*at))) x2=(f(x(*at))) y1=(TOP.0) y2=(BOTTOM.1) {}
+                    text.chart-label.chart-stage-label x=(f(x(*at) + 3.0)) y=(f(TOP.0 + 12.0)) { (share) }
+                }
+                // Treatment and control.
+                polyline.chart-control points=(line(&|p| p.control)) {}
+                polyline.chart-treatment points=(line(&|p| p.treatment)) {}
+                @for p in &series.points {
+                    circle.chart-point.chart-control-point cx=(f(x(p.at))) cy=(f(ya(p.control))) r="2.5" {}
+                    circle.chart-point.chart-treatment-point cx=(f(x(p.at))) cy=(f(ya(p.treatment))) r="2.5" {}
+                }
+                text.chart-label.chart-treatment-label x=(W - RIGHT - 150.0) y="14" { "— treatment" }
+                text.chart-label.chart-control-label x=(W - RIGHT - 70.0) y="14" { "— control" }
+                // The difference: zero, the tolerance, and each instant's interval.
+                line.chart-zero x1=(LEFT) x2=(W - RIGHT) y1=(f(yb(0.0))) y2=(f(yb(0.0))) {}
+                line.chart-tolerance x1=(LEFT) x2=(W - RIGHT) y1=(f(yb(latest.tolerance))) y2=(f(yb(latest.tolerance))) {}
+                text.chart-label.chart-tolerance-label x=(W - RIGHT - 4.0) y=(f(yb(latest.tolerance) - 4.0)) text-anchor="end" { "tolerance " (number(latest.tolerance)) }
+                @for p in &series.points {
+                    line.chart-ci x1=(f(x(p.at))) x2=(f(x(p.at))) y1=(f(yb(p.lower))) y2=(f(yb(p.upper))) {}
+                    circle.chart-point.chart-estimate cx=(f(x(p.at))) cy=(f(yb(p.estimate))) r="3" {}
+                }
+            }
+            p.small { (summary) }
+        }
+    }
+}
+
+// ---- canary coverage ----
+
+fn coverage_markup(rows: &[anchor_rollout::CoverageRow]) -> Markup {
+    html! {
+        h2 { "Canary coverage" }
+        @if rows.is_empty() {
+            p { "No exposures broken down by the coverage attributes yet in this stage." }
+        } @else {
+            table.coverage {
+                caption.small { "Per attribute value: its share of the users this stage and how many of them the treatment served. A marked row is a real share of users too thinly treated to judge." }
+                thead {
+                    tr {
+                        th scope="col" { "Attribute" }
+                        th scope="col" { "Value" }
+                        th scope="col" { "Share of users" }
+                        th scope="col" { "Users" }
+                        th scope="col" { "Treated users" }
+                        th scope="col" { "Coverage" }
+                    }
+                }
+                tbody {
+                    @for row in rows {
+                        tr.warn[row.warning] {
+                            td { code { (row.attribute) } }
+                            th scope="row" { (row.value) }
+                            td { (percent(row.share * 100.0)) }
+                            td { (row.users) }
+                            td { (row.treated_users) }
+                            td {
+                                @if row.warning { span.b.stale { "too thinly treated" } } @else { "enough" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- starting a release ----
+
+#[derive(Deserialize, Default)]
+struct StartForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    template: String,
+    #[serde(default)]
+    rule: String,
+    #[serde(default)]
+    control: String,
+    #[serde(default)]
+    treatment: String,
+}
+
+/// What the start form offers: the templates, the flag's variants and the environment's rules.
+struct StartChoices {
+    templates: Vec<(String, String)>,
+    variants: Vec<String>,
+    rules: Vec<String>,
+    environment_name: String,
+}
+
+async fn start_choices(
+    state: &AppState,
+    project: &str,
+    flag: &str,
+    environment: &str,
+) -> Result<(StartChoices, Option<String>), ApiError> {
+    let record = state.store.flag(project, flag).await?;
+    let env = state.store.environment(project, environment).await?;
+    let config = record
+        .environments
+        .iter()
+        .find(|e| e.environment == environment)
+        .map(|e| &e.config)
+        .ok_or_else(|| ApiError::NotFound(format!("environment `{environment}`")))?;
+    let mut templates = vec![(
+        crate::releases::BUILTIN_TEMPLATE.to_string(),
+        "Built-in: 1% → 5% → 25% → 50% → 100%, 15 minutes each".to_string(),
+    )];
+    for t in state.store.release_templates(project).await? {
+        templates.push((t.key, t.name));
+    }
+    // The control offered first is what the default serve serves now.
+    let serving = match &config.default_serve {
+        anchor_engine::Serve::Variant(v) => Some(v.clone()),
+        anchor_engine::Serve::Rollout(_) => None,
+    };
+    Ok((
+        StartChoices {
+            templates,
+            variants: record
+                .flag
+                .variants
+                .iter()
+                .map(|v| v.name.clone())
+                .collect(),
+            rules: config.rules.iter().map(|r| r.id.clone()).collect(),
+            environment_name: env.name,
+        },
+        serving,
+    ))
+}
+
+type Problems = std::collections::BTreeMap<&'static str, Vec<String>>;
+
+fn start_form_page(
+    signed: &Signed,
+    project: &str,
+    flag: &str,
+    environment: &str,
+    choices: &StartChoices,
+    form: &StartForm,
+    problems: &Problems,
+) -> Markup {
+    let of = |field: &str| problems.get(field).map(Vec::as_slice).unwrap_or_default();
+    let title = format!("Start a release of {flag}");
+    page(
+        &Frame {
+            title: &title,
+            signed: Some(signed),
+            project: Some(project),
+        },
+        html! {
+            p.crumbs { a href={ "/projects/" (project) "/flags/" (flag) } { (flag) } " / " }
+            section.narrow {
+                h1 { "Start a release of " (flag) " in " (choices.environment_name) }
+                p { "The treatment's share grows stage by stage while the guardrails judge it; a regression rolls it back." }
+                (super::field_problems(of("form")))
+                form.stack method="post" action={ "/projects/" (project) "/flags/" (flag) "/environments/" (environment) "/release" } {
+                    input type="hidden" name="csrf" value=(signed.csrf);
+                    label for="template" { "Template" }
+                    select #template name="template" aria-invalid=[(!of("template").is_empty()).then_some("true")] {
+                        @for (key, name) in &choices.templates {
+                            option value=(key) selected[form.template == *key] { (name) " (" (key) ")" }
+                        }
+                    }
+                    (super::field_problems(of("template")))
+                    label for="rule" { "What it takes over" }
+                    select #rule name="rule" aria-invalid=[(!of("rule").is_empty()).then_some("true")] {
+                        option value="" selected[form.rule.is_empty()] { "The default serve" }
+                        @for rule in &choices.rules {
+                            option value=(rule) selected[form.rule == *rule] { "Rule " (rule) }
+                        }
+                    }
+                    (super::field_problems(of("rule")))
+                    label for="control" { "Control (served now)" }
+                    select #control name="control" aria-invalid=[(!of("control").is_empty()).then_some("true")] {
+                        @for v in &choices.variants {
+                            option value=(v) selected[form.control == *v] { (v) }
+                        }
+                    }
+                    (super::field_problems(of("control")))
+                    label for="treatment" { "Treatment (to release)" }
+                    select #treatment name="treatment" aria-invalid=[(!of("treatment").is_empty()).then_some("true")] {
+                        @for v in &choices.variants {
+                            option value=(v) selected[form.treatment == *v] { (v) }
+                        }
+                    }
+                    (super::field_problems(of("treatment")))
+                    div.actions {
+                        button.primary type="submit" { "Start the release in " (choices.environment_name) }
+                        a href={ "/projects/" (project) "/flags/" (flag) } { "Cancel" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+async fn start_page(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+) -> Response {
+    let shown = async {
+        signed
+            .caller
+            .require(&state, &project, Role::Editor)
+            .await?;
+        start_choices(&state, &project, &flag, &environment).await
+    };
+    let (choices, serving) = match shown.await {
+        Ok(shown) => shown,
+        Err(e) => return error_page(e),
+    };
+    let control = serving
+        .filter(|v| choices.variants.contains(v))
+        .or_else(|| choices.variants.last().cloned())
+        .unwrap_or_default();
+    let treatment = choices
+        .variants
+        .iter()
+        .find(|v| **v != control)
+        .cloned()
+        .unwrap_or_default();
+    let form = StartForm {
+        template: crate::releases::BUILTIN_TEMPLATE.into(),
+        control,
+        treatment,
+        ..StartForm::default()
+    };
+    html_response(
+        StatusCode::OK,
+        start_form_page(
+            &signed,
+            &project,
+            &flag,
+            &environment,
+            &choices,
+            &form,
+            &Problems::new(),
+        ),
+    )
+}
+
+/// Starts the release through the API's own handler: its checks, role, audit entry,
+/// decision and webhooks; problems come back next to their fields.
+async fn start(
+    State(state): State<AppState>,
+    Path((project, flag, environment)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<StartForm>,
+) -> Response {
+    let signed = match form_caller(&state, &headers, &form.csrf).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let request = crate::releases::ReleaseRequest {
+        template: Some(form.template.clone()).filter(|t| !t.is_empty()),
+        rule: Some(form.rule.clone()).filter(|r| !r.is_empty()),
+        control: form.control.clone(),
+        treatment: form.treatment.clone(),
+        start: Some(true),
+    };
+    let created = crate::releases::create_release(
+        State(state.clone()),
+        signed.caller.clone(),
+        Path((project.clone(), environment.clone(), flag.clone())),
+        Body::new(request),
+    )
+    .await;
+    let mut problems = Problems::new();
+    let status = match created {
+        Ok((_, axum::Json(view))) => {
+            return Redirect::to(&format!(
+                "/projects/{}/releases/{}",
+                encode(&project),
+                encode(&view.record.id)
+            ))
+            .into_response();
+        }
+        Err(ApiError::Invalid(diagnostics)) => {
+            for d in diagnostics {
+                let field = match d.path.split('/').nth(1).unwrap_or("") {
+                    "template" => "template",
+                    "rule" => "rule",
+                    "control" => "control",
+                    "treatment" => "treatment",
+                    _ => "form",
+                };
+                problems.entry(field).or_default().push(d.message);
+            }
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        Err(ApiError::Conflict(message)) => {
+            problems.entry("form").or_default().push(message);
+            StatusCode::CONFLICT
+        }
+        Err(e) => return error_page(e),
+    };
+    match start_choices(&state, &project, &flag, &environment).await {
+        Ok((choices, _)) => html_response(
+            status,
+            start_form_page(
+                &signed,
+                &project,
+                &flag,
+                &environment,
+                &choices,
+                &form,
+                &problems,
+            ),
+        ),
         Err(e) => error_page(e),
     }
 }
