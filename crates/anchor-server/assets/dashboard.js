@@ -73,7 +73,9 @@ document.addEventListener("DOMContentLoaded", () => {
       if (busy()) { notice(); return; }
       const focused = document.activeElement && document.activeElement.id;
       const [x, y] = [window.scrollX, window.scrollY];
-      main.replaceChildren(...Array.from(fresh.childNodes, (node) => document.adoptNode(node)));
+      // Copied into an array first: adopting a node takes it out of the live child list.
+      const nodes = Array.from(fresh.childNodes);
+      main.replaceChildren(...nodes.map((node) => document.adoptNode(node)));
       enhance(main);
       if (focused) {
         const target = document.getElementById(focused);

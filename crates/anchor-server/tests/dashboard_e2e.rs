@@ -1,9 +1,10 @@
 //! The dashboard end to end in a real headless Chromium, driven through chromedriver
 //! (Debian's `chromium` and `chromium-driver`; `.ci/run` installs them): sign in, create a flag
 //! (first with a problem shown next to its field), turn it on and then off in production with
-//! the confirmation, revert a revision, evaluate it for a context, filter the list with the page's script, watch
-//! a release advance on simulated telemetry and approve its next stage, and see another rolled
-//! back by the controller with its reason. Screenshots of the main pages go to `target/dashboard-screenshots/`.
+//! the confirmation, revert a revision, evaluate it for a context, filter the list with the page's script, start
+//! a release from the flag's page and watch it advance on simulated telemetry without a reload
+//! (live updates), approve its next stage, and see another rolled back by the controller with
+//! its reason. Screenshots of the main pages go to `target/dashboard-screenshots/`.
 //!
 //! Without `/usr/bin/chromedriver` the test fails and says how to install it: a browser test
 //! that passes without a browser would prove nothing.
@@ -168,6 +169,46 @@ async fn until_page_shows(client: &Client, page: &str, css: &str, expected: &str
     }
 }
 
+/// Marks the loaded page, so that [`assert_not_reloaded`] can tell it was never reloaded.
+async fn stays_on_the_page(client: &Client) {
+    client
+        .execute("window.anchorStayed = true;", vec![])
+        .await
+        .unwrap();
+}
+
+/// The page marked by [`stays_on_the_page`] is the same page, and the live script replaced
+/// its content.
+async fn assert_not_reloaded(client: &Client) {
+    let stayed = client
+        .execute(
+            "return [window.anchorStayed === true, document.documentElement.dataset.liveRefreshes || '0'];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stayed[0], json!(true), "the page was reloaded");
+    let refreshes: u32 = stayed[1].as_str().unwrap().parse().unwrap();
+    assert!(refreshes >= 1, "the live script never refreshed the page");
+}
+
+/// Waits, without navigating, until the text of `css` is `expected` (at most 15 s): only the
+/// page's live updates can bring it.
+async fn until_live(client: &Client, css: &str, expected: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = text_of(client, css).await;
+        if text == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{css}` still says {text:?}, not {expected:?}, without a reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn fill(client: &Client, css: &str, text: &str) {
     let field = client.find(Locator::Css(css)).await.unwrap();
     field.clear().await.unwrap();
@@ -247,8 +288,8 @@ async fn story(server: &Server, client: &Client) {
             "/api/v1/projects/default/release-templates/quick",
             json!({"name": "Quick", "template": {
                 "stages": [
-                    {"percentage": 1.0, "dwellMs": 300},
-                    {"percentage": 5.0, "dwellMs": 300, "approval": true},
+                    {"percentage": 1.0, "dwellMs": 3000},
+                    {"percentage": 5.0, "dwellMs": 3000, "approval": true},
                     {"percentage": 100.0, "dwellMs": 300}
                 ],
                 "guardrails": {"guardrails": [
@@ -259,14 +300,7 @@ async fn story(server: &Server, client: &Client) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (status, release) = server
-        .api(
-            reqwest::Method::POST,
-            "/api/v1/projects/default/environments/production/flags/checkout/releases",
-            json!({"control": "off", "treatment": "on", "template": "quick"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{release}");
+    // (The release of `checkout` is started from the browser, below.)
     // A release whose treatment fails more often: the controller rolls it back by itself.
     server
         .api_create_flag("payments", "The new payment provider")
@@ -434,19 +468,48 @@ async fn story(server: &Server, client: &Client) {
     );
     screenshot(client, "07-flag-with-rules").await;
 
-    // A release advancing on simulated telemetry: it waits for approval before 5%, a person
-    // approves (with a confirmation), and it goes on to the end.
-    let id = release["id"].as_str().unwrap();
-    let release_page = format!("{url}/projects/default/releases/{id}");
-    until_page_shows(
-        client,
-        &release_page,
-        "p.meta .b.rel",
-        "waiting for approval",
-    )
-    .await;
+    // A release started from the flag's page with the quick template, advancing on simulated
+    // telemetry: the page follows it live, without a reload. It waits for approval before
+    // 5%, a person approves (with a confirmation), and it goes on to the end, again live.
+    client
+        .goto(&format!("{url}/projects/default/flags/checkout"))
+        .await
+        .unwrap();
+    click(client, Locator::LinkText("Start a release in Production")).await;
+    assert_eq!(
+        text_of(client, "main h1").await,
+        "Start a release of checkout in Production"
+    );
+    client
+        .find(Locator::Css("#template"))
+        .await
+        .unwrap()
+        .select_by_value("quick")
+        .await
+        .unwrap();
+    for (select, expected) in [("#control", "off"), ("#treatment", "on")] {
+        let chosen = client
+            .find(Locator::Css(select))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap();
+        assert_eq!(chosen.as_deref(), Some(expected), "{select}");
+    }
+    screenshot(client, "08-start-a-release").await;
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    assert_eq!(text_of(client, "p.meta .b.rel").await, "running");
+    let release_page = client.current_url().await.unwrap().to_string();
+    assert!(
+        release_page.contains("/projects/default/releases/"),
+        "{release_page}"
+    );
+    stays_on_the_page(client).await;
+    until_live(client, "p.meta .b.rel", "waiting for approval").await;
     assert_eq!(text_of(client, "ol.timeline li.done strong").await, "1%");
     assert!(text_of(client, "table.report").await.contains("error rate"));
+    assert_not_reloaded(client).await;
     screenshot(client, "08-release-waiting-for-approval").await;
     click(client, Locator::LinkText("Approve the next stage")).await;
     assert!(
@@ -455,8 +518,20 @@ async fn story(server: &Server, client: &Client) {
             .starts_with("Approve the next stage")
     );
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    until_page_shows(client, &release_page, "p.meta .b.rel", "completed").await;
-    assert!(text_of(client, "ol.log").await.contains("admin"));
+    assert_eq!(text_of(client, "p.meta .b.rel").await, "running");
+    assert_eq!(text_of(client, "ol.timeline li.now strong").await, "5%");
+    // The controller advances the stage (to 100%: completed) while the page is open.
+    stays_on_the_page(client).await;
+    until_live(client, "p.meta .b.rel", "completed").await;
+    assert_not_reloaded(client).await;
+    let log = text_of(client, "ol.log").await;
+    assert!(log.contains("admin"), "{log}");
+    assert!(log.contains("completed"), "{log}");
+    client
+        .find(Locator::Css("svg.guardrail-chart .chart-tolerance"))
+        .await
+        .expect("the guardrail's chart over time");
+    screenshot(client, "08-release-completed-live").await;
 
     // The failing release was rolled back by the controller, and its page says why.
     let id = failing["id"].as_str().unwrap();
@@ -465,11 +540,15 @@ async fn story(server: &Server, client: &Client) {
     let log = text_of(client, "ol.log").await;
     assert!(log.contains("error rate"), "the decision log: {log}");
     assert!(text_of(client, "table.report").await.contains("regressed"));
-    // The interval against the tolerance, drawn by the server.
+    // The interval against the tolerance, drawn by the server, and its course over time.
     client
         .find(Locator::Css("table.report svg.interval circle"))
         .await
         .expect("the guardrail's chart");
+    client
+        .find(Locator::Css("svg.guardrail-chart .chart-estimate"))
+        .await
+        .expect("the guardrail's chart over time");
     screenshot(client, "09-release-rolled-back").await;
 
     // Signing out ends the session: pages send the browser to sign in again.

@@ -271,6 +271,9 @@ async fn the_release_page_charts_each_guardrail_over_time_against_its_tolerance(
             "{chart}"
         );
         assert!(chart.contains("time (UTC)"), "{chart}");
+        // The error rate is judged as a ratio: its line of no change is 1, and it says so.
+        assert!(chart.contains("ratio of error rates"), "{chart}");
+        assert!(chart.contains("class=\"chart-zero\""), "{chart}");
     }
     // The text alternative states the latest numbers in words; the tolerances differ.
     assert!(

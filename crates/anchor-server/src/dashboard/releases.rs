@@ -455,6 +455,7 @@ struct Point {
     lower: f64,
     upper: f64,
     tolerance: f64,
+    scale: anchor_rollout::Scale,
     verdict: String,
 }
 
@@ -593,6 +594,7 @@ fn by_guardrail(reports: &[(i64, GuardrailReport)]) -> Vec<Series> {
                 lower: e.lower,
                 upper: e.upper,
                 tolerance: e.tolerance,
+                scale: e.scale,
                 verdict: verdict_words(&check.verdict),
             };
             match all.iter_mut().find(|s| s.name == check.name) {
@@ -604,7 +606,36 @@ fn by_guardrail(reports: &[(i64, GuardrailReport)]) -> Vec<Series> {
             }
         }
     }
+    // A guardrail whose test changed its scale (the error rate's absolute backstop measures
+    // the treatment alone) is drawn on the scale it is judged on now.
+    for series in &mut all {
+        if let Some(scale) = series.points.last().map(|p| p.scale) {
+            series.points.retain(|p| p.scale == scale);
+        }
+    }
     all
+}
+
+/// What the lower panel shows on a scale: its words and its line of no change.
+fn scale_words(scale: anchor_rollout::Scale) -> (&'static str, &'static str, Option<f64>) {
+    use anchor_rollout::Scale;
+    match scale {
+        Scale::Difference => (
+            "difference",
+            "difference (treatment − control), confidence interval and tolerance",
+            Some(0.0),
+        ),
+        Scale::RateRatio => (
+            "ratio",
+            "ratio of error rates (treatment / control), confidence interval and tolerance",
+            Some(1.0),
+        ),
+        Scale::Rate => (
+            "treatment's rate",
+            "the treatment's error rate, confidence interval and tolerance",
+            None,
+        ),
+    }
 }
 
 /// When each stage began, from the decision log: `enter` writes "…; stage 2 of 5: 5% of
@@ -677,12 +708,13 @@ fn chart_markup(series: &Series, boundaries: &[(i64, String)], span: (i64, i64))
         .fold(1e-9, f64::max)
         * 3.0;
     let clip = |v: f64| v.clamp(-scale, scale);
+    let (measure, panel, neutral) = scale_words(latest.scale);
     let (b_low, b_high) = range(
         series
             .points
             .iter()
             .flat_map(|p| [clip(p.lower), clip(p.upper), p.estimate, p.tolerance])
-            .chain([0.0]),
+            .chain(neutral),
     );
     let yb = |v: f64| BOTTOM.1 - (clip(v) - b_low) / (b_high - b_low) * (BOTTOM.1 - BOTTOM.0);
     let line = |f: &dyn Fn(&Point) -> f64| {
@@ -695,7 +727,7 @@ fn chart_markup(series: &Series, boundaries: &[(i64, String)], span: (i64, i64))
     };
     let f = |v: f64| format!("{v:.1}");
     let summary = format!(
-        "Latest, {}: treatment {}, control {}; difference {} (bounds {} to {}) against a tolerance of {}: {}.",
+        "Latest, {}: treatment {}, control {}; {measure} {} (bounds {} to {}) against a tolerance of {}: {}.",
         time(latest.at),
         number(latest.treatment),
         number(latest.control),
@@ -720,7 +752,7 @@ fn chart_markup(series: &Series, boundaries: &[(i64, String)], span: (i64, i64))
                 text.chart-label x="4" y="14" { "treatment and control" }
                 text.chart-label x=(LEFT - 4.0) y=(f(TOP.0 + 4.0)) text-anchor="end" { (number(a_high)) }
                 text.chart-label x=(LEFT - 4.0) y=(f(TOP.1)) text-anchor="end" { (number(a_low)) }
-                text.chart-label x="4" y=(f(BOTTOM.0 - 8.0)) { "difference, confidence interval and tolerance" }
+                text.chart-label x="4" y=(f(BOTTOM.0 - 8.0)) { (panel) }
                 text.chart-label x=(LEFT - 4.0) y=(f(BOTTOM.0 + 4.0)) text-anchor="end" { (number(b_high)) }
                 text.chart-label x=(LEFT - 4.0) y=(f(BOTTOM.1)) text-anchor="end" { (number(b_low)) }
                 // Time axis.
@@ -732,17 +764,19 @@ fn chart_markup(series: &Series, boundaries: &[(i64, String)], span: (i64, i64))
                     line.chart-stage x1=(f(x(*at))) x2=(f(x(*at))) y1=(TOP.0) y2=(BOTTOM.1) {}
                     text.chart-label.chart-stage-label x=(f(x(*at) + 3.0)) y=(f(TOP.0 + 12.0)) { (share) }
                 }
-                // Treatment and control.
-                polyline.chart-control points=(line(&|p| p.control)) {}
+                // Treatment and control; the control dashed on top, so that equal lines both show.
                 polyline.chart-treatment points=(line(&|p| p.treatment)) {}
+                polyline.chart-control points=(line(&|p| p.control)) {}
                 @for p in &series.points {
                     circle.chart-point.chart-control-point cx=(f(x(p.at))) cy=(f(ya(p.control))) r="2.5" {}
                     circle.chart-point.chart-treatment-point cx=(f(x(p.at))) cy=(f(ya(p.treatment))) r="2.5" {}
                 }
                 text.chart-label.chart-treatment-label x=(W - RIGHT - 150.0) y="14" { "— treatment" }
                 text.chart-label.chart-control-label x=(W - RIGHT - 70.0) y="14" { "— control" }
-                // The difference: zero, the tolerance, and each instant's interval.
-                line.chart-zero x1=(LEFT) x2=(W - RIGHT) y1=(f(yb(0.0))) y2=(f(yb(0.0))) {}
+                // The measure: no change, the tolerance, and each instant's interval.
+                @if let Some(neutral) = neutral {
+                    line.chart-zero x1=(LEFT) x2=(W - RIGHT) y1=(f(yb(neutral))) y2=(f(yb(neutral))) {}
+                }
                 line.chart-tolerance x1=(LEFT) x2=(W - RIGHT) y1=(f(yb(latest.tolerance))) y2=(f(yb(latest.tolerance))) {}
                 text.chart-label.chart-tolerance-label x=(W - RIGHT - 4.0) y=(f(yb(latest.tolerance) - 4.0)) text-anchor="end" { "tolerance " (number(latest.tolerance)) }
                 @for p in &series.points {
