@@ -531,19 +531,10 @@ async fn stage_reports(
         .stages
         .get(clock.stage + 1)
         .map_or(1.0, |next| next.percentage / 100.0);
-    // The minutes the controller reads: those that began at or after the warm-up's end, up
-    // to those SDKs may already report ahead of this server's clock.
-    let from = clock.observe_from_ms.div_euclid(1000).saturating_add(59) / 60 * 60;
-    let ahead = crate::telemetry::MAX_FUTURE_SECS / 60 + 1;
-    let to = (now.div_euclid(60_000) + 1 + ahead) * 60;
-    let minutes = ((to - from) / 60).max(0);
-    let step = (minutes + MAX_POINTS - 1) / MAX_POINTS.max(1);
-    let step = step.max(1) * 60;
+    let (from, ends) = point_minutes(clock.observe_from_ms, now);
     let mut out = Vec::new();
     let mut seen = (0u64, 0u64);
-    let mut end = from;
-    while end < to {
-        end = (end + step).min(to);
+    for end in ends {
         let mut observed = state
             .store
             .outcome_observations(
@@ -574,6 +565,29 @@ async fn stage_reports(
         out.push(((end * 1000).min(now), report));
     }
     Ok(out)
+}
+
+/// The minutes a stage's points sum, as unix seconds: from the first minute the controller
+/// reads (the first that began at or after the warm-up's end) to the end of each point's
+/// last minute, up to the minutes SDKs may already report ahead of this server's clock; at
+/// most [`MAX_POINTS`] ends, each point then summing several minutes more than the one before.
+fn point_minutes(observe_from_ms: i64, now_ms: i64) -> (i64, Vec<i64>) {
+    let from = observe_from_ms
+        .div_euclid(1000)
+        .saturating_add(59)
+        .div_euclid(60)
+        * 60;
+    let ahead = crate::telemetry::MAX_FUTURE_SECS / 60 + 1;
+    let to = (now_ms.div_euclid(60_000) + 1 + ahead) * 60;
+    let minutes = ((to - from) / 60).max(0);
+    let step = ((minutes + MAX_POINTS - 1) / MAX_POINTS).max(1) * 60;
+    let mut ends = Vec::new();
+    let mut end = from;
+    while end < to {
+        end = (end + step).min(to);
+        ends.push(end);
+    }
+    (from, ends)
 }
 
 /// Each guardrail's points, in the order the latest report lists them. A verdict without
@@ -1075,5 +1089,60 @@ async fn start(
             ),
         ),
         Err(e) => error_page(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(at: i64, message: &str) -> anchor_store::ReleaseDecision {
+        anchor_store::ReleaseDecision {
+            at,
+            actor: crate::releases::controller(),
+            message: message.into(),
+            report: None,
+        }
+    }
+
+    #[test]
+    fn stage_starts_are_read_from_the_decisions_that_entered_a_stage() {
+        let template = ReleaseTemplate::builtin();
+        let decisions = [
+            decision(1, "created from template `default`: off → on"),
+            decision(2, "started; stage 1 of 5: 1% of traffic to the treatment"),
+            decision(
+                3,
+                "held at 1%: the metric source failed (timeout); never rolling back on missing data",
+            ),
+            decision(
+                4,
+                "every guardrail safe after 15 min; stage 2 of 5: 5% of traffic to the treatment",
+            ),
+            decision(5, "stage 9 of 5: a stage the template does not have"),
+        ];
+        assert_eq!(
+            stage_boundaries(&template, &decisions),
+            vec![(2, "1%".to_string()), (4, "5%".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_stage_of_hours_is_drawn_with_at_most_max_points_reads() {
+        let start = 1_800_000_000_000 + 30_000;
+        // The warm-up ended in the middle of a minute: the next whole minute is the first.
+        let (from, ends) = point_minutes(start, start + 10 * 60_000);
+        assert_eq!(from, (start / 1000 + 59) / 60 * 60);
+        assert_eq!(ends[0], from + 60, "a minute per point while there are few");
+        let (_, ends) = point_minutes(start, start + 24 * 3_600_000);
+        assert!(ends.len() as i64 <= MAX_POINTS, "{}", ends.len());
+        assert!(ends.windows(2).all(|w| w[0] < w[1]));
+        // The last point reaches the minutes SDKs may report ahead of the clock.
+        let ahead = crate::telemetry::MAX_FUTURE_SECS;
+        assert!(*ends.last().unwrap() >= (start + 24 * 3_600_000) / 1000 + ahead);
+        // Before the warm-up's first whole minute ends there is nothing to read yet, but the
+        // window ahead still is.
+        let (from, ends) = point_minutes(start, start);
+        assert!(ends.iter().all(|end| *end > from));
     }
 }
