@@ -621,3 +621,83 @@ async fn the_live_stream_needs_a_session_and_tells_of_flag_and_release_changes(s
     read_until(&mut stream, &mut seen, "\"state\":\"paused\"").await;
     assert!(seen.contains("event: release"), "{seen}");
 }
+
+/// How long the release page takes with a stage of six hours of per-minute telemetry (the
+/// chart's points are recomputed from the stored minutes, at most 120 reads):
+/// `cargo test --release -p anchor-server --test dashboard_live -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement: run it in release mode"]
+#[allow(clippy::print_stdout, reason = "a measurement prints its numbers")]
+async fn the_release_page_of_a_six_hour_stage_stays_fast() {
+    let server = Server::start(None).await;
+    checkout(&server).await;
+    put_template(
+        &server,
+        "slow",
+        json!({
+            "stages": [{"percentage": 50.0, "dwellMs": 172_800_000u64}, {"percentage": 100.0, "dwellMs": 1}],
+            "guardrails": {"guardrails": [
+                {"name": "error rate", "kind": "errorRate", "maxRelativeIncrease": 0.2},
+                {"name": "strict error rate", "kind": "errorRate", "maxRelativeIncrease": 0.05}
+            ]}
+        }),
+    )
+    .await;
+    let key = server_key(&server).await;
+    let id = start_release(&server, "slow").await;
+    // The stage began six hours ago (written as the controller writes a state).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let began = now_ms - 6 * 3_600_000;
+    let record = server.store.release("default", &id).await.unwrap();
+    server
+        .store
+        .update_release(&anchor_store::ReleaseUpdate {
+            actor: &anchor_server::releases::controller(),
+            project: "default",
+            id: &id,
+            expected_version: record.version,
+            state: &json!({"state": "running", "stage": 0, "sinceMs": began, "observeFromMs": began}),
+            active: true,
+            flag_config: None,
+            action: "release.updated",
+            message: None,
+            report: None,
+        })
+        .await
+        .unwrap();
+    let first = (began / 1000 / 60 + 1) * 60;
+    let rows: Vec<Value> = (0..360)
+        .flat_map(|i| {
+            let minute = first + i * 60;
+            [("off", 20), ("on", 21)].map(|(variant, errors)| {
+                json!({"minute": minute, "flag": "checkout", "variant": variant,
+                       "exposures": 500, "requests": 2000, "errors": errors})
+            })
+        })
+        .collect();
+    post_outcomes(&server, &key, "six-hours", Value::Array(rows)).await;
+    let session = server.sign_in("admin", PASSWORD).await;
+    let path = format!("/projects/default/releases/{id}");
+    let mut took = Vec::new();
+    for _ in 0..11 {
+        let start = std::time::Instant::now();
+        let page = server.get(&path, Some(&session)).await;
+        took.push(start.elapsed());
+        assert_eq!(page.status, StatusCode::OK);
+        for chart in charts(&page.body) {
+            let points = chart.matches("chart-point chart-estimate").count();
+            // 367 minutes (with those ahead of the clock) in steps of 4: 92 reads, each a
+            // point when it added minutes.
+            assert!((80..=121).contains(&points), "{points} points");
+        }
+    }
+    took.sort();
+    println!(
+        "release page, 6 h stage, 2 guardrails: median {:?}, slowest {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+}

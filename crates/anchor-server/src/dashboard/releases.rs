@@ -2,7 +2,7 @@
 //! over time, the guardrails' latest numbers, the canary coverage, the decision log and the
 //! commands that steer it; and the form that starts a release from a flag's environment.
 
-use anchor_rollout::{GuardrailReport, ReleaseTemplate, Verdict};
+use anchor_rollout::{ArmObservations, GuardrailReport, ReleaseTemplate, Verdict};
 use anchor_store::Role;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -533,7 +533,10 @@ async fn stage_reports(
         .map_or(1.0, |next| next.percentage / 100.0);
     let (from, ends) = point_minutes(clock.observe_from_ms, now);
     let mut out = Vec::new();
-    let mut seen = (0u64, 0u64);
+    // Each read covers only the minutes since the one before, added to what came before:
+    // the rows read grow with the stage, not with its square.
+    let (mut treatment, mut control) = (ArmObservations::default(), ArmObservations::default());
+    let mut start = from;
     for end in ends {
         let mut observed = state
             .store
@@ -541,30 +544,40 @@ async fn stage_reports(
                 &record.project,
                 &record.environment,
                 &record.flag,
-                from,
+                start,
                 end,
             )
             .await?;
-        let treatment = observed.remove(&record.treatment).unwrap_or_default();
-        let control = observed.remove(&record.control).unwrap_or_default();
-        let counts = (
-            treatment.requests + treatment.exposures,
-            control.requests + control.exposures,
-        );
+        start = end;
+        let added_treatment = observed.remove(&record.treatment);
+        let added_control = observed.remove(&record.control);
         // Minutes that added nothing add no point (most of those ahead of the clock).
-        if counts == seen {
+        if added_treatment.is_none() && added_control.is_none() {
             continue;
         }
-        seen = counts;
+        absorb(&mut treatment, added_treatment.as_ref());
+        absorb(&mut control, added_control.as_ref());
         let observations = anchor_rollout::Observations {
-            control,
-            treatment,
+            control: control.clone(),
+            treatment: treatment.clone(),
             expected_treatment_share: stage.percentage / 100.0,
         };
         let report = anchor_rollout::evaluate_release(&plan, &carried, &observations, widen_to);
         out.push(((end * 1000).min(now), report));
     }
     Ok(out)
+}
+
+/// Adds one arm's later minutes to its earlier ones.
+fn absorb(sum: &mut ArmObservations, more: Option<&ArmObservations>) {
+    let Some(more) = more else { return };
+    sum.exposures = sum.exposures.saturating_add(more.exposures);
+    sum.requests = sum.requests.saturating_add(more.requests);
+    sum.errors = sum.errors.saturating_add(more.errors);
+    sum.latency.merge(&more.latency);
+    for (name, sums) in &more.metrics {
+        sum.metrics.entry(name.clone()).or_default().merge(sums);
+    }
 }
 
 /// The minutes a stage's points sum, as unix seconds: from the first minute the controller
