@@ -486,7 +486,7 @@ async fn chart_points(
         template,
         serde_json::from_value::<anchor_rollout::ReleaseState>(record.state.clone()),
     ) {
-        reports.extend(stage_reports(state, record, template, &current, now).await?);
+        reports.extend(stage_reports(state, record, template, &current, decisions, now).await?);
     }
     if let (Some(at), Some(Ok(report))) = (
         record.reported_at,
@@ -498,72 +498,122 @@ async fn chart_points(
     Ok(reports)
 }
 
-/// The current stage's reports, as the controller would have judged at the end of each
-/// minute since the warm-up: the same test (`evaluate_release`) over the same minutes, with
-/// the evidence the earlier stages carried.
+/// One stage's observation window: the stage, when its observations began and ended, and
+/// whether it is the current one (whose minutes reach ahead of the clock).
+struct Window {
+    stage: usize,
+    observe_from_ms: i64,
+    end_ms: i64,
+    current: bool,
+}
+
+/// The stages' reports, as the controller would have judged at the end of each minute since
+/// each stage's warm-up: the same test (`evaluate_release`) over the same minutes, with the
+/// evidence the earlier stages carried. Only while the release is active: its state holds
+/// that evidence (a finished release keeps the reports behind its decisions).
 async fn stage_reports(
     state: &AppState,
     record: &anchor_store::ReleaseRecord,
     template: &ReleaseTemplate,
     current: &anchor_rollout::ReleaseState,
+    decisions: &[anchor_store::ReleaseDecision],
     now: i64,
 ) -> Result<Vec<(i64, GuardrailReport)>, ApiError> {
     use anchor_rollout::ReleaseState;
-    let clock = match current {
+    let (history, at, running) = match current {
         ReleaseState::Running { clock }
         | ReleaseState::Holding { clock, .. }
-        | ReleaseState::Paused { clock, .. } => clock,
+        | ReleaseState::Paused { clock, .. } => (&clock.history, clock.stage, Some(clock)),
+        ReleaseState::WaitingForApproval { stage, history, .. } => (history, *stage, None),
         _ => return Ok(Vec::new()),
     };
-    let Some(stage) = template.stages.get(clock.stage) else {
-        return Ok(Vec::new());
+    // The stages done, each from its start (in the decision log) to the next one's, or to
+    // the request for approval that ended it.
+    let starts = stage_starts(decisions);
+    let start_of = |stage: usize| {
+        starts
+            .iter()
+            .rev()
+            .find(|(_, s)| *s == stage)
+            .map(|(t, _)| *t)
     };
-    if now < clock.observe_from_ms {
-        return Ok(Vec::new());
+    let mut windows = Vec::new();
+    for stage in 0..at.min(history.len()) {
+        let (Some(begun), Some(spec)) = (start_of(stage), template.stages.get(stage)) else {
+            continue;
+        };
+        let end = match start_of(stage + 1) {
+            Some(next) => next,
+            None => match current {
+                ReleaseState::WaitingForApproval { since_ms, .. } => *since_ms,
+                _ => continue,
+            },
+        };
+        let warmup = i64::try_from(spec.warmup_ms).unwrap_or(i64::MAX);
+        windows.push(Window {
+            stage,
+            observe_from_ms: begun.saturating_add(warmup),
+            end_ms: end,
+            current: false,
+        });
+    }
+    if let Some(clock) = running
+        && now >= clock.observe_from_ms
+    {
+        windows.push(Window {
+            stage: clock.stage,
+            observe_from_ms: clock.observe_from_ms,
+            end_ms: now,
+            current: true,
+        });
     }
     let plan = template.stage_guardrails();
-    let carried: Vec<_> = clock
-        .history
-        .iter()
-        .flat_map(|r| r.evidence.iter().cloned())
-        .collect();
-    let widen_to = template
-        .stages
-        .get(clock.stage + 1)
-        .map_or(1.0, |next| next.percentage / 100.0);
-    let (from, ends) = point_minutes(clock.observe_from_ms, now);
     let mut out = Vec::new();
-    // Each read covers only the minutes since the one before, added to what came before:
-    // the rows read grow with the stage, not with its square.
-    let (mut treatment, mut control) = (ArmObservations::default(), ArmObservations::default());
-    let mut start = from;
-    for end in ends {
-        let mut observed = state
-            .store
-            .outcome_observations(
-                &record.project,
-                &record.environment,
-                &record.flag,
-                start,
-                end,
-            )
-            .await?;
-        start = end;
-        let added_treatment = observed.remove(&record.treatment);
-        let added_control = observed.remove(&record.control);
-        // Minutes that added nothing add no point (most of those ahead of the clock).
-        if added_treatment.is_none() && added_control.is_none() {
+    for (window, (from, ends)) in windows.iter().zip(point_minutes(&windows)) {
+        let Some(stage) = template.stages.get(window.stage) else {
             continue;
-        }
-        absorb(&mut treatment, added_treatment.as_ref());
-        absorb(&mut control, added_control.as_ref());
-        let observations = anchor_rollout::Observations {
-            control: control.clone(),
-            treatment: treatment.clone(),
-            expected_treatment_share: stage.percentage / 100.0,
         };
-        let report = anchor_rollout::evaluate_release(&plan, &carried, &observations, widen_to);
-        out.push(((end * 1000).min(now), report));
+        let carried: Vec<_> = history
+            .iter()
+            .take(window.stage)
+            .flat_map(|r| r.evidence.iter().cloned())
+            .collect();
+        let widen_to = template
+            .stages
+            .get(window.stage + 1)
+            .map_or(1.0, |next| next.percentage / 100.0);
+        // Each read covers only the minutes since the one before, added to what came
+        // before: the rows read grow with the stage, not with its square.
+        let (mut treatment, mut control) = (ArmObservations::default(), ArmObservations::default());
+        let mut start = from;
+        for end in ends {
+            let mut observed = state
+                .store
+                .outcome_observations(
+                    &record.project,
+                    &record.environment,
+                    &record.flag,
+                    start,
+                    end,
+                )
+                .await?;
+            start = end;
+            let added_treatment = observed.remove(&record.treatment);
+            let added_control = observed.remove(&record.control);
+            // Minutes that added nothing add no point (most of those ahead of the clock).
+            if added_treatment.is_none() && added_control.is_none() {
+                continue;
+            }
+            absorb(&mut treatment, added_treatment.as_ref());
+            absorb(&mut control, added_control.as_ref());
+            let observations = anchor_rollout::Observations {
+                control: control.clone(),
+                treatment: treatment.clone(),
+                expected_treatment_share: stage.percentage / 100.0,
+            };
+            let report = anchor_rollout::evaluate_release(&plan, &carried, &observations, widen_to);
+            out.push(((end * 1000).min(window.end_ms), report));
+        }
     }
     Ok(out)
 }
@@ -580,27 +630,40 @@ fn absorb(sum: &mut ArmObservations, more: Option<&ArmObservations>) {
     }
 }
 
-/// The minutes a stage's points sum, as unix seconds: from the first minute the controller
-/// reads (the first that began at or after the warm-up's end) to the end of each point's
-/// last minute, up to the minutes SDKs may already report ahead of this server's clock; at
-/// most [`MAX_POINTS`] ends, each point then summing several minutes more than the one before.
-fn point_minutes(observe_from_ms: i64, now_ms: i64) -> (i64, Vec<i64>) {
-    let from = observe_from_ms
-        .div_euclid(1000)
-        .saturating_add(59)
-        .div_euclid(60)
-        * 60;
+/// The minutes each window's points sum, as unix seconds: from the first minute the
+/// controller reads (the first that began at or after the warm-up's end) to the end of each
+/// point's last minute. A finished stage's window ends with the minute in which it ended; the
+/// current one's reaches the minutes SDKs may already report ahead of this server's clock.
+/// At most [`MAX_POINTS`] ends in all: over a long release each point adds several minutes.
+fn point_minutes(windows: &[Window]) -> Vec<(i64, Vec<i64>)> {
     let ahead = crate::telemetry::MAX_FUTURE_SECS / 60 + 1;
-    let to = (now_ms.div_euclid(60_000) + 1 + ahead) * 60;
-    let minutes = ((to - from) / 60).max(0);
+    let spans: Vec<(i64, i64)> = windows
+        .iter()
+        .map(|w| {
+            let from = w
+                .observe_from_ms
+                .div_euclid(1000)
+                .saturating_add(59)
+                .div_euclid(60)
+                * 60;
+            let last = w.end_ms.div_euclid(60_000) + 1 + if w.current { ahead } else { 0 };
+            (from, (last * 60).max(from))
+        })
+        .collect();
+    let minutes: i64 = spans.iter().map(|(from, to)| (to - from) / 60).sum();
     let step = ((minutes + MAX_POINTS - 1) / MAX_POINTS).max(1) * 60;
-    let mut ends = Vec::new();
-    let mut end = from;
-    while end < to {
-        end = (end + step).min(to);
-        ends.push(end);
-    }
-    (from, ends)
+    spans
+        .into_iter()
+        .map(|(from, to)| {
+            let mut ends = Vec::new();
+            let mut end = from;
+            while end < to {
+                end = (end + step).min(to);
+                ends.push(end);
+            }
+            (from, ends)
+        })
+        .collect()
 }
 
 /// Each guardrail's points, in the order the latest report lists them. A verdict without
@@ -665,20 +728,27 @@ fn scale_words(scale: anchor_rollout::Scale) -> (&'static str, &'static str, Opt
     }
 }
 
-/// When each stage began, from the decision log: `enter` writes "…; stage 2 of 5: 5% of
-/// traffic to the treatment" for every stage it starts.
-fn stage_boundaries(
-    template: &ReleaseTemplate,
-    decisions: &[anchor_store::ReleaseDecision],
-) -> Vec<(i64, String)> {
+/// When each stage began (its index), from the decision log: `enter` writes "…; stage 2 of
+/// 5: 5% of traffic to the treatment" for every stage it starts.
+fn stage_starts(decisions: &[anchor_store::ReleaseDecision]) -> Vec<(i64, usize)> {
     decisions
         .iter()
         .filter_map(|d| {
             let rest = &d.message[d.message.find("; stage ")? + "; stage ".len()..];
             let number: usize = rest[..rest.find(" of ")?].parse().ok()?;
-            let stage = template.stages.get(number.checked_sub(1)?)?;
-            Some((d.at, percent(stage.percentage)))
+            Some((d.at, number.checked_sub(1)?))
         })
+        .collect()
+}
+
+/// The stage starts the charts mark, with the stage's share.
+fn stage_boundaries(
+    template: &ReleaseTemplate,
+    decisions: &[anchor_store::ReleaseDecision],
+) -> Vec<(i64, String)> {
+    stage_starts(decisions)
+        .into_iter()
+        .filter_map(|(at, stage)| Some((at, percent(template.stages.get(stage)?.percentage))))
         .collect()
 }
 
@@ -1140,22 +1210,48 @@ mod tests {
         );
     }
 
+    fn window(observe_from_ms: i64, end_ms: i64, current: bool) -> Window {
+        Window {
+            stage: 0,
+            observe_from_ms,
+            end_ms,
+            current,
+        }
+    }
+
     #[test]
-    fn a_stage_of_hours_is_drawn_with_at_most_max_points_reads() {
+    fn a_release_of_hours_is_drawn_with_at_most_max_points_reads() {
         let start = 1_800_000_000_000 + 30_000;
         // The warm-up ended in the middle of a minute: the next whole minute is the first.
-        let (from, ends) = point_minutes(start, start + 10 * 60_000);
-        assert_eq!(from, (start / 1000 + 59) / 60 * 60);
+        let short = point_minutes(&[window(start, start + 10 * 60_000, true)]);
+        let (from, ends) = &short[0];
+        assert_eq!(*from, (start / 1000 + 59) / 60 * 60);
         assert_eq!(ends[0], from + 60, "a minute per point while there are few");
-        let (_, ends) = point_minutes(start, start + 24 * 3_600_000);
-        assert!(ends.len() as i64 <= MAX_POINTS, "{}", ends.len());
-        assert!(ends.windows(2).all(|w| w[0] < w[1]));
-        // The last point reaches the minutes SDKs may report ahead of the clock.
+        // The current stage reaches the minutes SDKs may report ahead of the clock; a
+        // finished one stops with the minute it ended in.
         let ahead = crate::telemetry::MAX_FUTURE_SECS;
-        assert!(*ends.last().unwrap() >= (start + 24 * 3_600_000) / 1000 + ahead);
-        // Before the warm-up's first whole minute ends there is nothing to read yet, but the
-        // window ahead still is.
-        let (from, ends) = point_minutes(start, start);
-        assert!(ends.iter().all(|end| *end > from));
+        assert!(*ends.last().unwrap() >= (start + 10 * 60_000) / 1000 + ahead);
+        let done = point_minutes(&[window(start, start + 10 * 60_000, false)]);
+        assert_eq!(
+            *done[0].1.last().unwrap(),
+            ((start + 10 * 60_000) / 60_000 + 1) * 60
+        );
+        // Three stages of eight hours: 120 reads in all, each of several minutes.
+        let hours = |h: i64| h * 3_600_000;
+        let long = point_minutes(&[
+            window(start, start + hours(8), false),
+            window(start + hours(8), start + hours(16), false),
+            window(start + hours(16), start + hours(24), true),
+        ]);
+        let reads: usize = long.iter().map(|(_, ends)| ends.len()).sum();
+        assert!(reads as i64 <= MAX_POINTS + 3, "{reads}");
+        for (from, ends) in &long {
+            assert!(ends.first().unwrap() > from);
+            assert!(ends.windows(2).all(|w| w[0] < w[1]));
+        }
+        // Before the warm-up's first whole minute there is nothing to read but what lies
+        // ahead.
+        let early = point_minutes(&[window(start, start, true)]);
+        assert!(early[0].1.iter().all(|end| *end > early[0].0));
     }
 }
