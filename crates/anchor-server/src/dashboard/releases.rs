@@ -441,12 +441,11 @@ async fn command(
 
 // ---- guardrail charts over time ----
 
-/// At most this many recomputed points per chart: a page showing a stage of hours renders
-/// as fast as one of minutes (each point is one read of the summed minutes).
+/// At most this many recomputed points per chart (give or take one per stage): a release of
+/// hours renders about as fast as one of minutes (each point is one read of stored minutes).
 const MAX_POINTS: i64 = 120;
 
 /// One guardrail's evidence at one instant.
-#[derive(Clone)]
 struct Point {
     at: i64,
     treatment: f64,
@@ -466,8 +465,9 @@ struct Series {
 }
 
 /// Every report behind the release, with its instant: the one behind each decision, the
-/// current stage's recomputed minute by minute from the stored telemetry (the controller
-/// keeps only its latest report between decisions), and the latest one kept on the release.
+/// stages' recomputed minute by minute from the stored telemetry while the release is active
+/// (the controller keeps only its latest report between decisions), and the latest one kept
+/// on the release.
 async fn chart_points(
     state: &AppState,
     record: &anchor_store::ReleaseRecord,
