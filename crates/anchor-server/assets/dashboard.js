@@ -57,6 +57,17 @@ document.addEventListener("DOMContentLoaded", () => {
     box.append(button);
     main.prepend(box);
   };
+  // Someone moving through the page with the keyboard keeps their place: the focused link or
+  // button is found again in the new content (by id, else by where it leads or what it says).
+  const focusFinder = (main, active) => {
+    if (!active || active === document.body || !main.contains(active)) return () => null;
+    if (active.id) return () => document.getElementById(active.id);
+    const href = active.getAttribute("href");
+    const text = active.textContent;
+    const tag = active.tagName.toLowerCase();
+    return (root) => Array.from(root.querySelectorAll(tag)).find((el) =>
+      (href !== null ? el.getAttribute("href") === href : true) && el.textContent === text) || null;
+  };
   let running = false;
   let again = false;
   const refresh = async () => {
@@ -71,16 +82,14 @@ document.addEventListener("DOMContentLoaded", () => {
       const main = document.querySelector("main");
       if (!fresh || !main) return;
       if (busy()) { notice(); return; }
-      const focused = document.activeElement && document.activeElement.id;
+      const refocus = focusFinder(main, document.activeElement);
       const [x, y] = [window.scrollX, window.scrollY];
       // Copied into an array first: adopting a node takes it out of the live child list.
       const nodes = Array.from(fresh.childNodes);
       main.replaceChildren(...nodes.map((node) => document.adoptNode(node)));
       enhance(main);
-      if (focused) {
-        const target = document.getElementById(focused);
-        if (target) target.focus({ preventScroll: true });
-      }
+      const target = refocus(main);
+      if (target) target.focus({ preventScroll: true });
       window.scrollTo(x, y);
       document.documentElement.dataset.liveRefreshes =
         String(Number(document.documentElement.dataset.liveRefreshes || "0") + 1);
