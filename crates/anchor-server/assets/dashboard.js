@@ -106,17 +106,27 @@ document.addEventListener("DOMContentLoaded", () => {
     if (timer) return;
     timer = window.setTimeout(() => { timer = null; refresh(); }, 250);
   };
-  const source = new EventSource(marker.dataset.live);
-  for (const kind of kinds) {
-    source.addEventListener(kind, (event) => {
-      if (kind === "report" && release) {
-        try {
-          if (JSON.parse(event.data).id !== release) return;
-        } catch (_) {
-          return;
+  // A page left for another (or kept in the back-forward cache) closes its stream: browsers
+  // allow only a few connections per server over HTTP/1.1, and a stream held by a page no one
+  // sees would starve the pages people do.
+  let source = null;
+  const follow = () => {
+    source = new EventSource(marker.dataset.live);
+    for (const kind of kinds) {
+      source.addEventListener(kind, (event) => {
+        if (kind === "report" && release) {
+          try {
+            if (JSON.parse(event.data).id !== release) return;
+          } catch (_) {
+            return;
+          }
         }
-      }
-      schedule();
-    });
-  }
+        schedule();
+      });
+    }
+  };
+  window.addEventListener("pagehide", () => { if (source) { source.close(); source = null; } });
+  // Back from the cache: what changed meanwhile is told by the stream's `since` handshake.
+  window.addEventListener("pageshow", (event) => { if (event.persisted && !source) follow(); });
+  follow();
 });

@@ -475,6 +475,39 @@ async fn story(server: &Server, client: &Client) {
         .goto(&format!("{url}/projects/default/flags/checkout"))
         .await
         .unwrap();
+    // A change made elsewhere (the API) shows on the open page without a reload...
+    stays_on_the_page(client).await;
+    let staging = |enabled: bool| {
+        server.api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/environments/staging/flags/checkout",
+            json!({"enabled": enabled, "offVariant": "off", "defaultServe": {"variant": "off"}}),
+        )
+    };
+    assert_eq!(staging(true).await.0, 200);
+    until_live(client, "section.env[aria-label=Staging] h3 .b", "on").await;
+    assert_not_reloaded(client).await;
+    // ...but never under someone filling in a form: the page offers a reload instead.
+    fill(client, "#context", r#"{"targetingKey": "half-typed"#).await;
+    assert_eq!(staging(false).await.0, 200);
+    assert!(
+        text_of(client, ".live-notice")
+            .await
+            .starts_with("This page changed")
+    );
+    let typed = client
+        .find(Locator::Css("#context"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(typed.as_deref(), Some(r#"{"targetingKey": "half-typed"#));
+    assert_eq!(
+        text_of(client, "section.env[aria-label=Staging] h3 .b").await,
+        "on"
+    );
+    screenshot(client, "07-flag-changed-elsewhere").await;
     click(client, Locator::LinkText("Start a release in Production")).await;
     assert_eq!(
         text_of(client, "main h1").await,

@@ -573,11 +573,37 @@ async fn the_live_stream_needs_a_session_and_tells_of_flag_and_release_changes(s
         .unwrap();
     assert!(reply.status().is_client_error(), "{}", reply.status());
 
-    // Pages with a live marker point at the stream.
+    // Pages with a live marker point at the stream, saying where they stood when rendered.
     let page = server
         .get("/projects/default/flags/checkout", Some(&session))
         .await;
-    assert!(page.body.contains("data-live=\"/projects/default/live\""));
+    let marker = "data-live=\"";
+    let at = page.body.find(marker).expect("a live marker") + marker.len();
+    let from_page = page.body[at..at + page.body[at..].find('"').unwrap()].replace("&amp;", "&");
+    assert!(
+        from_page.starts_with("/projects/default/live?since="),
+        "{from_page}"
+    );
+    // A change between the page's rendering and its stream's start is told at once.
+    let (status, body) = server
+        .api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/environments/development/flags/checkout",
+            json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut late = server
+        .http
+        .get(format!("{}{from_page}", server.url))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), StatusCode::OK);
+    let mut told = String::new();
+    read_until(&mut late, &mut told, "event: flag").await;
+    drop(late);
 
     let mut stream = server
         .http

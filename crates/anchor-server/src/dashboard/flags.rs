@@ -163,6 +163,7 @@ async fn render_list(
     project: &str,
     query: &ListQuery,
 ) -> Result<Markup, ApiError> {
+    let since = super::live::since(state, project).await;
     let role = signed.caller.require(state, project, Role::Viewer).await?;
     let lifecycle = match nonempty(&query.lifecycle).as_deref() {
         Some("temporary") => Some(Lifecycle::Temporary),
@@ -224,7 +225,7 @@ async fn render_list(
             project: Some(project),
         },
         html! {
-            (super::live::marker(project, "flag release", None))
+            (super::live::marker(project, &since, "flag release", None))
             div.heading {
                 h1 { "Flags" }
                 @if role >= Role::Editor {
@@ -750,6 +751,7 @@ async fn render_flag(
     flag: &str,
     query: &FlagQuery,
 ) -> Result<Markup, ApiError> {
+    let since = super::live::since(state, project).await;
     let role = signed.caller.require(state, project, Role::Viewer).await?;
     let record = state.store.flag(project, flag).await?;
     let environments = state.store.environments(project).await?;
@@ -775,7 +777,7 @@ async fn render_flag(
             project: Some(project),
         },
         html! {
-            (super::live::marker(project, "flag release", None))
+            (super::live::marker(project, &since, "flag release", None))
             p.crumbs { a href={ "/projects/" (project) "/flags" } { "Flags" } " / " }
             h1 { (f.key) }
             @if let Some(notice) = query.notice.as_deref().and_then(notice_text) {

@@ -14,6 +14,12 @@
 //!   page per second is cheap next to what a page costs to render, and it sees the writes of
 //!   every server sharing the store without any new notification channel.
 //!
+//! A page may have been rendered a moment before its stream connects, and a change in that
+//! moment would be lost: so the page's marker carries when it began reading and the sum of the
+//! environments' snapshot revisions then (`?since=…&revisions=…`), and the stream, once it
+//! follows everything, first tells of what changed since (a revision sum that moved, a release
+//! written or reported on after `since`).
+//!
 //! Events only say *what* changed (ids, never flag contents): the page fetches itself with
 //! the person's own session, so it shows exactly what the person may see. The stream needs
 //! the session cookie and the viewer role; without them it answers 401 or 403 (never a
@@ -26,7 +32,7 @@ use std::time::Duration;
 
 use anchor_store::{ReleaseRecord, Role};
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -48,12 +54,48 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/projects/{project}/live", get(live))
 }
 
+/// Where a page stood when it began reading what it shows: taken before its reads, so that
+/// whatever changed after is told when its stream connects.
+pub(crate) struct Since {
+    at_ms: i64,
+    revisions: u64,
+}
+
+/// The moment and the project's revisions, for [`marker`]; call it before the page's reads.
+pub(crate) async fn since(state: &AppState, project: &str) -> Since {
+    Since {
+        at_ms: state.now_ms(),
+        // Unknown environments count nothing: at worst the page is refreshed once for nothing.
+        revisions: revision_sum(state, project).await.unwrap_or(0),
+    }
+}
+
+/// The sum of the project's environments' snapshot revisions: it moves with every change of
+/// any of them (revisions only grow).
+async fn revision_sum(state: &AppState, project: &str) -> Result<u64, ApiError> {
+    Ok(state
+        .store
+        .environments(project)
+        .await?
+        .iter()
+        .filter_map(|e| state.snapshots.get(project, &e.key))
+        .map(|snapshot| snapshot.revision)
+        .sum())
+}
+
 /// The element a page carries to follow the project's changes: `on` names the events that
 /// refresh it (`flag`, `release`, `report`); `release` limits `report` events to one release.
-pub(crate) fn marker(project: &str, on: &str, release: Option<&str>) -> Markup {
+pub(crate) fn marker(project: &str, since: &Since, on: &str, release: Option<&str>) -> Markup {
     html! {
-        div.live data-live={ "/projects/" (super::encode(project)) "/live" } data-live-on=(on) data-live-release=[release] {}
+        div.live data-live={ "/projects/" (super::encode(project)) "/live?since=" (since.at_ms) "&revisions=" (since.revisions) }
+            data-live-on=(on) data-live-release=[release] {}
     }
+}
+
+#[derive(serde::Deserialize, Default)]
+struct LiveQuery {
+    since: Option<i64>,
+    revisions: Option<u64>,
 }
 
 /// What the stream remembers of a release, to tell what changed.
@@ -130,22 +172,26 @@ impl LiveStream {
                 Some(old) if old.reported_at != r.reported_at => "report",
                 Some(_) => continue,
             };
-            let state = r.state.get("state").cloned().unwrap_or_default();
-            self.pending.push_back(
-                Event::default().event(kind).data(
-                    json!({"id": r.id, "flag": r.flag, "environment": r.environment,
-                           "state": state, "version": r.version})
-                    .to_string(),
-                ),
-            );
+            self.pending.push_back(release_event(kind, r));
         }
         self.releases = seen(&releases);
     }
 }
 
+/// A release's event: which release, and where it stands (never its evidence).
+fn release_event(kind: &'static str, r: &ReleaseRecord) -> Event {
+    let state = r.state.get("state").cloned().unwrap_or_default();
+    Event::default().event(kind).data(
+        json!({"id": r.id, "flag": r.flag, "environment": r.environment,
+               "state": state, "version": r.version})
+        .to_string(),
+    )
+}
+
 async fn live(
     State(state): State<AppState>,
     Path(project): Path<String>,
+    Query(query): Query<LiveQuery>,
     headers: HeaderMap,
 ) -> Response {
     let caller = match auth::session_caller(&state, &headers, None).await {
@@ -177,12 +223,35 @@ async fn live(
             );
             patches.push(stream.boxed());
         }
-        Ok::<_, ApiError>((patches, seen(&releases)))
+        // Read after subscribing: a change from here on is a patch too, so none falls between.
+        let revisions = revision_sum(&state, &project).await?;
+        Ok::<_, ApiError>((patches, releases, revisions))
     };
-    let (patches, releases) = match prepared.await {
+    let (patches, releases, revisions) = match prepared.await {
         Ok(prepared) => prepared,
         Err(e) => return e.into_response(),
     };
+    // What changed between the page's reads and now.
+    let mut pending = std::collections::VecDeque::new();
+    if query.revisions.is_some_and(|r| r != revisions) {
+        pending.push_back(
+            Event::default()
+                .event("flag")
+                .data(json!({"revisions": revisions}).to_string()),
+        );
+    }
+    if let Some(since) = query.since {
+        for r in &releases {
+            let kind = if r.updated_at > since {
+                "release"
+            } else if r.reported_at.is_some_and(|at| at > since) {
+                "report"
+            } else {
+                continue;
+            };
+            pending.push_back(release_event(kind, r));
+        }
+    }
     let mut poll = tokio::time::interval(RELEASE_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick of an interval is immediate; the releases were just read.
@@ -191,10 +260,10 @@ async fn live(
         state: state.clone(),
         project,
         patches,
-        releases,
+        releases: seen(&releases),
         poll,
         shutdown: state.shutdown.subscribe(),
-        pending: std::collections::VecDeque::new(),
+        pending,
     };
     let events = futures_util::stream::unfold(stream, |mut stream| async move {
         let event = stream.next().await?;

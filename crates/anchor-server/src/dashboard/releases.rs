@@ -38,6 +38,7 @@ async fn list(
     signed: Signed,
     Path(project): Path<String>,
 ) -> Response {
+    let since = super::live::since(&state, &project).await;
     let shown = async {
         signed
             .caller
@@ -59,7 +60,7 @@ async fn list(
             },
             html! {
                 h1 { "Releases" }
-                (super::live::marker(&project, "flag release", None))
+                (super::live::marker(&project, &since, "flag release", None))
                 @if releases.is_empty() {
                     p { "No releases yet: start one from a flag's page, per environment." }
                 }
@@ -220,6 +221,7 @@ async fn release_page(
     signed: Signed,
     Path((project, id)): Path<(String, String)>,
 ) -> Response {
+    let since = super::live::since(&state, &project).await;
     let shown = crate::releases::get_release(
         State(state.clone()),
         signed.caller.clone(),
@@ -291,7 +293,7 @@ async fn release_page(
                     " · template " code { (record.template_key) }
                     @if let Some(rule) = &record.rule { " · rule " code { (rule) } }
                 }
-                (super::live::marker(&project, "flag release report", Some(&record.id)))
+                (super::live::marker(&project, &since, "flag release report", Some(&record.id)))
                 @if let Some(template) = &template {
                     h2 { "Stages" }
                     ol.timeline {
