@@ -192,9 +192,9 @@ async fn assert_not_reloaded(client: &Client) {
     assert!(refreshes >= 1, "the live script never refreshed the page");
 }
 
-/// Waits, without navigating, until the text of `css` is `expected` (at most 15 s): only the
-/// page's live updates can bring it.
-async fn until_live(client: &Client, css: &str, expected: &str) {
+/// Waits, without navigating, until the text of `css` is `expected` (at most 15 s): the page
+/// a click leads to, or (on the same page) what its live updates bring.
+async fn until_text(client: &Client, css: &str, expected: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let text = text_of(client, css).await;
@@ -203,7 +203,7 @@ async fn until_live(client: &Client, css: &str, expected: &str) {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "`{css}` still says {text:?}, not {expected:?}, without a reload"
+            "`{css}` still says {text:?}, not {expected:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -337,17 +337,17 @@ async fn story(server: &Server, client: &Client) {
 
     // Signing in.
     client.goto(url).await.unwrap();
-    assert_eq!(text_of(client, "h1").await, "Sign in");
+    until_text(client, "h1", "Sign in").await;
     screenshot(client, "01-sign-in").await;
     fill(client, "#username", "admin").await;
     fill(client, "#password", PASSWORD).await;
     click(client, Locator::Css("form button[type=submit]")).await;
-    assert_eq!(text_of(client, "main h1").await, "Flags");
+    until_text(client, "main h1", "Flags").await;
     screenshot(client, "02-flags").await;
 
     // A new flag: a bad key first, its problem next to the field, then a good one.
     click(client, Locator::LinkText("New flag")).await;
-    assert_eq!(text_of(client, "main h1").await, "New flag");
+    until_text(client, "main h1", "New flag").await;
     fill(client, "#key", "new checkout!").await;
     fill(
         client,
@@ -362,39 +362,29 @@ async fn story(server: &Server, client: &Client) {
     screenshot(client, "03-new-flag-problem").await;
     fill(client, "#key", "new-checkout").await;
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    assert_eq!(text_of(client, "main h1").await, "new-checkout");
+    until_text(client, "main h1", "new-checkout").await;
     // The description is text, not markup.
-    assert_eq!(
-        text_of(client, ".description").await,
-        "<script>alert('x')</script> The one-page checkout"
-    );
+    until_text(
+        client,
+        ".description",
+        "<script>alert('x')</script> The one-page checkout",
+    )
+    .await;
 
     // On in production, with the confirmation naming it.
     click(client, Locator::LinkText("Turn on in Production")).await;
-    assert_eq!(
-        text_of(client, "main h1").await,
-        "Turn on new-checkout in Production?"
-    );
+    until_text(client, "main h1", "Turn on new-checkout in Production?").await;
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    assert_eq!(text_of(client, ".notice").await, "Turned on in production.");
+    until_text(client, ".notice", "Turned on in production.").await;
     assert!(server.enabled_in("new-checkout", "production").await);
 
     // And off again: the kill switch.
     click(client, Locator::LinkText("Turn off in Production")).await;
-    assert_eq!(
-        text_of(client, "main h1").await,
-        "Turn off new-checkout in Production?"
-    );
+    until_text(client, "main h1", "Turn off new-checkout in Production?").await;
     screenshot(client, "04-kill-switch-confirmation").await;
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    assert_eq!(
-        text_of(client, ".notice").await,
-        "Turned off in production."
-    );
-    assert_eq!(
-        text_of(client, "section.env[aria-label=Production] h3 .b").await,
-        "off"
-    );
+    until_text(client, ".notice", "Turned off in production.").await;
+    until_text(client, "section.env[aria-label=Production] h3 .b", "off").await;
     assert!(!server.enabled_in("new-checkout", "production").await);
 
     // History: each revision with its diff; reverting to the version that was on.
@@ -451,7 +441,7 @@ async fn story(server: &Server, client: &Client) {
         )
         .await
         .expect("the filter applied without a click");
-    assert_eq!(text_of(client, "p.count").await, "1 flags");
+    until_text(client, "p.count", "1 flags").await;
     assert!(
         text_of(client, "table.flags tbody")
             .await
@@ -485,7 +475,7 @@ async fn story(server: &Server, client: &Client) {
         )
     };
     assert_eq!(staging(true).await.0, 200);
-    until_live(client, "section.env[aria-label=Staging] h3 .b", "on").await;
+    until_text(client, "section.env[aria-label=Staging] h3 .b", "on").await;
     assert_not_reloaded(client).await;
     // ...but never under someone filling in a form: the page offers a reload instead.
     fill(client, "#context", r#"{"targetingKey": "half-typed"#).await;
@@ -503,16 +493,15 @@ async fn story(server: &Server, client: &Client) {
         .await
         .unwrap();
     assert_eq!(typed.as_deref(), Some(r#"{"targetingKey": "half-typed"#));
-    assert_eq!(
-        text_of(client, "section.env[aria-label=Staging] h3 .b").await,
-        "on"
-    );
+    until_text(client, "section.env[aria-label=Staging] h3 .b", "on").await;
     screenshot(client, "07-flag-changed-elsewhere").await;
     click(client, Locator::LinkText("Start a release in Production")).await;
-    assert_eq!(
-        text_of(client, "main h1").await,
-        "Start a release of checkout in Production"
-    );
+    until_text(
+        client,
+        "main h1",
+        "Start a release of checkout in Production",
+    )
+    .await;
     client
         .find(Locator::Css("#template"))
         .await
@@ -532,15 +521,15 @@ async fn story(server: &Server, client: &Client) {
     }
     screenshot(client, "08-start-a-release").await;
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    assert_eq!(text_of(client, "p.meta .b.rel").await, "running");
+    until_text(client, "p.meta .b.rel", "running").await;
     let release_page = client.current_url().await.unwrap().to_string();
     assert!(
         release_page.contains("/projects/default/releases/"),
         "{release_page}"
     );
     stays_on_the_page(client).await;
-    until_live(client, "p.meta .b.rel", "waiting for approval").await;
-    assert_eq!(text_of(client, "ol.timeline li.done strong").await, "1%");
+    until_text(client, "p.meta .b.rel", "waiting for approval").await;
+    until_text(client, "ol.timeline li.done strong", "1%").await;
     assert!(text_of(client, "table.report").await.contains("error rate"));
     assert_not_reloaded(client).await;
     screenshot(client, "08-release-waiting-for-approval").await;
@@ -551,11 +540,11 @@ async fn story(server: &Server, client: &Client) {
             .starts_with("Approve the next stage")
     );
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    assert_eq!(text_of(client, "p.meta .b.rel").await, "running");
-    assert_eq!(text_of(client, "ol.timeline li.now strong").await, "5%");
+    until_text(client, "p.meta .b.rel", "running").await;
+    until_text(client, "ol.timeline li.now strong", "5%").await;
     // The controller advances the stage (to 100%: completed) while the page is open.
     stays_on_the_page(client).await;
-    until_live(client, "p.meta .b.rel", "completed").await;
+    until_text(client, "p.meta .b.rel", "completed").await;
     assert_not_reloaded(client).await;
     let log = text_of(client, "ol.log").await;
     assert!(log.contains("admin"), "{log}");
@@ -586,10 +575,10 @@ async fn story(server: &Server, client: &Client) {
 
     // Signing out ends the session: pages send the browser to sign in again.
     click(client, Locator::Css(".who button")).await;
-    assert_eq!(text_of(client, "h1").await, "Sign in");
+    until_text(client, "h1", "Sign in").await;
     client
         .goto(&format!("{url}/projects/default/flags"))
         .await
         .unwrap();
-    assert_eq!(text_of(client, "h1").await, "Sign in");
+    until_text(client, "h1", "Sign in").await;
 }
