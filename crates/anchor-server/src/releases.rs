@@ -367,21 +367,21 @@ async fn stage_coverage(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ReleaseRequest {
+pub(crate) struct ReleaseRequest {
     /// The template's key (default: the built-in `default`).
-    template: Option<String>,
+    pub(crate) template: Option<String>,
     /// The rule whose serve the release takes over; the default serve when absent.
-    rule: Option<String>,
+    pub(crate) rule: Option<String>,
     /// The variant served now (the control).
-    control: String,
+    pub(crate) control: String,
     /// The variant to release (the treatment).
-    treatment: String,
+    pub(crate) treatment: String,
     /// Start at once (the default) or leave it pending.
-    start: Option<bool>,
+    pub(crate) start: Option<bool>,
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/releases", tag = "releases", summary = "Start a progressive release of a flag's treatment variant (editors)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key")), request_body = ReleaseRequest, responses((status = 201, body = ReleaseView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The flag already has an active release in that environment", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
-async fn create_release(
+pub(crate) async fn create_release(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, flag)): Path<(String, String, String)>,

@@ -1,11 +1,12 @@
 //! The dashboard end to end in a real headless Chromium, driven through chromedriver
 //! (Debian's `chromium` and `chromium-driver`; `.ci/run` installs them): sign in, create a flag
 //! (first with a problem shown next to its field), turn it on and then off in production with
-//! the confirmation, revert a revision, evaluate it for a context, filter the list with the page's script, add a
-//! rule in the targeting editor, watch
-//! a release advance on simulated telemetry and approve its next stage, and see another rolled
-//! back by the controller with its reason; then a change in an environment that requires
-//! approval waits as a change request, which a second person approves and applies. Screenshots of the main pages go to `target/dashboard-screenshots/`.
+//! the confirmation, revert a revision, evaluate it for a context, filter the list with the
+//! page's script, add a rule in the targeting editor, start a release from the flag's page and
+//! watch it advance on simulated telemetry without a reload (live updates), approve its next
+//! stage, and see another rolled back by the controller with its reason; then a change in an
+//! environment that requires approval waits as a change request, which a second person
+//! approves and applies. Screenshots of the main pages go to `target/dashboard-screenshots/`.
 //!
 //! Without `/usr/bin/chromedriver` the test fails and says how to install it: a browser test
 //! that passes without a browser would prove nothing.
@@ -170,6 +171,46 @@ async fn until_page_shows(client: &Client, page: &str, css: &str, expected: &str
     }
 }
 
+/// Marks the loaded page, so that [`assert_not_reloaded`] can tell it was never reloaded.
+async fn stays_on_the_page(client: &Client) {
+    client
+        .execute("window.anchorStayed = true;", vec![])
+        .await
+        .unwrap();
+}
+
+/// The page marked by [`stays_on_the_page`] is the same page, and the live script replaced
+/// its content.
+async fn assert_not_reloaded(client: &Client) {
+    let stayed = client
+        .execute(
+            "return [window.anchorStayed === true, document.documentElement.dataset.liveRefreshes || '0'];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stayed[0], json!(true), "the page was reloaded");
+    let refreshes: u32 = stayed[1].as_str().unwrap().parse().unwrap();
+    assert!(refreshes >= 1, "the live script never refreshed the page");
+}
+
+/// Waits, without navigating, until the text of `css` is `expected` (at most 15 s): the page
+/// a click leads to, or (on the same page) what its live updates bring.
+async fn until_text(client: &Client, css: &str, expected: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = text_of(client, css).await;
+        if text == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{css}` still says {text:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn fill(client: &Client, css: &str, text: &str) {
     let field = client.find(Locator::Css(css)).await.unwrap();
     field.clear().await.unwrap();
@@ -249,8 +290,8 @@ async fn story(server: &Server, client: &Client) {
             "/api/v1/projects/default/release-templates/quick",
             json!({"name": "Quick", "template": {
                 "stages": [
-                    {"percentage": 1.0, "dwellMs": 300},
-                    {"percentage": 5.0, "dwellMs": 300, "approval": true},
+                    {"percentage": 1.0, "dwellMs": 3000},
+                    {"percentage": 5.0, "dwellMs": 3000, "approval": true},
                     {"percentage": 100.0, "dwellMs": 300}
                 ],
                 "guardrails": {"guardrails": [
@@ -261,14 +302,7 @@ async fn story(server: &Server, client: &Client) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (status, release) = server
-        .api(
-            reqwest::Method::POST,
-            "/api/v1/projects/default/environments/production/flags/checkout/releases",
-            json!({"control": "off", "treatment": "on", "template": "quick"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{release}");
+    // (The release of `checkout` is started from the browser, below.)
     // A release whose treatment fails more often: the controller rolls it back by itself.
     server
         .api_create_flag("payments", "The new payment provider")
@@ -305,17 +339,17 @@ async fn story(server: &Server, client: &Client) {
 
     // Signing in.
     client.goto(url).await.unwrap();
-    assert_eq!(text_of(client, "h1").await, "Sign in");
+    until_text(client, "h1", "Sign in").await;
     screenshot(client, "01-sign-in").await;
     fill(client, "#username", "admin").await;
     fill(client, "#password", PASSWORD).await;
     click(client, Locator::Css("form button[type=submit]")).await;
-    assert_eq!(text_of(client, "main h1").await, "Flags");
+    until_text(client, "main h1", "Flags").await;
     screenshot(client, "02-flags").await;
 
     // A new flag: a bad key first, its problem next to the field, then a good one.
     click(client, Locator::LinkText("New flag")).await;
-    assert_eq!(text_of(client, "main h1").await, "New flag");
+    until_text(client, "main h1", "New flag").await;
     fill(client, "#key", "new checkout!").await;
     fill(
         client,
@@ -330,39 +364,29 @@ async fn story(server: &Server, client: &Client) {
     screenshot(client, "03-new-flag-problem").await;
     fill(client, "#key", "new-checkout").await;
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    assert_eq!(text_of(client, "main h1").await, "new-checkout");
+    until_text(client, "main h1", "new-checkout").await;
     // The description is text, not markup.
-    assert_eq!(
-        text_of(client, ".description").await,
-        "<script>alert('x')</script> The one-page checkout"
-    );
+    until_text(
+        client,
+        ".description",
+        "<script>alert('x')</script> The one-page checkout",
+    )
+    .await;
 
     // On in production, with the confirmation naming it.
     click(client, Locator::LinkText("Turn on in Production")).await;
-    assert_eq!(
-        text_of(client, "main h1").await,
-        "Turn on new-checkout in Production?"
-    );
+    until_text(client, "main h1", "Turn on new-checkout in Production?").await;
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    assert_eq!(text_of(client, ".notice").await, "Turned on in production.");
+    until_text(client, ".notice", "Turned on in production.").await;
     assert!(server.enabled_in("new-checkout", "production").await);
 
     // And off again: the kill switch.
     click(client, Locator::LinkText("Turn off in Production")).await;
-    assert_eq!(
-        text_of(client, "main h1").await,
-        "Turn off new-checkout in Production?"
-    );
+    until_text(client, "main h1", "Turn off new-checkout in Production?").await;
     screenshot(client, "04-kill-switch-confirmation").await;
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    assert_eq!(
-        text_of(client, ".notice").await,
-        "Turned off in production."
-    );
-    assert_eq!(
-        text_of(client, "section.env[aria-label=Production] h3 .b").await,
-        "off"
-    );
+    until_text(client, ".notice", "Turned off in production.").await;
+    until_text(client, "section.env[aria-label=Production] h3 .b", "off").await;
     assert!(!server.enabled_in("new-checkout", "production").await);
 
     // History: each revision with its diff; reverting to the version that was on.
@@ -419,7 +443,7 @@ async fn story(server: &Server, client: &Client) {
         )
         .await
         .expect("the filter applied without a click");
-    assert_eq!(text_of(client, "p.count").await, "1 flags");
+    until_text(client, "p.count", "1 flags").await;
     assert!(
         text_of(client, "table.flags tbody")
             .await
@@ -486,19 +510,80 @@ async fn story(server: &Server, client: &Client) {
     );
     screenshot(client, "07e-flag-with-the-new-rule").await;
 
-    // A release advancing on simulated telemetry: it waits for approval before 5%, a person
-    // approves (with a confirmation), and it goes on to the end.
-    let id = release["id"].as_str().unwrap();
-    let release_page = format!("{url}/projects/default/releases/{id}");
-    until_page_shows(
+    // A release started from the flag's page with the quick template, advancing on simulated
+    // telemetry: the page follows it live, without a reload. It waits for approval before
+    // 5%, a person approves (with a confirmation), and it goes on to the end, again live.
+    client
+        .goto(&format!("{url}/projects/default/flags/checkout"))
+        .await
+        .unwrap();
+    // A change made elsewhere (the API) shows on the open page without a reload...
+    stays_on_the_page(client).await;
+    let staging = |enabled: bool| {
+        server.api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/environments/staging/flags/checkout",
+            json!({"enabled": enabled, "offVariant": "off", "defaultServe": {"variant": "off"}}),
+        )
+    };
+    assert_eq!(staging(true).await.0, 200);
+    until_text(client, "section.env[aria-label=Staging] h3 .b", "on").await;
+    assert_not_reloaded(client).await;
+    // ...but never under someone filling in a form: the page offers a reload instead.
+    fill(client, "#context", r#"{"targetingKey": "half-typed"#).await;
+    assert_eq!(staging(false).await.0, 200);
+    assert!(
+        text_of(client, ".live-notice")
+            .await
+            .starts_with("This page changed")
+    );
+    let typed = client
+        .find(Locator::Css("#context"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(typed.as_deref(), Some(r#"{"targetingKey": "half-typed"#));
+    until_text(client, "section.env[aria-label=Staging] h3 .b", "on").await;
+    screenshot(client, "07-flag-changed-elsewhere").await;
+    click(client, Locator::LinkText("Start a release in Production")).await;
+    until_text(
         client,
-        &release_page,
-        "p.meta .b.rel",
-        "waiting for approval",
+        "main h1",
+        "Start a release of checkout in Production",
     )
     .await;
-    assert_eq!(text_of(client, "ol.timeline li.done strong").await, "1%");
+    client
+        .find(Locator::Css("#template"))
+        .await
+        .unwrap()
+        .select_by_value("quick")
+        .await
+        .unwrap();
+    for (select, expected) in [("#control", "off"), ("#treatment", "on")] {
+        let chosen = client
+            .find(Locator::Css(select))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap();
+        assert_eq!(chosen.as_deref(), Some(expected), "{select}");
+    }
+    screenshot(client, "08-start-a-release").await;
+    click(client, Locator::Css("form.stack button[type=submit]")).await;
+    until_text(client, "p.meta .b.rel", "running").await;
+    let release_page = client.current_url().await.unwrap().to_string();
+    assert!(
+        release_page.contains("/projects/default/releases/"),
+        "{release_page}"
+    );
+    stays_on_the_page(client).await;
+    until_text(client, "p.meta .b.rel", "waiting for approval").await;
+    until_text(client, "ol.timeline li.done strong", "1%").await;
     assert!(text_of(client, "table.report").await.contains("error rate"));
+    assert_not_reloaded(client).await;
     screenshot(client, "08-release-waiting-for-approval").await;
     click(client, Locator::LinkText("Approve the next stage")).await;
     assert!(
@@ -507,8 +592,20 @@ async fn story(server: &Server, client: &Client) {
             .starts_with("Approve the next stage")
     );
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    until_page_shows(client, &release_page, "p.meta .b.rel", "completed").await;
-    assert!(text_of(client, "ol.log").await.contains("admin"));
+    until_text(client, "p.meta .b.rel", "running").await;
+    until_text(client, "ol.timeline li.now strong", "5%").await;
+    // The controller advances the stage (to 100%: completed) while the page is open.
+    stays_on_the_page(client).await;
+    until_text(client, "p.meta .b.rel", "completed").await;
+    assert_not_reloaded(client).await;
+    let log = text_of(client, "ol.log").await;
+    assert!(log.contains("admin"), "{log}");
+    assert!(log.contains("completed"), "{log}");
+    client
+        .find(Locator::Css("svg.guardrail-chart .chart-tolerance"))
+        .await
+        .expect("the guardrail's chart over time");
+    screenshot(client, "08-release-completed-live").await;
 
     // The failing release was rolled back by the controller, and its page says why.
     let id = failing["id"].as_str().unwrap();
@@ -517,11 +614,15 @@ async fn story(server: &Server, client: &Client) {
     let log = text_of(client, "ol.log").await;
     assert!(log.contains("error rate"), "the decision log: {log}");
     assert!(text_of(client, "table.report").await.contains("regressed"));
-    // The interval against the tolerance, drawn by the server.
+    // The interval against the tolerance, drawn by the server, and its course over time.
     client
         .find(Locator::Css("table.report svg.interval circle"))
         .await
         .expect("the guardrail's chart");
+    client
+        .find(Locator::Css("svg.guardrail-chart .chart-estimate"))
+        .await
+        .expect("the guardrail's chart over time");
     screenshot(client, "09-release-rolled-back").await;
 
     // In an environment that requires approval, turning the flag on waits as a change
@@ -607,10 +708,10 @@ async fn story(server: &Server, client: &Client) {
 
     // Signing out ends the session: pages send the browser to sign in again.
     click(client, Locator::Css(".who button")).await;
-    assert_eq!(text_of(client, "h1").await, "Sign in");
+    until_text(client, "h1", "Sign in").await;
     client
         .goto(&format!("{url}/projects/default/flags"))
         .await
         .unwrap();
-    assert_eq!(text_of(client, "h1").await, "Sign in");
+    until_text(client, "h1", "Sign in").await;
 }

@@ -155,6 +155,7 @@ async fn render_list(
     project: &str,
     query: &ListQuery,
 ) -> Result<Markup, ApiError> {
+    let since = super::live::since(state, project).await;
     let role = signed.caller.require(state, project, Role::Viewer).await?;
     let lifecycle = match nonempty(&query.lifecycle).as_deref() {
         Some("temporary") => Some(Lifecycle::Temporary),
@@ -217,6 +218,7 @@ async fn render_list(
             project: Some(project),
         },
         html! {
+            (super::live::marker(project, &since, "flag release", None))
             div.heading {
                 h1 { "Flags" }
                 @if role >= Role::Editor {
@@ -743,6 +745,7 @@ async fn render_flag(
     flag: &str,
     query: &FlagQuery,
 ) -> Result<Markup, ApiError> {
+    let since = super::live::since(state, project).await;
     let role = signed.caller.require(state, project, Role::Viewer).await?;
     let mut record = state.store.flag(project, flag).await?;
     lifecycle::fill(
@@ -782,6 +785,7 @@ async fn render_flag(
             project: Some(project),
         },
         html! {
+            (super::live::marker(project, &since, "flag release", None))
             p.crumbs { a href={ "/projects/" (project) "/flags" } { "Flags" } " / " }
             h1 { (f.key) }
             @if let Some(notice) = query.notice.as_deref().and_then(notice_text) {
@@ -838,6 +842,9 @@ async fn render_flag(
                                 p { "Release: " a href={ "/projects/" (project) "/releases/" (r.id) } {
                                     (release_state_name(r)) ", " (r.treatment) " at " (percent(release_share(&c.config, r)))
                                 } }
+                            }
+                            @if role >= Role::Editor && !record.archived && !releases.iter().any(|r| r.environment == env.key && r.active) {
+                                p { a href={ "/projects/" (project) "/flags/" (f.key) "/environments/" (env.key) "/release" } { "Start a release in " (env.name) } }
                             }
                         }
                     }

@@ -19,6 +19,7 @@ mod audit;
 mod change_requests;
 mod editor;
 mod flags;
+mod live;
 mod releases;
 mod segments;
 mod settings;
@@ -60,6 +61,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(segments::routes())
         .merge(settings::routes())
         .merge(editor::routes())
+        .merge(live::routes())
         .layer(axum::middleware::from_fn(security_headers))
         // Pages and assets are text and shrink about tenfold: a list of a thousand flags is a
         // few dozen kilobytes on the wire. Event streams are left as they are (the default
