@@ -146,6 +146,22 @@ async fn click(client: &Client, locator: Locator<'_>) {
         .unwrap();
 }
 
+/// Waits for `css` to say `expected`: after a click the old page may still be the one read.
+async fn until_text(client: &Client, css: &str, expected: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = text_of(client, css).await;
+        if text == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{css}` still says {text:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn fill(client: &Client, css: &str, text: &str) {
     let field = client.find(Locator::Css(css)).await.unwrap();
     field.clear().await.unwrap();
@@ -180,11 +196,11 @@ async fn story(server: &Server, client: &Client) {
     fill(client, "#username", "admin").await;
     fill(client, "#password", PASSWORD).await;
     click(client, Locator::Css("form button[type=submit]")).await;
-    assert_eq!(text_of(client, "main h1").await, "Flags");
+    until_text(client, "main h1", "Flags").await;
 
     // Segments, from the project's navigation: a bad key first, its problem next to it.
     click(client, Locator::LinkText("Segments")).await;
-    assert_eq!(text_of(client, "main h1").await, "Segments in Development");
+    until_text(client, "main h1", "Segments in Development").await;
     click(client, Locator::LinkText("New segment")).await;
     fill(client, "#key", "beta testers").await;
     fill(client, "#description", "People who try things first").await;
@@ -197,10 +213,7 @@ async fn story(server: &Server, client: &Client) {
     screenshot(client, "admin-01-new-segment-problem").await;
     fill(client, "#key", "beta-testers").await;
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    assert_eq!(
-        text_of(client, "main h1").await,
-        "Segment beta-testers in Development"
-    );
+    until_text(client, "main h1", "Segment beta-testers in Development").await;
     assert_eq!(
         client
             .find(Locator::Css("#included"))
@@ -234,7 +247,7 @@ async fn story(server: &Server, client: &Client) {
         .await
         .unwrap();
     click(client, Locator::Css("form.filters button[type=submit]")).await;
-    assert_eq!(text_of(client, "main h1").await, "SDK key created");
+    until_text(client, "main h1", "SDK key created").await;
     let secret = client
         .find(Locator::Css("#secret"))
         .await
@@ -268,15 +281,17 @@ async fn story(server: &Server, client: &Client) {
     fill(client, "#url", "https://hooks.example/anchor").await;
     screenshot(client, "admin-07-new-webhook").await;
     click(client, Locator::Css("form.stack button[type=submit]")).await;
-    assert_eq!(text_of(client, "main h1").await, "Webhook created");
+    until_text(client, "main h1", "Webhook created").await;
     click(client, Locator::LinkText("See its delivery log")).await;
-    assert_eq!(text_of(client, "main h2").await, "Webhook Deploy channel");
+    until_text(client, "main h2", "Webhook Deploy channel").await;
     // A test ping lands in the delivery log (the host does not exist: its error is shown).
     click(client, Locator::Css("form[action$='/test'] button")).await;
-    assert_eq!(
-        text_of(client, ".notice").await,
-        "A ping is on its way: it appears in the delivery log."
-    );
+    until_text(
+        client,
+        ".notice",
+        "A ping is on its way: it appears in the delivery log.",
+    )
+    .await;
     assert!(
         text_of(client, "table.deliveries tbody")
             .await
