@@ -284,6 +284,16 @@ async fn the_audit_log_narrows_to_one_action_or_every_action_of_a_kind(server: S
     assert!(flags.body.contains("<code>flag.created</code>"));
     assert!(!flags.body.contains("<code>environment.created</code>"));
     assert!(rows(&flags.body) < everything);
+    // `flag.` means the same; not in the select's list, it is offered there as chosen.
+    let typed = server
+        .get("/projects/default/audit?action=flag.", Some(&vera))
+        .await;
+    assert_eq!(rows(&typed.body), 2, "{}", typed.body);
+    assert!(
+        typed
+            .body
+            .contains("<option value=\"flag.\" selected>flag.</option>")
+    );
     let none = server
         .get(
             "/projects/default/audit?action=release.rolled_back",
