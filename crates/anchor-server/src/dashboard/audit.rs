@@ -121,7 +121,7 @@ fn action_select(chosen: Option<&str>) -> Markup {
             @for (kind, actions) in ACTIONS {
                 @let every = format!("{kind}.*");
                 optgroup label=(kind.replace('_', " ")) {
-                    option value=(every) selected[chosen == Some(every.as_str())] { (every) " (every " (kind.replace('_', " ")) " action)" }
+                    option value=(every) selected[chosen == Some(every.as_str())] { "every " (kind.replace('_', " ")) " action" }
                     @for action in *actions {
                         option value=(action) selected[chosen == Some(*action)] { (action) }
                     }
