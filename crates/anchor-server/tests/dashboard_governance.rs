@@ -337,25 +337,48 @@ async fn the_audit_log_pages_back_in_time_without_losing_or_repeating_entries(se
     let total = all.as_array().unwrap().len();
     assert!(total > 50, "{total} entries: more than a page");
     let session = server.sign_in("admin", PASSWORD).await;
-    let mut path = "/projects/default/audit".to_string();
-    let mut seen = 0;
-    let mut pages = 0;
-    loop {
-        let page = server.get(&path, Some(&session)).await;
-        assert_eq!(page.status, StatusCode::OK);
-        seen += rows(&page.body);
-        pages += 1;
-        let Some(at) = page.body.find("rel=\"next\"") else {
-            break;
-        };
-        // The href before `rel="next"`.
-        let start = page.body[..at].rfind("href=\"").unwrap() + 6;
-        let end = start + page.body[start..].find('"').unwrap();
-        path = page.body[start..end].replace("&amp;", "&");
-        assert!(pages < 10, "the pages never end");
+    let pages = walk_pages(&server, &session, "/projects/default/audit").await;
+    assert!(pages.len() >= 2);
+    let seen: usize = pages.iter().map(|p| rows(p)).sum();
+    assert_eq!(seen, total, "every entry once, over {} pages", pages.len());
+    // The older link keeps the filters: every page of one action holds only that action.
+    let created = walk_pages(
+        &server,
+        &session,
+        "/projects/default/audit?action=flag.created",
+    )
+    .await;
+    assert!(created.len() >= 2);
+    assert_eq!(created.iter().map(|p| rows(p)).sum::<usize>(), 60);
+    for page in &created {
+        assert_eq!(
+            page.matches("<code>flag.created</code>").count(),
+            rows(page),
+            "{page}"
+        );
     }
-    assert!(pages >= 2);
-    assert_eq!(seen, total, "every entry once, over {pages} pages");
+}
+
+/// The bodies of the pages from `first` on, following each page's "older" link.
+async fn walk_pages(server: &Server, session: &str, first: &str) -> Vec<String> {
+    let mut path = first.to_string();
+    let mut pages = Vec::new();
+    loop {
+        let page = server.get(&path, Some(session)).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let next = page.body.find("rel=\"next\"").map(|at| {
+            // The href before `rel="next"`.
+            let start = page.body[..at].rfind("href=\"").unwrap() + 6;
+            let end = start + page.body[start..].find('"').unwrap();
+            page.body[start..end].replace("&amp;", "&")
+        });
+        pages.push(page.body);
+        match next {
+            Some(next) => path = next,
+            None => return pages,
+        }
+        assert!(pages.len() < 10, "the pages never end");
+    }
 }
 
 async fn a_viewer_sees_no_review_buttons_and_the_server_refuses_their_approval(server: Server) {
