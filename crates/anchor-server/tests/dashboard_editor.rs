@@ -973,7 +973,20 @@ async fn prerequisite_variants_are_offered_and_a_wrong_one_is_named_next_to_its_
     // Once the row names a flag, it suggests and names that flag's variants only.
     let more = post(form("", "add_prerequisite")).await;
     assert_eq!(more.status, StatusCode::OK);
-    assert!(more.body.contains("list=\"variants-"), "{}", more.body);
+    let list = more
+        .body
+        .split("id=\"prereq-0-variant\"")
+        .nth(1)
+        .and_then(|rest| rest.split("list=\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the variant field names a list");
+    assert!(
+        more.body.contains(&format!(
+            "<datalist id=\"{list}\"><option value=\"blue\"></option><option value=\"green\"></option></datalist>"
+        )),
+        "{}",
+        more.body
+    );
     assert!(
         more.body
             .contains("theme’s variants: <code>blue</code>, <code>green</code>"),

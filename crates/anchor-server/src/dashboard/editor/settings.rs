@@ -307,9 +307,12 @@ pub(super) fn targeting_markup(
                             @for name in names { option value=(name) label={ (key) ": " (name) } {} }
                         }
                     }
-                    @for (i, (_, names)) in other_flags.iter().enumerate() {
-                        datalist id={ "variants-" (i) } {
-                            @for name in names { option value=(name) {} }
+                    // Only the flags rows name need their own list: a project may have many.
+                    @for (i, (key, names)) in other_flags.iter().enumerate() {
+                        @if form.prerequisites.iter().any(|(f, _)| f.trim() == key) {
+                            datalist id={ "variants-" (i) } {
+                                @for name in names { option value=(name) {} }
+                            }
                         }
                     }
                     (field_problems(problems_at(problems, "prerequisites")))
