@@ -483,6 +483,10 @@ pub struct AuditArgs {
     /// Only entries by this actor (a user name, or e.g. `system:rollout-controller`)
     #[arg(long)]
     pub actor: Option<String>,
+    /// Only entries with this action (e.g. `flag.config.updated`); ending with `.` or `*`, every
+    /// action starting with it (e.g. `release.*`)
+    #[arg(long)]
+    pub action: Option<String>,
     /// Only entries of --env
     #[arg(long)]
     pub only_env: bool,

@@ -369,6 +369,26 @@ fn targeting_edits_change_what_a_context_is_served(server: Server) {
         .ok()
         .json();
     assert!(audit.as_array().unwrap().len() >= 7, "{audit}");
+    // `--action` narrows it to what the revert wrote.
+    let reverted = server
+        .anchor(&[
+            "-o",
+            "json",
+            "audit",
+            "--flag",
+            "checkout",
+            "--action",
+            "flag.reverted",
+        ])
+        .ok()
+        .json();
+    let actions: Vec<&str> = reverted
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["flag.reverted"], "{reverted}");
 }
 
 fn errors_print_one_line_and_exit_with_the_documented_code(server: Server) {

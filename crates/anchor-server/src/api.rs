@@ -969,6 +969,9 @@ struct AuditQuery {
     actor: Option<String>,
     environment: Option<String>,
     flag: Option<String>,
+    /// Only entries with this action (`flag.config.updated`); a value ending with `.` or `*`
+    /// matches every action starting with what comes before the `*` (`release.*`).
+    action: Option<String>,
     since: Option<i64>,
     until: Option<i64>,
     limit: Option<u32>,
@@ -991,6 +994,7 @@ async fn audit(
                 actor: query.actor,
                 environment: query.environment,
                 resource_key: query.flag,
+                action: query.action,
                 since: query.since,
                 until: query.until,
                 limit: query.limit.unwrap_or(100),

@@ -53,6 +53,8 @@ on_every_backend!(
     forms_without_the_sessions_csrf_token_change_nothing,
     segments_are_named_on_the_rule_form_and_matched_by_key,
     environments_needing_a_comment_ask_for_it_on_every_change,
+    prerequisite_variants_are_offered_and_a_wrong_one_is_named_next_to_its_field,
+    a_new_rule_may_be_given_its_own_id_checked_like_the_apis,
 );
 
 const PRODUCTION: &str = "/projects/default/flags/checkout/environments/production/targeting";
@@ -905,13 +907,179 @@ async fn environments_needing_approval_get_a_change_request(server: Server) {
     let id = request["id"].as_str().unwrap();
     assert_eq!(request["proposed"]["rules"][0]["id"], "rule-1", "{request}");
     let page = server.get(&reply.header("location"), Some(&session)).await;
+    // The notice links to the request, whose page shows it for review.
+    let link = format!("/projects/default/change-requests/{id}");
     assert!(
         page.body.contains(&format!(
-            "change request #{id} was created and awaits approval"
+            "<a href=\"{link}\">change request #{id}</a> was created and awaits approval"
         )),
         "{}",
         page.body
     );
+    let request_page = server.get(&link, Some(&session)).await;
+    assert_eq!(request_page.status, StatusCode::OK, "{}", request_page.body);
+    assert!(request_page.body.contains("checkout"));
+}
+
+async fn prerequisite_variants_are_offered_and_a_wrong_one_is_named_next_to_its_field(
+    server: Server,
+) {
+    server.api_create_flag("payments", "Payments").await;
+    let (status, body) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/projects/default/flags",
+            json!({"key": "theme", "kind": "string", "description": "Theme",
+                   "variants": [{"name": "blue", "value": "blue"},
+                                {"name": "green", "value": "green"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let session = server.sign_in("admin", PASSWORD).await;
+    let payments = "/projects/default/flags/payments/environments/staging/targeting";
+    let page = server.get(payments, Some(&session)).await;
+    // An empty row suggests every other flag's variants, each labelled with its flag.
+    assert!(
+        page.body
+            .contains("<option value=\"green\" label=\"theme: green\">"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(
+        "id=\"prereq-0-variant\" name=\"prereq.0.variant\" value=\"\" list=\"prereq-variants\""
+    ));
+    let csrf = csrf_of(&page.body);
+    let version = hidden_value(&page.body, "version");
+    let form = |variant: &'static str, action: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("version", version.clone()),
+            ("default.mode", "variant".into()),
+            ("default.variant", "on".into()),
+            ("off_variant", "off".into()),
+            ("prereqs", "1".into()),
+            ("prereq.0.flag", "theme".into()),
+            ("prereq.0.variant", variant.into()),
+            ("action", action.into()),
+        ]
+    };
+    let (server, session) = (&server, &session);
+    let post = |fields: Vec<(&'static str, String)>| async move {
+        {
+            let pairs: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            server.post_form(payments, Some(session), &pairs).await
+        }
+    };
+    // Once the row names a flag, it suggests and names that flag's variants only.
+    let more = post(form("", "add_prerequisite")).await;
+    assert_eq!(more.status, StatusCode::OK);
+    let list = more
+        .body
+        .split("id=\"prereq-0-variant\"")
+        .nth(1)
+        .and_then(|rest| rest.split("list=\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the variant field names a list");
+    assert!(
+        more.body.contains(&format!(
+            "<datalist id=\"{list}\"><option value=\"blue\"></option><option value=\"green\"></option></datalist>"
+        )),
+        "{}",
+        more.body
+    );
+    assert!(
+        more.body
+            .contains("theme’s variants: <code>blue</code>, <code>green</code>"),
+        "{}",
+        more.body
+    );
+    // A variant the flag does not have: named next to the variant field, typed text kept,
+    // nothing saved.
+    let wrong = post(form("purple", "save")).await;
+    assert_eq!(
+        wrong.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        wrong.body
+    );
+    assert_problem_between(
+        &wrong.body,
+        "id=\"prereq-0-variant\"",
+        "Leave a row empty",
+        "flag `theme` has no variant `purple`",
+    );
+    assert!(wrong.body.contains("value=\"purple\""));
+    assert_eq!(config(server, "payments", "staging").await["version"], 1);
+    let right = post(form("green", "save")).await;
+    assert_eq!(right.status, StatusCode::SEE_OTHER, "{}", right.body);
+    assert_eq!(
+        config(server, "payments", "staging").await["prerequisites"],
+        json!([{"flag": "theme", "variant": "green"}])
+    );
+}
+
+async fn a_new_rule_may_be_given_its_own_id_checked_like_the_apis(server: Server) {
+    server.api_create_flag("checkout", "Checkout").await;
+    let session = server.sign_in("admin", PASSWORD).await;
+    let new_rule = format!("{PRODUCTION}/new-rule");
+    let form = server.get(&new_rule, Some(&session)).await;
+    assert!(
+        form.body.contains("<label for=\"rule-id\">"),
+        "{}",
+        form.body
+    );
+    let csrf = csrf_of(&form.body);
+    let save = |id: String| {
+        let (csrf, new_rule, session) = (csrf.clone(), new_rule.clone(), session.clone());
+        let server = &server;
+        async move {
+            let version = config(server, "checkout", "production").await["version"].to_string();
+            let mut fields = rule_fields(&csrf, &version, "", &[("plan", "in", "pro")], None);
+            fields.push(("rule_id".into(), id));
+            server
+                .post_form(&new_rule, Some(&session), &pairs(&fields))
+                .await
+        }
+    };
+    let saved = save(" beta-users ".into()).await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    let rules = config(&server, "checkout", "production").await["rules"].clone();
+    assert_eq!(rules[0]["id"], "beta-users", "{rules}");
+    // The rule's own page is at its id and keeps it: no id field there.
+    let edit = server
+        .get(&format!("{PRODUCTION}/rules/beta-users"), Some(&session))
+        .await;
+    assert_eq!(edit.status, StatusCode::OK);
+    assert!(!edit.body.contains("id=\"rule-id\""));
+
+    // The same id again, and one too long: each refused next to the field, what was typed kept.
+    for (id, problem) in [
+        ("beta-users".to_string(), "duplicate rule id `beta-users`"),
+        ("x".repeat(129), "rule ids must have 1 to 128 characters"),
+    ] {
+        let refused = save(id.clone()).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            refused.body
+        );
+        assert_problem_between(
+            &refused.body,
+            "id=\"rule-id\"",
+            "for=\"description\"",
+            problem,
+        );
+        assert!(refused.body.contains(&format!("value=\"{id}\"")));
+    }
+    let rules = config(&server, "checkout", "production").await["rules"].clone();
+    assert_eq!(rules.as_array().unwrap().len(), 1, "{rules}");
+
+    // Left empty, the id is made up as before.
+    let saved = save(String::new()).await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    let rules = config(&server, "checkout", "production").await["rules"].clone();
+    assert_eq!(rules[1]["id"], "rule-1", "{rules}");
 }
 
 async fn viewers_get_no_edit_links_and_their_posts_are_refused(server: Server) {

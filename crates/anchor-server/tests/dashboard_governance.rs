@@ -43,6 +43,7 @@ macro_rules! on_every_backend {
 on_every_backend!(
     the_audit_log_lists_changes_with_their_actor_and_filters_narrow_it,
     the_audit_log_pages_back_in_time_without_losing_or_repeating_entries,
+    the_audit_log_narrows_to_one_action_or_every_action_of_a_kind,
     a_viewer_sees_no_review_buttons_and_the_server_refuses_their_approval,
     the_author_cannot_approve_their_own_request_and_is_told_why,
     a_second_editor_approves_then_applies_and_the_flag_changes,
@@ -239,6 +240,86 @@ async fn the_audit_log_lists_changes_with_their_actor_and_filters_narrow_it(serv
     assert!(instance.body.contains("vera"), "the user's creation");
 }
 
+async fn the_audit_log_narrows_to_one_action_or_every_action_of_a_kind(server: Server) {
+    server.api_create_flag("checkout", "Checkout").await;
+    let (status, body) = server
+        .api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/environments/staging/flags/checkout",
+            json!({"enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.add_user("vera", "viewer").await;
+    let vera = server.sign_in("vera", USER_PASSWORD).await;
+
+    let all = server.get("/projects/default/audit", Some(&vera)).await;
+    assert!(all.body.contains("<label for=\"action\">Action</label>"));
+    assert!(all.body.contains("<option value=\"release.rolled_back\">"));
+    assert!(all.body.contains("environment.created"));
+    let everything = rows(&all.body);
+
+    let updated = server
+        .get(
+            "/projects/default/audit?action=flag.config.updated",
+            Some(&vera),
+        )
+        .await;
+    assert_eq!(updated.status, StatusCode::OK);
+    assert_eq!(rows(&updated.body), 1, "{}", updated.body);
+    assert!(updated.body.contains("replace /enabled: true"));
+    assert!(!updated.body.contains("<code>flag.created</code>"));
+    assert!(
+        updated
+            .body
+            .contains("<option value=\"flag.config.updated\" selected>"),
+        "the select keeps the choice"
+    );
+
+    // `flag.*` is every flag action: the creation and the change, no environment's creation.
+    let flags = server
+        .get("/projects/default/audit?action=flag.*", Some(&vera))
+        .await;
+    assert_eq!(rows(&flags.body), 2, "{}", flags.body);
+    assert!(flags.body.contains("<code>flag.created</code>"));
+    assert!(!flags.body.contains("<code>environment.created</code>"));
+    assert!(rows(&flags.body) < everything);
+    // `flag.` means the same; not in the select's list, it is offered there as chosen.
+    let typed = server
+        .get("/projects/default/audit?action=flag.", Some(&vera))
+        .await;
+    assert_eq!(rows(&typed.body), 2, "{}", typed.body);
+    assert!(
+        typed
+            .body
+            .contains("<option value=\"flag.\" selected>flag.</option>")
+    );
+    let none = server
+        .get(
+            "/projects/default/audit?action=release.rolled_back",
+            Some(&vera),
+        )
+        .await;
+    assert!(none.body.contains("0 entries"));
+
+    // The API's endpoint takes the same parameter.
+    let (status, body) = server
+        .api(
+            reqwest::Method::GET,
+            "/api/v1/projects/default/audit?action=flag.*",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let actions: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["flag.config.updated", "flag.created"]);
+}
+
 async fn the_audit_log_pages_back_in_time_without_losing_or_repeating_entries(server: Server) {
     for i in 0..60 {
         server
@@ -256,25 +337,48 @@ async fn the_audit_log_pages_back_in_time_without_losing_or_repeating_entries(se
     let total = all.as_array().unwrap().len();
     assert!(total > 50, "{total} entries: more than a page");
     let session = server.sign_in("admin", PASSWORD).await;
-    let mut path = "/projects/default/audit".to_string();
-    let mut seen = 0;
-    let mut pages = 0;
-    loop {
-        let page = server.get(&path, Some(&session)).await;
-        assert_eq!(page.status, StatusCode::OK);
-        seen += rows(&page.body);
-        pages += 1;
-        let Some(at) = page.body.find("rel=\"next\"") else {
-            break;
-        };
-        // The href before `rel="next"`.
-        let start = page.body[..at].rfind("href=\"").unwrap() + 6;
-        let end = start + page.body[start..].find('"').unwrap();
-        path = page.body[start..end].replace("&amp;", "&");
-        assert!(pages < 10, "the pages never end");
+    let pages = walk_pages(&server, &session, "/projects/default/audit").await;
+    assert!(pages.len() >= 2);
+    let seen: usize = pages.iter().map(|p| rows(p)).sum();
+    assert_eq!(seen, total, "every entry once, over {} pages", pages.len());
+    // The older link keeps the filters: every page of one action holds only that action.
+    let created = walk_pages(
+        &server,
+        &session,
+        "/projects/default/audit?action=flag.created",
+    )
+    .await;
+    assert!(created.len() >= 2);
+    assert_eq!(created.iter().map(|p| rows(p)).sum::<usize>(), 60);
+    for page in &created {
+        assert_eq!(
+            page.matches("<code>flag.created</code>").count(),
+            rows(page),
+            "{page}"
+        );
     }
-    assert!(pages >= 2);
-    assert_eq!(seen, total, "every entry once, over {pages} pages");
+}
+
+/// The bodies of the pages from `first` on, following each page's "older" link.
+async fn walk_pages(server: &Server, session: &str, first: &str) -> Vec<String> {
+    let mut path = first.to_string();
+    let mut pages = Vec::new();
+    loop {
+        let page = server.get(&path, Some(session)).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let next = page.body.find("rel=\"next\"").map(|at| {
+            // The href before `rel="next"`.
+            let start = page.body[..at].rfind("href=\"").unwrap() + 6;
+            let end = start + page.body[start..].find('"').unwrap();
+            page.body[start..end].replace("&amp;", "&")
+        });
+        pages.push(page.body);
+        match next {
+            Some(next) => path = next,
+            None => return pages,
+        }
+        assert!(pages.len() < 10, "the pages never end");
+    }
 }
 
 async fn a_viewer_sees_no_review_buttons_and_the_server_refuses_their_approval(server: Server) {

@@ -2113,6 +2113,9 @@ impl Store for SqlStore {
         let project_id = project_id(&mut conn, &filter.project).await?;
         // Optional filters as "parameter IS NULL OR column = parameter", so one statement
         // serves every combination.
+        // A prefix is compared with `substr` rather than `LIKE`, whose `_` and `%` would need
+        // escaping (actions are full of `_`) and whose case rules differ between the backends.
+        let (exact_action, action_prefix) = filter.action_match();
         let rows = sqlx::query(
             "SELECT a.id, e.key AS env, a.actor_kind, a.actor_id, a.action, a.resource_kind, \
              a.resource_key, a.diff, a.comment, a.created_at FROM audit_log a \
@@ -2122,6 +2125,8 @@ impl Store for SqlStore {
              AND ($3 = '' OR e.key = $3) \
              AND ($4 = '' OR a.resource_key = $4) \
              AND a.created_at >= $5 AND a.created_at < $6 \
+             AND ($8 = '' OR a.action = $8) \
+             AND ($9 = '' OR substr(a.action, 1, length($9)) = $9) \
              ORDER BY a.seq DESC LIMIT $7",
         )
         .bind(&project_id)
@@ -2131,6 +2136,8 @@ impl Store for SqlStore {
         .bind(filter.since.unwrap_or(i64::MIN))
         .bind(filter.until.unwrap_or(i64::MAX))
         .bind(limit(filter.limit))
+        .bind(exact_action)
+        .bind(action_prefix)
         .fetch_all(&mut *conn)
         .await?;
         rows.iter()

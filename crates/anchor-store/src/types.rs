@@ -237,12 +237,31 @@ pub struct AuditFilter {
     pub actor: Option<String>,
     pub environment: Option<String>,
     pub resource_key: Option<String>,
+    /// The entries' action: exactly this one (`flag.config.updated`), or, when the value ends
+    /// with `.` or `*`, every action that starts with what comes before the `*` (`release.` and
+    /// `release.*` both match `release.rolled_back`; `flag.config*` matches `flag.config.updated`).
+    pub action: Option<String>,
     /// Inclusive, unix milliseconds.
     pub since: Option<i64>,
     /// Exclusive, unix milliseconds.
     pub until: Option<i64>,
     /// At most this many (1 to 1,000; 100 when 0).
     pub limit: u32,
+}
+
+impl AuditFilter {
+    /// The action filter as `(exact, prefix)`, at most one of them non-empty (see
+    /// [`AuditFilter::action`]); empty strings mean "any action".
+    pub fn action_match(&self) -> (&str, &str) {
+        match self.action.as_deref().map(str::trim).unwrap_or("") {
+            "" => ("", ""),
+            value => match value.strip_suffix('*') {
+                Some(prefix) => ("", prefix),
+                None if value.ends_with('.') => ("", value),
+                None => (value, ""),
+            },
+        }
+    }
 }
 
 /// A user's role in a project; ordered: Viewer < Editor < Admin.

@@ -115,6 +115,7 @@ contract!(
     a_new_environment_gets_every_existing_flag_disabled,
     definition_updates_and_archiving_are_audited,
     the_audit_log_filters_by_actor_environment_flag_and_time,
+    the_audit_log_filters_by_an_exact_action_or_an_action_prefix,
     users_are_created_once_and_their_credentials_read_back,
     project_roles_are_granted_changed_and_audited,
     tokens_are_stored_as_hashes_looked_up_listed_and_revoked,
@@ -788,6 +789,66 @@ async fn the_audit_log_filters_by_actor_environment_flag_and_time(f: &Fixture) {
         "the environment's creation and the change to g"
     );
     assert_eq!(query(AuditFilter { limit: 2, ..base() }).await.len(), 2);
+}
+
+async fn the_audit_log_filters_by_an_exact_action_or_an_action_prefix(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let on = on_config();
+    s.create_flag(&admin(), "shop", &boolean_flag("f", &[]), &off_config())
+        .await
+        .unwrap();
+    s.update_flag_config(&change(&admin(), "staging", "f", &on, None))
+        .await
+        .unwrap();
+    s.update_flag_config(&ConfigChange {
+        action: "flag.killed",
+        ..change(&admin(), "production", "f", &off_config(), None)
+    })
+    .await
+    .unwrap();
+    // Each filter and the actions it returns, newest first.
+    let cases: [(&str, &[&str]); 8] = [
+        ("flag.config.updated", &["flag.config.updated"]),
+        ("flag.killed", &["flag.killed"]),
+        // Without a trailing `.` or `*` the value is an exact action, not a prefix.
+        ("flag.config", &[]),
+        ("flag.config*", &["flag.config.updated"]),
+        (
+            "flag.",
+            &["flag.killed", "flag.config.updated", "flag.created"],
+        ),
+        (
+            "flag.*",
+            &["flag.killed", "flag.config.updated", "flag.created"],
+        ),
+        // `_` is an ordinary character, not a `LIKE` wildcard.
+        ("flag_*", &[]),
+        ("environment.*", &["environment.created"; 3]),
+    ];
+    for (action, expected) in cases {
+        let actions: Vec<String> = s
+            .audit(&AuditFilter {
+                project: "shop".into(),
+                action: Some(action.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.action)
+            .collect();
+        assert_eq!(actions, expected, "filter {action}");
+    }
+    let everything = s
+        .audit(&AuditFilter {
+            project: "shop".into(),
+            action: Some(" ".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(everything.len(), 7, "a blank action filters nothing");
 }
 
 /// An Argon2 PHC string as the server would make it.

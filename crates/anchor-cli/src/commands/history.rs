@@ -109,6 +109,7 @@ pub async fn audit(ctx: &Ctx, args: &AuditArgs) -> Result<(), CliError> {
         query(&[
             ("flag", args.flag.clone()),
             ("actor", args.actor.clone()),
+            ("action", args.action.clone()),
             ("environment", args.only_env.then(|| ctx.env.clone())),
             ("limit", Some(args.limit.to_string())),
         ])

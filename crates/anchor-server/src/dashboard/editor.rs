@@ -237,20 +237,30 @@ fn targeting_path(project: &str, flag: &str, environment: &str) -> String {
     )
 }
 
-fn notice_text(notice: &str) -> Option<String> {
+/// What a `notice` query parameter says on the environment's page; a change request is linked
+/// to its page, where it can be reviewed.
+fn notice_markup(project: &str, notice: &str) -> Option<Markup> {
     if let Some(id) = notice.strip_prefix("requested:") {
-        return Some(format!(
-            "This environment requires approval: change request #{id} was created and awaits \
-             approval. Nothing changes until it is applied."
-        ));
+        return Some(html! {
+            "This environment requires approval: "
+            @if id.is_empty() {
+                "a change request"
+            } @else {
+                a href={ "/projects/" (segment(project)) "/change-requests/" (segment(id)) } {
+                    "change request #" (id)
+                }
+            }
+            " was created and awaits approval. Nothing changes until it is applied."
+        });
     }
-    match notice {
-        "saved" => Some("Saved.".into()),
-        "rule-saved" => Some("The rule was saved.".into()),
-        "rule-deleted" => Some("The rule was deleted.".into()),
-        "rule-moved" => Some("The rule was moved.".into()),
-        _ => None,
-    }
+    let text = match notice {
+        "saved" => "Saved.",
+        "rule-saved" => "The rule was saved.",
+        "rule-deleted" => "The rule was deleted.",
+        "rule-moved" => "The rule was moved.",
+        _ => return None,
+    };
+    Some(html! { (text) })
 }
 
 fn comment_field(env: &Environment, value: &str, problems: &Problems) -> Markup {

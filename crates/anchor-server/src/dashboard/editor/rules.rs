@@ -207,6 +207,8 @@ struct ConditionRow {
 }
 
 struct RuleForm {
+    /// The id a new rule asks for; empty for `rule-N` (an existing rule keeps its id).
+    id: String,
     description: String,
     rows: Vec<ConditionRow>,
     serve: ServeForm,
@@ -240,6 +242,7 @@ impl RuleForm {
             ),
         };
         RuleForm {
+            id: String::new(),
             description: rule.map(|r| r.description.clone()).unwrap_or_default(),
             rows,
             serve,
@@ -270,6 +273,7 @@ impl RuleForm {
             });
         }
         RuleForm {
+            id: fields.get("rule_id").to_string(),
             description: fields.get("description").to_string(),
             rows,
             serve: ServeForm::read(fields, "serve", variants),
@@ -344,6 +348,7 @@ fn rule_field(
             ["conditions", ..] => "conditions".into(),
             ["serve", rest @ ..] => serve_field("serve", rest, variants, &rule.serve),
             ["description", ..] => "description".into(),
+            ["id", ..] => "rule_id".into(),
             _ => "form".into(),
         },
         ["comment", ..] => "comment".into(),
@@ -391,6 +396,13 @@ fn rule_markup(
                 input type="hidden" name="csrf" value=(signed.csrf);
                 input type="hidden" name="version" value=(version);
                 input type="hidden" name="conditions" value=(form.rows.len());
+                @if rule_id.is_none() {
+                    label for="rule-id" { "Id (optional)" }
+                    p.small #rule-id-help { "How the API, the JSON view and evaluation reasons name this rule: 1 to 128 characters, unique in this environment. Left empty, it becomes rule-1, rule-2 and so on." }
+                    input #rule-id name="rule_id" value=(form.id) aria-describedby="rule-id-help"
+                        aria-invalid=[invalid(problems, "rule_id")];
+                    (field_problems(problems_at(problems, "rule_id")))
+                }
                 label for="description" { "Description" }
                 input #description name="description" value=(form.description)
                     aria-invalid=[invalid(problems, "description")];
@@ -635,7 +647,12 @@ async fn save_rule_form(
                 return render(&form, &problems, StatusCode::CONFLICT);
             }
         },
-        None => (config.rules.len(), new_rule_id(&config)),
+        // An id of the person's choosing is checked by the API like any other (length,
+        // uniqueness), its problems shown next to the field.
+        None => match form.id.trim() {
+            "" => (config.rules.len(), new_rule_id(&config)),
+            chosen => (config.rules.len(), chosen.to_string()),
+        },
     };
     let (rule, mut problems, rows) = form.rule(&id, &loaded.variants);
     if index == config.rules.len() {

@@ -165,7 +165,10 @@ async fn targeting_page(
         Err(e) => return error_page(e),
     };
     let form = SettingsForm::of(&loaded.config, &loaded.variants);
-    let notice = query.notice.as_deref().and_then(notice_text);
+    let notice = query
+        .notice
+        .as_deref()
+        .and_then(|n| notice_markup(&project, n));
     html_response(
         StatusCode::OK,
         targeting_markup(
@@ -176,17 +179,20 @@ async fn targeting_page(
             &form,
             &others,
             &Problems::new(),
-            notice.as_deref(),
+            notice.as_ref(),
         ),
     )
 }
+
+/// Another flag of the project, offered as a prerequisite: its key and its variants' names.
+pub(super) type OtherFlag = (String, Vec<String>);
 
 /// The project's other flags, offered as prerequisites.
 pub(super) async fn other_flags(
     state: &AppState,
     project: &str,
     flag: &str,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Vec<OtherFlag>, ApiError> {
     let filter = anchor_store::FlagFilter {
         tag: None,
         lifecycle: None,
@@ -202,8 +208,11 @@ pub(super) async fn other_flags(
         .await?
         .items
         .into_iter()
-        .map(|r| r.flag.key)
-        .filter(|k| k != flag)
+        .filter(|r| r.flag.key != flag)
+        .map(|r| {
+            let variants = r.flag.variants.into_iter().map(|v| v.name).collect();
+            (r.flag.key, variants)
+        })
         .collect())
 }
 
@@ -217,9 +226,9 @@ pub(super) fn targeting_markup(
     loaded: &Loaded,
     version: u64,
     form: &SettingsForm,
-    other_flags: &[String],
+    other_flags: &[OtherFlag],
     problems: &Problems,
-    notice: Option<&str>,
+    notice: Option<&Markup>,
 ) -> Markup {
     let env = &loaded.env;
     let variants = &loaded.variants;
@@ -288,12 +297,33 @@ pub(super) fn targeting_markup(
                     legend { "Prerequisites" }
                     p.small #prereq-help { "This flag applies only while each of these flags serves the named variant to the same context; otherwise it serves the off variant." }
                     datalist #flag-keys {
-                        @for key in other_flags { option value=(key) {} }
+                        @for (key, _) in other_flags { option value=(key) {} }
+                    }
+                    // The variants are suggested without a script: a row whose flag is known
+                    // lists that flag's (and names them below the field), any other row every
+                    // flag's, labelled `flag: variant`.
+                    datalist #prereq-variants {
+                        @for (key, names) in other_flags {
+                            @for name in names { option value=(name) label={ (key) ": " (name) } {} }
+                        }
+                    }
+                    // Only the flags rows name need their own list: a project may have many.
+                    @for (i, (key, names)) in other_flags.iter().enumerate() {
+                        @if form.prerequisites.iter().any(|(f, _)| f.trim() == key) {
+                            datalist id={ "variants-" (i) } {
+                                @for name in names { option value=(name) {} }
+                            }
+                        }
                     }
                     (field_problems(problems_at(problems, "prerequisites")))
                     @for (k, (pflag, pvariant)) in form.prerequisites.iter().enumerate() {
                         @let flag_field = format!("prereq.{k}.flag");
                         @let variant_field = format!("prereq.{k}.variant");
+                        @let chosen = other_flags.iter().position(|(key, _)| key == pflag.trim());
+                        @let variant_list = match chosen {
+                            Some(i) => format!("variants-{i}"),
+                            None => "prereq-variants".to_string(),
+                        };
                         div.row {
                             div {
                                 label for={ "prereq-" (k) "-flag" } { "Flag" }
@@ -304,7 +334,17 @@ pub(super) fn targeting_markup(
                             div {
                                 label for={ "prereq-" (k) "-variant" } { "serves variant" }
                                 input id={ "prereq-" (k) "-variant" } name=(variant_field) value=(pvariant)
+                                    list=(variant_list) aria-describedby=[chosen.map(|_| format!("prereq-{k}-variants"))]
                                     aria-invalid=[invalid(problems, &variant_field)];
+                                @if let Some(i) = chosen {
+                                    p.small id={ "prereq-" (k) "-variants" } {
+                                        (other_flags[i].0) "’s variants: "
+                                        @for (n, name) in other_flags[i].1.iter().enumerate() {
+                                            @if n > 0 { ", " }
+                                            code { (name) }
+                                        }
+                                    }
+                                }
                                 (field_problems(problems_at(problems, &variant_field)))
                             }
                         }
