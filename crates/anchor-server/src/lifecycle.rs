@@ -263,7 +263,7 @@ pub async fn fill(
         .into_iter()
         .map(|l| ((l.flag, l.environment), l.minute * 1000))
         .collect();
-    let mut earlier: HashMap<(String, String), Vec<(i64, serde_json::Value)>> = HashMap::new();
+    let mut earlier: HashMap<(String, String), Vec<(i64, String)>> = HashMap::new();
     if records.iter().any(|r| {
         r.environments
             .iter()
@@ -271,9 +271,9 @@ pub async fn fill(
     }) {
         for revision in store.earlier_flag_revisions(project).await? {
             earlier
-                .entry((revision.resource_key, revision.environment))
+                .entry((revision.flag, revision.environment))
                 .or_default()
-                .push((revision.created_at, revision.body));
+                .push((revision.created_at, revision.config));
         }
     }
     for record in records {
@@ -287,7 +287,7 @@ pub async fn fill(
                     // Parsing stops at the first revision that served something else.
                     let mut revisions = Vec::new();
                     for (at, body) in older {
-                        let config = serde_json::from_value::<FlagConfig>(body.clone()).ok();
+                        let config = serde_json::from_str::<FlagConfig>(body).ok();
                         let same = config.as_ref().and_then(single_variant) == Some(variant);
                         revisions.push((*at, config));
                         if !same {

@@ -147,7 +147,8 @@ pub trait Store: Send + Sync + 'static {
     /// configuration's current version, newest first per flag and environment. One query
     /// for the lifecycle of a whole flag list, which needs to look back only while the
     /// configurations served what they serve now.
-    async fn earlier_flag_revisions(&self, project: &str) -> Result<Vec<Revision>, StoreError>;
+    async fn earlier_flag_revisions(&self, project: &str)
+    -> Result<Vec<EarlierConfig>, StoreError>;
 
     /// Audit entries, newest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;

@@ -2064,12 +2064,15 @@ impl Store for SqlStore {
         rows.iter().map(|r| revision_from(r, environment)).collect()
     }
 
-    async fn earlier_flag_revisions(&self, project: &str) -> Result<Vec<Revision>, StoreError> {
+    async fn earlier_flag_revisions(
+        &self,
+        project: &str,
+    ) -> Result<Vec<EarlierConfig>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let project_id = project_id(&mut conn, project).await?;
         let rows = sqlx::query(
-            "SELECT e.key AS env, r.resource_kind, r.resource_key, r.version, r.body, \
-             r.actor_kind, r.actor_id, r.comment, r.created_at FROM revisions r \
+            "SELECT e.key AS env, r.resource_key, r.version, r.body, r.created_at \
+             FROM revisions r \
              JOIN environments e ON e.id = r.environment_id \
              JOIN flags f ON f.project_id = e.project_id AND f.key = r.resource_key \
              JOIN flag_configs c ON c.flag_id = f.id AND c.environment_id = r.environment_id \
@@ -2080,7 +2083,15 @@ impl Store for SqlStore {
         .fetch_all(&mut *conn)
         .await?;
         rows.iter()
-            .map(|r| revision_from(r, &r.try_get::<String, _>("env")?))
+            .map(|r| {
+                Ok(EarlierConfig {
+                    flag: r.try_get("resource_key")?,
+                    environment: r.try_get("env")?,
+                    version: r.try_get::<i64, _>("version")? as u64,
+                    created_at: r.try_get("created_at")?,
+                    config: r.try_get("body")?,
+                })
+            })
             .collect()
     }
 

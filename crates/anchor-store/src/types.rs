@@ -154,6 +154,19 @@ pub enum LifecycleStatus {
     Archived,
 }
 
+/// A flag's configuration in one environment as an earlier revision stored it. The JSON is
+/// left unread: a flag list needs only the few that served what their flag serves now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlierConfig {
+    pub flag: String,
+    pub environment: String,
+    pub version: u64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// The configuration's JSON.
+    pub config: String,
+}
+
 /// Which flags a listing returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

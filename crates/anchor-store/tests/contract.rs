@@ -443,9 +443,13 @@ async fn every_change_is_an_immutable_revision_and_an_audit_entry_with_a_diff(f:
     assert_eq!(
         earlier
             .iter()
-            .map(|r| (r.environment.as_str(), r.resource_key.as_str(), r.version))
+            .map(|r| (r.environment.as_str(), r.flag.as_str(), r.version))
             .collect::<Vec<_>>(),
         [("staging", "f", 1)]
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&earlier[0].config).unwrap()["enabled"],
+        json!(false)
     );
 
     let audit = s

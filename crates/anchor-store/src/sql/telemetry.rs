@@ -81,6 +81,23 @@ impl SqlStore {
         Ok(report)
     }
 
+    /// On PostgreSQL, holds the compaction lock until `tx` ends. Two servers merging at once
+    /// could deadlock: an hour's row shares its key with the minute row at the hour's start, so
+    /// one merger's upsert of an hour can wait on a minute row the other has taken while the
+    /// other waits on it. Merges are short, so taking turns costs little.
+    async fn one_merger_at_a_time(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            // Any fixed number; only compaction uses it.
+            sqlx::query("SELECT pg_advisory_xact_lock(7106533)")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// `FOR UPDATE SKIP LOCKED` on PostgreSQL (SQLite has no row locks: its writers take turns).
     fn skip_locked(&self) -> &'static str {
         match self.backend {
@@ -122,6 +139,7 @@ impl SqlStore {
     /// one transaction. Returns how many minute rows it merged.
     async fn merge_evaluation_minutes(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
+        self.one_merger_at_a_time(&mut tx).await?;
         let taken = sqlx::query(AssertSqlSafe(self.take_minutes_sql(
             "evaluation_counts",
             "environment_id, flag, minute, variant, count",
@@ -188,6 +206,7 @@ impl SqlStore {
     /// merged.
     async fn merge_outcome_minutes(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
+        self.one_merger_at_a_time(&mut tx).await?;
         let taken = sqlx::query(AssertSqlSafe(self.take_minutes_sql(
             "outcome_aggregates",
             "environment_id, flag, minute, variant, exposures, requests, errors, latency, metrics",
