@@ -121,6 +121,10 @@ pub(crate) struct CompiledFlag {
     pub(crate) variants: Vec<(Box<str>, Value)>,
     /// `None` when the flag failed to compile.
     pub(crate) config: Option<CompiledConfig>,
+    /// The evaluation of a flag whose result does not depend on the context (switched off, or
+    /// on with one variant for everyone and nothing else), precomputed so that the fast path
+    /// returns it without walking the configuration; 0 when it depends on the context.
+    pub(crate) fixed: u64,
 }
 
 #[derive(Debug)]
@@ -352,6 +356,8 @@ pub fn compile(config: &EnvironmentConfig) -> (Snapshot, Vec<Diagnostic>) {
                 p.flag = new_position[p.flag as usize];
             }
         }
+        // After the prerequisite check, which may have found the configuration broken.
+        flag.fixed = crate::eval::fixed_bits(flag);
     }
     let flag_index = sorted
         .iter()
@@ -561,6 +567,7 @@ impl Compiler {
             version: entry.config.version,
             variants,
             config: ok.then_some(compiled),
+            fixed: 0,
         }
     }
 

@@ -6,6 +6,7 @@
 
 use serde::ser::SerializeMap;
 
+use crate::semver::ParsedVersion;
 use crate::text::Fingerprint;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -35,13 +36,29 @@ pub struct EvaluationContext {
 }
 
 #[derive(Debug, Clone)]
-struct Entry {
+pub(crate) struct Entry {
     hash: u64,
     name: Box<str>,
     value: Value,
     /// The value's fingerprint when it is a string, computed once here rather than by every
     /// `in` condition that reads it.
     value_fingerprint: Fingerprint,
+    /// The value as a semantic version when it is a string that is one, parsed once here rather
+    /// than by every `semver_*` condition that reads it.
+    value_version: Option<ParsedVersion>,
+}
+
+impl Entry {
+    /// The value's semantic version, when it is a string that parses as one.
+    #[inline(always)]
+    pub(crate) fn version(&self) -> Option<crate::semver::Version<'_>> {
+        let s = self.value.as_str()?;
+        self.value_version.map(|v| v.with_text(s))
+    }
+}
+
+fn value_version(value: &Value) -> Option<ParsedVersion> {
+    ParsedVersion::of(value.as_str()?)
 }
 
 fn value_fingerprint(value: &Value) -> Fingerprint {
@@ -94,6 +111,7 @@ impl EvaluationContext {
         let value: Value = value.into();
         if let Some(i) = self.position(&name, hash) {
             self.entries[i].value_fingerprint = value_fingerprint(&value);
+            self.entries[i].value_version = value_version(&value);
             self.entries[i].value = value;
             return;
         }
@@ -105,6 +123,7 @@ impl EvaluationContext {
             hash,
             name: name.into_boxed_str(),
             value_fingerprint: value_fingerprint(&value),
+            value_version: value_version(&value),
             value,
         });
         if let Some(index) = &mut self.index {
@@ -320,6 +339,17 @@ impl AttributePath {
         &self,
         context: &'c EvaluationContext,
     ) -> Option<(&'c Value, Option<&'c Fingerprint>)> {
+        self.lookup_entry(context)
+            .map(|(v, e)| (v, e.map(|e| &e.value_fingerprint)))
+    }
+
+    /// As [`AttributePath::lookup`], with the context's entry of a top-level value and what was
+    /// precomputed about it (`None` for nested values).
+    #[inline(always)]
+    pub(crate) fn lookup_entry<'c>(
+        &self,
+        context: &'c EvaluationContext,
+    ) -> Option<(&'c Value, Option<&'c Entry>)> {
         let found = match &self.parts {
             None => {
                 let entry = if self.targeting_key {
@@ -329,7 +359,7 @@ impl AttributePath {
                 } else {
                     context.entry_known(&self.full, self.hash, &self.fingerprint)
                 };
-                entry.map(|e| (&e.value, Some(&e.value_fingerprint)))
+                entry.map(|e| (&e.value, Some(e)))
             }
             Some(parts) => self.lookup_nested(context, parts).map(|v| (v, None)),
         };
