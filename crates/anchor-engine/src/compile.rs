@@ -245,7 +245,7 @@ impl StringSet {
     }
 
     /// `contains` with `s`'s fingerprint computed in advance.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn contains_known(&self, s: &str, fp: &Fingerprint) -> bool {
         match self {
             StringSet::Small(items) => {

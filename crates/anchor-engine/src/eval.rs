@@ -475,6 +475,9 @@ fn condition_holds<T: Tracer>(
     tracer: &mut T,
     depth: u32,
 ) -> bool {
+    if !T::ON {
+        return condition_matches(snapshot, c, context, depth);
+    }
     let mut segments = Vec::new();
     let (holds, actual, note) = match &c.test {
         Test::Segments(refs) => {
@@ -563,6 +566,41 @@ fn condition_holds<T: Tracer>(
         });
     }
     holds
+}
+
+/// [`condition_holds`] without a tracer: the same answer, with nothing kept for an explanation
+/// (no value, note or segment list to build and drop). The corpus tests compare the two paths.
+#[inline(always)]
+fn condition_matches(
+    snapshot: &Snapshot,
+    c: &CompiledCondition,
+    context: &EvaluationContext,
+    depth: u32,
+) -> bool {
+    let compared =
+        |value: &Value| test_value(c.operator, &c.test, value).is_some_and(|m| m ^ c.negate);
+    match &c.test {
+        Test::Segments(refs) => {
+            let member = refs
+                .iter()
+                .any(|&s| membership(snapshot, s, context, depth).is_member());
+            member ^ c.negate
+        }
+        Test::Exists => c.attribute.lookup(context).is_some() ^ c.negate,
+        Test::In(set) if !set.case_insensitive => match c.attribute.lookup_fingerprinted(context) {
+            None => false,
+            Some((Value::String(s), Some(fp))) => set.strings.contains_known(s, fp) ^ c.negate,
+            Some((value, _)) => compared(value),
+        },
+        Test::Semver(versions) => match c.attribute.lookup_entry(context) {
+            None => false,
+            Some((value, entry)) => match entry.and_then(Entry::version) {
+                Some(x) => semver_holds(c.operator, versions, &x) ^ c.negate,
+                None => compared(value),
+            },
+        },
+        _ => c.attribute.lookup(context).is_some_and(compared),
+    }
 }
 
 /// Arrays match when any element does; elements the operator cannot compare are skipped.
