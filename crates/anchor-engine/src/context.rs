@@ -18,6 +18,15 @@ pub const TARGETING_KEY: &str = "targetingKey";
 /// precomputed hashes before names.
 const INDEX_THRESHOLD: usize = 16;
 
+/// The size of [`EvaluationContext::slots`] (a power of two) and its marker of a shared slot.
+const SLOTS: usize = 32;
+const COLLIDED: u8 = u8::MAX;
+
+#[inline(always)]
+fn slot_of(hash: u64) -> usize {
+    (hash >> (64 - SLOTS.trailing_zeros())) as usize
+}
+
 /// The targeting key and attributes of one evaluation.
 ///
 /// Attribute names are hashed once, when the context is built, so that each condition's lookup
@@ -31,6 +40,10 @@ pub struct EvaluationContext {
     keys: Vec<(u64, Fingerprint)>,
     /// Name to position, for large contexts only.
     index: Option<crate::compile::Map<u32>>,
+    /// A direct-mapped table for small contexts, by the top bits of the name hash: 0 when no
+    /// name has that slot, `COLLIDED` when several do (then the keys are scanned), otherwise
+    /// the one entry's position + 1. A lookup then confirms one entry instead of scanning all.
+    slots: [u8; SLOTS],
     /// The position of `targetingKey`, which most evaluations read.
     targeting_key: Option<u32>,
 }
@@ -118,6 +131,11 @@ impl EvaluationContext {
         if name == TARGETING_KEY {
             self.targeting_key = Some(self.entries.len() as u32);
         }
+        let slot = &mut self.slots[slot_of(hash) & (SLOTS - 1)];
+        *slot = match u8::try_from(self.entries.len() + 1) {
+            Ok(tag) if *slot == 0 && tag != COLLIDED => tag,
+            _ => COLLIDED,
+        };
         self.keys.push((hash, Fingerprint::of(&name)));
         self.entries.push(Entry {
             hash,
@@ -159,6 +177,7 @@ impl EvaluationContext {
             entries: Vec::with_capacity(attributes.len()),
             keys: Vec::with_capacity(attributes.len()),
             index: None,
+            slots: [0; SLOTS],
             targeting_key: None,
         };
         for (name, value) in attributes {
@@ -221,17 +240,29 @@ impl EvaluationContext {
         match &self.index {
             Some(index) => index.get(name).map(|&i| i as usize),
             None => {
-                for (i, (h, f)) in self.keys.iter().enumerate() {
-                    if *h == hash
-                        && f.same(fp)
-                        && (fp.is_exact() || self.entries.get(i).is_some_and(|e| *e.name == *name))
-                    {
-                        return Some(i);
-                    }
-                }
-                None
+                let i = match self.slots[slot_of(hash) & (SLOTS - 1)] {
+                    0 => return None,
+                    COLLIDED => return self.scan(name, hash, fp),
+                    tag => usize::from(tag) - 1,
+                };
+                let (h, f) = self.keys.get(i)?;
+                (*h == hash
+                    && f.same(fp)
+                    && (fp.is_exact() || self.entries.get(i).is_some_and(|e| *e.name == *name)))
+                .then_some(i)
             }
         }
+    }
+
+    /// The linear scan of the keys, for names that share a slot.
+    #[inline(never)]
+    fn scan(&self, name: &str, hash: u64, fp: &Fingerprint) -> Option<usize> {
+        self.keys.iter().enumerate().find_map(|(i, (h, f))| {
+            (*h == hash
+                && f.same(fp)
+                && (fp.is_exact() || self.entries.get(i).is_some_and(|e| *e.name == *name)))
+            .then_some(i)
+        })
     }
 
     #[inline(always)]
@@ -437,6 +468,26 @@ mod tests {
         assert_eq!(ctx.get("a7"), Some(&json!("replaced")));
         assert_eq!(ctx.targeting_key(), Some("u"));
         assert_eq!(AttributePath::new("a42").lookup(&ctx), Some(&json!(42)));
+    }
+
+    #[test]
+    fn small_contexts_find_every_name_whether_or_not_slots_are_shared() {
+        // 16 names in 32 slots: some share a slot (the scan), most do not (the direct check).
+        let mut ctx = EvaluationContext::new();
+        for i in 0..INDEX_THRESHOLD {
+            ctx.set(format!("attr{i}"), i);
+        }
+        assert!(ctx.index.is_none());
+        assert!(ctx.slots.contains(&COLLIDED), "{:?}", ctx.slots);
+        for i in 0..INDEX_THRESHOLD {
+            assert_eq!(ctx.get(&format!("attr{i}")), Some(&json!(i)));
+        }
+        for missing in ["attr16", "attr", "", "country"] {
+            assert_eq!(ctx.get(missing), None, "{missing}");
+        }
+        ctx.set("attr3", "replaced");
+        assert_eq!(ctx.get("attr3"), Some(&json!("replaced")));
+        assert_eq!(ctx.len(), INDEX_THRESHOLD);
     }
 
     #[test]
