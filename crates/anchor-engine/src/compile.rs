@@ -139,6 +139,9 @@ pub(crate) struct CompiledConfig {
     pub(crate) default_serve: CompiledServe,
     /// No prerequisites, targets or rules, and the default serve is one variant.
     pub(crate) is_static: bool,
+    /// On, with no prerequisites, targets or rules: the default serve is the answer (a plain
+    /// rollout, for one).
+    pub(crate) direct: bool,
 }
 
 #[derive(Debug)]
@@ -677,6 +680,8 @@ impl Compiler {
             &config.default_serve,
             format!("{base}/defaultServe"),
         );
+        let direct =
+            config.enabled && prerequisites.is_empty() && targets.is_none() && rules.is_empty();
         let is_static = prerequisites.is_empty()
             && targets.is_none()
             && rules.is_empty()
@@ -689,6 +694,7 @@ impl Compiler {
             rules,
             default_serve,
             is_static,
+            direct,
         }
     }
 

@@ -237,6 +237,7 @@ impl Tracer for Recorder {
     }
 }
 
+#[inline(always)]
 fn served<'s>(
     flag: &'s CompiledFlag,
     variant: u32,
@@ -274,8 +275,8 @@ pub(crate) fn fixed_bits(flag: &CompiledFlag) -> u64 {
     }
 }
 
-/// Without a tracer, a flag whose result is fixed is answered from the compiled flag: no call,
-/// no walk of the configuration.
+/// Without a tracer, a flag whose result is fixed is answered from the compiled flag, and one
+/// with nothing but a default serve goes straight to it: no walk of the configuration.
 #[inline(always)]
 fn eval_flag<'s, T: Tracer>(
     snapshot: &'s Snapshot,
@@ -284,8 +285,15 @@ fn eval_flag<'s, T: Tracer>(
     tracer: &mut T,
     depth: u32,
 ) -> Evaluation<'s> {
-    if !T::ON && flag.fixed != 0 {
-        return Evaluation::from_bits(flag, flag.fixed);
+    if !T::ON {
+        if flag.fixed != 0 {
+            return Evaluation::from_bits(flag, flag.fixed);
+        }
+        if let Some(config) = &flag.config
+            && config.direct
+        {
+            return serve(flag, &config.default_serve, context, tracer, None);
+        }
     }
     eval_flag_walk(snapshot, flag, context, tracer, depth)
 }
