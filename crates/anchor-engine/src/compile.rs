@@ -121,6 +121,10 @@ pub(crate) struct CompiledFlag {
     pub(crate) variants: Vec<(Box<str>, Value)>,
     /// `None` when the flag failed to compile.
     pub(crate) config: Option<CompiledConfig>,
+    /// The evaluation of a flag whose result does not depend on the context (switched off, or
+    /// on with one variant for everyone and nothing else), precomputed so that the fast path
+    /// returns it without walking the configuration; 0 when it depends on the context.
+    pub(crate) fixed: u64,
 }
 
 #[derive(Debug)]
@@ -135,6 +139,9 @@ pub(crate) struct CompiledConfig {
     pub(crate) default_serve: CompiledServe,
     /// No prerequisites, targets or rules, and the default serve is one variant.
     pub(crate) is_static: bool,
+    /// On, with no prerequisites, targets or rules: the default serve is the answer (a plain
+    /// rollout, for one).
+    pub(crate) direct: bool,
 }
 
 #[derive(Debug)]
@@ -218,12 +225,64 @@ pub(crate) enum StringSet {
     /// Scanned whole, without an early exit, comparing fingerprints: no branch depends on which
     /// item matches, so varied contexts cost no mispredictions.
     Small(Box<[(Fingerprint, Box<str>)]>),
+    /// Items of at most 16 bytes (so fingerprints are exact) placed by a seed found at compile
+    /// time so that no two share a slot: a lookup compares one slot, with no loop and no
+    /// branch on the answer.
+    Perfect {
+        seed: u64,
+        shift: u32,
+        slots: Box<[Fingerprint]>,
+    },
     Large(Map<()>),
+}
+
+/// A slot table for `items` in which no two share a slot, when one is found quickly.
+fn perfect_slots(items: &[Box<str>]) -> Option<StringSet> {
+    if items.is_empty() || items.iter().any(|s| s.len() > 16) {
+        return None;
+    }
+    let fps: Vec<Fingerprint> = items.iter().map(|s| Fingerprint::of(s)).collect();
+    // Four to eight slots per item, so that a seed without collisions comes within a few tries.
+    for bits in [
+        (items.len() * 4).next_power_of_two().trailing_zeros(),
+        (items.len() * 8).next_power_of_two().trailing_zeros(),
+    ] {
+        let shift = 64 - bits;
+        // A fixed sequence of odd seeds: the same table on every compile.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..64 {
+            let mut slots = vec![Fingerprint::NONE; 1 << bits];
+            let placed = fps.iter().all(|fp| {
+                let slot = &mut slots[(fp.mix(seed) >> shift) as usize];
+                if *slot == Fingerprint::NONE || slot.same(fp) {
+                    *slot = *fp;
+                    true
+                } else {
+                    false
+                }
+            });
+            if placed {
+                return Some(StringSet::Perfect {
+                    seed,
+                    shift,
+                    slots: slots.into(),
+                });
+            }
+            seed = seed
+                .wrapping_mul(0x5851_f42d_4c95_7f2d)
+                .wrapping_add(0x1405_7b7e_f767_814f)
+                | 1;
+        }
+    }
+    None
 }
 
 impl StringSet {
     fn new(items: Vec<Box<str>>) -> Self {
         if items.len() <= SMALL_SET {
+            if let Some(set) = perfect_slots(&items) {
+                return set;
+            }
             StringSet::Small(
                 items
                     .into_iter()
@@ -241,7 +300,7 @@ impl StringSet {
     }
 
     /// `contains` with `s`'s fingerprint computed in advance.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn contains_known(&self, s: &str, fp: &Fingerprint) -> bool {
         match self {
             StringSet::Small(items) => {
@@ -254,6 +313,9 @@ impl StringSet {
                     items.iter().any(|(f, text)| f.same(&fp) && **text == *s)
                 }
             }
+            StringSet::Perfect { seed, shift, slots } => slots
+                .get((fp.mix(*seed) >> shift) as usize)
+                .is_some_and(|slot| slot.same(fp)),
             StringSet::Large(set) => set.contains_key(s),
         }
     }
@@ -352,6 +414,8 @@ pub fn compile(config: &EnvironmentConfig) -> (Snapshot, Vec<Diagnostic>) {
                 p.flag = new_position[p.flag as usize];
             }
         }
+        // After the prerequisite check, which may have found the configuration broken.
+        flag.fixed = crate::eval::fixed_bits(flag);
     }
     let flag_index = sorted
         .iter()
@@ -561,6 +625,7 @@ impl Compiler {
             version: entry.config.version,
             variants,
             config: ok.then_some(compiled),
+            fixed: 0,
         }
     }
 
@@ -670,6 +735,8 @@ impl Compiler {
             &config.default_serve,
             format!("{base}/defaultServe"),
         );
+        let direct =
+            config.enabled && prerequisites.is_empty() && targets.is_none() && rules.is_empty();
         let is_static = prerequisites.is_empty()
             && targets.is_none()
             && rules.is_empty()
@@ -682,6 +749,7 @@ impl Compiler {
             rules,
             default_serve,
             is_static,
+            direct,
         }
     }
 
@@ -1083,6 +1151,79 @@ fn graph_problems(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_sets_answer_as_string_equality_does() {
+        let sets: Vec<Vec<&str>> = vec![
+            vec!["DE", "FR", "US", "GB", "NL"],
+            vec!["pro", "team", "enterprise"],
+            vec![""],
+            vec![
+                "a",
+                "aa",
+                "aaa",
+                "aaaa",
+                "aaaaa",
+                "aaaaaaaa",
+                "aaaaaaaaa",
+                "aaaaaaaaaaaaaaaa",
+            ],
+            vec!["sixteen-bytes-ab", "sixteen-bytes-ac", "x"],
+            // Longer than 16 bytes: scanned with a string comparison, not placed in slots.
+            vec!["a-much-longer-item-than-16", "short"],
+            (0..16)
+                .map(|i| {
+                    [
+                        "w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "wa", "wb",
+                        "wc", "wd", "we", "wf",
+                    ][i]
+                })
+                .collect(),
+        ];
+        let probes = [
+            "DE",
+            "de",
+            "D",
+            "DEU",
+            "pro",
+            "prox",
+            "team",
+            "enterprise",
+            "enterprisE",
+            "",
+            "a",
+            "aa",
+            "aaaaaa",
+            "aaaaaaa",
+            "aaaaaaaa",
+            "aaaaaaaaa",
+            "aaaaaaaaaa",
+            "aaaaaaaaaaaaaaaa",
+            "aaaaaaaaaaaaaaaaa",
+            "sixteen-bytes-ab",
+            "sixteen-bytes-ad",
+            "x",
+            "a-much-longer-item-than-16",
+            "a-much-longer-item-than-17",
+            "short",
+            "w7",
+            "wf",
+            "wg",
+        ];
+        for items in &sets {
+            let set = StringSet::new(items.iter().map(|s| Box::from(*s)).collect());
+            if items.iter().all(|s| s.len() <= 16) {
+                assert!(matches!(set, StringSet::Perfect { .. }), "{items:?}");
+            }
+            for probe in probes {
+                assert_eq!(
+                    set.contains(probe),
+                    items.contains(&probe),
+                    "{probe:?} in {items:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn graph_problems_find_cycles_depth_and_cost() {

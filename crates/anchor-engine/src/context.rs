@@ -6,6 +6,7 @@
 
 use serde::ser::SerializeMap;
 
+use crate::semver::ParsedVersion;
 use crate::text::Fingerprint;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -16,6 +17,15 @@ pub const TARGETING_KEY: &str = "targetingKey";
 /// Contexts with more attributes than this get a hash index; smaller ones are scanned, comparing
 /// precomputed hashes before names.
 const INDEX_THRESHOLD: usize = 16;
+
+/// The size of [`EvaluationContext::slots`] (a power of two) and its marker of a shared slot.
+const SLOTS: usize = 32;
+const COLLIDED: u8 = u8::MAX;
+
+#[inline(always)]
+fn slot_of(hash: u64) -> usize {
+    (hash >> (64 - SLOTS.trailing_zeros())) as usize
+}
 
 /// The targeting key and attributes of one evaluation.
 ///
@@ -30,18 +40,38 @@ pub struct EvaluationContext {
     keys: Vec<(u64, Fingerprint)>,
     /// Name to position, for large contexts only.
     index: Option<crate::compile::Map<u32>>,
+    /// A direct-mapped table for small contexts, by the top bits of the name hash: 0 when no
+    /// name has that slot, `COLLIDED` when several do (then the keys are scanned), otherwise
+    /// the one entry's position + 1. A lookup then confirms one entry instead of scanning all.
+    slots: [u8; SLOTS],
     /// The position of `targetingKey`, which most evaluations read.
     targeting_key: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
-struct Entry {
+pub(crate) struct Entry {
     hash: u64,
     name: Box<str>,
     value: Value,
     /// The value's fingerprint when it is a string, computed once here rather than by every
     /// `in` condition that reads it.
     value_fingerprint: Fingerprint,
+    /// The value as a semantic version when it is a string that is one, parsed once here rather
+    /// than by every `semver_*` condition that reads it.
+    value_version: Option<ParsedVersion>,
+}
+
+impl Entry {
+    /// The value's semantic version, when it is a string that parses as one.
+    #[inline(always)]
+    pub(crate) fn version(&self) -> Option<crate::semver::Version<'_>> {
+        let s = self.value.as_str()?;
+        self.value_version.map(|v| v.with_text(s))
+    }
+}
+
+fn value_version(value: &Value) -> Option<ParsedVersion> {
+    ParsedVersion::of(value.as_str()?)
 }
 
 fn value_fingerprint(value: &Value) -> Fingerprint {
@@ -94,17 +124,24 @@ impl EvaluationContext {
         let value: Value = value.into();
         if let Some(i) = self.position(&name, hash) {
             self.entries[i].value_fingerprint = value_fingerprint(&value);
+            self.entries[i].value_version = value_version(&value);
             self.entries[i].value = value;
             return;
         }
         if name == TARGETING_KEY {
             self.targeting_key = Some(self.entries.len() as u32);
         }
+        let slot = &mut self.slots[slot_of(hash) & (SLOTS - 1)];
+        *slot = match u8::try_from(self.entries.len() + 1) {
+            Ok(tag) if *slot == 0 && tag != COLLIDED => tag,
+            _ => COLLIDED,
+        };
         self.keys.push((hash, Fingerprint::of(&name)));
         self.entries.push(Entry {
             hash,
             name: name.into_boxed_str(),
             value_fingerprint: value_fingerprint(&value),
+            value_version: value_version(&value),
             value,
         });
         if let Some(index) = &mut self.index {
@@ -140,6 +177,7 @@ impl EvaluationContext {
             entries: Vec::with_capacity(attributes.len()),
             keys: Vec::with_capacity(attributes.len()),
             index: None,
+            slots: [0; SLOTS],
             targeting_key: None,
         };
         for (name, value) in attributes {
@@ -202,17 +240,29 @@ impl EvaluationContext {
         match &self.index {
             Some(index) => index.get(name).map(|&i| i as usize),
             None => {
-                for (i, (h, f)) in self.keys.iter().enumerate() {
-                    if *h == hash
-                        && f.same(fp)
-                        && (fp.is_exact() || self.entries.get(i).is_some_and(|e| *e.name == *name))
-                    {
-                        return Some(i);
-                    }
-                }
-                None
+                let i = match self.slots[slot_of(hash) & (SLOTS - 1)] {
+                    0 => return None,
+                    COLLIDED => return self.scan(name, hash, fp),
+                    tag => usize::from(tag) - 1,
+                };
+                let (h, f) = self.keys.get(i)?;
+                (*h == hash
+                    && f.same(fp)
+                    && (fp.is_exact() || self.entries.get(i).is_some_and(|e| *e.name == *name)))
+                .then_some(i)
             }
         }
+    }
+
+    /// The linear scan of the keys, for names that share a slot.
+    #[inline(never)]
+    fn scan(&self, name: &str, hash: u64, fp: &Fingerprint) -> Option<usize> {
+        self.keys.iter().enumerate().find_map(|(i, (h, f))| {
+            (*h == hash
+                && f.same(fp)
+                && (fp.is_exact() || self.entries.get(i).is_some_and(|e| *e.name == *name)))
+            .then_some(i)
+        })
     }
 
     #[inline(always)]
@@ -320,6 +370,17 @@ impl AttributePath {
         &self,
         context: &'c EvaluationContext,
     ) -> Option<(&'c Value, Option<&'c Fingerprint>)> {
+        self.lookup_entry(context)
+            .map(|(v, e)| (v, e.map(|e| &e.value_fingerprint)))
+    }
+
+    /// As [`AttributePath::lookup`], with the context's entry of a top-level value and what was
+    /// precomputed about it (`None` for nested values).
+    #[inline(always)]
+    pub(crate) fn lookup_entry<'c>(
+        &self,
+        context: &'c EvaluationContext,
+    ) -> Option<(&'c Value, Option<&'c Entry>)> {
         let found = match &self.parts {
             None => {
                 let entry = if self.targeting_key {
@@ -329,7 +390,7 @@ impl AttributePath {
                 } else {
                     context.entry_known(&self.full, self.hash, &self.fingerprint)
                 };
-                entry.map(|e| (&e.value, Some(&e.value_fingerprint)))
+                entry.map(|e| (&e.value, Some(e)))
             }
             Some(parts) => self.lookup_nested(context, parts).map(|v| (v, None)),
         };
@@ -407,6 +468,26 @@ mod tests {
         assert_eq!(ctx.get("a7"), Some(&json!("replaced")));
         assert_eq!(ctx.targeting_key(), Some("u"));
         assert_eq!(AttributePath::new("a42").lookup(&ctx), Some(&json!(42)));
+    }
+
+    #[test]
+    fn small_contexts_find_every_name_whether_or_not_slots_are_shared() {
+        // 16 names in 32 slots: some share a slot (the scan), most do not (the direct check).
+        let mut ctx = EvaluationContext::new();
+        for i in 0..INDEX_THRESHOLD {
+            ctx.set(format!("attr{i}"), i);
+        }
+        assert!(ctx.index.is_none());
+        assert!(ctx.slots.contains(&COLLIDED), "{:?}", ctx.slots);
+        for i in 0..INDEX_THRESHOLD {
+            assert_eq!(ctx.get(&format!("attr{i}")), Some(&json!(i)));
+        }
+        for missing in ["attr16", "attr", "", "country"] {
+            assert_eq!(ctx.get(missing), None, "{missing}");
+        }
+        ctx.set("attr3", "replaced");
+        assert_eq!(ctx.get("attr3"), Some(&json!("replaced")));
+        assert_eq!(ctx.len(), INDEX_THRESHOLD);
     }
 
     #[test]

@@ -15,11 +15,11 @@ use crate::compile::{
     CompiledCondition, CompiledFlag, CompiledRollout, CompiledRule, CompiledServe, Snapshot,
     StringList, Test, ValueSet,
 };
-use crate::context::EvaluationContext;
+use crate::context::{Entry, EvaluationContext};
 use crate::evaluation::{ErrorCode, Evaluation, Reason, Resolution};
 use crate::explain::{ConditionTrace, Explanation, SegmentTrace, Step};
 use crate::model::{FlagKind, Operator};
-use crate::semver::Version;
+use crate::semver::{OwnedVersion, Version};
 use crate::timestamp::Timestamp;
 
 /// A guard against runaway recursion; compilation already bounds prerequisite and segment
@@ -237,6 +237,7 @@ impl Tracer for Recorder {
     }
 }
 
+#[inline(always)]
 fn served<'s>(
     flag: &'s CompiledFlag,
     variant: u32,
@@ -251,7 +252,53 @@ fn served<'s>(
     }
 }
 
+/// The evaluation bits of a flag whose result does not depend on the context, as
+/// [`eval_flag_walk`] would compute them; 0 when it does (see [`CompiledFlag::fixed`]).
+pub(crate) fn fixed_bits(flag: &CompiledFlag) -> u64 {
+    let Some(config) = &flag.config else {
+        return 0;
+    };
+    let fixed = if !config.enabled {
+        Some((config.off_variant, Reason::Disabled))
+    } else if config.is_static
+        && let CompiledServe::Variant(v) = config.default_serve
+    {
+        Some((v, Reason::Static))
+    } else {
+        None
+    };
+    match fixed {
+        Some((v, reason)) if (v as usize) < flag.variants.len() => {
+            Evaluation::served(flag, v, reason, None).bits()
+        }
+        _ => 0,
+    }
+}
+
+/// Without a tracer, a flag whose result is fixed is answered from the compiled flag, and one
+/// with nothing but a default serve goes straight to it: no walk of the configuration.
+#[inline(always)]
 fn eval_flag<'s, T: Tracer>(
+    snapshot: &'s Snapshot,
+    flag: &'s CompiledFlag,
+    context: &EvaluationContext,
+    tracer: &mut T,
+    depth: u32,
+) -> Evaluation<'s> {
+    if !T::ON {
+        if flag.fixed != 0 {
+            return Evaluation::from_bits(flag, flag.fixed);
+        }
+        if let Some(config) = &flag.config
+            && config.direct
+        {
+            return serve(flag, &config.default_serve, context, tracer, None);
+        }
+    }
+    eval_flag_walk(snapshot, flag, context, tracer, depth)
+}
+
+fn eval_flag_walk<'s, T: Tracer>(
     snapshot: &'s Snapshot,
     flag: &'s CompiledFlag,
     context: &EvaluationContext,
@@ -436,6 +483,9 @@ fn condition_holds<T: Tracer>(
     tracer: &mut T,
     depth: u32,
 ) -> bool {
+    if !T::ON {
+        return condition_matches(snapshot, c, context, depth);
+    }
     let mut segments = Vec::new();
     let (holds, actual, note) = match &c.test {
         Test::Segments(refs) => {
@@ -479,6 +529,26 @@ fn condition_holds<T: Tracer>(
                 ),
             },
         },
+        // A top-level string's version was parsed with the context.
+        Test::Semver(versions) => match c.attribute.lookup_entry(context) {
+            None => (false, None, None),
+            Some((value, entry)) => match entry.and_then(Entry::version) {
+                Some(x) => (
+                    semver_holds(c.operator, versions, &x) ^ c.negate,
+                    Some(value),
+                    None,
+                ),
+                // Not a top-level string version: arrays, nested values, non-versions.
+                None => match test_value(c.operator, &c.test, value) {
+                    Some(m) => (m ^ c.negate, Some(value), None),
+                    None => (
+                        false,
+                        Some(value),
+                        Some("the value's type cannot be compared with this operator"),
+                    ),
+                },
+            },
+        },
         test => match c.attribute.lookup(context) {
             None => (false, None, None),
             Some(value) => match test_value(c.operator, test, value) {
@@ -504,6 +574,41 @@ fn condition_holds<T: Tracer>(
         });
     }
     holds
+}
+
+/// [`condition_holds`] without a tracer: the same answer, with nothing kept for an explanation
+/// (no value, note or segment list to build and drop). The corpus tests compare the two paths.
+#[inline(always)]
+fn condition_matches(
+    snapshot: &Snapshot,
+    c: &CompiledCondition,
+    context: &EvaluationContext,
+    depth: u32,
+) -> bool {
+    let compared =
+        |value: &Value| test_value(c.operator, &c.test, value).is_some_and(|m| m ^ c.negate);
+    match &c.test {
+        Test::Segments(refs) => {
+            let member = refs
+                .iter()
+                .any(|&s| membership(snapshot, s, context, depth).is_member());
+            member ^ c.negate
+        }
+        Test::Exists => c.attribute.lookup(context).is_some() ^ c.negate,
+        Test::In(set) if !set.case_insensitive => match c.attribute.lookup_fingerprinted(context) {
+            None => false,
+            Some((Value::String(s), Some(fp))) => set.strings.contains_known(s, fp) ^ c.negate,
+            Some((value, _)) => compared(value),
+        },
+        Test::Semver(versions) => match c.attribute.lookup_entry(context) {
+            None => false,
+            Some((value, entry)) => match entry.and_then(Entry::version) {
+                Some(x) => semver_holds(c.operator, versions, &x) ^ c.negate,
+                None => compared(value),
+            },
+        },
+        _ => c.attribute.lookup(context).is_some_and(compared),
+    }
 }
 
 /// Arrays match when any element does; elements the operator cannot compare are skipped.
@@ -554,16 +659,7 @@ fn test_scalar(op: Operator, test: &Test, value: &Value) -> Option<bool> {
         }
         Test::Semver(versions) => {
             let x = Version::parse(value.as_str()?)?;
-            Some(versions.iter().any(|v| {
-                let ord = x.precedence(&v.as_version());
-                match op {
-                    Operator::SemverEq => ord == Ordering::Equal,
-                    Operator::SemverLt => ord == Ordering::Less,
-                    Operator::SemverLte => ord != Ordering::Greater,
-                    Operator::SemverGt => ord == Ordering::Greater,
-                    _ => ord != Ordering::Less,
-                }
-            }))
+            Some(semver_holds(op, versions, &x))
         }
         Test::Time(instants) => {
             let x = Timestamp::from_value(value)?;
@@ -575,6 +671,20 @@ fn test_scalar(op: Operator, test: &Test, value: &Value) -> Option<bool> {
         // Handled by the caller; unreachable through `test_value`.
         Test::Exists | Test::Segments(_) => None,
     }
+}
+
+#[inline(always)]
+fn semver_holds(op: Operator, versions: &[OwnedVersion], x: &Version<'_>) -> bool {
+    versions.iter().any(|v| {
+        let ord = x.precedence(&v.as_version());
+        match op {
+            Operator::SemverEq => ord == Ordering::Equal,
+            Operator::SemverLt => ord == Ordering::Less,
+            Operator::SemverLte => ord != Ordering::Greater,
+            Operator::SemverGt => ord == Ordering::Greater,
+            _ => ord != Ordering::Less,
+        }
+    })
 }
 
 #[inline(always)]

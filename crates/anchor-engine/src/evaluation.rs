@@ -179,6 +179,20 @@ impl<'a> Evaluation<'a> {
     }
 
     /// `position` is the prerequisite's position in the flag's list.
+    /// The packed fields, for [`CompiledFlag::fixed`].
+    pub(crate) fn bits(&self) -> u64 {
+        self.bits
+    }
+
+    /// An evaluation of `flag` from bits [`Evaluation::bits`] returned for it.
+    #[inline(always)]
+    pub(crate) fn from_bits(flag: &'a CompiledFlag, bits: u64) -> Self {
+        Evaluation {
+            flag: Some(flag),
+            bits,
+        }
+    }
+
     pub(crate) fn with_failed_prerequisite(mut self, position: usize) -> Self {
         self.bits |= index_bits(position, PREREQUISITE_SHIFT, 16);
         self

@@ -46,6 +46,58 @@ impl OwnedVersion {
     }
 }
 
+/// A version parsed once, when a context is built, from one of its string attributes: the
+/// numeric core, and where the pre-release part lies in that string. Conditions then compare
+/// numbers instead of parsing the attribute again for every flag and every evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ParsedVersion {
+    major: u64,
+    minor: u64,
+    patch: u64,
+    pre_start: u32,
+    pre_end: u32,
+}
+
+impl ParsedVersion {
+    /// `None` when `s` is not a version, or when its pre-release part cannot be located (then
+    /// the evaluator parses `s` itself, as it would without this cache).
+    #[inline]
+    pub(crate) fn of(s: &str) -> Option<Self> {
+        // Most attributes (countries, plans, ids) fail on the first byte; skip the call.
+        if !matches!(s.as_bytes().first(), Some(b'0'..=b'9' | b'v' | b'V')) {
+            return None;
+        }
+        let v = Version::parse(s)?;
+        let (pre_start, pre_end) = if v.pre.is_empty() {
+            (0, 0)
+        } else {
+            let start = (v.pre.as_ptr() as usize).checked_sub(s.as_ptr() as usize)?;
+            let end = start.checked_add(v.pre.len())?;
+            (u32::try_from(start).ok()?, u32::try_from(end).ok()?)
+        };
+        Some(ParsedVersion {
+            major: v.major,
+            minor: v.minor,
+            patch: v.patch,
+            pre_start,
+            pre_end,
+        })
+    }
+
+    /// The version, borrowing its pre-release part from `s`, the string it was parsed from.
+    #[inline]
+    pub(crate) fn with_text<'a>(&self, s: &'a str) -> Version<'a> {
+        Version {
+            major: self.major,
+            minor: self.minor,
+            patch: self.patch,
+            pre: s
+                .get(self.pre_start as usize..self.pre_end as usize)
+                .unwrap_or_default(),
+        }
+    }
+}
+
 impl<'a> Version<'a> {
     /// One pass over the bytes: the numeric core, then the pre-release and build parts, which
     /// are validated but not split (precedence splits the pre-release lazily).
@@ -225,6 +277,26 @@ mod tests {
         assert_eq!(cmp("2", "2.0.0"), Ordering::Equal);
         assert_eq!(cmp("V3.0.0+build.7", "3.0.0"), Ordering::Equal);
         assert_eq!(cmp("1.2-beta", "1.2.0-beta"), Ordering::Equal);
+    }
+
+    #[test]
+    fn versions_parsed_in_advance_equal_versions_parsed_now() {
+        for s in [
+            "2.3.1",
+            "v1.2",
+            "1.0.0-alpha.1",
+            "V3.0.0-rc.1+build.7",
+            "3.0.0+build.7",
+            "10",
+            "DE",
+            "",
+            "1.2.3-01",
+            "user-000123",
+        ] {
+            let now = Version::parse(s);
+            let ahead = ParsedVersion::of(s).map(|p| p.with_text(s));
+            assert_eq!(ahead, now, "{s:?}");
+        }
     }
 
     #[test]

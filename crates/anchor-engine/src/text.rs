@@ -93,6 +93,21 @@ impl Fingerprint {
     }
 
     /// Whether equal fingerprints prove equal strings (16 bytes or fewer).
+    /// A fingerprint no string has (no string is `usize::MAX` bytes long): an empty slot.
+    pub(crate) const NONE: Fingerprint = Fingerprint {
+        len: usize::MAX,
+        lo: 0,
+        hi: 0,
+    };
+
+    /// A 64-bit mix of the fingerprint under `seed` (odd), whose top bits pick a slot of a
+    /// perfect hash table; only a function of the fingerprint, so equal strings get equal
+    /// slots.
+    #[inline(always)]
+    pub(crate) fn mix(&self, seed: u64) -> u64 {
+        (self.lo ^ self.hi.rotate_left(29) ^ (self.len as u64).rotate_left(53)).wrapping_mul(seed)
+    }
+
     #[inline(always)]
     pub(crate) fn is_exact(&self) -> bool {
         self.len <= 16
