@@ -18,6 +18,7 @@ mod changes;
 pub mod config;
 pub mod dashboard;
 mod error;
+pub mod flag_list;
 pub mod lifecycle;
 pub mod ofrep;
 pub mod releases;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub snapshots: Arc<snapshots::Snapshots>,
     /// SDK keys already seen by OFREP.
     pub sdk_keys: Arc<ofrep::SdkKeyCache>,
+    /// Each project's flag list as last read, while nothing was written.
+    pub flag_lists: Arc<flag_list::FlagListCache>,
     /// Requests per SDK key.
     pub rate_limiter: Arc<ofrep::RateLimiter>,
     /// Origins allowed to call OFREP from a browser.
@@ -94,6 +97,7 @@ impl AppState {
             dummy_password_hash: dummy.into(),
             snapshots: Arc::default(),
             sdk_keys: Arc::default(),
+            flag_lists: Arc::default(),
             rate_limiter: Arc::default(),
             cors_origins: Arc::default(),
             streams: Arc::default(),

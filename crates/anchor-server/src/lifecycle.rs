@@ -245,9 +245,12 @@ pub fn utc_date(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-/// Fills in `lifecycle` for every environment of `records` (all of one project): one query
-/// for the last evaluations and one for the earlier revisions of every configuration (only
-/// those that serve one variant now are read, back to where they served something else).
+/// (flag key, environment key).
+pub type FlagEnvironment = (String, String);
+
+/// Fills in `lifecycle` for every environment of `records` (all of one project), and each
+/// record's `status`: one query for the last evaluations and one for the earlier revisions of
+/// every configuration.
 pub async fn fill(
     store: &dyn Store,
     project: &str,
@@ -257,73 +260,107 @@ pub async fn fill(
     if records.is_empty() {
         return Ok(());
     }
-    let last: HashMap<(String, String), i64> = store
+    let since = serving_since(store, project, records).await?;
+    let last = last_evaluated(store, project).await?;
+    apply(records, &since, &last, now_ms);
+    Ok(())
+}
+
+/// When an SDK last reported evaluating each flag in each environment (unix milliseconds).
+pub async fn last_evaluated(
+    store: &dyn Store,
+    project: &str,
+) -> Result<HashMap<FlagEnvironment, i64>, StoreError> {
+    Ok(store
         .last_evaluations(project)
         .await?
         .into_iter()
         .map(|l| ((l.flag, l.environment), l.minute * 1000))
-        .collect();
-    let mut earlier: HashMap<(String, String), Vec<(i64, String)>> = HashMap::new();
-    if records.iter().any(|r| {
+        .collect())
+}
+
+/// Since when each configuration of `records` that serves one variant to everyone has done
+/// so. It depends on the configurations and their revisions only, not on the time, so a cached
+/// flag list keeps it. Only configurations serving one variant now are read back, each to
+/// the first earlier revision that served something else.
+pub async fn serving_since(
+    store: &dyn Store,
+    project: &str,
+    records: &[FlagRecord],
+) -> Result<HashMap<FlagEnvironment, i64>, StoreError> {
+    let mut since = HashMap::new();
+    if !records.iter().any(|r| {
         r.environments
             .iter()
             .any(|e| single_variant(&e.config).is_some())
     }) {
-        for revision in store.earlier_flag_revisions(project).await? {
-            earlier
-                .entry((revision.flag, revision.environment))
-                .or_default()
-                .push((revision.created_at, revision.config));
-        }
+        return Ok(since);
+    }
+    let mut earlier: HashMap<FlagEnvironment, Vec<(i64, String)>> = HashMap::new();
+    for revision in store.earlier_flag_revisions(project).await? {
+        earlier
+            .entry((revision.flag, revision.environment))
+            .or_default()
+            .push((revision.created_at, revision.config));
     }
     for record in records {
-        for env in &mut record.environments {
-            let since = match single_variant(&env.config) {
-                Some(variant) => {
-                    let older = earlier
-                        .get(&(record.flag.key.clone(), env.environment.clone()))
-                        .map(Vec::as_slice)
-                        .unwrap_or_default();
-                    // Parsing stops at the first revision that served something else.
-                    let mut revisions = Vec::new();
-                    for (at, body) in older {
-                        let config = serde_json::from_str::<FlagConfig>(body).ok();
-                        let same = config.as_ref().and_then(single_variant) == Some(variant);
-                        revisions.push((*at, config));
-                        if !same {
-                            break;
-                        }
-                    }
-                    serving_one_variant_since(&env.config, env.updated_at, &revisions)
+        for env in &record.environments {
+            let Some(variant) = single_variant(&env.config) else {
+                continue;
+            };
+            let key = (record.flag.key.clone(), env.environment.clone());
+            let older = earlier.get(&key).map(Vec::as_slice).unwrap_or_default();
+            // Parsing stops at the first revision that served something else.
+            let mut revisions = Vec::new();
+            for (at, body) in older {
+                let config = serde_json::from_str::<FlagConfig>(body).ok();
+                let same = config.as_ref().and_then(single_variant) == Some(variant);
+                revisions.push((*at, config));
+                if !same {
+                    break;
                 }
-                None => None,
-            };
-            let last_evaluated_at = last
-                .get(&(record.flag.key.clone(), env.environment.clone()))
-                .copied();
-            let facts = Facts {
-                archived: record.archived,
-                lifecycle: record.flag.lifecycle,
-                created_at: record.created_at,
-                cleanup_date: record.flag.cleanup_date.as_deref(),
-                last_evaluated_at,
-                serving_one_variant_since: since,
-            };
-            env.lifecycle = Some(FlagLifecycle {
-                status: status(&facts, now_ms),
-                last_evaluated_at,
-                serving_one_variant_since: since,
-            });
+            }
+            if let Some(at) = serving_one_variant_since(&env.config, env.updated_at, &revisions) {
+                since.insert(key, at);
+            }
         }
-        let environments: Vec<EnvironmentFacts> = record
-            .environments
-            .iter()
-            .filter_map(|e| e.lifecycle.as_ref())
-            .map(|l| EnvironmentFacts {
-                last_evaluated_at: l.last_evaluated_at,
-                serving_one_variant_since: l.serving_one_variant_since,
-            })
-            .collect();
+    }
+    Ok(since)
+}
+
+/// Sets each environment's `lifecycle` and each record's `status` from the facts.
+pub fn apply(
+    records: &mut [FlagRecord],
+    since: &HashMap<FlagEnvironment, i64>,
+    last: &HashMap<FlagEnvironment, i64>,
+    now_ms: i64,
+) {
+    for record in records {
+        let mut environments = Vec::with_capacity(record.environments.len());
+        for env in &mut record.environments {
+            let key = (record.flag.key.clone(), env.environment.clone());
+            let facts = EnvironmentFacts {
+                last_evaluated_at: last.get(&key).copied(),
+                serving_one_variant_since: since.get(&key).copied(),
+            };
+            let status = status(
+                &Facts {
+                    archived: record.archived,
+                    lifecycle: record.flag.lifecycle,
+                    created_at: record.created_at,
+                    cleanup_date: record.flag.cleanup_date.as_deref(),
+                    last_evaluated_at: facts.last_evaluated_at,
+                    serving_one_variant_since: facts.serving_one_variant_since,
+                },
+                now_ms,
+            );
+            env.lifecycle = Some(FlagLifecycle {
+                status,
+                last_evaluated_at: facts.last_evaluated_at,
+                serving_one_variant_since: facts.serving_one_variant_since,
+            });
+            environments.push(facts);
+        }
         record.status = Some(flag_status(
             &FlagFacts {
                 archived: record.archived,
@@ -335,7 +372,6 @@ pub async fn fill(
             now_ms,
         ));
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    the_flag_list_is_kept_between_requests_but_follows_every_write,
     pages_forbid_inline_scripts_and_assets_are_embedded_with_content_hashes,
     signing_in_and_out_uses_the_api_sessions,
     user_supplied_text_shows_as_text,
@@ -135,6 +136,81 @@ async fn pages_forbid_inline_scripts_and_assets_are_embedded_with_content_hashes
         let wire = zipped.bytes().await.unwrap().len();
         assert!(wire < plain, "{path}: {wire} bytes of {plain}");
     }
+}
+
+/// The list is kept between requests (`flag_list`), so each kind of write must show on the
+/// next load: through the API, through the store directly (as another server sharing it
+/// would write), archiving, and a new environment.
+async fn the_flag_list_is_kept_between_requests_but_follows_every_write(server: Server) {
+    let session = server.sign_in("admin", PASSWORD).await;
+    let list = || async {
+        server
+            .get("/projects/default/flags", Some(&session))
+            .await
+            .body
+    };
+    server.api_create_flag("kept", "First words").await;
+    assert!(list().await.contains("First words"));
+    let table = |page: String| page[page.find("<table").unwrap()..].to_string();
+    assert_eq!(
+        table(list().await),
+        table(list().await),
+        "nothing written: the same list"
+    );
+    let definition = json!({"key": "kept", "kind": "boolean", "description": "Second words",
+        "variants": [{"name": "on", "value": true}, {"name": "off", "value": false}]});
+    let (status, body) = server
+        .api(
+            reqwest::Method::PUT,
+            "/api/v1/projects/default/flags/kept",
+            definition,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(list().await.contains("Second words"));
+    assert!(!list().await.contains("<b>on</b>"));
+    let on: anchor_engine::FlagConfig = serde_json::from_value(json!({
+        "enabled": true, "offVariant": "off", "defaultServe": {"variant": "on"}}))
+    .unwrap();
+    server
+        .store
+        .update_flag_config(&anchor_store::ConfigChange {
+            actor: &anchor_store::Actor::user("admin"),
+            project: "default",
+            environment: "production",
+            flag: "kept",
+            config: &on,
+            expected_version: None,
+            comment: None,
+            action: "flag.config.updated",
+        })
+        .await
+        .unwrap();
+    assert!(
+        list().await.contains("<b>on</b> on"),
+        "written by the store"
+    );
+    let (status, body) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/projects/default/environments",
+            json!({"key": "qa", "name": "Quality assurance"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(list().await.contains("Quality assurance"));
+    let (status, body) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/projects/default/flags/kept/archive",
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !list().await.contains("Second words"),
+        "archived flags leave the list"
+    );
 }
 
 async fn reply_type(server: &Server, path: &str) -> String {

@@ -676,41 +676,6 @@ fn revision_from(row: &AnyRow, environment: &str) -> Result<Revision, StoreError
     })
 }
 
-fn matches_filter(record: &FlagRecord, filter: &FlagFilter) -> bool {
-    let flag = &record.flag;
-    if !filter.include_archived && record.archived {
-        return false;
-    }
-    if let Some(tag) = &filter.tag
-        && !flag.tags.iter().any(|t| t == tag)
-    {
-        return false;
-    }
-    if let Some(lifecycle) = filter.lifecycle
-        && flag.lifecycle != lifecycle
-    {
-        return false;
-    }
-    if let Some(env) = &filter.enabled_in
-        && !record
-            .environments
-            .iter()
-            .any(|e| &e.environment == env && e.config.enabled)
-    {
-        return false;
-    }
-    if let Some(text) = &filter.text {
-        let needle = text.to_lowercase();
-        let found = flag.key.to_lowercase().contains(&needle)
-            || flag.description.to_lowercase().contains(&needle)
-            || flag.tags.iter().any(|t| t.to_lowercase().contains(&needle));
-        if !found {
-            return false;
-        }
-    }
-    true
-}
-
 /// Takes the environment's row lock on PostgreSQL without changing anything, so that writers
 /// to one environment take turns (SQLite's `BEGIN IMMEDIATE` already serialises them). For
 /// writes that must not bump the revision counter, such as SDK keys.
@@ -1914,7 +1879,7 @@ impl Store for SqlStore {
                 environments: by_flag.remove(&flag_id).unwrap_or_default(),
                 status: None,
             };
-            if matches_filter(&record, filter) {
+            if filter.matches(&record) {
                 if items.len() == limit {
                     next = items.last().map(|r: &FlagRecord| r.flag.key.clone());
                     break;

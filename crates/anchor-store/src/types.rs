@@ -185,6 +185,45 @@ pub struct FlagFilter {
     pub limit: u32,
 }
 
+impl FlagFilter {
+    /// Whether `record` is one this filter lists (`after` and `limit` aside: they page).
+    pub fn matches(&self, record: &FlagRecord) -> bool {
+        let filter = self;
+        let flag = &record.flag;
+        if !filter.include_archived && record.archived {
+            return false;
+        }
+        if let Some(tag) = &filter.tag
+            && !flag.tags.iter().any(|t| t == tag)
+        {
+            return false;
+        }
+        if let Some(lifecycle) = filter.lifecycle
+            && flag.lifecycle != lifecycle
+        {
+            return false;
+        }
+        if let Some(env) = &filter.enabled_in
+            && !record
+                .environments
+                .iter()
+                .any(|e| &e.environment == env && e.config.enabled)
+        {
+            return false;
+        }
+        if let Some(text) = &filter.text {
+            let needle = text.to_lowercase();
+            let found = flag.key.to_lowercase().contains(&needle)
+                || flag.description.to_lowercase().contains(&needle)
+                || flag.tags.iter().any(|t| t.to_lowercase().contains(&needle));
+            if !found {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]

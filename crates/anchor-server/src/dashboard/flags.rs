@@ -162,6 +162,7 @@ async fn render_list(
         Some("permanent") => Some(Lifecycle::Permanent),
         _ => None,
     };
+    // The environments first: their revision counters say whether the kept list is current.
     let environments = state.store.environments(project).await?;
     let enabled_in = nonempty(&query.on).filter(|on| environments.iter().any(|e| &e.key == on));
     let filter = FlagFilter {
@@ -173,9 +174,26 @@ async fn render_list(
         after: nonempty(&query.after),
         limit: 1000,
     };
-    let mut flags = state.store.flags(project, &filter).await?;
+    let listed = state
+        .flag_lists
+        .flags(&*state.store, project, &environments)
+        .await?;
     let now = state.now_ms();
-    lifecycle::fill(&*state.store, project, &mut flags.items, now).await?;
+    let after = filter.after.as_deref().unwrap_or("");
+    let mut items: Vec<FlagRecord> = listed
+        .records
+        .iter()
+        .filter(|r| r.flag.key.as_str() > after && filter.matches(r))
+        .take(filter.limit as usize + 1)
+        .cloned()
+        .collect();
+    let more = items.len() > filter.limit as usize;
+    items.truncate(filter.limit as usize);
+    let next_after = more
+        .then(|| items.last().map(|r| r.flag.key.clone()))
+        .flatten();
+    let last = lifecycle::last_evaluated(&*state.store, project).await?;
+    lifecycle::apply(&mut items, &listed.serving_since, &last, now);
     let releases: HashMap<(String, String), ReleaseRecord> = state
         .store
         .releases(project, None, None)
@@ -185,13 +203,12 @@ async fn render_list(
         .map(|r| ((r.flag.clone(), r.environment.clone()), r))
         .collect();
     let stale_only = query.stale.is_some();
-    let rows: Vec<&FlagRecord> = flags
-        .items
+    let rows: Vec<&FlagRecord> = items
         .iter()
         .filter(|f| !stale_only || is_stale(f))
         .collect();
     let q = nonempty(&query.q).unwrap_or_default();
-    let next = flags.next.as_ref().map(|after| {
+    let next = next_after.as_ref().map(|after| {
         let mut link = format!(
             "/projects/{}/flags?after={}",
             encode(project),
