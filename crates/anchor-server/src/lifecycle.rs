@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use anchor_engine::{FlagConfig, Lifecycle, Serve};
-use anchor_store::{FlagLifecycle, FlagRecord, LifecycleStatus, Store, StoreError};
+use anchor_store::{EarlierConfig, FlagLifecycle, FlagRecord, LifecycleStatus, Store, StoreError};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 /// A flag younger than this and never evaluated is `new`.
@@ -288,16 +288,25 @@ pub async fn serving_since(
     project: &str,
     records: &[FlagRecord],
 ) -> Result<HashMap<FlagEnvironment, i64>, StoreError> {
-    let mut since = HashMap::new();
     if !records.iter().any(|r| {
         r.environments
             .iter()
             .any(|e| single_variant(&e.config).is_some())
     }) {
-        return Ok(since);
+        return Ok(HashMap::new());
     }
+    let earlier = store.earlier_flag_revisions(project).await?;
+    Ok(serving_since_from(records, earlier))
+}
+
+/// [`serving_since`] from the earlier configurations already read (`Store::earlier_flag_revisions`).
+pub fn serving_since_from(
+    records: &[FlagRecord],
+    earlier_configs: Vec<EarlierConfig>,
+) -> HashMap<FlagEnvironment, i64> {
+    let mut since = HashMap::new();
     let mut earlier: HashMap<FlagEnvironment, Vec<(i64, String)>> = HashMap::new();
-    for revision in store.earlier_flag_revisions(project).await? {
+    for revision in earlier_configs {
         earlier
             .entry((revision.flag, revision.environment))
             .or_default()
@@ -325,7 +334,7 @@ pub async fn serving_since(
             }
         }
     }
-    Ok(since)
+    since
 }
 
 /// Sets each environment's `lifecycle` and each record's `status` from the facts.

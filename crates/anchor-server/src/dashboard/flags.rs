@@ -174,10 +174,14 @@ async fn render_list(
         after: nonempty(&query.after),
         limit: 1000,
     };
-    let listed = state
-        .flag_lists
-        .flags(&*state.store, project, &environments)
-        .await?;
+    // Three reads at once: the (usually kept) list, the telemetry and the releases.
+    let (listed, last, releases) = tokio::try_join!(
+        state
+            .flag_lists
+            .flags(&*state.store, project, &environments),
+        lifecycle::last_evaluated(&*state.store, project),
+        state.store.releases(project, None, None),
+    )?;
     let now = state.now_ms();
     let after = filter.after.as_deref().unwrap_or("");
     let mut items: Vec<FlagRecord> = listed
@@ -192,12 +196,8 @@ async fn render_list(
     let next_after = more
         .then(|| items.last().map(|r| r.flag.key.clone()))
         .flatten();
-    let last = lifecycle::last_evaluated(&*state.store, project).await?;
     lifecycle::apply(&mut items, &listed.serving_since, &last, now);
-    let releases: HashMap<(String, String), ReleaseRecord> = state
-        .store
-        .releases(project, None, None)
-        .await?
+    let releases: HashMap<(String, String), ReleaseRecord> = releases
         .into_iter()
         .filter(|r| r.active)
         .map(|r| ((r.flag.clone(), r.environment.clone()), r))
