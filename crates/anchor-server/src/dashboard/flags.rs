@@ -178,7 +178,7 @@ async fn render_list(
     let (listed, last, releases) = tokio::try_join!(
         state
             .flag_lists
-            .flags(&*state.store, project, &environments),
+            .flags(&*state.store, &state.snapshots, project, &environments),
         lifecycle::last_evaluated(&*state.store, project),
         state.store.releases(project, None, None),
     )?;
