@@ -4,6 +4,8 @@
     reason = "each test binary that includes this module uses a part of it"
 )]
 
+pub mod browser;
+
 use std::sync::Arc;
 use std::time::Duration;
 
