@@ -7,37 +7,7 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{PASSWORD, Server, csrf_of};
-
-/// Declares one test per backend running the same story; PostgreSQL only when
-/// `ANCHOR_TEST_POSTGRES_URL` is set (each test in a fresh schema, dropped afterwards).
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Server::start(None).await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
-                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
-                        return;
-                    };
-                    let schema = format!("anchor_dash_{}", uuid::Uuid::new_v4().simple());
-                    let server = super::Server::start(Some((url.clone(), schema.clone()))).await;
-                    super::$name(server).await;
-                    super::support::drop_schema(&url, &schema).await;
-                }
-            )*
-        }
-    };
-}
+use support::{PASSWORD, Server, csrf_of, on_every_backend};
 
 on_every_backend!(
     the_flag_list_is_kept_between_requests_but_follows_every_write,

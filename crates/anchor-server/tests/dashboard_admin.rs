@@ -13,37 +13,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{PASSWORD, Reply, Server, csrf_of};
-
-/// Declares one test per backend running the same story; PostgreSQL only when
-/// `ANCHOR_TEST_POSTGRES_URL` is set (each test in a fresh schema, dropped afterwards).
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Server::start(None).await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
-                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
-                        return;
-                    };
-                    let schema = format!("anchor_dadm_{}", uuid::Uuid::new_v4().simple());
-                    let server = super::Server::start(Some((url.clone(), schema.clone()))).await;
-                    super::$name(server).await;
-                    super::support::drop_schema(&url, &schema).await;
-                }
-            )*
-        }
-    };
-}
+use support::{PASSWORD, Reply, Server, csrf_of, on_every_backend};
 
 on_every_backend!(
     a_segment_made_on_the_form_makes_its_included_keys_members,

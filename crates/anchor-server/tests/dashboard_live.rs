@@ -12,39 +12,10 @@ use anchor_server::releases::{MetricSource, StoreMetrics};
 use anchor_store::{ReleaseRecord, Store};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{PASSWORD, Server, csrf_of};
-
-/// Declares one test per backend running the same story; PostgreSQL only when
-/// `ANCHOR_TEST_POSTGRES_URL` is set (each test in a fresh schema, dropped afterwards).
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::judging(None).await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
-                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
-                        return;
-                    };
-                    let schema = format!("anchor_live_{}", uuid::Uuid::new_v4().simple());
-                    let server = super::judging(Some((url.clone(), schema.clone()))).await;
-                    super::$name(server).await;
-                    super::support::drop_schema(&url, &schema).await;
-                }
-            )*
-        }
-    };
-}
+use support::{PASSWORD, Server, csrf_of, on_every_backend};
 
 on_every_backend!(
+    start: judging;
     the_release_page_charts_each_guardrail_over_time_against_its_tolerance,
     the_release_page_marks_thinly_treated_values_in_the_coverage_table,
     a_release_started_from_the_flag_page_shows_problems_next_to_fields_then_runs,

@@ -14,6 +14,53 @@ use anchor_store::{SqlStore, Store};
 use reqwest::StatusCode;
 use serde_json::Value;
 
+/// Declares one test per backend running the same story; PostgreSQL only when
+/// `ANCHOR_TEST_POSTGRES_URL` is set (each test in a fresh schema, dropped afterwards). The
+/// server comes from `Server::start`, or from `start: f;`, an `async fn f(postgres) -> Server`
+/// of the test file.
+#[allow(
+    unused_macros,
+    reason = "not every test binary that includes this module uses it"
+)]
+macro_rules! on_every_backend {
+    (start: $start:path; $($name:ident),* $(,)?) => {
+        mod sqlite {
+            // The test file's items, for `start`.
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($start(None).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
+                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+                        return;
+                    };
+                    let schema = format!("anchor_dash_{}", uuid::Uuid::new_v4().simple());
+                    let server = $start(Some((url.clone(), schema.clone()))).await;
+                    super::$name(server).await;
+                    super::support::drop_schema(&url, &schema).await;
+                }
+            )*
+        }
+    };
+    ($($name:ident),* $(,)?) => {
+        on_every_backend!(start: Server::start; $($name),*);
+    };
+}
+#[allow(
+    unused_imports,
+    reason = "not every test binary that includes this module uses it"
+)]
+pub(crate) use on_every_backend;
+
 pub const PASSWORD: &str = "correct horse battery staple";
 
 pub struct Server {
