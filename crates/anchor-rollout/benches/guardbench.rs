@@ -7,7 +7,10 @@
 //! - `GUARDBENCH_FIRST_SEED`: the first seed (default 0), so batches can be added up;
 //! - `GUARDBENCH_RPS`: traffic levels, comma-separated (default `10,100,1000`);
 //! - `GUARDBENCH_SCENARIO`: only rows whose scenario name contains this text;
-//! - `GUARDBENCH_THREADS`: worker threads (default 2).
+//! - `GUARDBENCH_THREADS`: worker threads (default 2);
+//! - `GUARDBENCH_CONTROLLERS`: only controllers whose name contains one of these
+//!   comma-separated texts (for example `Release Anchor,oracle`);
+//! - `GUARDBENCH_FIRST_STAGE`: the first stage's percentage instead of the builtin's 1 (below 5).
 
 #![allow(
     clippy::print_stdout,
@@ -45,14 +48,28 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let filter = std::env::var("GUARDBENCH_SCENARIO").unwrap_or_default();
-    let controllers = [
+    let wanted = std::env::var("GUARDBENCH_CONTROLLERS").unwrap_or_default();
+    let controllers: Vec<Controller> = [
         Controller::Guardrails,
         Controller::StaticThreshold,
         Controller::NaiveZ,
-    ];
+        Controller::OracleSprt,
+        Controller::OracleSprtUnconstrained,
+    ]
+    .into_iter()
+    .filter(|c| wanted.is_empty() || wanted.split(',').any(|w| c.name().contains(w.trim())))
+    .collect();
+    let first_stage: Option<f64> = std::env::var("GUARDBENCH_FIRST_STAGE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|p| *p > 0.0 && *p < 5.0);
     let cells: Vec<_> = matrix(&controllers, &rps)
         .into_iter()
         .filter(|c| c.scenario.name().contains(&filter))
+        .map(|c| match first_stage {
+            Some(p) => c.with_first_stage(p),
+            None => c,
+        })
         .collect();
     let started = Instant::now();
     let next = AtomicUsize::new(0);
@@ -73,8 +90,9 @@ fn main() {
         }
     });
     println!(
-        "GuardBench: {seeds} runs per row (seeds {first}..{}), {} rows, {threads} threads, {:.0} s",
+        "GuardBench: {seeds} runs per row (seeds {first}..{}), first stage {}%, {} rows, {threads} threads, {:.0} s",
         first + seeds,
+        first_stage.unwrap_or(1.0),
         cells.len(),
         started.elapsed().as_secs_f64()
     );

@@ -181,14 +181,18 @@ fn doubled_error_rate_at_1000_rps_rolls_back_before_the_25_percent_stage_in_95_p
     assert!(early >= 0.95 - slack, "{early}");
 }
 
-/// GAP: the target is a median of at most 5 minutes; the full bench measures about 9 (it was
-/// 18 before the guardrails' tests spanned the release and the error rate used the exact test
-/// at every count). At the first stage (1%, about 600 treatment requests a minute, 3 errors at
-/// 0.5%, 6 under the regression) even the oracle sequential probability ratio test of ψ = 2
-/// against the tolerance ψ = 1.1 gains only about 0.9 nats a minute in expectation, so at
-/// α/3 = 0.33% (ln 300 = 5.7 nats) it needs over 6 minutes of counts after the 1-minute
-/// warm-up; a mixture over unknown alternatives needs a few nats more. Meeting 5 minutes would
-/// take a larger first stage or a larger α.
+/// Issue 5's target: error ×2 at a 0.5% baseline and 1,000 rps rolled back in a median of at
+/// most 5 minutes. Not met (about 9), and out of reach of any valid test at the builtin
+/// template's settings: the bench's `oracle SPRT (bound)`, a sequential probability ratio test
+/// told both true error rates, which no test of the error rate at the same α share, warm-up and
+/// tolerance beats on average (Wald and Wolfowitz 1948), has a median of 8 minutes on the same
+/// runs (see `the_controller_detects_within_two_minutes_of_the_oracle_bound` and
+/// `docs/guardbench.md`). At a 1% first stage the treatment gets about 600 requests a minute,
+/// 3 errors at 0.5% and 6 under the regression: about 0.9 nats of evidence a minute against
+/// the ln 300 = 5.7 nats that α/3 demands, after the 1-minute warm-up. A larger first stage
+/// reaches 5 minutes but breaks the target of at most 30 excess errors (2%: 6 minutes and 34
+/// errors; 3%: 4 minutes and 39), so the two targets cannot both be met at the builtin's α,
+/// warm-up and tolerance.
 #[test]
 #[ignore = "gap: median detection of a doubled error rate at 1,000 rps is about 9 minutes"]
 fn gap_doubled_error_rate_at_1000_rps_is_detected_in_a_median_of_five_minutes() {
@@ -199,6 +203,40 @@ fn gap_doubled_error_rate_at_1000_rps_is_detected_in_a_median_of_five_minutes() 
         .collect();
     let median = quantile(&minutes, 0.5).unwrap_or(f64::INFINITY);
     assert!(median <= 5.0, "median {median} minutes");
+}
+
+/// How close the controller, which knows neither error rate, comes to the oracle that knows
+/// both, on the same populations and counts (the oracle's α share, warm-up and tolerance are
+/// the builtin template's): the full bench measures medians of 9 against 8 minutes.
+#[test]
+fn the_controller_detects_within_two_minutes_of_the_oracle_bound() {
+    let median_minutes = |controller| {
+        let o = outcomes(Scenario::Errors(2.0), 1_000, 0.005, controller);
+        let minutes: Vec<f64> = o
+            .iter()
+            .map(|o| o.rollback_minute.map_or(f64::INFINITY, |m| m as f64))
+            .collect();
+        quantile(&minutes, 0.5).unwrap_or(f64::INFINITY)
+    };
+    let ours = median_minutes(Controller::Guardrails);
+    let oracle = median_minutes(Controller::OracleSprt);
+    assert!(
+        oracle > 5.0,
+        "the oracle bound fell to {oracle}: revisit the gap test"
+    );
+    assert!(ours <= oracle + 2.0, "ours {ours}, oracle {oracle}");
+}
+
+/// The oracle is a valid test, so it is a fair bound: on healthy traffic it rolls back no more
+/// often than its α share allows.
+#[test]
+fn the_oracle_bound_does_not_roll_back_healthy_releases() {
+    let o = outcomes(Scenario::Healthy, 1_000, 0.005, Controller::OracleSprt);
+    assert!(
+        rolled_back(&o) <= false_rollback_limit(o.len()),
+        "{}",
+        rolled_back(&o)
+    );
 }
 
 #[test]

@@ -350,6 +350,18 @@ pub enum Controller {
     /// One-sided z-tests at α = 0.05 every minute on the stage's cumulative counts (error
     /// rate, and the p95/p99 tail shares), rolling back at the first significant one.
     NaiveZ,
+    /// A bound, not a design: Wald's sequential probability ratio test of the treatment's error
+    /// rate that is told both true rates (the control's, and the treatment's under the
+    /// scenario, or twice the control's when the scenario does not change errors). It tests
+    /// `p_t ≤ p₀` (the builtin's tolerance: the control's rate plus its 10% or 0.05 percentage
+    /// points) against `p_t = p₁`, one look a minute after the warm-up, at the error-rate
+    /// guardrail's α share (`α / 3`). Among tests of the error rate at that level it needs the
+    /// least data on average to reject when `p₁` is true (Wald and Wolfowitz 1948), so no real
+    /// controller, which knows neither rate, detects faster on average.
+    OracleSprt,
+    /// The same oracle with every concession: all of α, no warm-up and no tolerance (`p₀` is
+    /// the control's rate itself).
+    OracleSprtUnconstrained,
 }
 
 impl Controller {
@@ -359,7 +371,16 @@ impl Controller {
             Self::Guardrails => "Release Anchor",
             Self::StaticThreshold => "static 5×1 min",
             Self::NaiveZ => "naive z-test",
+            Self::OracleSprt => "oracle SPRT (bound)",
+            Self::OracleSprtUnconstrained => "oracle SPRT, all α, no warm-up or tolerance",
         }
+    }
+
+    /// Whether this is one of the oracle bounds, which only make sense where the question is
+    /// the error rate (healthy or more errors).
+    #[must_use]
+    pub fn is_oracle(self) -> bool {
+        matches!(self, Self::OracleSprt | Self::OracleSprtUnconstrained)
     }
 }
 
@@ -370,6 +391,8 @@ pub struct Cell {
     pub rps: u64,
     pub baseline_error_rate: f64,
     pub controller: Controller,
+    /// The release template: `ReleaseTemplate::builtin()` unless [`Cell::with_first_stage`].
+    pub template: ReleaseTemplate,
     control_latency: LatencyModel,
     treatment_latency: LatencyModel,
 }
@@ -387,9 +410,18 @@ impl Cell {
             rps,
             baseline_error_rate,
             controller,
+            template: ReleaseTemplate::builtin(),
             control_latency: LatencyModel::new(LatencyShift::None),
             treatment_latency: LatencyModel::new(scenario.latency_shift()),
         }
+    }
+
+    /// The builtin template with its first stage at `percentage` instead of 1%, to measure
+    /// what a larger first stage buys (it must stay below the second stage's 5%).
+    #[must_use]
+    pub fn with_first_stage(mut self, percentage: f64) -> Self {
+        self.template.stages[0].percentage = percentage;
+        self
     }
 
     /// The seed of one run: the same for every controller, so they face the same population.
@@ -464,6 +496,8 @@ struct Minute {
 #[derive(Debug, Default)]
 struct BaselineState {
     failed_checks: u32,
+    /// The oracle's log likelihood ratio so far.
+    oracle_llr: f64,
 }
 
 /// The simulated world of one run.
@@ -576,7 +610,7 @@ fn add(cumulative: &mut ArmObservations, minute: &Minute) {
 /// Runs one seeded rollout under the cell's controller.
 #[must_use]
 pub fn run(cell: &Cell, seed: u64) -> Outcome {
-    let template = ReleaseTemplate::builtin();
+    let template = &cell.template;
     let salt = format!("guardbench-{seed}");
     let users = if cell.scenario == Scenario::NoTraffic {
         0
@@ -607,12 +641,19 @@ pub fn run(cell: &Cell, seed: u64) -> Outcome {
         advanced_unheld: false,
         last_stage: 0,
     };
-    let start = command(&template, &ReleaseState::Pending, &Command::Start, 0)
+    let start = command(template, &ReleaseState::Pending, &Command::Start, 0)
         .expect("a pending release starts");
     let mut state = start.state;
     world.set_share(template.stages[0].percentage);
     // The baselines keep their own stage clock; the same stages, dwell and warm-up.
-    let warmup = |stage: usize| i64::try_from(template.stages[stage].warmup_ms).unwrap_or(i64::MAX);
+    let warmup = |stage: usize| {
+        if cell.controller == Controller::OracleSprtUnconstrained {
+            0
+        } else {
+            i64::try_from(template.stages[stage].warmup_ms).unwrap_or(i64::MAX)
+        }
+    };
+    let oracle = cell.controller.is_oracle().then(|| Oracle::new(cell));
     let (mut stage, mut since, mut observe_from) = (0usize, 0i64, warmup(0));
     let mut baseline = BaselineState::default();
     let mut control = ArmObservations::default();
@@ -649,7 +690,7 @@ pub fn run(cell: &Cell, seed: u64) -> Outcome {
                     Ok(&observations)
                 };
                 let before = state.stage();
-                let next = step(&template, &state, source, now);
+                let next = step(template, &state, source, now);
                 for action in &next.actions {
                     match action {
                         Action::SetShare { percentage } => {
@@ -683,16 +724,26 @@ pub fn run(cell: &Cell, seed: u64) -> Outcome {
                     outcome.last_stage = s;
                 }
             }
-            Controller::StaticThreshold | Controller::NaiveZ => {
+            Controller::StaticThreshold
+            | Controller::NaiveZ
+            | Controller::OracleSprt
+            | Controller::OracleSprtUnconstrained => {
                 let judged = now > observe_from && !outage;
                 let regressed = judged
-                    && if cell.controller == Controller::StaticThreshold {
-                        if minute_start >= observe_from && window_fails(&c, &tr) {
-                            baseline.failed_checks += 1;
+                    && match (cell.controller, &oracle) {
+                        (Controller::StaticThreshold, _) => {
+                            if minute_start >= observe_from && window_fails(&c, &tr) {
+                                baseline.failed_checks += 1;
+                            }
+                            baseline.failed_checks >= 5
                         }
-                        baseline.failed_checks >= 5
-                    } else {
-                        naive_z_regressed(&observations)
+                        (_, Some(oracle)) => {
+                            if minute_start >= observe_from {
+                                baseline.oracle_llr += oracle.llr(&tr);
+                            }
+                            baseline.oracle_llr >= oracle.threshold
+                        }
+                        _ => naive_z_regressed(&observations),
                     };
                 if regressed {
                     outcome.end = End::RolledBack;
@@ -752,6 +803,56 @@ pub fn run(cell: &Cell, seed: u64) -> Outcome {
     outcome.treated_users = world.exposed_ever;
     outcome.excess_errors = world.excess_errors;
     outcome
+}
+
+/// The oracle SPRT's constants: the null and alternative error rates and the rejection
+/// threshold `ln(1/α')`.
+struct Oracle {
+    p0: f64,
+    p1: f64,
+    threshold: f64,
+}
+
+impl Oracle {
+    fn new(cell: &Cell) -> Self {
+        let control = cell.baseline_error_rate;
+        let treatment = match cell.scenario {
+            Scenario::Errors(k) => control * k,
+            _ => control * 2.0,
+        }
+        .min(1.0);
+        let plan = &cell.template.guardrails;
+        let (p0, alpha) = if cell.controller == Controller::OracleSprtUnconstrained {
+            (control, plan.alpha)
+        } else {
+            let tolerance = plan
+                .guardrails
+                .iter()
+                .find_map(|g| match g.guardrail {
+                    anchor_rollout::Guardrail::ErrorRate {
+                        max_relative_increase,
+                        min_absolute_increase,
+                    } => Some((control * max_relative_increase).max(min_absolute_increase)),
+                    _ => None,
+                })
+                .unwrap_or(0.0);
+            (
+                control + tolerance,
+                plan.alpha / plan.guardrails.len() as f64,
+            )
+        };
+        Self {
+            p0,
+            p1: treatment,
+            threshold: (1.0 / alpha).ln(),
+        }
+    }
+
+    /// The log likelihood ratio of one minute of the treatment's requests.
+    fn llr(&self, treatment: &Minute) -> f64 {
+        let (x, n) = (treatment.errors as f64, treatment.requests as f64);
+        x * (self.p1 / self.p0).ln() + (n - x) * ((1.0 - self.p1) / (1.0 - self.p0)).ln()
+    }
 }
 
 /// The static threshold's check of one 1-minute window: failed when the treatment's error
@@ -925,13 +1026,18 @@ pub fn matrix(controllers: &[Controller], rps_levels: &[u64]) -> Vec<Cell> {
         for &baseline in baselines {
             for &rps in rps_levels {
                 for &controller in controllers {
+                    if controller.is_oracle()
+                        && !matches!(scenario, Scenario::Healthy | Scenario::Errors(_))
+                    {
+                        continue;
+                    }
                     cells.push(Cell::new(scenario, rps, baseline, controller));
                 }
             }
         }
     }
     // No traffic at all: one row per controller.
-    for &controller in controllers {
+    for &controller in controllers.iter().filter(|c| !c.is_oracle()) {
         cells.push(Cell::new(Scenario::NoTraffic, 0, 0.005, controller));
     }
     cells
