@@ -383,6 +383,50 @@ fn over_http_each_caller_acts_with_their_own_token_and_none_is_refused(server: S
         let refused = error(&report, tool, 0);
         assert!(refused.starts_with("401"), "{tool}: {refused}");
     }
+
+    // Within one session each request still acts with its own token, not the first one's.
+    let (status, head, body) = post_mcp(addr, addr, Some(&format!("Bearer {editor}")));
+    assert_eq!(status, 200, "{body}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: "))
+        .expect("a session id")
+        .trim()
+        .to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, body) = post_mcp_message(
+        addr,
+        addr,
+        Some(&format!("Bearer {editor}")),
+        Some(&session),
+        &initialized,
+    );
+    assert_eq!(status, 202, "{body}");
+    for (id, token, allowed) in [(2, &editor, true), (3, &viewer, false), (4, &editor, true)] {
+        let toggle = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "toggle_flag",
+            "arguments": {"flag": "checkout", "environment": "production", "on": false}}});
+        let (status, _, body) = post_mcp_message(
+            addr,
+            addr,
+            Some(&format!("Bearer {token}")),
+            Some(&session),
+            &toggle,
+        );
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|data| serde_json::from_str(data.trim()).ok())
+            .find(|m: &Value| m["id"] == id)
+            .unwrap_or_else(|| panic!("no answer to call {id}: {body}"));
+        let result = &answer["result"];
+        assert_eq!(result["isError"], !allowed, "call {id}: {answer}");
+        if !allowed {
+            let text = result["content"][0]["text"].as_str().unwrap_or("");
+            assert!(text.starts_with("403"), "call {id}: {text}");
+        }
+    }
 }
 
 /// A user with `role` in the default project, and a personal access token of theirs.
@@ -422,13 +466,29 @@ fn member_token(server: &Server, username: &str, role: &str) -> String {
 /// An MCP `initialize` POSTed by hand, to see the status, the headers (lowercased) and the
 /// body that an SDK would hide.
 fn post_mcp(addr: &str, host: &str, authorization: Option<&str>) -> (u16, String, String) {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": {"name": "test", "version": "0"}}})
-    .to_string();
-    let authorization = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        "clientInfo": {"name": "test", "version": "0"}}});
+    post_mcp_message(addr, host, authorization, None, &initialize)
+}
+
+/// One JSON-RPC message POSTed by hand, in the session given if any.
+fn post_mcp_message(
+    addr: &str,
+    host: &str,
+    authorization: Option<&str>,
+    session: Option<&str>,
+    message: &Value,
+) -> (u16, String, String) {
+    let body = message.to_string();
+    let mut headers = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    if let Some(session) = session {
+        headers.push_str(&format!(
+            "Mcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18\r\n"
+        ));
+    }
     let request = format!(
-        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{authorization}\
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}\
          Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
