@@ -113,7 +113,8 @@ pub enum Command {
     /// twice changes nothing.
     Import(ImportArgs),
     /// Serve the Model Context Protocol for AI assistants (stdio unless --http), acting with
-    /// the personal access token of --token/ANCHOR_TOKEN/`anchor login`.
+    /// the personal access token of --token/ANCHOR_TOKEN/`anchor login`; over HTTP, with each
+    /// caller's own.
     Mcp(McpArgs),
     /// Find the flag keys the code refers to (SDK calls in Rust, JavaScript/TypeScript, Python,
     /// Go, Java/Kotlin, C#, Ruby, PHP) and, with the server's data, which flags are stale.
@@ -122,7 +123,9 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct McpArgs {
-    /// Serve streamable HTTP at http://ADDRESS/mcp (e.g. 127.0.0.1:8765) instead of stdio
+    /// Serve streamable HTTP at http://ADDRESS/mcp (e.g. 127.0.0.1:8765) instead of stdio;
+    /// every request must carry `Authorization: Bearer <personal access token>`, and the tools
+    /// act with that token
     #[arg(long, value_name = "ADDRESS")]
     pub http: Option<String>,
 }

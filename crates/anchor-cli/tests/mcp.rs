@@ -1,12 +1,13 @@
 //! `anchor mcp` driven by a real MCP client, the official Python SDK (tests/mcp_client.py),
 //! over stdio and streamable HTTP, against a real server on a free port (SQLite and, when
 //! `ANCHOR_TEST_POSTGRES_URL` is set, PostgreSQL). Needs python3 with the `mcp` package
-//! (`.ci/run` installs it); without them the tests fail, saying so.
+//! (`.ci/run` installs it); without them the tests fail, saying so. Over HTTP every caller
+//! sends its own token (`MCP_BEARER` for the script), and the tools act with it.
 
 #[macro_use]
 mod support;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -18,6 +19,7 @@ use support::*;
 on_every_backend!(
     every_tool_works_over_stdio_and_http_and_a_gated_write_becomes_a_change_request,
     a_viewer_token_is_refused_a_write,
+    over_http_each_caller_acts_with_their_own_token_and_none_is_refused,
 );
 
 /// Runs tests/mcp_client.py and returns its JSON report; fails clearly when python3 or the
@@ -172,12 +174,15 @@ fn every_tool_works_over_stdio_and_http_and_a_gated_write_becomes_a_change_reque
     let mcp = http_mcp(
         &[
             ("ANCHOR_URL", server.url.as_str()),
-            ("ANCHOR_TOKEN", server.token.as_str()),
             ("ANCHOR_PROJECT", "web"),
         ],
         &server.config,
     );
-    let report = client(&["http", &mcp.url, "full", &code], &[], &server.config);
+    let report = client(
+        &["http", &mcp.url, "full", &code],
+        &[("MCP_BEARER", &server.token)],
+        &server.config,
+    );
     check_full(&report, &server.url);
     let audit = ok(&report, "read_audit_log", 0);
     assert!(
@@ -293,27 +298,159 @@ fn check_full(report: &Value, url: &str) {
 }
 
 fn a_viewer_token_is_refused_a_write(server: Server) {
-    let bearer = format!("Bearer {}", server.token);
     server_flag(&server, "checkout");
+    let viewer = member_token(&server, "watcher", "viewer");
+    let report = client(
+        &["stdio", env!("CARGO_BIN_EXE_anchor"), "toggle"],
+        &[("ANCHOR_URL", &server.url), ("ANCHOR_TOKEN", &viewer)],
+        &server.config,
+    );
+    assert_eq!(ok(&report, "get_flag", 0)["flag"]["key"], "checkout");
+    let refused = error(&report, "toggle_flag", 0);
+    assert!(refused.starts_with("403"), "{refused}");
+}
+
+/// One HTTP server shared by several callers: each is served with exactly what its own token
+/// may do. It is started with the admin's token in ANCHOR_TOKEN, which must never be used.
+fn over_http_each_caller_acts_with_their_own_token_and_none_is_refused(server: Server) {
+    server_flag(&server, "checkout");
+    let viewer = member_token(&server, "watcher", "viewer");
+    let editor = member_token(&server, "author", "editor");
+    let mcp = http_mcp(
+        &[("ANCHOR_URL", &server.url), ("ANCHOR_TOKEN", &server.token)],
+        &server.config,
+    );
+    let addr = mcp
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp");
+
+    for authorization in [
+        None,
+        Some("Basic YWRtaW46eA=="),
+        Some("Bearer "),
+        Some("Bearer a b"),
+    ] {
+        let (status, headers, body) = post_mcp(addr, addr, authorization);
+        assert_eq!(status, 401, "{authorization:?}: {body}");
+        assert!(
+            headers.contains("www-authenticate: bearer realm="),
+            "{authorization:?}: {headers}"
+        );
+        assert!(
+            headers.contains("content-type: application/problem+json"),
+            "{headers}"
+        );
+        let problem: Value = serde_json::from_str(&body).expect("a problem");
+        assert_eq!(problem["status"], 401, "{problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("the Authorization header is")),
+            "{problem}"
+        );
+    }
+    let anonymous = client(&["http", &mcp.url, "toggle"], &[], &server.config);
+    assert!(anonymous["refused"].is_string(), "{anonymous}");
+    // The DNS-rebinding guard still holds for a caller with a token.
+    let (status, _, body) = post_mcp(addr, "evil.example", Some(&format!("Bearer {editor}")));
+    assert_eq!(status, 403, "{body}");
+
+    let report = client(
+        &["http", &mcp.url, "toggle"],
+        &[("MCP_BEARER", &viewer)],
+        &server.config,
+    );
+    assert_eq!(ok(&report, "get_flag", 0)["flag"]["key"], "checkout");
+    let refused = error(&report, "toggle_flag", 0);
+    assert!(refused.starts_with("403"), "{refused}");
+
+    let report = client(
+        &["http", &mcp.url, "toggle"],
+        &[("MCP_BEARER", &editor)],
+        &server.config,
+    );
+    let toggled = ok(&report, "toggle_flag", 0);
+    assert_eq!(toggled["applied"], true, "{toggled}");
+    assert_eq!(toggled["result"]["enabled"], true, "{toggled}");
+
+    let report = client(
+        &["http", &mcp.url, "toggle"],
+        &[("MCP_BEARER", "anc_pat_not-a-real-token")],
+        &server.config,
+    );
+    for tool in ["get_flag", "toggle_flag"] {
+        let refused = error(&report, tool, 0);
+        assert!(refused.starts_with("401"), "{tool}: {refused}");
+    }
+
+    // Within one session each request still acts with its own token, not the first one's.
+    let (status, head, body) = post_mcp(addr, addr, Some(&format!("Bearer {editor}")));
+    assert_eq!(status, 200, "{body}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: "))
+        .expect("a session id")
+        .trim()
+        .to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, body) = post_mcp_message(
+        addr,
+        addr,
+        Some(&format!("Bearer {editor}")),
+        Some(&session),
+        &initialized,
+    );
+    assert_eq!(status, 202, "{body}");
+    for (id, token, allowed) in [(2, &editor, true), (3, &viewer, false), (4, &editor, true)] {
+        let toggle = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "toggle_flag",
+            "arguments": {"flag": "checkout", "environment": "production", "on": false}}});
+        let (status, _, body) = post_mcp_message(
+            addr,
+            addr,
+            Some(&format!("Bearer {token}")),
+            Some(&session),
+            &toggle,
+        );
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|data| serde_json::from_str(data.trim()).ok())
+            .find(|m: &Value| m["id"] == id)
+            .unwrap_or_else(|| panic!("no answer to call {id}: {body}"));
+        let result = &answer["result"];
+        assert_eq!(result["isError"], !allowed, "call {id}: {answer}");
+        if !allowed {
+            let text = result["content"][0]["text"].as_str().unwrap_or("");
+            assert!(text.starts_with("403"), "call {id}: {text}");
+        }
+    }
+}
+
+/// A user with `role` in the default project, and a personal access token of theirs.
+fn member_token(server: &Server, username: &str, role: &str) -> String {
+    let bearer = format!("Bearer {}", server.token);
     let (status, body) = http(
         &server.addr,
         "POST",
         "/api/v1/users",
         &bearer,
-        &json!({"username": "watcher", "password": PASSWORD}),
+        &json!({"username": username, "password": PASSWORD}),
     );
     assert_eq!(status, 201, "{body}");
     let (status, body) = http(
         &server.addr,
         "PUT",
-        "/api/v1/projects/default/members/watcher",
+        &format!("/api/v1/projects/default/members/{username}"),
         &bearer,
-        &json!({"role": "viewer"}),
+        &json!({ "role": role }),
     );
     assert_eq!(status, 204, "{body}");
     let basic = format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("watcher:{PASSWORD}"))
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{PASSWORD}"))
     );
     let (status, created) = http(
         &server.addr,
@@ -323,15 +460,49 @@ fn a_viewer_token_is_refused_a_write(server: Server) {
         &json!({"name": "assistant"}),
     );
     assert_eq!(status, 201, "{created}");
-    let viewer = created["token"].as_str().unwrap();
-    let report = client(
-        &["stdio", env!("CARGO_BIN_EXE_anchor"), "viewer"],
-        &[("ANCHOR_URL", &server.url), ("ANCHOR_TOKEN", viewer)],
-        &server.config,
+    created["token"].as_str().expect("a token").to_string()
+}
+
+/// An MCP `initialize` POSTed by hand, to see the status, the headers (lowercased) and the
+/// body that an SDK would hide.
+fn post_mcp(addr: &str, host: &str, authorization: Option<&str>) -> (u16, String, String) {
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "0"}}});
+    post_mcp_message(addr, host, authorization, None, &initialize)
+}
+
+/// One JSON-RPC message POSTed by hand, in the session given if any.
+fn post_mcp_message(
+    addr: &str,
+    host: &str,
+    authorization: Option<&str>,
+    session: Option<&str>,
+    message: &Value,
+) -> (u16, String, String) {
+    let body = message.to_string();
+    let mut headers = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    if let Some(session) = session {
+        headers.push_str(&format!(
+            "Mcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18\r\n"
+        ));
+    }
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}\
+         Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
     );
-    assert_eq!(ok(&report, "get_flag", 0)["flag"]["key"], "checkout");
-    let refused = error(&report, "toggle_flag", 0);
-    assert!(refused.starts_with("403"), "{refused}");
+    let mut stream = std::net::TcpStream::connect(addr).expect("anchor mcp accepts");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("a timeout");
+    stream.write_all(request.as_bytes()).expect("sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("an answer");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+    let status = head[9..12].parse().expect("a status");
+    (status, head.to_lowercase(), body.to_string())
 }
 
 fn server_flag(server: &Server, key: &str) {
@@ -364,8 +535,12 @@ fn without_a_server_or_a_token_the_tools_are_listed_and_each_call_fails_clearly(
                 &config,
             )
         } else {
-            let mcp = http_mcp(&env, &config);
-            client(&["http", &mcp.url, "offline"], &[], &config)
+            let mcp = http_mcp(&env[..1], &config);
+            client(
+                &["http", &mcp.url, "offline"],
+                &[("MCP_BEARER", "ra_pat_x")],
+                &config,
+            )
         };
         assert_eq!(report["tools"].as_array().map(Vec::len), Some(14));
         let message = error(&report, "get_flag", 0);

@@ -3,11 +3,13 @@
 Usage: mcp_client.py stdio ANCHOR_BINARY SCENARIO [CODE_DIR]
        mcp_client.py http URL SCENARIO [CODE_DIR]
 
-SCENARIO is `full` (every tool, in an order that builds on itself), `viewer` (a write the
-token may not do) or `offline` (list the tools, then one call). The stdio child gets this
-process's ANCHOR_URL / ANCHOR_TOKEN / ANCHOR_PROJECT / ANCHOR_ENV / XDG_CONFIG_HOME / HOME.
-Prints one JSON document: the tools as listed, and each call's isError and text. The Rust test
-(tests/mcp.rs) judges them.
+SCENARIO is `full` (every tool, in an order that builds on itself), `toggle` (a read, then a
+write that a viewer's token may not do) or `offline` (list the tools, then one call). The stdio
+child gets this process's ANCHOR_URL / ANCHOR_TOKEN / ANCHOR_PROJECT / ANCHOR_ENV /
+XDG_CONFIG_HOME / HOME. Over HTTP, MCP_BEARER (when set) is sent as `Authorization: Bearer`
+with every request. Prints one JSON document: the tools as listed, and each call's isError and
+text; or, when the server refuses the session (HTTP without a usable bearer), `refused` with the
+error. The Rust test (tests/mcp.rs) judges them.
 """
 
 import asyncio
@@ -18,7 +20,7 @@ import sys
 try:
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
-    from mcp.client.streamable_http import streamable_http_client
+    from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 except ImportError as error:  # the Rust test reports this line and fails
     print(f"MISSING-MCP-PACKAGE: {error}", file=sys.stderr)
     sys.exit(3)
@@ -66,9 +68,9 @@ async def drive(session, scenario, code_dir):
                       "inputSchema": tool.input_schema, "annotations": annotations})
     if scenario == "full":
         calls = full_calls(code_dir)
-    elif scenario == "viewer":
+    elif scenario == "toggle":
         calls = [("get_flag", {"flag": "checkout"}),
-                 ("toggle_flag", {"flag": "checkout", "environment": "production", "on": False})]
+                 ("toggle_flag", {"flag": "checkout", "environment": "production", "on": True})]
     else:
         calls = [("get_flag", {"flag": "checkout"})]
     results = []
@@ -78,6 +80,14 @@ async def drive(session, scenario, code_dir):
         results.append({"tool": name, "arguments": arguments, "isError": bool(result.is_error),
                         "text": text})
     return {"tools": tools, "calls": results}
+
+
+def describe(error):
+    """The messages of an exception and of every exception it groups."""
+    nested = getattr(error, "exceptions", None)
+    if nested:
+        return "; ".join(describe(e) for e in nested)
+    return f"{type(error).__name__}: {error}"
 
 
 async def main():
@@ -92,10 +102,16 @@ async def main():
             async with ClientSession(read, write) as session:
                 report = await drive(session, scenario, code_dir)
     else:
-        async with streamable_http_client(target) as streams:
-            read, write = streams[0], streams[1]
-            async with ClientSession(read, write) as session:
-                report = await drive(session, scenario, code_dir)
+        bearer = os.environ.get("MCP_BEARER")
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
+        try:
+            async with create_mcp_http_client(headers=headers) as http_client, \
+                    streamable_http_client(target, http_client=http_client) as streams:
+                read, write = streams[0], streams[1]
+                async with ClientSession(read, write) as session:
+                    report = await drive(session, scenario, code_dir)
+        except Exception as error:  # the SDK raises (often grouped) when the server refuses
+            report = {"refused": describe(error)}
     print(json.dumps(report))
 
 

@@ -3,33 +3,65 @@
 //! the assistant reads what went wrong and the server keeps running.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use axum::http::request::Parts;
 use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
-use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::auth;
 use super::code::{self, Kind, Language};
 use crate::commands::targeting::{TOTAL_WEIGHT, default_rest};
+use crate::config::Token;
 use crate::error::CliError;
 use crate::http::{Answer, Api, query, seg};
 
+/// Whose token the tools act with.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// One client for every call (stdio: the local user's token), or why there is none.
+    Fixed(Result<Api, String>),
+    /// Each call's own caller (HTTP): the bearer token of the request that carried the call,
+    /// sent to this server URL (or why there is none).
+    PerCaller {
+        url: Result<String, String>,
+        /// The client of the session's latest caller, reused while the token is the same so
+        /// calls share its connections (and TLS sessions) instead of opening new ones.
+        last: Arc<Mutex<Option<(Token, Api)>>>,
+    },
+}
+
+impl Access {
+    pub fn per_caller(url: Result<String, String>) -> Self {
+        Self::PerCaller {
+            url,
+            last: Arc::default(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Anchor {
-    api: Result<Api, String>,
+    access: Access,
     project: String,
     environment: String,
-    #[allow(dead_code, reason = "read by the code #[tool_handler] generates")]
     tool_router: ToolRouter<Self>,
 }
 
 impl std::fmt::Debug for Anchor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Anchor")
-            .field("api", &self.api)
+            .field("access", &self.access)
             .field("project", &self.project)
             .field("environment", &self.environment)
             .finish_non_exhaustive()
@@ -244,9 +276,9 @@ fn written(answer: Answer, environment: &str, done: &str) -> Value {
 
 #[tool_router]
 impl Anchor {
-    pub fn new(api: Result<Api, String>, project: String, environment: String) -> Self {
+    pub fn new(access: Access, project: String, environment: String) -> Self {
         Self {
-            api,
+            access,
             project,
             environment,
             tool_router: Self::tool_router(),
@@ -254,9 +286,57 @@ impl Anchor {
     }
 
     fn api(&self) -> Result<&Api, CliError> {
-        self.api
-            .as_ref()
-            .map_err(|problem| CliError::Usage(format!("anchor mcp is not connected: {problem}")))
+        match &self.access {
+            Access::Fixed(Ok(api)) => Ok(api),
+            Access::Fixed(Err(problem)) => Err(CliError::Usage(format!(
+                "anchor mcp is not connected: {problem}"
+            ))),
+            // `call_tool` gives each call a `Fixed` copy; reaching this is a bug, refused
+            // rather than served with some other token.
+            Access::PerCaller { .. } => Err(CliError::Auth(
+                "anchor mcp has no caller token for this call".into(),
+            )),
+        }
+    }
+
+    /// A copy for one MCP session: over HTTP it keeps its own latest caller's client, so no
+    /// client (nor token) is kept across sessions.
+    pub fn for_session(&self) -> Self {
+        let mut session = self.clone();
+        if let Access::PerCaller { url, .. } = &self.access {
+            session.access = Access::per_caller(url.clone());
+        }
+        session
+    }
+
+    /// For an HTTP call, this server acting with the token of the request that carried it;
+    /// `None` when the token is fixed (stdio).
+    fn for_caller(&self, context: &RequestContext<RoleServer>) -> Option<Self> {
+        let Access::PerCaller { url, last } = &self.access else {
+            return None;
+        };
+        let api = url.as_ref().map_err(Clone::clone).and_then(|url| {
+            let parts = context
+                .extensions
+                .get::<Parts>()
+                .ok_or_else(|| "the call came without its HTTP request".to_string())?;
+            let token = auth::bearer(&parts.headers).map_err(|missing| missing.to_string())?;
+            let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((known, api)) = last.as_ref()
+                && auth::same_secret(known.expose(), token)
+            {
+                return Ok(api.clone());
+            }
+            let api = Api::new(url, Token::new(token)).map_err(|e| e.to_string())?;
+            *last = Some((Token::new(token), api.clone()));
+            Ok(api)
+        });
+        Some(Self {
+            access: Access::Fixed(api),
+            project: self.project.clone(),
+            environment: self.environment.clone(),
+            tool_router: self.tool_router.clone(),
+        })
     }
 
     fn project_path(&self, project: Option<&String>, rest: &str) -> String {
@@ -800,13 +880,25 @@ impl Anchor {
     }
 }
 
-#[tool_handler]
+#[tool_handler(router = self.tool_router)]
 impl ServerHandler for Anchor {
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let caller = self.for_caller(&context);
+        let server = caller.as_ref().unwrap_or(self);
+        self.tool_router
+            .call(ToolCallContext::new(server, request, context))
+            .await
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("anchor", env!("CARGO_PKG_VERSION")))
             .with_instructions(format!(
-                "Release Anchor feature flags. Tools act with the user's personal access token \
+                "Release Anchor feature flags. Tools act with the caller's personal access token \
                  and its roles. Unless a tool is given `project`/`environment`, it acts in \
                  project `{}` and environment `{}`. Writes in environments that require \
                  approval create change requests (the result says `applied: false`).",
