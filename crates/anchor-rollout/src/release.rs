@@ -733,6 +733,36 @@ fn describe_needs(needed: &[GuardrailNeed]) -> String {
         .join("; ")
 }
 
+/// Waits for a person's approval to enter stage `index`; the share stays where it is.
+fn wait_for_approval(
+    index: usize,
+    stage: &Stage,
+    now_ms: i64,
+    why: &str,
+    history: Vec<StageRecord>,
+) -> Transition {
+    Transition {
+        state: ReleaseState::WaitingForApproval {
+            stage: index,
+            since_ms: now_ms,
+            history,
+        },
+        actions: vec![Action::Notify {
+            event: Event::WaitingForApproval,
+        }],
+        decision: Some(Decision {
+            at_ms: now_ms,
+            message: format!(
+                "{why}; waiting for approval to enter stage {} ({})",
+                index + 1,
+                percent(stage.percentage)
+            ),
+            report: None,
+        }),
+        report: None,
+    }
+}
+
 /// Enters stage `index` now: waits for approval, completes at 100%, or runs it.
 fn enter(
     template: &ReleaseTemplate,
@@ -746,26 +776,7 @@ fn enter(
         return complete(now_ms, why);
     };
     if stage.approval && !approved {
-        return Transition {
-            state: ReleaseState::WaitingForApproval {
-                stage: index,
-                since_ms: now_ms,
-                history,
-            },
-            actions: vec![Action::Notify {
-                event: Event::WaitingForApproval,
-            }],
-            decision: Some(Decision {
-                at_ms: now_ms,
-                message: format!(
-                    "{why}; waiting for approval to enter stage {} ({})",
-                    index + 1,
-                    percent(stage.percentage)
-                ),
-                report: None,
-            }),
-            report: None,
-        };
+        return wait_for_approval(index, stage, now_ms, why, history);
     }
     if stage.percentage >= 100.0 {
         let mut done = complete(now_ms, why);
@@ -1201,6 +1212,39 @@ impl std::fmt::Display for CommandRefused {
 
 impl std::error::Error for CommandRefused {}
 
+/// Starts a pending release that must be approved before it serves anything: it waits for
+/// approval to enter its first stage, whatever that stage's own gate says, and [`Command::Approve`]
+/// then enters it. The server uses this where a person may not widen exposure alone (an
+/// environment that requires approval); `why` opens the decision (who started it, and why it
+/// waits).
+///
+/// # Errors
+/// [`CommandRefused`] unless the release is pending.
+pub fn start_awaiting_approval(
+    template: &ReleaseTemplate,
+    state: &ReleaseState,
+    now_ms: i64,
+    why: &str,
+) -> Result<Transition, CommandRefused> {
+    let refuse = |message: &str| CommandRefused {
+        command: Command::Start.name().to_owned(),
+        state: state.name().to_owned(),
+        message: message.to_owned(),
+    };
+    if !matches!(state, ReleaseState::Pending) {
+        return Err(refuse(if state.is_active() {
+            "the release has already started"
+        } else {
+            "the release is finished; nothing can start it"
+        }));
+    }
+    let first = template
+        .stages
+        .first()
+        .ok_or_else(|| refuse("the template has no stage to start"))?;
+    Ok(wait_for_approval(0, first, now_ms, why, Vec::new()))
+}
+
 /// Applies a person's command.
 ///
 /// # Errors
@@ -1360,5 +1404,44 @@ pub fn command(
                 .insert(0, Action::SetShare { percentage: 100.0 });
             Ok(done)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_awaiting_approval_serves_nothing_until_approved() {
+        let template = ReleaseTemplate::builtin();
+        let waiting =
+            start_awaiting_approval(&template, &ReleaseState::Pending, 1_000, "started").unwrap();
+        assert!(matches!(
+            waiting.state,
+            ReleaseState::WaitingForApproval { stage: 0, .. }
+        ));
+        assert!(
+            !waiting
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::SetShare { .. })),
+            "no share before the approval: {:?}",
+            waiting.actions
+        );
+        let approved = command(&template, &waiting.state, &Command::Approve, 2_000).unwrap();
+        assert!(matches!(
+            approved.state,
+            ReleaseState::Running { ref clock } if clock.stage == 0
+        ));
+        assert!(
+            approved
+                .actions
+                .contains(&Action::SetShare { percentage: 1.0 })
+        );
+        let again = start_awaiting_approval(&template, &approved.state, 3_000, "started");
+        assert_eq!(
+            again.unwrap_err().message,
+            "the release has already started"
+        );
     }
 }

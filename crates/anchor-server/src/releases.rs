@@ -11,6 +11,13 @@
 //! rebuilds the environment's snapshot (so SDK streams get the change at once) and queues the
 //! webhook events.
 //!
+//! In an environment that requires approval, four eyes see every widening a person makes, as
+//! with flag changes: a release started by someone who is not an admin waits for another
+//! person's approval before its first stage, its approval gates and dismissed guardrails need
+//! someone other than the person who started it, and only admins skip stages or complete it
+//! by hand. The controller's own steps follow the approved plan and are never held, and
+//! nothing that reduces exposure (pause, roll back, abort) is ever refused.
+//!
 //! The controller ticks every few seconds; for each active release it first takes the
 //! release's lease in the store, so that of several servers sharing one PostgreSQL only one
 //! acts on a release at a time, and a transition written from a stale state is refused by the
@@ -21,10 +28,10 @@ use std::time::Duration;
 
 use anchor_engine::{FlagConfig, Rollout, Serve, WeightedVariant};
 use anchor_rollout::{
-    Action, Command, CoverageObservations, CoverageRow, Observations, ReleaseState,
+    Action, Command, CoverageObservations, CoverageRow, HoldReason, Observations, ReleaseState,
     ReleaseTemplate, Transition,
 };
-use anchor_store::{Actor, ReleaseRecord, ReleaseUpdate, Role, StoreError};
+use anchor_store::{Actor, AuditFilter, ReleaseRecord, ReleaseUpdate, Role, StoreError};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -36,6 +43,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::api::Body;
 use crate::auth::Caller;
+use crate::change_requests::same_person;
 use crate::error::{ApiError, ApiResult, Problem};
 
 /// The key of the built-in template, which every project has and no one can change.
@@ -380,14 +388,14 @@ pub(crate) struct ReleaseRequest {
     pub(crate) start: Option<bool>,
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/releases", tag = "releases", summary = "Start a progressive release of a flag's treatment variant (editors)", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key")), request_body = ReleaseRequest, responses((status = 201, body = ReleaseView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The flag already has an active release in that environment", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/flags/{flag}/releases", tag = "releases", summary = "Start a progressive release of a flag's treatment variant (editors); in an environment that requires approval, a non-admin's release waits for another person's approval before its first stage", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key"), ("flag" = String, Path, description = "Flag key")), request_body = ReleaseRequest, responses((status = 201, description = "Created: running, or (a non-admin in an environment that requires approval) waiting for approval", body = ReleaseView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The flag already has an active release in that environment", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_release(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, environment, flag)): Path<(String, String, String)>,
     request: Body<ReleaseRequest>,
 ) -> ApiResult<(StatusCode, Json<ReleaseView>)> {
-    caller.require(&state, &project, Role::Editor).await?;
+    let role = caller.require(&state, &project, Role::Editor).await?;
     let request = request.into_inner()?;
     let record = state.store.flag(&project, &flag).await?;
     let config = record
@@ -478,13 +486,15 @@ pub(crate) async fn create_release(
         })
         .await?;
     let created = if request.start.unwrap_or(true) {
-        let transition = anchor_rollout::command(
+        let transition = start(
+            &state,
+            &caller,
+            role,
+            &created,
             &template,
             &ReleaseState::Pending,
-            &Command::Start,
-            state.now_ms(),
         )
-        .map_err(|e| ApiError::Conflict(e.message))?;
+        .await?;
         carry_out(&state, &created, transition, &actor, "release.started").await?
     } else {
         created
@@ -538,14 +548,14 @@ pub(crate) async fn get_release(
     Ok(Json(view(&state, record, true).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project}/releases/{id}/commands", tag = "releases", summary = "Steer a release (editors): start, pause, resume, skip, approve, dismiss a guardrail, roll back, abort, complete", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Release id")), request_body(content = Object, description = "`{\"command\": \"pause\"}`; `{\"command\": \"dismiss\", \"guardrail\": \"p99 latency\"}`"), responses((status = 200, body = ReleaseView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The command does not apply in the release's state", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Not a command", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/projects/{project}/releases/{id}/commands", tag = "releases", summary = "Steer a release (editors): start, pause, resume, skip, approve, dismiss a guardrail, roll back, abort, complete; in an environment that requires approval only admins skip or complete, and someone other than the person who started the release approves or dismisses", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Release id")), request_body(content = Object, description = "`{\"command\": \"pause\"}`; `{\"command\": \"dismiss\", \"guardrail\": \"p99 latency\"}`"), responses((status = 200, body = ReleaseView), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role, or, in an environment that requires approval, may not give the command alone: a non-admin skipping or completing, or the person who started the release approving it, dismissing a guardrail or accepting its split; the problem's detail says which", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The command does not apply in the release's state", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Not a command", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn release_command(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
     request: Body<Value>,
 ) -> ApiResult<Json<ReleaseView>> {
-    caller.require(&state, &project, Role::Editor).await?;
+    let role = caller.require(&state, &project, Role::Editor).await?;
     let command: Command = serde_json::from_value(request.into_inner()?).map_err(|e| {
         ApiError::Invalid(vec![anchor_engine::Diagnostic {
             path: "/command".into(),
@@ -556,8 +566,15 @@ pub(crate) async fn release_command(
     })?;
     let record = state.store.release(&project, &id).await?;
     let (template, current) = parse(&record)?;
-    let transition = anchor_rollout::command(&template, &current, &command, state.now_ms())
-        .map_err(|e| ApiError::Conflict(e.message))?;
+    let transition = match command {
+        Command::Start => start(&state, &caller, role, &record, &template, &current).await?,
+        _ => anchor_rollout::command(&template, &current, &command, state.now_ms())
+            .map_err(|e| ApiError::Conflict(e.message))?,
+    };
+    // After the state machine: a command that does not apply says so (409) whoever gives it.
+    if let Some(reason) = refusal(&state, &caller, role, &record, &current, &command).await? {
+        return Err(ApiError::Forbidden(reason));
+    }
     let action = match command {
         Command::Start => "release.started",
         Command::Pause => "release.paused",
@@ -571,6 +588,131 @@ pub(crate) async fn release_command(
     };
     let updated = carry_out(&state, &record, transition, &caller.actor(), action).await?;
     Ok(Json(view(&state, updated, true).await?))
+}
+
+/// Whether an environment keeps a person with `role` from widening exposure alone: it requires
+/// approval and they are not an admin (admins may break the glass, as with flag changes).
+fn four_eyes(environment: &anchor_store::Environment, role: Role) -> bool {
+    environment.requires_approval && role < Role::Admin
+}
+
+/// Starts a pending release: at once, or, where four eyes are needed, waiting for another
+/// person's approval before its first stage (nothing of the treatment is served until then).
+async fn start(
+    state: &AppState,
+    caller: &Caller,
+    role: Role,
+    record: &ReleaseRecord,
+    template: &ReleaseTemplate,
+    current: &ReleaseState,
+) -> ApiResult<Transition> {
+    let environment = state
+        .store
+        .environment(&record.project, &record.environment)
+        .await?;
+    let now = state.now_ms();
+    let started = if four_eyes(&environment, role) {
+        let why = format!(
+            "started by {} in {}, which requires approval: an editor other than them, or an \
+             admin, approves it before it serves the treatment",
+            caller.actor().id,
+            record.environment
+        );
+        anchor_rollout::release::start_awaiting_approval(template, current, now, &why)
+    } else {
+        anchor_rollout::command(template, current, &Command::Start, now)
+    };
+    started.map_err(|e| ApiError::Conflict(e.message))
+}
+
+/// Who started the release: the actor of its `release.started` audit entry (a release starts
+/// once), or its creator while it has none.
+async fn started_by(state: &AppState, record: &ReleaseRecord) -> ApiResult<Actor> {
+    let entries = state
+        .store
+        .audit(&AuditFilter {
+            project: record.project.clone(),
+            resource_key: Some(record.id.clone()),
+            action: Some("release.started".into()),
+            limit: 1,
+            ..AuditFilter::default()
+        })
+        .await?;
+    Ok(entries
+        .into_iter()
+        .next()
+        .map_or_else(|| record.created_by.clone(), |e| e.actor))
+}
+
+/// Why the caller (with `role`) may not give `command` to a release in `current`: in an
+/// environment that requires approval, a non-admin may not widen exposure by hand (skip,
+/// complete), nor be the second pair of eyes on a release they started (approve, dismiss,
+/// accept a mismatched split). `None` when they may; the dashboard asks before showing a button.
+///
+/// Dismissing is treated as approving, not as skipping: the approved plan covered the
+/// guardrails as written, so silencing one is a new judgment that lets the release widen past
+/// evidence against it, and it needs someone other than the person who wants the release to
+/// go on. It is not kept for admins, because it widens nothing itself (the dwell and the other
+/// guardrails still decide) and whoever is on call must be able to clear a known false alarm.
+/// Resuming a release held for a sample ratio mismatch accepts the split (it dismisses the
+/// test), so it follows the same rule; any other resume carries on the approved plan.
+pub(crate) async fn refusal(
+    state: &AppState,
+    caller: &Caller,
+    role: Role,
+    record: &ReleaseRecord,
+    current: &ReleaseState,
+    command: &Command,
+) -> ApiResult<Option<String>> {
+    let second_look = match command {
+        Command::Skip | Command::Complete => None,
+        Command::Approve => Some("approve it"),
+        Command::Dismiss { .. } => Some("dismiss its guardrails"),
+        Command::Resume
+            if matches!(
+                current,
+                ReleaseState::Holding {
+                    reason: HoldReason::SampleRatioMismatch { .. },
+                    ..
+                }
+            ) =>
+        {
+            Some("accept its traffic split")
+        }
+        _ => return Ok(None),
+    };
+    if role >= Role::Admin {
+        return Ok(None);
+    }
+    let environment = state
+        .store
+        .environment(&record.project, &record.environment)
+        .await?;
+    if !four_eyes(&environment, role) {
+        return Ok(None);
+    }
+    let Some(what) = second_look else {
+        return Ok(Some(format!(
+            "{} widens the treatment's exposure by hand: in {}, which requires approval, only \
+             an admin may skip a stage or complete a release; the controller still advances it \
+             when its guardrails are safe",
+            if matches!(command, Command::Skip) {
+                "skipping a stage"
+            } else {
+                "completing a release"
+            },
+            record.environment
+        )));
+    };
+    let starter = started_by(state, record).await?;
+    if !same_person(&starter, caller) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "in {}, which requires approval, a different person must {what}: an editor other than \
+         {}, who started the release, or an admin",
+        record.environment, starter.id
+    )))
 }
 
 fn to_value<T: Serialize>(value: &T) -> ApiResult<Value> {

@@ -2,7 +2,9 @@
 //! over time, the guardrails' latest numbers, the canary coverage, the decision log and the
 //! commands that steer it; and the form that starts a release from a flag's environment.
 
-use anchor_rollout::{ArmObservations, GuardrailReport, ReleaseTemplate, Verdict};
+use anchor_rollout::{
+    ArmObservations, Command, GuardrailReport, ReleaseState, ReleaseTemplate, Verdict,
+};
 use anchor_store::Role;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -102,6 +104,53 @@ fn commands_for(state: &str) -> &'static [&'static str] {
         "paused" => &["resume", "rollBack", "abort"],
         _ => &[],
     }
+}
+
+/// The command behind a button's name (`dismiss` without its guardrail: the rules on who may
+/// dismiss do not depend on which).
+fn command_of(name: &str) -> Option<Command> {
+    Some(match name {
+        "approve" => Command::Approve,
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        "skip" => Command::Skip,
+        "rollBack" => Command::RollBack,
+        "abort" => Command::Abort,
+        "dismiss" => Command::Dismiss {
+            guardrail: String::new(),
+        },
+        _ => return None,
+    })
+}
+
+/// Of `names`, the commands the caller may give, and the reasons (once each) why the others
+/// are withheld in an environment that requires approval.
+async fn steering(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    role: Role,
+    record: &anchor_store::ReleaseRecord,
+    names: &[&'static str],
+) -> Result<(Vec<&'static str>, Vec<String>), ApiError> {
+    let Ok(current) = serde_json::from_value::<ReleaseState>(record.state.clone()) else {
+        return Ok((names.to_vec(), Vec::new()));
+    };
+    let mut offered = Vec::new();
+    let mut withheld: Vec<String> = Vec::new();
+    for name in names {
+        let refused = match command_of(name) {
+            Some(command) => {
+                crate::releases::refusal(state, caller, role, record, &current, &command).await?
+            }
+            None => None,
+        };
+        match refused {
+            Some(reason) if !withheld.contains(&reason) => withheld.push(reason),
+            Some(_) => {}
+            None => offered.push(*name),
+        }
+    }
+    Ok((offered, withheld))
 }
 
 fn command_words(command: &str) -> &'static str {
@@ -258,6 +307,21 @@ async fn release_page(
         .or_else(|| decisions.iter().rev().find_map(|d| d.report.clone()))
         .and_then(|r| serde_json::from_value(r).ok());
     let may_steer = role >= Role::Editor && record.active;
+    let (offered, withheld, may_dismiss) = if may_steer {
+        let names = commands_for(state_name);
+        let (offered, withheld) = match steering(&state, &signed.caller, role, record, names).await
+        {
+            Ok(steering) => steering,
+            Err(e) => return error_page(e),
+        };
+        let may_dismiss = match steering(&state, &signed.caller, role, record, &["dismiss"]).await {
+            Ok((dismiss, _)) => !dismiss.is_empty(),
+            Err(e) => return error_page(e),
+        };
+        (offered, withheld, may_dismiss)
+    } else {
+        (Vec::new(), Vec::new(), false)
+    };
     let now = state.now_ms();
     let series = match chart_points(&state, record, template.as_ref(), &decisions, now).await {
         Ok(series) => series,
@@ -315,9 +379,12 @@ async fn release_page(
                 @if may_steer {
                     h2 { "Steer" }
                     div.actions {
-                        @for command in commands_for(state_name) {
+                        @for command in &offered {
                             a.button.danger[*command == "rollBack" || *command == "abort"] href={ "/projects/" (project) "/releases/" (record.id) "/commands?command=" (command) } { (command_words(command)) }
                         }
+                    }
+                    @for reason in &withheld {
+                        p.small { (reason) }
                     }
                 }
                 h2 { "Guardrails" }
@@ -327,7 +394,7 @@ async fn release_page(
                 @match &report {
                     Some(report) => {
                         @if let Some(at) = record.reported_at { p.small { "Latest report " (time(at)) } }
-                        (report_markup(report, &project, &record.id, may_steer))
+                        (report_markup(report, &project, &record.id, may_dismiss))
                     }
                     None => { p { "No report yet: the first comes after the stage's warm-up." } }
                 }
@@ -486,7 +553,7 @@ async fn chart_points(
         .collect();
     if let (Some(template), Ok(current)) = (
         template,
-        serde_json::from_value::<anchor_rollout::ReleaseState>(record.state.clone()),
+        serde_json::from_value::<ReleaseState>(record.state.clone()),
     ) {
         reports.extend(stage_reports(state, record, template, &current, decisions, now).await?);
     }
@@ -517,7 +584,7 @@ async fn stage_reports(
     state: &AppState,
     record: &anchor_store::ReleaseRecord,
     template: &ReleaseTemplate,
-    current: &anchor_rollout::ReleaseState,
+    current: &ReleaseState,
     decisions: &[anchor_store::ReleaseDecision],
     now: i64,
 ) -> Result<Vec<(i64, GuardrailReport)>, ApiError> {
