@@ -87,6 +87,7 @@ async fn writes(store: Arc<dyn Store>, writers: usize) -> f64 {
                         expected_version: None,
                         comment: None,
                         action: "flag.config.updated",
+                        event: None,
                     })
                     .await
                     .unwrap();
