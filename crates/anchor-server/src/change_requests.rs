@@ -422,7 +422,7 @@ pub(crate) async fn apply_change_request(
     }
     validate_proposal(&state, &project, &request).await?;
     let actor = caller.actor();
-    let data = applied_event(&actor, &request);
+    let data = applied_data(&actor, &request);
     let applied = state
         .store
         .apply_change_request(&actor, &project, &id, outbox_event(data.as_ref()))
@@ -435,7 +435,7 @@ pub(crate) async fn apply_change_request(
 /// The data of the `flag.changed` event announcing that a flag request was applied (the store
 /// adds the new `version` as it applies), recorded with the write. Segment requests change no
 /// flag configuration and announce nothing.
-fn applied_event(actor: &Actor, request: &ChangeRequest) -> Option<serde_json::Value> {
+fn applied_data(actor: &Actor, request: &ChangeRequest) -> Option<serde_json::Value> {
     if request.resource_kind != "flag" {
         return None;
     }
@@ -450,6 +450,7 @@ fn applied_event(actor: &Actor, request: &ChangeRequest) -> Option<serde_json::V
     Some(data)
 }
 
+/// The event handed to the store's apply, which records it only if the apply commits.
 fn outbox_event(data: Option<&serde_json::Value>) -> Option<anchor_store::OutboxEvent<'_>> {
     data.map(|data| anchor_store::OutboxEvent {
         event_type: crate::webhooks::events::FLAG_CHANGED,
@@ -509,7 +510,7 @@ pub async fn run_due(state: &AppState) -> usize {
         let outcome = match state.store.change_request(&project, &id).await {
             Ok(request) => match validate_proposal(state, &project, &request).await {
                 Ok(()) => {
-                    let data = applied_event(&scheduler, &request);
+                    let data = applied_data(&scheduler, &request);
                     state
                         .store
                         .apply_change_request(
