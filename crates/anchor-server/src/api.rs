@@ -729,6 +729,7 @@ async fn write_config(
     }
     validate_config(state, project, environment, flag, config).await?;
     let actor = caller.actor();
+    let data = crate::webhooks::flag_changed(flag, environment, &actor, action, comment);
     let stored = state
         .store
         .update_flag_config(&ConfigChange {
@@ -740,15 +741,13 @@ async fn write_config(
             expected_version,
             comment,
             action,
+            event: Some(anchor_store::OutboxEvent {
+                event_type: crate::webhooks::events::FLAG_CHANGED,
+                data: &data,
+            }),
         })
         .await?;
-    crate::webhooks::emit(
-        state,
-        project,
-        crate::webhooks::events::FLAG_CHANGED,
-        crate::webhooks::flag_changed(flag, environment, stored.version, &actor, action, comment),
-    )
-    .await;
+    crate::webhooks::wake(state);
     let mut response = Json(&stored).into_response();
     response
         .headers_mut()

@@ -422,37 +422,40 @@ pub(crate) async fn apply_change_request(
     }
     validate_proposal(&state, &project, &request).await?;
     let actor = caller.actor();
+    let data = applied_data(&actor, &request);
     let applied = state
         .store
-        .apply_change_request(&actor, &project, &id)
+        .apply_change_request(&actor, &project, &id, outbox_event(data.as_ref()))
         .await
         .map_err(state_error)?;
-    announce_applied(&state, &actor, &applied).await;
+    crate::webhooks::wake(&state);
     Ok(Json(applied))
 }
 
-/// An applied flag request changed the flag's configuration: tell the project's webhooks.
-/// Segment requests change no flag configuration and send nothing.
-async fn announce_applied(state: &AppState, actor: &Actor, applied: &ChangeRequest) {
-    if applied.resource_kind != "flag" {
-        return;
+/// The data of the `flag.changed` event announcing that a flag request was applied (the store
+/// adds the new `version` as it applies), recorded with the write. Segment requests change no
+/// flag configuration and announce nothing.
+fn applied_data(actor: &Actor, request: &ChangeRequest) -> Option<serde_json::Value> {
+    if request.resource_kind != "flag" {
+        return None;
     }
     let mut data = crate::webhooks::flag_changed(
-        &applied.flag,
-        &applied.environment,
-        applied.applied_version.unwrap_or_default(),
+        &request.flag,
+        &request.environment,
         actor,
         "change_request.applied",
-        applied.comment.as_deref(),
+        request.comment.as_deref(),
     );
-    data["changeRequest"] = serde_json::Value::String(applied.id.clone());
-    crate::webhooks::emit(
-        state,
-        &applied.project,
-        crate::webhooks::events::FLAG_CHANGED,
+    data["changeRequest"] = serde_json::Value::String(request.id.clone());
+    Some(data)
+}
+
+/// The event handed to the store's apply, which records it only if the apply commits.
+fn outbox_event(data: Option<&serde_json::Value>) -> Option<anchor_store::OutboxEvent<'_>> {
+    data.map(|data| anchor_store::OutboxEvent {
+        event_type: crate::webhooks::events::FLAG_CHANGED,
         data,
-    )
-    .await;
+    })
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/change-requests/{id}/cancel", tag = "change requests", summary = "Cancel a change request (its author or an admin)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Change request id")), responses((status = 200, body = ChangeRequest), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Neither author nor admin", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Already closed", body = Problem, content_type = "application/problem+json")))]
@@ -506,11 +509,19 @@ pub async fn run_due(state: &AppState) -> usize {
     for (project, id) in due {
         let outcome = match state.store.change_request(&project, &id).await {
             Ok(request) => match validate_proposal(state, &project, &request).await {
-                Ok(()) => state
-                    .store
-                    .apply_change_request(&scheduler, &project, &id)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(()) => {
+                    let data = applied_data(&scheduler, &request);
+                    state
+                        .store
+                        .apply_change_request(
+                            &scheduler,
+                            &project,
+                            &id,
+                            outbox_event(data.as_ref()),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())
+                }
                 Err(e) => Err(format!("the configuration is no longer valid: {e:?}")),
             },
             Err(e) => Err(e.to_string()),
@@ -518,7 +529,7 @@ pub async fn run_due(state: &AppState) -> usize {
         match outcome {
             Ok(request) => {
                 applied += 1;
-                announce_applied(state, &scheduler, &request).await;
+                crate::webhooks::wake(state);
                 if let Err(e) = state
                     .snapshots
                     .refresh(state.store.as_ref(), &project, &request.environment)

@@ -73,7 +73,7 @@ pub struct AppState {
     telemetry_max_age_secs: i64,
     /// How long telemetry keeps its minutes and itself, and how often it is compacted.
     telemetry_compaction: telemetry::Compaction,
-    /// Sends webhook deliveries; woken by `webhooks::emit`.
+    /// Sends webhook deliveries; woken by `webhooks::wake` after the writes that record them.
     pub webhooks: Arc<webhooks::Dispatcher>,
     /// The rollout controller's metric source and pace.
     releases: releases::ReleaseSettings,

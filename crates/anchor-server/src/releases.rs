@@ -773,7 +773,8 @@ fn with_share(
 }
 
 /// Writes a transition: the flag's new share (if it changes), the state, the decision and the
-/// audit entry in one transaction; then rebuilds the snapshot and queues webhook events.
+/// audit entry and the webhook events' deliveries in one transaction; then rebuilds the
+/// snapshot and wakes the webhook dispatcher.
 pub(crate) async fn carry_out(
     state: &AppState,
     record: &ReleaseRecord,
@@ -808,6 +809,21 @@ pub(crate) async fn carry_out(
         None => None,
     };
     let message = transition.decision.as_ref().map(|d| d.message.clone());
+    let data = json!({
+        "release": record.id,
+        "flag": record.flag,
+        "environment": record.environment,
+        "state": transition.state,
+        "message": message,
+        "actor": actor,
+    });
+    let events: Vec<_> = events
+        .iter()
+        .map(|event| anchor_store::OutboxEvent {
+            event_type: event.event_type(),
+            data: &data,
+        })
+        .collect();
     let updated = state
         .store
         .update_release(&ReleaseUpdate {
@@ -821,6 +837,7 @@ pub(crate) async fn carry_out(
             action,
             message: message.as_deref(),
             report: report.as_ref(),
+            events: &events,
         })
         .await?;
     if flag_config.is_some()
@@ -831,21 +848,8 @@ pub(crate) async fn carry_out(
     {
         tracing::warn!(error = %e, release = %record.id, "cannot rebuild the snapshot after a release step");
     }
-    for event in events {
-        crate::webhooks::emit(
-            state,
-            &record.project,
-            event.event_type(),
-            json!({
-                "release": record.id,
-                "flag": record.flag,
-                "environment": record.environment,
-                "state": transition.state,
-                "message": message,
-                "actor": actor,
-            }),
-        )
-        .await;
+    if !events.is_empty() {
+        crate::webhooks::wake(state);
     }
     Ok(updated)
 }

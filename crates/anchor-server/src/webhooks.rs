@@ -1,10 +1,15 @@
 //! Project webhooks: the alerting channel of flag changes and, later, of progressive rollouts.
 //!
-//! [`emit`] records one pending delivery per enabled webhook of the project subscribed to the
-//! event (in the store: deliveries survive a restart), and wakes the dispatcher ([`run`], started
-//! by `launch`), which claims due deliveries with a lease (so servers sharing one PostgreSQL
-//! never send the same delivery at the same time) and POSTs them, retrying failures with
-//! exponential backoff until they succeed or run out of attempts.
+//! Events are a transactional outbox: the store write that makes a change (a flag
+//! configuration, an applied change request, a release transition) is given the event
+//! announcing it ([`anchor_store::OutboxEvent`]) and records one pending delivery per enabled
+//! webhook of the project subscribed to the event in the same transaction, so a change is never
+//! committed without its deliveries, even when the server dies right after the commit. After
+//! the commit the handler only calls [`wake`]: the dispatcher ([`run`], started by `launch`)
+//! claims due deliveries with a lease (so servers sharing one PostgreSQL never send the same
+//! delivery at the same time) and POSTs them, retrying failures with exponential backoff until
+//! they succeed or run out of attempts. Were it never woken, it would find them at its next
+//! poll. Only the test ping, which changes nothing, is recorded on its own ([`queue`]).
 //!
 //! ## The wire format
 //! Format `json` sends
@@ -48,8 +53,7 @@ use crate::error::ApiError;
 
 pub(crate) use routes::routes;
 
-/// The event types. Rollout events are reserved for the rollout controller, which emits them
-/// through [`emit`] when it exists.
+/// The event types. Rollout events are recorded by the release transitions that cause them.
 pub mod events {
     /// A test delivery, sent by `POST …/webhooks/{id}/test`.
     pub const PING: &str = "ping";
@@ -164,7 +168,7 @@ impl WebhookSettings {
     }
 }
 
-/// The dispatcher's shared parts: its settings, its HTTP client and the bell [`emit`] rings.
+/// The dispatcher's shared parts: its settings, its HTTP client and the bell [`wake`] rings.
 #[derive(Debug)]
 pub struct Dispatcher {
     settings: WebhookSettings,
@@ -195,13 +199,10 @@ impl Dispatcher {
     }
 }
 
-/// Records a delivery of the event for every enabled webhook of `project` subscribed to
-/// `event_type`, and wakes the dispatcher. Never fails the caller: the change the event reports
-/// has already been made, so a store error is logged.
-pub async fn emit(state: &AppState, project: &str, event_type: &str, data: Value) {
-    if let Err(e) = queue(state, project, event_type, &data, None).await {
-        tracing::warn!(error = %e, %project, %event_type, "cannot queue webhook deliveries");
-    }
+/// Wakes the dispatcher after a write that recorded webhook deliveries has committed, so they
+/// are sent at once rather than at its next poll.
+pub(crate) fn wake(state: &AppState) {
+    state.webhooks.wake.notify_one();
 }
 
 /// Records deliveries (to one webhook with `only`) and wakes the dispatcher.
@@ -217,16 +218,16 @@ pub(crate) async fn queue(
         .enqueue_webhook_deliveries(project, event_type, data, only)
         .await?;
     if !deliveries.is_empty() {
-        state.webhooks.wake.notify_one();
+        wake(state);
     }
     Ok(deliveries)
 }
 
-/// The data of a `flag.changed` event.
+/// The data of a `flag.changed` event but its `version`, which the store's write sets to the
+/// configuration's new version (see [`anchor_store::OutboxEvent`]).
 pub(crate) fn flag_changed(
     flag: &str,
     environment: &str,
-    version: u64,
     actor: &anchor_store::Actor,
     action: &str,
     comment: Option<&str>,
@@ -234,7 +235,6 @@ pub(crate) fn flag_changed(
     json!({
         "flag": flag,
         "environment": environment,
-        "version": version,
         "actor": actor,
         "action": action,
         "comment": comment,

@@ -153,6 +153,7 @@ async fn the_flag_list_is_kept_between_requests_but_follows_every_write(server: 
             expected_version: None,
             comment: None,
             action: "flag.config.updated",
+            event: None,
         })
         .await
         .unwrap();
@@ -880,6 +881,7 @@ async fn the_flag_list_of_1000_flags_stays_small_and_fast() {
                 expected_version: None,
                 comment: None,
                 action: "flag.config.updated",
+                event: None,
             })
             .await
             .unwrap();

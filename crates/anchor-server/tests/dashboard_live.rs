@@ -662,6 +662,7 @@ async fn the_release_page_of_a_six_hour_stage_stays_fast() {
             action: "release.updated",
             message: None,
             report: None,
+            events: &[],
         })
         .await
         .unwrap();

@@ -34,6 +34,7 @@ async fn flag(store: &dyn Store, definition: serde_json::Value, config: serde_js
             expected_version: None,
             comment: None,
             action: "flag.config.updated",
+            event: None,
         })
         .await
         .unwrap();

@@ -14,6 +14,8 @@ use base64::Engine;
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
+mod support;
+
 const PASSWORD: &str = "correct horse battery staple";
 const WEBHOOKS: &str = "/api/v1/projects/default/webhooks";
 const BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(400)];
@@ -321,6 +323,132 @@ impl Server {
                 .unwrap();
         }
         basic(name)
+    }
+}
+
+/// A server on SQLite, or on PostgreSQL in the schema given.
+async fn start_server(postgres: Option<(String, String)>) -> Server {
+    let Some((url, schema)) = postgres else {
+        return Server::start().await;
+    };
+    Server::start_on(Arc::new(
+        SqlStore::open_postgres(&url, Some(&schema)).await.unwrap(),
+    ))
+    .await
+}
+
+support::on_every_backend!(
+    start: start_server;
+    flag_changes_applied_requests_and_release_steps_arrive_with_the_data_they_always_had,
+);
+
+/// The events are recorded by the writes that make the changes (in their transactions), and
+/// reach receivers with exactly the data they had when they were recorded after the writes.
+async fn flag_changes_applied_requests_and_release_steps_arrive_with_the_data_they_always_had(
+    server: Server,
+) {
+    let receiver = Receiver::start().await;
+    server
+        .webhook(json!({"name": "ops", "url": receiver.url}))
+        .await;
+    server.flag().await;
+    server.configure(true).await;
+    // A scheduled change, applied by hand before its time.
+    let later = json!({
+        "enabled": true, "offVariant": "off", "defaultServe": {"variant": "off"},
+        "comment": "serve off first", "applyAt": server.state.now_ms() + 3_600_000,
+    });
+    let reply = server
+        .call(
+            "PUT",
+            "/api/v1/projects/default/environments/production/flags/checkout",
+            &server.admin,
+            Some(later),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let request = reply.body["id"].as_str().unwrap().to_string();
+    let reply = server
+        .call(
+            "POST",
+            &format!("/api/v1/projects/default/change-requests/{request}/apply"),
+            &server.admin,
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    // A release started, then rolled back by a person.
+    let started = server
+        .call(
+            "POST",
+            "/api/v1/projects/default/environments/production/flags/checkout/releases",
+            &server.admin,
+            Some(json!({"template": "default", "control": "off", "treatment": "on"})),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.body);
+    let release = started.body["id"].as_str().unwrap().to_string();
+    let rolled = server
+        .call(
+            "POST",
+            &format!("/api/v1/projects/default/releases/{release}/commands"),
+            &server.admin,
+            Some(json!({"command": "rollBack"})),
+        )
+        .await;
+    assert_eq!(rolled.status, StatusCode::OK, "{}", rolled.body);
+
+    let admin = json!({"kind": "user", "id": "admin"});
+    let release_step = |view: &Value| {
+        json!({
+            "release": release,
+            "flag": "checkout",
+            "environment": "production",
+            "state": view["state"],
+            "message": view["decisions"].as_array().unwrap().last().unwrap()["message"],
+            "actor": admin,
+        })
+    };
+    let expected = [
+        (
+            "flag.changed",
+            json!({
+                "flag": "checkout", "environment": "production", "version": 2, "actor": admin,
+                "action": "flag.config.updated", "comment": null,
+            }),
+        ),
+        (
+            "flag.changed",
+            json!({
+                "flag": "checkout", "environment": "production", "version": 3, "actor": admin,
+                "action": "change_request.applied", "comment": "serve off first",
+                "changeRequest": request,
+            }),
+        ),
+        ("release.stage_advanced", release_step(&started.body)),
+        ("release.rolled_back", release_step(&rolled.body)),
+    ];
+    let arrived = |got: &[Received]| -> Vec<(String, Value)> {
+        got.iter()
+            .map(|r| {
+                (
+                    r.header("x-anchor-event").to_string(),
+                    r.json()["data"].clone(),
+                )
+            })
+            .collect()
+    };
+    let got = eventually(|| {
+        let got = arrived(&receiver.received());
+        expected
+            .iter()
+            .all(|(kind, data)| got.contains(&(kind.to_string(), data.clone())))
+            .then_some(got)
+    })
+    .await;
+    for (kind, data) in &expected {
+        let times = got.iter().filter(|(k, d)| k == kind && d == data).count();
+        assert_eq!(times, 1, "{kind} {data} arrived {times} times: {got:?}");
     }
 }
 

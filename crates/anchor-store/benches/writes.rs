@@ -3,13 +3,17 @@
 //!
 //! SQLite always (a fresh file in the temp directory); PostgreSQL too when
 //! `ANCHOR_TEST_POSTGRES_URL` is set (in a fresh schema, dropped afterwards). One writer, then
-//! four concurrent writers on different flags; prints a table.
+//! four concurrent writers on different flags; then both again with each write carrying its
+//! `flag.changed` event to three subscribed webhooks (the transactional outbox's cost); prints a
+//! table.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anchor_engine::{Flag, FlagConfig};
-use anchor_store::{Actor, ConfigChange, NewEnvironment, SqlStore, Store};
+use anchor_store::{
+    Actor, ConfigChange, NewEnvironment, NewWebhook, OutboxEvent, SqlStore, Store, WebhookFormat,
+};
 use serde_json::json;
 
 const FLAGS: usize = 100;
@@ -67,7 +71,25 @@ fn config(n: usize) -> FlagConfig {
     .unwrap()
 }
 
-async fn writes(store: Arc<dyn Store>, writers: usize) -> f64 {
+/// Three enabled webhooks subscribed to every event, so that each event makes three deliveries.
+async fn subscribe(store: &dyn Store) {
+    for i in 0..3 {
+        let webhook = NewWebhook {
+            name: format!("hook-{i}"),
+            url: format!("https://hooks.example.com/{i}"),
+            secret: format!("whsec_bench_{i}"),
+            events: vec!["*".into()],
+            format: WebhookFormat::Json,
+            enabled: true,
+        };
+        store
+            .create_webhook(&Actor::user("bench"), "bench", &webhook)
+            .await
+            .unwrap();
+    }
+}
+
+async fn writes(store: Arc<dyn Store>, writers: usize, announced: bool) -> f64 {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
@@ -77,6 +99,7 @@ async fn writes(store: Arc<dyn Store>, writers: usize) -> f64 {
             for n in (w..WRITES).step_by(writers) {
                 let flag = format!("flag-{:03}", n % FLAGS);
                 let config = config(n);
+                let data = json!({"flag": flag, "environment": "production", "actor": actor});
                 store
                     .update_flag_config(&ConfigChange {
                         actor: &actor,
@@ -87,6 +110,10 @@ async fn writes(store: Arc<dyn Store>, writers: usize) -> f64 {
                         expected_version: None,
                         comment: None,
                         action: "flag.config.updated",
+                        event: announced.then_some(OutboxEvent {
+                            event_type: "flag.changed",
+                            data: &data,
+                        }),
                     })
                     .await
                     .unwrap();
@@ -112,13 +139,19 @@ async fn main() {
         let pg = SqlStore::open_postgres(&url, Some(&schema)).await.unwrap();
         backends.push(("PostgreSQL", Arc::new(pg), Some((url, schema))));
     }
-    println!("| backend | writers | writes/s |");
-    println!("|---|---:|---:|");
+    println!("| backend | writers | event to 3 webhooks | writes/s |");
+    println!("|---|---:|---|---:|");
     for (name, store, cleanup) in backends {
         seed(store.as_ref()).await;
-        for writers in [1, 4] {
-            let rate = writes(Arc::clone(&store), writers).await;
-            println!("| {name} | {writers} | {rate:.0} |");
+        for announced in [false, true] {
+            if announced {
+                subscribe(store.as_ref()).await;
+            }
+            for writers in [1, 4] {
+                let rate = writes(Arc::clone(&store), writers, announced).await;
+                let event = if announced { "yes" } else { "no" };
+                println!("| {name} | {writers} | {event} | {rate:.0} |");
+            }
         }
         if let Some((url, schema)) = cleanup {
             drop(store);

@@ -24,7 +24,9 @@
 //! Project webhooks keep their signing secret as given, since the server needs it back to sign
 //! deliveries; no read but the dispatcher's claim returns it. Their deliveries are an outbox:
 //! pending rows that a dispatcher claims with a lease (a compare-and-set on the due time), so
-//! servers sharing one database never send the same delivery at the same time.
+//! servers sharing one database never send the same delivery at the same time. A write that
+//! announces an event (a flag configuration changed, a release moved) records its deliveries
+//! in its own transaction ([`OutboxEvent`]): a change is never committed without them.
 //!
 //! ## Example
 //! ```
@@ -124,9 +126,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<FlagRecord, StoreError>;
 
     /// Replaces a flag's configuration in one environment, if its version is still
-    /// `expected_version` (when given): a new revision, an audit entry with the JSON diff, and
-    /// the environment's revision counter, in one transaction. Returns the stored configuration
-    /// with its new version.
+    /// `expected_version` (when given): a new revision, an audit entry with the JSON diff, the
+    /// environment's revision counter and the deliveries of the change's webhook event (see
+    /// [`OutboxEvent`]), in one transaction. Returns the stored configuration with its new
+    /// version.
     async fn update_flag_config(&self, change: &ConfigChange<'_>)
     -> Result<FlagConfig, StoreError>;
     /// The revisions of a flag's configuration in one environment, newest first.
@@ -413,7 +416,9 @@ pub trait Store: Send + Sync + 'static {
     /// comment) and an audit entry (`change_request.applied`, resource kind `flag`, the diff of
     /// the configuration, the request's id in the comment). The request becomes `Applied` with
     /// `applied_version`, guarded by its status, so it is applied at most once whoever tries.
-    /// On any error nothing is written. `actor` is who applies: a user, or
+    /// The deliveries of `event` (the webhook event announcing the change, its `version` set to
+    /// `applied_version` as [`OutboxEvent`] says) are recorded in the same transaction. On any
+    /// error nothing is written. `actor` is who applies: a user, or
     /// `Actor::system("scheduler")`.
     ///
     /// A segment request applies the same way: the segment's version must still be its
@@ -427,6 +432,7 @@ pub trait Store: Send + Sync + 'static {
         actor: &Actor,
         project: &str,
         id: &str,
+        event: Option<OutboxEvent<'_>>,
     ) -> Result<ChangeRequest, StoreError>;
     /// Approved requests with an `apply_at` at or before `now`, across all projects, oldest
     /// `apply_at` first, at most `limit` (1 to 1,000; 100 when 0): (project key, request id).
@@ -569,8 +575,8 @@ pub trait Store: Send + Sync + 'static {
     async fn active_releases(&self) -> Result<Vec<ReleaseRecord>, StoreError>;
     /// Writes one transition in one transaction: the flag's new configuration when given
     /// (bumping the environment's revision, with its revision and audit entry), the release's
-    /// state (only if its version is still `expected_version`), its decision, and its audit
-    /// entry.
+    /// state (only if its version is still `expected_version`), its decision, its audit entry,
+    /// and the deliveries of its webhook events.
     async fn update_release(&self, update: &ReleaseUpdate<'_>)
     -> Result<ReleaseRecord, StoreError>;
     /// The decision log, oldest first.
@@ -639,7 +645,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records one pending delivery of an event, due now: to every enabled webhook of the
     /// project subscribed to `event_type`, or, with `only`, to that webhook whatever its
     /// subscriptions and state (a test delivery; `NotFound { what: "webhook" }` when the project
-    /// has no such webhook). Returns the deliveries made, none when nobody listens.
+    /// has no such webhook). Returns the deliveries made, none when nobody listens. In a
+    /// transaction of its own: an event announcing a write is recorded by that write instead
+    /// ([`OutboxEvent`]), so that it cannot be lost between the two.
     async fn enqueue_webhook_deliveries(
         &self,
         project: &str,

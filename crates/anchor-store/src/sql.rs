@@ -2003,6 +2003,8 @@ impl Store for SqlStore {
             },
         )
         .await?;
+        webhooks::record_config_event(&mut tx, &project_id, change.event, config.version, at)
+            .await?;
         tx.commit().await?;
         Ok(config)
     }
@@ -3402,6 +3404,7 @@ impl Store for SqlStore {
         actor: &Actor,
         project: &str,
         id: &str,
+        event: Option<OutboxEvent<'_>>,
     ) -> Result<ChangeRequest, StoreError> {
         let at = self.now();
         let mut tx = self.begin().await?;
@@ -3506,6 +3509,12 @@ impl Store for SqlStore {
             return Err(StoreError::Invalid(format!(
                 "change request `{id}` is not approved"
             )));
+        }
+        match applied_version {
+            Some(version) => {
+                webhooks::record_config_event(&mut tx, &project_id, event, version, at).await?;
+            }
+            None => webhooks::record_events(&mut tx, &project_id, event.as_slice(), at).await?,
         }
         let record = load_change_request(&mut tx, project, &project_id, id).await?;
         tx.commit().await?;

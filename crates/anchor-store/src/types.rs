@@ -246,6 +246,23 @@ pub struct ConfigChange<'a> {
     pub comment: Option<&'a str>,
     /// The audit action, e.g. `flag.config.updated`, `flag.reverted`, `flag.killed`.
     pub action: &'a str,
+    /// The webhook event announcing the change, recorded in the same transaction with its
+    /// `version` set to the configuration's new version.
+    pub event: Option<OutboxEvent<'a>>,
+}
+
+/// A webhook event recorded by the write that causes it, in the write's transaction (the
+/// transactional outbox): one pending delivery per enabled webhook of the project subscribed to
+/// `event_type`, exactly as [`crate::Store::enqueue_webhook_deliveries`] makes them, so that
+/// the change and its announcement are durable together or not at all.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxEvent<'a> {
+    /// The event type, such as `flag.changed`; never empty nor `*` (`Invalid` otherwise, and
+    /// the write fails).
+    pub event_type: &'a str,
+    /// The event's data. A write of a flag configuration sets its `version` member (when it
+    /// is an object) to the configuration's new version, which only the write knows.
+    pub data: &'a Value,
 }
 
 /// An immutable snapshot of a configuration as it was after one change.
@@ -1108,6 +1125,9 @@ pub struct ReleaseUpdate<'a> {
     /// A line for the decision log, with the guardrails' report behind it.
     pub message: Option<&'a str>,
     pub report: Option<&'a Value>,
+    /// The webhook events announcing the transition, recorded in the same transaction with
+    /// their data as given.
+    pub events: &'a [OutboxEvent<'a>],
 }
 
 /// One line of a release's decision log.

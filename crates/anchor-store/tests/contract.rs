@@ -16,7 +16,9 @@ use anchor_store::{
     NewToken, OutcomeAggregate, ReviewDecision, Role, SdkKeyKind, SegmentChange, SqlStore, Store,
     StoreError, TelemetryRetention,
 };
-use anchor_store::{DeliveryOutcome, DeliveryStatus, NewWebhook, WebhookFormat, WebhookUpdate};
+use anchor_store::{
+    DeliveryOutcome, DeliveryStatus, NewWebhook, OutboxEvent, Webhook, WebhookFormat, WebhookUpdate,
+};
 use serde_json::json;
 
 /// A store under test, with a clock the test moves by hand.
@@ -159,6 +161,7 @@ contract!(
     a_claimed_delivery_is_leased_retried_and_finished_once,
     two_concurrent_claimers_get_disjoint_deliveries,
     the_delivery_log_is_pruned_by_age_and_by_count_per_webhook,
+    a_write_carrying_an_event_records_its_deliveries_and_a_failed_write_records_none,
     release_templates_are_created_replaced_with_if_match_listed_and_deleted_with_audit_entries,
     a_release_is_created_once_per_flag_and_environment_and_its_transitions_are_written_whole,
     a_release_transition_with_a_stale_version_or_flag_configuration_changes_nothing,
@@ -209,6 +212,7 @@ fn change<'a>(
         expected_version,
         comment: None,
         action: "flag.config.updated",
+        event: None,
     }
 }
 
@@ -2517,7 +2521,7 @@ async fn applying_an_approved_request_writes_a_new_version_a_revision_and_an_aud
     let revision_before = s.environment("shop", "production").await.unwrap().revision;
     f.advance(5_000);
     let applied = s
-        .apply_change_request(&dave, "shop", &request.id)
+        .apply_change_request(&dave, "shop", &request.id, None)
         .await
         .unwrap();
     assert_eq!(applied.status, ChangeRequestStatus::Applied);
@@ -2582,7 +2586,7 @@ async fn applying_an_approved_request_writes_a_new_version_a_revision_and_an_aud
     scheduled.apply_at = Some(1_800_000_000_000);
     let scheduled = s.create_change_request(&scheduled).await.unwrap();
     let applied = s
-        .apply_change_request(&Actor::system("scheduler"), "shop", &scheduled.id)
+        .apply_change_request(&Actor::system("scheduler"), "shop", &scheduled.id, None)
         .await
         .unwrap();
     assert_eq!(applied.applied_version, Some(2));
@@ -2591,7 +2595,7 @@ async fn applying_an_approved_request_writes_a_new_version_a_revision_and_an_aud
         Actor::system("scheduler")
     );
     assert!(matches!(
-        s.apply_change_request(&dave, "shop", "no-such-request")
+        s.apply_change_request(&dave, "shop", "no-such-request", None)
             .await,
         Err(StoreError::NotFound {
             what: "change request",
@@ -2603,13 +2607,15 @@ async fn applying_an_approved_request_writes_a_new_version_a_revision_and_an_aud
 async fn an_applied_request_cannot_be_applied_again(f: &Fixture) {
     let request = proposed_change(f, true).await;
     let s = &f.store;
-    s.apply_change_request(&admin(), "shop", &request.id)
+    s.apply_change_request(&admin(), "shop", &request.id, None)
         .await
         .unwrap();
     let revision = s.environment("shop", "production").await.unwrap().revision;
     let audit_count = audit_of(f, "f").await.len();
 
-    let again = s.apply_change_request(&admin(), "shop", &request.id).await;
+    let again = s
+        .apply_change_request(&admin(), "shop", &request.id, None)
+        .await;
     match &again {
         Err(StoreError::Invalid(message)) => {
             assert!(message.contains("not approved"), "{message}")
@@ -2654,7 +2660,9 @@ async fn an_applied_request_cannot_be_applied_again(f: &Fixture) {
         .create_change_request(&proposal(&bob, "staging", "f", 1, &on))
         .await
         .unwrap();
-    let result = s.apply_change_request(&admin(), "shop", &open.id).await;
+    let result = s
+        .apply_change_request(&admin(), "shop", &open.id, None)
+        .await;
     assert!(is_invalid(&result), "{result:?}");
     assert_eq!(
         config_in(&s.flag("shop", "f").await.unwrap(), "staging").version,
@@ -2684,7 +2692,9 @@ async fn applying_after_the_flag_changed_fails_with_a_version_mismatch_and_write
         .unwrap()
         .len();
 
-    let result = s.apply_change_request(&admin(), "shop", &request.id).await;
+    let result = s
+        .apply_change_request(&admin(), "shop", &request.id, None)
+        .await;
     assert!(
         matches!(
             result,
@@ -2754,7 +2764,9 @@ async fn a_rejected_request_cannot_be_applied_reviewed_or_edited(f: &Fixture) {
             ("carol", ReviewDecision::Reject)
         ]
     );
-    let result = s.apply_change_request(&admin(), "shop", &request.id).await;
+    let result = s
+        .apply_change_request(&admin(), "shop", &request.id, None)
+        .await;
     match &result {
         Err(StoreError::Invalid(message)) => {
             assert!(message.contains("not approved"), "{message}")
@@ -2812,7 +2824,9 @@ async fn an_open_or_approved_request_can_be_cancelled_once(f: &Fixture) {
         )
         .await;
     assert!(is_invalid(&review), "{review:?}");
-    let apply = s.apply_change_request(&admin(), "shop", &open.id).await;
+    let apply = s
+        .apply_change_request(&admin(), "shop", &open.id, None)
+        .await;
     assert!(is_invalid(&apply), "{apply:?}");
 
     let on = on_config();
@@ -2824,7 +2838,9 @@ async fn an_open_or_approved_request_can_be_cancelled_once(f: &Fixture) {
         .await
         .unwrap();
     assert_eq!(cancelled.status, ChangeRequestStatus::Cancelled);
-    let apply = s.apply_change_request(&admin(), "shop", &approved.id).await;
+    let apply = s
+        .apply_change_request(&admin(), "shop", &approved.id, None)
+        .await;
     assert!(is_invalid(&apply), "{apply:?}");
     assert!(matches!(
         s.cancel_change_request(&ann, "shop", "no-such-request")
@@ -3060,7 +3076,7 @@ async fn due_change_requests_are_the_approved_ones_whose_time_has_come_oldest_fi
         Some(&("shop".to_string(), late.clone()))
     );
     // Applied requests are no longer due.
-    s.apply_change_request(&Actor::system("scheduler"), "shop", &reviewed)
+    s.apply_change_request(&Actor::system("scheduler"), "shop", &reviewed, None)
         .await
         .unwrap();
     assert_eq!(s.due_change_requests(t0, 100).await.unwrap(), due[1..]);
@@ -3089,7 +3105,9 @@ async fn two_concurrent_applies_of_one_request_apply_it_exactly_once(f: &Fixture
             .map(|actor| {
                 let store = Arc::clone(&f.store);
                 let id = request.id.clone();
-                tokio::spawn(async move { store.apply_change_request(&actor, "shop", &id).await })
+                tokio::spawn(
+                    async move { store.apply_change_request(&actor, "shop", &id, None).await },
+                )
             })
             .collect();
         let mut applied = Vec::new();
@@ -3147,7 +3165,7 @@ async fn a_scheduled_request_that_cannot_apply_is_marked_failed_with_its_reason(
     assert_eq!(due, [("shop".to_string(), request.id.clone())]);
     let scheduler = Actor::system("scheduler");
     let result = s
-        .apply_change_request(&scheduler, "shop", &request.id)
+        .apply_change_request(&scheduler, "shop", &request.id, None)
         .await;
     let reason = match result {
         Err(e @ StoreError::VersionMismatch { .. }) => e.to_string(),
@@ -3365,7 +3383,8 @@ async fn a_segment_change_request_is_created_open_approved_and_applied(f: &Fixtu
     );
     // Not approved yet: nothing applies.
     assert!(is_invalid(
-        &s.apply_change_request(&dave, "shop", &request.id).await
+        &s.apply_change_request(&dave, "shop", &request.id, None)
+            .await
     ));
 
     let approved = s
@@ -3382,7 +3401,7 @@ async fn a_segment_change_request_is_created_open_approved_and_applied(f: &Fixtu
     let revision_before = s.environment("shop", "production").await.unwrap().revision;
     f.advance(5_000);
     let applied = s
-        .apply_change_request(&dave, "shop", &request.id)
+        .apply_change_request(&dave, "shop", &request.id, None)
         .await
         .unwrap();
     assert_eq!(applied.status, ChangeRequestStatus::Applied);
@@ -3413,14 +3432,15 @@ async fn a_segment_change_request_is_created_open_approved_and_applied(f: &Fixtu
         audit[0].comment
     );
     assert!(is_invalid(
-        &s.apply_change_request(&dave, "shop", &request.id).await
+        &s.apply_change_request(&dave, "shop", &request.id, None)
+            .await
     ));
 
     // A replacement, against version 1, writes version 2.
     let replacement = segment("beta", &["m-3"], &[]);
     let second = proposed_segment_change(f, &replacement, 1, true).await;
     let applied = s
-        .apply_change_request(&dave, "shop", &second.id)
+        .apply_change_request(&dave, "shop", &second.id, None)
         .await
         .unwrap();
     assert_eq!(applied.applied_version, Some(2));
@@ -3459,7 +3479,9 @@ async fn applying_a_segment_request_after_the_segment_changed_fails_and_writes_n
         .len();
 
     f.advance(1_000);
-    let result = s.apply_change_request(&dave, "shop", &request.id).await;
+    let result = s
+        .apply_change_request(&dave, "shop", &request.id, None)
+        .await;
     assert!(
         matches!(
             result,
@@ -3497,7 +3519,9 @@ async fn applying_a_segment_request_after_the_segment_changed_fails_and_writes_n
     s.create_segment(&segment_change(&admin(), "production", &gamma, None))
         .await
         .unwrap();
-    let result = s.apply_change_request(&dave, "shop", &create.id).await;
+    let result = s
+        .apply_change_request(&dave, "shop", &create.id, None)
+        .await;
     assert!(
         matches!(
             result,
@@ -3574,7 +3598,8 @@ async fn editing_a_segment_request_voids_its_approval_and_the_edited_segment_app
     );
     // Open again: nothing applies until it is approved again.
     assert!(is_invalid(
-        &s.apply_change_request(&dave, "shop", &request.id).await
+        &s.apply_change_request(&dave, "shop", &request.id, None)
+            .await
     ));
     // A stale base, another segment's key, or the flag method: refused, nothing changes.
     let stale = s
@@ -3625,7 +3650,7 @@ async fn editing_a_segment_request_voids_its_approval_and_the_edited_segment_app
         .await
         .unwrap();
     let applied = s
-        .apply_change_request(&dave, "shop", &request.id)
+        .apply_change_request(&dave, "shop", &request.id, None)
         .await
         .unwrap();
     assert_eq!(applied.status, ChangeRequestStatus::Applied);
@@ -3729,7 +3754,8 @@ async fn a_segment_deletion_request_once_approved_and_applied_deletes_the_segmen
             .await
     ));
     assert!(is_invalid(
-        &s.apply_change_request(&dave, "shop", &request.id).await
+        &s.apply_change_request(&dave, "shop", &request.id, None)
+            .await
     ));
     assert_eq!(
         s.segment("shop", "production", "beta")
@@ -3747,7 +3773,7 @@ async fn a_segment_deletion_request_once_approved_and_applied_deletes_the_segmen
     let audit_before = audit_of(f, "beta").await.len();
     f.advance(5_000);
     let applied = s
-        .apply_change_request(&dave, "shop", &request.id)
+        .apply_change_request(&dave, "shop", &request.id, None)
         .await
         .unwrap();
     assert_eq!(applied.status, ChangeRequestStatus::Applied);
@@ -3779,7 +3805,8 @@ async fn a_segment_deletion_request_once_approved_and_applied_deletes_the_segmen
         audit[0].comment
     );
     assert!(is_invalid(
-        &s.apply_change_request(&dave, "shop", &request.id).await
+        &s.apply_change_request(&dave, "shop", &request.id, None)
+            .await
     ));
     // Its key can return, past the old revisions.
     let back = s
@@ -3841,7 +3868,9 @@ async fn a_segment_deletion_request_fails_with_a_version_mismatch_if_the_segment
 
     f.advance(1_000);
     for (request, actual) in requests.iter().zip([2, 0]) {
-        let result = s.apply_change_request(&dave, "shop", &request.id).await;
+        let result = s
+            .apply_change_request(&dave, "shop", &request.id, None)
+            .await;
         assert!(
             matches!(
                 result,
@@ -5012,6 +5041,202 @@ async fn an_event_is_queued_for_each_enabled_subscribed_webhook_and_a_test_deliv
     );
 }
 
+/// Every delivery of the webhooks as (webhook name, event type, payload), sorted: what the
+/// outbox holds, whatever the order rows were written in.
+async fn outbox(s: &Arc<dyn Store>, hooks: &[(&str, &Webhook)]) -> Vec<(String, String, String)> {
+    let mut rows = Vec::new();
+    for (name, hook) in hooks {
+        for d in s.webhook_deliveries("shop", &hook.id, 0).await.unwrap() {
+            assert_eq!(d.status, DeliveryStatus::Pending);
+            rows.push((name.to_string(), d.event_type, d.payload.to_string()));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// The deliveries an event makes for the named webhooks.
+fn to(
+    names: &[&str],
+    event_type: &str,
+    payload: &serde_json::Value,
+) -> Vec<(String, String, String)> {
+    names
+        .iter()
+        .map(|n| (n.to_string(), event_type.to_string(), payload.to_string()))
+        .collect()
+}
+
+async fn a_write_carrying_an_event_records_its_deliveries_and_a_failed_write_records_none(
+    f: &Fixture,
+) {
+    let release = start_release(f).await;
+    let s = &f.store;
+    let mut hooks = Vec::new();
+    for (name, events, enabled) in [
+        ("all", &["*"][..], true),
+        ("flags", &["flag.changed"][..], true),
+        ("rollbacks", &["release.rolled_back"][..], true),
+        ("off", &["*"][..], false),
+    ] {
+        let hook = s
+            .create_webhook(&admin(), "shop", &new_webhook(name, events, enabled))
+            .await
+            .unwrap();
+        hooks.push((name, hook));
+    }
+    let hooks: Vec<(&str, &Webhook)> = hooks.iter().map(|(n, h)| (*n, h)).collect();
+    let mut expected = Vec::new();
+    let flag_data = json!({"flag": "checkout", "environment": "production", "action": "x"});
+    let flag_event = OutboxEvent {
+        event_type: "flag.changed",
+        data: &flag_data,
+    };
+
+    // A configuration write: its event, with the new version, for the enabled subscribers.
+    let current = production_config(s, "checkout").await;
+    let written = s
+        .update_flag_config(&ConfigChange {
+            event: Some(flag_event),
+            ..change(
+                &admin(),
+                "production",
+                "checkout",
+                &off_config(),
+                Some(current.version),
+            )
+        })
+        .await
+        .unwrap();
+    let mut with_version = flag_data.clone();
+    with_version["version"] = json!(written.version);
+    expected.extend(to(&["all", "flags"], "flag.changed", &with_version));
+    assert_eq!(outbox(s, &hooks).await, expected);
+
+    // A write refused for a stale If-Match, or for an event that is no event type, records
+    // nothing, and the configuration stays as it was.
+    let stale = s
+        .update_flag_config(&ConfigChange {
+            event: Some(flag_event),
+            ..change(
+                &admin(),
+                "production",
+                "checkout",
+                &on_config(),
+                Some(current.version),
+            )
+        })
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::VersionMismatch { .. })),
+        "{stale:?}"
+    );
+    let not_an_event = s
+        .update_flag_config(&ConfigChange {
+            event: Some(OutboxEvent {
+                event_type: "*",
+                data: &flag_data,
+            }),
+            ..change(&admin(), "production", "checkout", &on_config(), None)
+        })
+        .await;
+    assert!(is_invalid(&not_an_event), "{not_an_event:?}");
+    assert_eq!(
+        production_config(s, "checkout").await.version,
+        written.version
+    );
+    assert_eq!(outbox(s, &hooks).await, expected);
+
+    // Applying a change request: its event with the applied version; an apply that fails
+    // because the flag moved on records nothing.
+    let mut requests = Vec::new();
+    for _ in 0..2 {
+        let request = s
+            .create_change_request(&proposal(
+                &Actor::user("ann"),
+                "production",
+                "checkout",
+                written.version,
+                &on_config(),
+            ))
+            .await
+            .unwrap();
+        s.review_change_request(
+            &Actor::user("bob"),
+            "shop",
+            &request.id,
+            ReviewDecision::Approve,
+            None,
+        )
+        .await
+        .unwrap();
+        requests.push(request);
+    }
+    let request_data = json!({"flag": "checkout", "changeRequest": requests[0].id});
+    let request_event = OutboxEvent {
+        event_type: "flag.changed",
+        data: &request_data,
+    };
+    let applied = s
+        .apply_change_request(&admin(), "shop", &requests[0].id, Some(request_event))
+        .await
+        .unwrap();
+    let mut with_version = request_data.clone();
+    with_version["version"] = json!(applied.applied_version.unwrap());
+    expected.extend(to(&["all", "flags"], "flag.changed", &with_version));
+    expected.sort();
+    assert_eq!(outbox(s, &hooks).await, expected);
+    let moved_on = s
+        .apply_change_request(&admin(), "shop", &requests[1].id, Some(request_event))
+        .await;
+    assert!(
+        matches!(moved_on, Err(StoreError::VersionMismatch { .. })),
+        "{moved_on:?}"
+    );
+    assert_eq!(outbox(s, &hooks).await, expected);
+
+    // A release transition: each of its events, data as given; a stale one records nothing.
+    let release_data = json!({"release": release.id, "state": {"state": "rolledBack"}});
+    let events = [
+        OutboxEvent {
+            event_type: "release.guardrail_breached",
+            data: &release_data,
+        },
+        OutboxEvent {
+            event_type: "release.rolled_back",
+            data: &release_data,
+        },
+    ];
+    let transition = anchor_store::ReleaseUpdate {
+        actor: &admin(),
+        project: "shop",
+        id: &release.id,
+        expected_version: release.version,
+        state: &json!({"state": "rolledBack"}),
+        active: false,
+        flag_config: None,
+        action: "release.rolled_back",
+        message: Some("rolled back"),
+        report: None,
+        events: &events,
+    };
+    s.update_release(&transition).await.unwrap();
+    expected.extend(to(&["all"], "release.guardrail_breached", &release_data));
+    expected.extend(to(
+        &["all", "rollbacks"],
+        "release.rolled_back",
+        &release_data,
+    ));
+    expected.sort();
+    assert_eq!(outbox(s, &hooks).await, expected);
+    let again = s.update_release(&transition).await;
+    assert!(
+        matches!(again, Err(StoreError::VersionMismatch { .. })),
+        "{again:?}"
+    );
+    assert_eq!(outbox(s, &hooks).await, expected);
+}
+
 async fn a_claimed_delivery_is_leased_retried_and_finished_once(f: &Fixture) {
     seed(f).await;
     let s = &f.store;
@@ -5373,6 +5598,7 @@ async fn a_release_is_created_once_per_flag_and_environment_and_its_transitions_
             action: "release.stage_advanced",
             message: Some("started; stage 1 of 5: 1%"),
             report: Some(&report),
+            events: &[],
         })
         .await
         .unwrap();
@@ -5427,6 +5653,7 @@ async fn a_release_is_created_once_per_flag_and_environment_and_its_transitions_
         action: "release.aborted",
         message: Some("aborted by a person"),
         report: None,
+        events: &[],
     })
     .await
     .unwrap();
@@ -5477,6 +5704,7 @@ async fn a_release_transition_with_a_stale_version_or_flag_configuration_changes
             action: "release.started",
             message: Some("never"),
             report: None,
+            events: &[],
         })
         .await;
     assert!(matches!(
@@ -5497,6 +5725,7 @@ async fn a_release_transition_with_a_stale_version_or_flag_configuration_changes
         expected_version: None,
         comment: None,
         action: "flag.config.updated",
+        event: None,
     })
     .await
     .unwrap();
@@ -5512,6 +5741,7 @@ async fn a_release_transition_with_a_stale_version_or_flag_configuration_changes
             action: "release.started",
             message: Some("never"),
             report: None,
+            events: &[],
         })
         .await;
     assert!(matches!(

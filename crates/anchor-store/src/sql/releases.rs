@@ -478,6 +478,7 @@ impl SqlStore {
             },
         )
         .await?;
+        super::webhooks::record_events(&mut tx, &project_id, update.events, at).await?;
         let record = load_release(&mut tx, update.id).await?;
         tx.commit().await?;
         Ok(record)

@@ -5,7 +5,9 @@
 //! entry or an error. Deliveries are an outbox: the dispatcher claims due ones by moving
 //! `next_attempt_at` forward by a lease with a compare-and-set on its old value, which gives
 //! concurrent claimers (several servers on one PostgreSQL) disjoint deliveries on both backends
-//! without `FOR UPDATE SKIP LOCKED`.
+//! without `FOR UPDATE SKIP LOCKED`. A write that announces an event records its deliveries in
+//! its own transaction ([`record_events`]), so no event is lost between a commit and its
+//! deliveries.
 
 use serde_json::Value;
 use sqlx::any::AnyRow;
@@ -108,6 +110,84 @@ async fn load_webhook(
     .map(webhook_from)
     .transpose()?
     .ok_or_else(|| StoreError::not_found("webhook", id))
+}
+
+/// Records one pending delivery of an event, due at `at`, in the caller's transaction: to every
+/// enabled webhook of the project subscribed to `event_type`, or, with `only`, to that webhook
+/// whatever its subscriptions and state.
+async fn enqueue(
+    conn: &mut AnyConnection,
+    project_id: &str,
+    event_type: &str,
+    data: &Value,
+    only: Option<&str>,
+    at: i64,
+) -> Result<Vec<WebhookDelivery>, StoreError> {
+    if event_type.is_empty() || event_type == ALL_EVENTS {
+        return Err(StoreError::Invalid(format!(
+            "`{event_type}` is not an event type"
+        )));
+    }
+    let payload = to_json(data)?;
+    let targets = match only {
+        Some(id) => vec![load_webhook(conn, project_id, id).await?],
+        None => sqlx::query(concat!(
+            select_webhooks!(),
+            "WHERE w.project_id = $1 AND w.enabled = 1 ORDER BY w.created_at, w.id"
+        ))
+        .bind(project_id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(webhook_from)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|w| w.subscribes_to(event_type))
+        .collect(),
+    };
+    let mut deliveries = Vec::with_capacity(targets.len());
+    for webhook in &targets {
+        deliveries.push(insert_delivery(conn, &webhook.id, event_type, &payload, at).await?);
+    }
+    Ok(deliveries)
+}
+
+/// The transactional outbox: records the deliveries of the events a write announces, in the
+/// write's own transaction, so that a write that fails or is never committed announces nothing
+/// and a committed one cannot lose its announcement.
+pub(super) async fn record_events(
+    conn: &mut AnyConnection,
+    project_id: &str,
+    events: &[OutboxEvent<'_>],
+    at: i64,
+) -> Result<(), StoreError> {
+    for event in events {
+        enqueue(conn, project_id, event.event_type, event.data, None, at).await?;
+    }
+    Ok(())
+}
+
+/// [`record_events`] for a write of a flag configuration: the event's data gets the
+/// configuration's new `version`, which the caller could not know before the write.
+pub(super) async fn record_config_event(
+    conn: &mut AnyConnection,
+    project_id: &str,
+    event: Option<OutboxEvent<'_>>,
+    version: u64,
+    at: i64,
+) -> Result<(), StoreError> {
+    let Some(event) = event else {
+        return Ok(());
+    };
+    let mut data = event.data.clone();
+    if let Value::Object(members) = &mut data {
+        members.insert("version".into(), version.into());
+    }
+    let event = OutboxEvent {
+        event_type: event.event_type,
+        data: &data,
+    };
+    record_events(conn, project_id, &[event], at).await
 }
 
 async fn insert_delivery(
@@ -396,35 +476,10 @@ impl SqlStore {
         data: &Value,
         only: Option<&str>,
     ) -> Result<Vec<WebhookDelivery>, StoreError> {
-        if event_type.is_empty() || event_type == ALL_EVENTS {
-            return Err(StoreError::Invalid(format!(
-                "`{event_type}` is not an event type"
-            )));
-        }
-        let payload = to_json(data)?;
         let at = self.now();
         let mut tx = self.begin().await?;
         let project_id = project_id(&mut tx, project).await?;
-        let targets = match only {
-            Some(id) => vec![load_webhook(&mut tx, &project_id, id).await?],
-            None => sqlx::query(concat!(
-                select_webhooks!(),
-                "WHERE w.project_id = $1 AND w.enabled = 1 ORDER BY w.created_at, w.id"
-            ))
-            .bind(&project_id)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(webhook_from)
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .filter(|w| w.subscribes_to(event_type))
-            .collect(),
-        };
-        let mut deliveries = Vec::with_capacity(targets.len());
-        for webhook in &targets {
-            deliveries.push(insert_delivery(&mut tx, &webhook.id, event_type, &payload, at).await?);
-        }
+        let deliveries = enqueue(&mut tx, &project_id, event_type, data, only, at).await?;
         tx.commit().await?;
         Ok(deliveries)
     }
