@@ -15,7 +15,9 @@ use axum::routing::get;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{Frame, Signed, encode, error_page, field_problems, html_response, page, time};
+use super::{
+    Frame, Signed, encode, error_page, field_problems, html_response, page, project_page, time,
+};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -424,12 +426,10 @@ async fn render(
     } else {
         StatusCode::BAD_REQUEST
     };
-    let markup = page(
-        &Frame {
-            title: "Audit log",
-            signed: Some(signed),
-            project: Some(project),
-        },
+    let markup = project_page(
+        signed,
+        project,
+        "Audit log",
         html! {
             div.heading {
                 h1 { "Audit log" }

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
-use super::{Frame, Signed, encode, field_problems, page};
+use super::{encode, field_problems, project_page};
 use crate::AppState;
 use crate::api::{self, Body, ConfigUpdate};
 use crate::auth::Caller;
@@ -185,13 +185,7 @@ async fn write(
     .await;
     match written {
         Ok(response) => {
-            if let Err(e) = state
-                .snapshots
-                .refresh(state.store.as_ref(), project, environment)
-                .await
-            {
-                tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
-            }
+            super::refresh(state, project, environment).await;
             if response.status() != StatusCode::ACCEPTED {
                 return Ok(Written::Saved);
             }
@@ -292,15 +286,4 @@ fn default_save() -> Markup {
     html! {
         button.sr type="submit" name="action" value="save" tabindex="-1" aria-hidden="true" { "Save" }
     }
-}
-
-fn html_page(signed: &Signed, project: &str, title: &str, body: Markup) -> Markup {
-    page(
-        &Frame {
-            title,
-            signed: Some(signed),
-            project: Some(project),
-        },
-        body,
-    )
 }

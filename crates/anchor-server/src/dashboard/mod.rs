@@ -268,6 +268,77 @@ pub(crate) fn page(frame: &Frame<'_>, body: Markup) -> Markup {
     }
 }
 
+/// A page of a project, for a signed-in person: the frame with the project's navigation.
+pub(crate) fn project_page(signed: &Signed, project: &str, title: &str, body: Markup) -> Markup {
+    page(
+        &Frame {
+            title,
+            signed: Some(signed),
+            project: Some(project),
+        },
+        body,
+    )
+}
+
+/// A page that asks before a write: see [`confirmation`].
+pub(crate) struct Confirmation<'a> {
+    /// The page's title.
+    pub title: &'a str,
+    /// Where the page stands, shown above the question.
+    pub crumbs: Option<Markup>,
+    /// The heading: what is about to happen, as a question.
+    pub question: Markup,
+    /// The paragraphs under the question: what confirming does, and to whom.
+    pub consequence: Markup,
+    /// The problems of the last attempt, above the form.
+    pub problems: &'a [String],
+    /// Where the form posts; the page's own address when `None`.
+    pub action: Option<String>,
+    /// The fields the form sends beside the CSRF token: hidden values, a comment.
+    pub fields: Markup,
+    /// The words of the button that confirms.
+    pub button: Markup,
+    /// Whether the button is the page's main one, and whether it takes something away.
+    pub primary: bool,
+    pub danger: bool,
+    /// The page that not confirming goes back to, and the link's words.
+    pub back: String,
+    pub back_words: &'a str,
+}
+
+/// Every confirmation in the dashboard has one shape, so that a person learns it once: the
+/// question, its consequence, the problems of the last attempt, and a form that posts with the
+/// session's CSRF token, with its button beside the way back.
+pub(crate) fn confirmation(signed: &Signed, project: &str, asked: Confirmation<'_>) -> Markup {
+    let button_class = match (asked.primary, asked.danger) {
+        (true, true) => Some("primary danger"),
+        (true, false) => Some("primary"),
+        (false, true) => Some("danger"),
+        (false, false) => None,
+    };
+    project_page(
+        signed,
+        project,
+        asked.title,
+        html! {
+            section.narrow {
+                @if let Some(crumbs) = asked.crumbs { (crumbs) }
+                h1 { (asked.question) }
+                (asked.consequence)
+                (field_problems(asked.problems))
+                form.stack method="post" action=[asked.action] {
+                    input type="hidden" name="csrf" value=(signed.csrf);
+                    (asked.fields)
+                    div.actions {
+                        button class=[button_class] type="submit" { (asked.button) }
+                        a href=(asked.back) { (asked.back_words) }
+                    }
+                }
+            }
+        },
+    )
+}
+
 pub(crate) fn html_response(status: StatusCode, markup: Markup) -> Response {
     (
         status,
@@ -307,6 +378,30 @@ pub(crate) fn field_problems(problems: &[String]) -> Markup {
         @for problem in problems {
             p.field-problem role="alert" { (problem) }
         }
+    }
+}
+
+/// Rebuilds the SDKs' snapshots of one environment after a write the dashboard made; the
+/// snapshot-refreshing middleware watches the API's paths only. The write stands if this
+/// fails: the next refresh catches up.
+pub(crate) async fn refresh(state: &AppState, project: &str, environment: &str) {
+    if let Err(e) = state
+        .snapshots
+        .refresh(state.store.as_ref(), project, environment)
+        .await
+    {
+        tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
+    }
+}
+
+/// As [`refresh`], for every environment of the project.
+pub(crate) async fn refresh_project(state: &AppState, project: &str) {
+    if let Err(e) = state
+        .snapshots
+        .refresh_project(state.store.as_ref(), project)
+        .await
+    {
+        tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
     }
 }
 

@@ -45,7 +45,7 @@ fn json_markup(
 ) -> Markup {
     let here = targeting_path(project, flag, environment);
     let title = format!("JSON of {flag} in {}", env.name);
-    html_page(
+    project_page(
         signed,
         project,
         &title,

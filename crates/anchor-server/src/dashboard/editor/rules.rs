@@ -16,7 +16,9 @@ use super::settings::{SettingsForm, other_flags, targeting_markup};
 use super::*;
 use crate::AppState;
 use crate::api;
-use crate::dashboard::{Signed, error_page, field_problems, form_caller, html_response};
+use crate::dashboard::{
+    Confirmation, Signed, confirmation, error_page, field_problems, form_caller, html_response,
+};
 use crate::error::ApiError;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -380,7 +382,7 @@ fn rule_markup(
         Some(_) => format!("Edit a rule of {flag} in {}", env.name),
         None => format!("New rule for {flag} in {}", env.name),
     };
-    html_page(
+    project_page(
         signed,
         project,
         &title,
@@ -712,32 +714,31 @@ fn delete_markup(
     version: u64,
     problems: &Problems,
 ) -> Markup {
-    let here = targeting_path(project, flag, environment);
-    let title = format!("Delete a rule of {flag} in {}", env.name);
-    html_page(
+    confirmation(
         signed,
         project,
-        &title,
-        html! {
-            section.narrow {
-                (crumbs(project, flag, env, false))
-                h1 { "Delete rule " (index + 1) " of " code { (flag) } " in " (env.name) "?" }
+        Confirmation {
+            title: &format!("Delete a rule of {flag} in {}", env.name),
+            crumbs: Some(crumbs(project, flag, env, false)),
+            question: html! { "Delete rule " (index + 1) " of " code { (flag) } " in " (env.name) "?" },
+            consequence: html! {
                 p {
                     @if !rule.description.is_empty() { strong { (rule.description) } ": " }
                     (rule_words(rule))
                 }
                 p { "Contexts it matches go on to the rules below it and then the default serve. The history keeps the rule; a revert brings it back." }
-                (field_problems(problems_at(problems, "form")))
-                form.stack method="post" {
-                    input type="hidden" name="csrf" value=(signed.csrf);
-                    input type="hidden" name="version" value=(version);
-                    (comment_field(env, "", problems))
-                    div.actions {
-                        button.primary.danger type="submit" { "Delete the rule in " (env.name) }
-                        a href=(here) { "Cancel" }
-                    }
-                }
-            }
+            },
+            problems: problems_at(problems, "form"),
+            action: None,
+            fields: html! {
+                input type="hidden" name="version" value=(version);
+                (comment_field(env, "", problems))
+            },
+            button: html! { "Delete the rule in " (env.name) },
+            primary: true,
+            danger: true,
+            back: targeting_path(project, flag, environment),
+            back_words: "Cancel",
         },
     )
 }

@@ -235,7 +235,7 @@ pub(super) fn targeting_markup(
     let config = &loaded.config;
     let title = format!("Targeting of {flag} in {}", env.name);
     let here = targeting_path(project, flag, environment);
-    html_page(
+    project_page(
         signed,
         project,
         &title,
