@@ -207,6 +207,29 @@ async fn write(
 const STALE: &str = "Someone else changed this configuration since you opened the form: reload it to see their \
      change, then make yours again. Nothing was saved.";
 
+/// The status a form is shown again with after its write was refused, the refusal's problems
+/// added: each of the engine's where `place` puts it, a stale version on the form. Any other
+/// error is the caller's to show.
+fn refusal(
+    problems: &mut Problems,
+    refused: Refused,
+    mut place: impl FnMut(&mut Problems, Diagnostic),
+) -> Result<StatusCode, ApiError> {
+    match refused {
+        Refused::Invalid(diagnostics) => {
+            for d in diagnostics {
+                place(problems, d);
+            }
+            Ok(StatusCode::UNPROCESSABLE_ENTITY)
+        }
+        Refused::Stale => {
+            add(problems, "form", STALE);
+            Ok(StatusCode::CONFLICT)
+        }
+        Refused::Other(e) => Err(e),
+    }
+}
+
 /// Where a saved change leads: the environment's editor, saying what happened.
 fn saved_redirect(path: (&str, &str, &str), written: Written, what: &str) -> Response {
     let (project, flag, environment) = path;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use anchor_engine::{Condition, Flag, FlagConfig, FlagKind, Lifecycle, Operator, Serve, Variant};
+use anchor_engine::{Flag, FlagConfig, FlagKind, Lifecycle, Serve, Variant};
 use anchor_store::{Environment, FlagFilter, FlagRecord, LifecycleStatus, ReleaseRecord, Role};
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -15,8 +15,8 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
-    Confirmation, Signed, confirmation, encode, error_page, field_problems, form_caller,
-    html_response, percent, project_page, refresh, refresh_project, time,
+    Confirmation, Signed, condition_words, confirmation, encode, error_page, field_problems,
+    form_caller, html_response, nonempty, percent, project_page, refresh, refresh_project, time,
 };
 use crate::AppState;
 use crate::api::{self, Body, ConfigUpdate, RevertRequest};
@@ -127,14 +127,6 @@ struct ListQuery {
     on: Option<String>,
     stale: Option<String>,
     after: Option<String>,
-}
-
-fn nonempty(value: &Option<String>) -> Option<String> {
-    value
-        .as_deref()
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
 }
 
 async fn list(
@@ -654,33 +646,6 @@ async fn evaluate(
     }
 }
 
-fn condition_text(condition: &Condition) -> String {
-    let values: Vec<String> = condition
-        .values
-        .iter()
-        .map(|v| match v {
-            serde_json::Value::String(s) => format!("“{s}”"),
-            other => other.to_string(),
-        })
-        .collect();
-    let not = if condition.negate { "not " } else { "" };
-    let case = if condition.case_insensitive {
-        " (ignoring case)"
-    } else {
-        ""
-    };
-    match condition.operator {
-        Operator::SegmentMatch => format!("{not}in segment {}", values.join(" or ")),
-        Operator::Exists => format!("{} {not}exists", condition.attribute),
-        op => format!(
-            "{} {not}{} {}{case}",
-            condition.attribute,
-            op.as_str().replace('_', " "),
-            values.join(", ")
-        ),
-    }
-}
-
 fn serve_markup(serve: &Serve) -> Markup {
     match serve {
         Serve::Variant(v) => html! { "serve " strong { (v) } },
@@ -722,7 +687,7 @@ fn config_markup(config: &FlagConfig) -> Markup {
                         @if rule.conditions.is_empty() { "always" } @else { "if " }
                         @for (i, c) in rule.conditions.iter().enumerate() {
                             @if i > 0 { " and " }
-                            code { (condition_text(c)) }
+                            code { (condition_words(c, &c.operator.as_str().replace('_', " "))) }
                         }
                         " → " (serve_markup(&rule.serve))
                     }

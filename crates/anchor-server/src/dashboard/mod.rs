@@ -26,6 +26,7 @@ mod settings;
 
 use std::sync::LazyLock;
 
+use anchor_engine::{Condition, Operator};
 use anchor_store::Role;
 use axum::Router;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -440,6 +441,65 @@ pub(crate) fn percent(value: f64) -> String {
     } else {
         let text = format!("{value:.3}");
         format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+/// A query value with its spaces trimmed, `None` when nothing is left.
+pub(crate) fn nonempty(value: &Option<String>) -> Option<String> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+/// Every operator the engine knows, in the order the forms offer them.
+pub(crate) const OPERATORS: [Operator; 19] = [
+    Operator::In,
+    Operator::NotIn,
+    Operator::StartsWith,
+    Operator::EndsWith,
+    Operator::Contains,
+    Operator::Matches,
+    Operator::Lt,
+    Operator::Lte,
+    Operator::Gt,
+    Operator::Gte,
+    Operator::SemverEq,
+    Operator::SemverLt,
+    Operator::SemverLte,
+    Operator::SemverGt,
+    Operator::SemverGte,
+    Operator::Before,
+    Operator::After,
+    Operator::Exists,
+    Operator::SegmentMatch,
+];
+
+/// A targeting condition in words; `operator` is how the page says the operator.
+pub(crate) fn condition_words(condition: &Condition, operator: &str) -> String {
+    let values: Vec<String> = condition
+        .values
+        .iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => format!("“{s}”"),
+            other => other.to_string(),
+        })
+        .collect();
+    let not = if condition.negate { "not " } else { "" };
+    let case = if condition.case_insensitive {
+        " (ignoring case)"
+    } else {
+        ""
+    };
+    match condition.operator {
+        Operator::SegmentMatch => format!("{not}in segment {}", values.join(" or ")),
+        Operator::Exists => format!("{} {not}exists", condition.attribute),
+        _ => format!(
+            "{} {not}{operator} {}{case}",
+            condition.attribute,
+            values.join(", ")
+        ),
     }
 }
 

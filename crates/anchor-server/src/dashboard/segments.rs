@@ -20,7 +20,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
-    Confirmation, Signed, confirmation, encode, error_page, field_problems, form_caller,
+    Confirmation, OPERATORS, Signed, confirmation, encode, error_page, field_problems, form_caller,
     html_response, project_page, refresh,
 };
 use crate::AppState;
@@ -40,29 +40,6 @@ pub(super) fn routes() -> Router<AppState> {
             get(confirm_delete).post(delete),
         )
 }
-
-/// Every operator the engine knows, in the order the form offers them.
-const OPERATORS: [Operator; 19] = [
-    Operator::In,
-    Operator::NotIn,
-    Operator::StartsWith,
-    Operator::EndsWith,
-    Operator::Contains,
-    Operator::Matches,
-    Operator::Lt,
-    Operator::Lte,
-    Operator::Gt,
-    Operator::Gte,
-    Operator::SemverEq,
-    Operator::SemverLt,
-    Operator::SemverLte,
-    Operator::SemverGt,
-    Operator::SemverGte,
-    Operator::Before,
-    Operator::After,
-    Operator::Exists,
-    Operator::SegmentMatch,
-];
 
 /// Empty condition rows the form offers beyond the segment's own, for adding conditions
 /// without a script.
