@@ -383,8 +383,8 @@ pub(crate) fn field_problems(problems: &[String]) -> Markup {
 }
 
 /// Rebuilds the SDKs' snapshots of one environment after a write the dashboard made; the
-/// snapshot-refreshing middleware watches the API's paths only. The write stands if this
-/// fails: the next refresh catches up.
+/// snapshot-refreshing middleware watches the API's paths only. A failure is logged, not
+/// shown: the write itself has been made.
 pub(crate) async fn refresh(state: &AppState, project: &str, environment: &str) {
     if let Err(e) = state
         .snapshots
