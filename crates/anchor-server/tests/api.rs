@@ -2,6 +2,8 @@
 //! tokens, roles, flags, per-environment configuration with ETags, validation, revisions,
 //! revert, the audit log, and problem details for every error.
 
+mod support;
+
 use std::sync::Arc;
 
 use anchor_server::{AppState, Secret, bootstrap, router};
@@ -11,9 +13,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use base64::Engine;
 use serde_json::{Value, json};
+use support::{PASSWORD, on_every_backend};
 use tower::ServiceExt;
-
-const PASSWORD: &str = "correct horse battery staple";
 
 struct App {
     router: Router,
@@ -60,38 +61,8 @@ fn basic(user: &str, password: &str) -> String {
     )
 }
 
-/// Declares one test per backend running the same story; PostgreSQL only when
-/// `ANCHOR_TEST_POSTGRES_URL` is set (each test in a fresh schema, dropped afterwards).
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let app = super::App::new(super::Backend::Sqlite).await;
-                    super::$name(app).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
-                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
-                        return;
-                    };
-                    let schema = format!("anchor_api_{}", super::uuid_like());
-                    let app = super::App::new(super::Backend::Postgres(url.clone(), schema.clone())).await;
-                    super::$name(app).await;
-                    super::drop_schema(&url, &schema).await;
-                }
-            )*
-        }
-    };
-}
-
 on_every_backend!(
+    start: App::start;
     server_sdks_stream_every_change_and_resume_from_the_last_revision,
     browsers_of_allowed_origins_may_call_ofrep_and_nothing_else,
     server_sdks_download_the_configuration_and_keys_are_rate_limited,
@@ -118,29 +89,16 @@ on_every_backend!(
     a_definition_change_that_breaks_an_environment_is_refused,
 );
 
-enum Backend {
-    Sqlite,
-    Postgres(String, String),
-}
-
-async fn drop_schema(url: &str, schema: &str) {
-    use sqlx::{Connection, Executor};
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    conn.execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .await
-        .unwrap();
-}
-
 impl App {
-    async fn new(backend: Backend) -> App {
-        let store: Arc<dyn Store> = match backend {
-            Backend::Sqlite => {
-                let dir = std::env::temp_dir().join(format!("anchor-api-test-{}", uuid_like()));
+    async fn start(postgres: Option<(String, String)>) -> App {
+        let store: Arc<dyn Store> = match postgres {
+            None => {
+                let dir =
+                    std::env::temp_dir().join(format!("anchor-api-test-{}", uuid::Uuid::new_v4()));
                 std::fs::create_dir_all(&dir).unwrap();
                 Arc::new(SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap())
             }
-            Backend::Postgres(url, schema) => {
+            Some((url, schema)) => {
                 Arc::new(SqlStore::open_postgres(&url, Some(&schema)).await.unwrap())
             }
         };
@@ -255,11 +213,6 @@ impl App {
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
     }
-}
-
-fn uuid_like() -> String {
-    let bytes = anchor_server::auth::random_bytes::<8>().unwrap();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 const CONFIG: &str = "/api/v1/projects/default/environments/production/flags/new-checkout";

@@ -23,6 +23,8 @@
     reason = "each run reports how long it took, in simulated minutes"
 )]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,8 +35,8 @@ use anchor_server::releases::{MetricSource, StoreMetrics};
 use anchor_server::{AppState, Secret, bootstrap, launch};
 use anchor_store::{ReleaseRecord, SqlStore, Store};
 use serde_json::{Value, json};
+use support::{PASSWORD, on_every_backend};
 
-const PASSWORD: &str = "correct horse battery staple";
 /// How long a simulated minute lasts in real time.
 const REAL_MS_PER_MINUTE: i64 = 500;
 /// Simulated milliseconds per real millisecond.
@@ -45,36 +47,9 @@ const BASELINE_ERROR_RATE: f64 = 0.02;
 /// A run ends after this many simulated minutes whatever the release's state.
 const MAX_MINUTES: i64 = 90;
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&super::Server::start(None).await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
-                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
-                        return;
-                    };
-                    let schema = format!("anchor_gb_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-                    let server = super::Server::start(Some((url.clone(), schema.clone()))).await;
-                    super::$name(&server).await;
-                    drop(server);
-                    super::drop_schema(&url, &schema).await;
-                }
-            )*
-        }
-    };
-}
-
 on_every_backend!(
+    start: Server::start;
+    test: #[tokio::test(flavor = "multi_thread", worker_threads = 2)];
     healthy_releases_advance_through_every_stage_and_complete,
     releases_whose_treatment_fails_five_times_as_often_roll_back_at_the_first_stage,
 );
@@ -139,15 +114,6 @@ struct Server {
     /// A server key of `default/production`, as SDKs hold.
     key: String,
     _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn drop_schema(url: &str, schema: &str) {
-    use sqlx::{Connection, Executor};
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    conn.execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .await
-        .unwrap();
 }
 
 impl Server {
@@ -475,8 +441,8 @@ async fn runs(server: &Server, seeds: &[u64], error_factor: f64) -> Vec<Run> {
 
 const SEEDS: [u64; 2] = [1, 2];
 
-async fn healthy_releases_advance_through_every_stage_and_complete(server: &Server) {
-    for (seed, run) in SEEDS.iter().zip(runs(server, &SEEDS, 1.0).await) {
+async fn healthy_releases_advance_through_every_stage_and_complete(server: Server) {
+    for (seed, run) in SEEDS.iter().zip(runs(&server, &SEEDS, 1.0).await) {
         let log = messages(&run.release);
         eprintln!(
             "healthy, seed {seed}: {} after {} simulated minutes posted ({} on the controller's \
@@ -496,7 +462,7 @@ async fn healthy_releases_advance_through_every_stage_and_complete(server: &Serv
             "seed {seed}: {log:#?}"
         );
         // Everything posted went through ingestion into the store the controller read.
-        assert_eq!(stored_requests(server, *seed, &run).await, run.posted);
+        assert_eq!(stored_requests(&server, *seed, &run).await, run.posted);
         assert!(
             run.posted["on"] > 0 && run.posted["off"] > 0,
             "{:?}",
@@ -506,9 +472,9 @@ async fn healthy_releases_advance_through_every_stage_and_complete(server: &Serv
 }
 
 async fn releases_whose_treatment_fails_five_times_as_often_roll_back_at_the_first_stage(
-    server: &Server,
+    server: Server,
 ) {
-    for (seed, run) in SEEDS.iter().zip(runs(server, &SEEDS, 5.0).await) {
+    for (seed, run) in SEEDS.iter().zip(runs(&server, &SEEDS, 5.0).await) {
         let release = &run.release;
         let log = messages(release);
         eprintln!(
@@ -535,6 +501,6 @@ async fn releases_whose_treatment_fails_five_times_as_often_roll_back_at_the_fir
             minutes <= 16,
             "seed {seed}: rolled back after {minutes} minutes"
         );
-        assert_eq!(stored_requests(server, *seed, &run).await, run.posted);
+        assert_eq!(stored_requests(&server, *seed, &run).await, run.posted);
     }
 }

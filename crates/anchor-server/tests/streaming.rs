@@ -4,14 +4,16 @@
 //! that fell too far behind; OFREP's bulk answer names `/ofrep/v1/events`, which says
 //! `refetchEvaluation` after every change.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use anchor_server::{AppState, Secret, bootstrap, launch, router};
 use anchor_store::{SqlStore, Store};
 use serde_json::{Value, json};
+use support::{PASSWORD, on_every_backend};
 
-const PASSWORD: &str = "correct horse battery staple";
 const PRODUCTION: &str = "/api/v1/projects/default/environments/production";
 const WAIT: Duration = Duration::from_secs(5);
 /// How long a stream must stay silent to count as sending nothing.
@@ -19,37 +21,8 @@ const QUIET: Duration = Duration::from_millis(300);
 /// The patch history of the test servers: small, so a few changes outrun it.
 const HISTORY: usize = 4;
 
-/// Declares one test per backend running the same story; PostgreSQL only when
-/// `ANCHOR_TEST_POSTGRES_URL` is set (each test in a fresh schema, dropped afterwards).
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Server::start(None).await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
-                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
-                        return;
-                    };
-                    let schema = format!("anchor_streaming_{}", super::uuid_like());
-                    let server = super::Server::start(Some((&url, &schema))).await;
-                    super::$name(server).await;
-                    super::drop_schema(&url, &schema).await;
-                }
-            )*
-        }
-    };
-}
-
 on_every_backend!(
+    start: Server::start;
     a_change_to_one_flag_sends_a_patch_with_only_that_flag,
     archiving_a_flag_lists_it_in_deleted_flags_and_restoring_sends_it_whole,
     segment_changes_send_the_segment_whole_and_deletions_by_key,
@@ -79,26 +52,15 @@ impl Drop for Server {
     }
 }
 
-fn uuid_like() -> String {
-    let bytes = anchor_server::auth::random_bytes::<8>().unwrap();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn drop_schema(url: &str, schema: &str) {
-    use sqlx::{Connection, Executor};
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    conn.execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .await
-        .unwrap();
-}
-
 /// A bootstrapped store: SQLite in a temporary directory, or PostgreSQL `(url, schema)`.
-async fn store(postgres: Option<(&str, &str)>) -> Arc<dyn Store> {
+async fn store(postgres: Option<(String, String)>) -> Arc<dyn Store> {
     let store: Arc<dyn Store> = match postgres {
-        Some((url, schema)) => Arc::new(SqlStore::open_postgres(url, Some(schema)).await.unwrap()),
+        Some((url, schema)) => {
+            Arc::new(SqlStore::open_postgres(&url, Some(&schema)).await.unwrap())
+        }
         None => {
-            let dir = std::env::temp_dir().join(format!("anchor-streaming-test-{}", uuid_like()));
+            let dir = std::env::temp_dir()
+                .join(format!("anchor-streaming-test-{}", uuid::Uuid::new_v4()));
             std::fs::create_dir_all(&dir).unwrap();
             Arc::new(SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap())
         }
@@ -112,7 +74,7 @@ async fn store(postgres: Option<(&str, &str)>) -> Arc<dyn Store> {
 impl Server {
     /// A server on a port with two configured flags (`new-checkout`, `dark-mode`), a server
     /// key and a client key for production, and a history of [`HISTORY`] patches.
-    async fn start(postgres: Option<(&str, &str)>) -> Server {
+    async fn start(postgres: Option<(String, String)>) -> Server {
         let state = AppState::new(store(postgres).await)
             .unwrap()
             .with_cors_origins(vec!["https://app.example.com".into()])

@@ -2,6 +2,8 @@
 //! an SDK key, counted once however often they are retried, judged field by field, and read
 //! back by the project's members.
 
+mod support;
+
 use std::sync::Arc;
 
 use anchor_server::{AppState, Secret, bootstrap, router};
@@ -11,45 +13,16 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use base64::Engine;
 use serde_json::{Value, json};
+use support::{PASSWORD, on_every_backend};
 use tower::ServiceExt;
 
-const PASSWORD: &str = "correct horse battery staple";
 const TELEMETRY: &str = "/sdk/v1/telemetry";
 const EVALUATIONS: &str =
     "/api/v1/projects/default/environments/production/flags/checkout/evaluations";
 const OUTCOMES: &str = "/api/v1/projects/default/environments/production/flags/checkout/outcomes";
 
-/// Declares one test per backend; PostgreSQL only when `ANCHOR_TEST_POSTGRES_URL` is set
-/// (each test in a fresh schema, dropped afterwards).
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::App::new(None).await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
-                        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
-                        return;
-                    };
-                    let schema = format!("anchor_telemetry_{}", super::random_hex());
-                    let app = super::App::new(Some((url.clone(), schema.clone()))).await;
-                    super::$name(app).await;
-                    super::drop_schema(&url, &schema).await;
-                }
-            )*
-        }
-    };
-}
-
 on_every_backend!(
+    start: App::new;
     accepted_counts_appear_in_the_read_endpoint_and_a_retried_batch_counts_once,
     every_bad_field_is_named_by_its_json_pointer_and_nothing_is_stored,
     telemetry_needs_a_live_sdk_key_of_either_kind,
@@ -95,20 +68,6 @@ impl Reply {
     }
 }
 
-fn random_hex() -> String {
-    let bytes = anchor_server::auth::random_bytes::<8>().unwrap();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn drop_schema(url: &str, schema: &str) {
-    use sqlx::{Connection, Executor};
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    conn.execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .await
-        .unwrap();
-}
-
 fn basic(user: &str) -> String {
     format!(
         "Basic {}",
@@ -129,7 +88,8 @@ impl App {
     async fn new(postgres: Option<(String, String)>) -> App {
         let store: Arc<dyn Store> = match postgres {
             None => {
-                let dir = std::env::temp_dir().join(format!("anchor-telemetry-{}", random_hex()));
+                let dir =
+                    std::env::temp_dir().join(format!("anchor-telemetry-{}", uuid::Uuid::new_v4()));
                 std::fs::create_dir_all(&dir).unwrap();
                 Arc::new(SqlStore::open_sqlite(&dir.join("anchor.db")).await.unwrap())
             }

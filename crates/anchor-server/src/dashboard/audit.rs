@@ -15,7 +15,10 @@ use axum::routing::get;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{Frame, Signed, encode, error_page, field_problems, html_response, page, time};
+use super::{
+    Frame, Signed, encode, error_page, field_problems, html_response, nonempty, page, project_page,
+    time,
+};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -144,14 +147,6 @@ struct AuditQuery {
     to: Option<String>,
     /// Only entries older than this instant (unix milliseconds): the "older" link's cursor.
     before: Option<i64>,
-}
-
-fn nonempty(value: &Option<String>) -> Option<String> {
-    value
-        .as_deref()
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
 }
 
 /// The unix milliseconds at which day `YYYY-MM-DD` (UTC) starts, if it is a date.
@@ -341,22 +336,17 @@ async fn render(
     let to = nonempty(&query.to);
     let mut from_problems = Vec::new();
     let mut to_problems = Vec::new();
-    let since = match from.as_deref().map(|d| (d, day_start(d))) {
-        Some((_, Some(ms))) => Some(ms),
-        Some((text, None)) => {
-            from_problems.push(format!("“{text}” is not a date (YYYY-MM-DD)."));
-            None
+    // The first instant of a day typed in a date field; what is no date is a problem of it.
+    let day = |text: &Option<String>, problems: &mut Vec<String>| {
+        let text = text.as_deref()?;
+        let start = day_start(text);
+        if start.is_none() {
+            problems.push(format!("“{text}” is not a date (YYYY-MM-DD)."));
         }
-        None => None,
+        start
     };
-    let to_end = match to.as_deref().map(|d| (d, day_start(d))) {
-        Some((_, Some(ms))) => Some(ms + 86_400_000),
-        Some((text, None)) => {
-            to_problems.push(format!("“{text}” is not a date (YYYY-MM-DD)."));
-            None
-        }
-        None => None,
-    };
+    let since = day(&from, &mut from_problems);
+    let to_end = day(&to, &mut to_problems).map(|ms| ms + 86_400_000);
     if let (Some(since), Some(end)) = (since, to_end)
         && end <= since
     {
@@ -385,51 +375,41 @@ async fn render(
     } else {
         (Vec::new(), None)
     };
+    // The filters as `&name=value` parameters: the links to other pages keep them.
+    let filters: String = [
+        ("actor", &actor),
+        ("environment", &environment),
+        ("target", &target_key),
+        ("action", &action),
+        ("from", &from),
+        ("to", &to),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some(format!("&{name}={}", encode(value.as_deref()?))))
+    .collect();
     let older = older.map(|before| {
-        let mut link = format!("/projects/{}/audit?before={before}", encode(project));
-        for (name, value) in [
-            ("actor", &actor),
-            ("environment", &environment),
-            ("target", &target_key),
-            ("action", &action),
-            ("from", &from),
-            ("to", &to),
-        ] {
-            if let Some(value) = value {
-                link.push_str(&format!("&{name}={}", encode(value)));
-            }
-        }
-        link
+        format!(
+            "/projects/{}/audit?before={before}{filters}",
+            encode(project)
+        )
     });
-    let newest = if query.before.is_some() {
-        let mut link = format!("/projects/{}/audit?", encode(project));
-        for (name, value) in [
-            ("actor", &actor),
-            ("environment", &environment),
-            ("target", &target_key),
-            ("action", &action),
-            ("from", &from),
-            ("to", &to),
-        ] {
-            if let Some(value) = value {
-                link.push_str(&format!("{name}={}&", encode(value)));
-            }
-        }
-        Some(link.trim_end_matches(['&', '?']).to_string())
-    } else {
-        None
-    };
+    let newest = query.before.is_some().then(|| {
+        let link = format!(
+            "/projects/{}/audit?{}",
+            encode(project),
+            filters.trim_start_matches('&')
+        );
+        link.trim_end_matches('?').to_string()
+    });
     let status = if valid {
         StatusCode::OK
     } else {
         StatusCode::BAD_REQUEST
     };
-    let markup = page(
-        &Frame {
-            title: "Audit log",
-            signed: Some(signed),
-            project: Some(project),
-        },
+    let markup = project_page(
+        signed,
+        project,
+        "Audit log",
         html! {
             div.heading {
                 h1 { "Audit log" }

@@ -19,7 +19,8 @@ use serde::Deserialize;
 
 use super::flags::diff_lines;
 use super::{
-    Frame, Signed, encode, error_page, field_problems, form_caller, html_response, page, time,
+    Confirmation, Signed, confirmation, encode, error_page, field_problems, form_caller,
+    html_response, project_page, refresh, time,
 };
 use crate::AppState;
 use crate::auth::Caller;
@@ -129,12 +130,10 @@ async fn render_list(
     } else {
         StatusCode::BAD_REQUEST
     };
-    let markup = page(
-        &Frame {
-            title: "Change requests",
-            signed: Some(signed),
-            project: Some(project),
-        },
+    let markup = project_page(
+        signed,
+        project,
+        "Change requests",
         html! {
             h1 { "Change requests" }
             form.filters method="get" role="search" data-autosubmit {
@@ -327,12 +326,10 @@ async fn request_page(
         && shown.view.current_version != request.base_version;
     html_response(
         StatusCode::OK,
-        page(
-            &Frame {
-                title: &title,
-                signed: Some(&signed),
-                project: Some(&project),
-            },
+        project_page(
+            &signed,
+            &project,
+            &title,
             html! {
                 p.crumbs { a href={ "/projects/" (project) "/change-requests" } { "Change requests" } " / " }
                 h1 { "Change to " (what(request)) " " code { (request.flag) } " in " (shown.environment.name) }
@@ -528,33 +525,35 @@ fn confirm_page(
         ),
         Action::Cancel => "The request is withdrawn; nothing changes.".to_string(),
     };
-    page(
-        &Frame {
+    confirmation(
+        signed,
+        project,
+        Confirmation {
             title: &title,
-            signed: Some(signed),
-            project: Some(project),
-        },
-        html! {
-            section.narrow {
-                h1 { (action.verb()) " the change to " code { (request.flag) } " in " (env) "?" }
+            crumbs: None,
+            question: html! { (action.verb()) " the change to " code { (request.flag) } " in " (env) "?" },
+            consequence: html! {
                 p { (consequence) }
                 p.small { "Asked by " (request.author.id) " on " (time(request.created_at)) "." }
                 (diff_markup(&shown.diff))
-                (field_problems(problems))
-                form.stack method="post" action={ (request_href(project, &request.id)) "/" (action.as_str()) } {
-                    input type="hidden" name="csrf" value=(signed.csrf);
-                    @if action.takes_comment() {
-                        label for="comment" { "Comment (optional)" }
-                        input #comment name="comment" value=(comment);
-                    }
-                    div.actions {
-                        button.primary.danger[matches!(action, Action::Reject | Action::Cancel)] type="submit" {
-                            (action.verb()) " in " (env)
-                        }
-                        a href=(request_href(project, &request.id)) { "Back" }
-                    }
+            },
+            problems,
+            action: Some(format!(
+                "{}/{}",
+                request_href(project, &request.id),
+                action.as_str()
+            )),
+            fields: html! {
+                @if action.takes_comment() {
+                    label for="comment" { "Comment (optional)" }
+                    input #comment name="comment" value=(comment);
                 }
-            }
+            },
+            button: html! { (action.verb()) " in " (env) },
+            primary: true,
+            danger: matches!(action, Action::Reject | Action::Cancel),
+            back: request_href(project, &request.id),
+            back_words: "Back",
         },
     )
 }
@@ -638,13 +637,8 @@ async fn act(
         Ok(environment) => {
             // The snapshot-refreshing middleware watches API paths only: an applied request
             // must reach the SDKs from here.
-            if action == Action::Apply
-                && let Err(e) = state
-                    .snapshots
-                    .refresh(state.store.as_ref(), &project, &environment)
-                    .await
-            {
-                tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
+            if action == Action::Apply {
+                refresh(&state, &project, &environment).await;
             }
             return Redirect::to(&format!(
                 "{}?done={}",

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
-use super::{Frame, Signed, encode, field_problems, page};
+use super::{encode, field_problems, project_page};
 use crate::AppState;
 use crate::api::{self, Body, ConfigUpdate};
 use crate::auth::Caller;
@@ -185,13 +185,7 @@ async fn write(
     .await;
     match written {
         Ok(response) => {
-            if let Err(e) = state
-                .snapshots
-                .refresh(state.store.as_ref(), project, environment)
-                .await
-            {
-                tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
-            }
+            super::refresh(state, project, environment).await;
             if response.status() != StatusCode::ACCEPTED {
                 return Ok(Written::Saved);
             }
@@ -212,6 +206,29 @@ async fn write(
 
 const STALE: &str = "Someone else changed this configuration since you opened the form: reload it to see their \
      change, then make yours again. Nothing was saved.";
+
+/// The status a form is shown again with after its write was refused, the refusal's problems
+/// added: each of the engine's where `place` puts it, a stale version on the form. Any other
+/// error is the caller's to show.
+fn refusal(
+    problems: &mut Problems,
+    refused: Refused,
+    mut place: impl FnMut(&mut Problems, Diagnostic),
+) -> Result<StatusCode, ApiError> {
+    match refused {
+        Refused::Invalid(diagnostics) => {
+            for d in diagnostics {
+                place(problems, d);
+            }
+            Ok(StatusCode::UNPROCESSABLE_ENTITY)
+        }
+        Refused::Stale => {
+            add(problems, "form", STALE);
+            Ok(StatusCode::CONFLICT)
+        }
+        Refused::Other(e) => Err(e),
+    }
+}
 
 /// Where a saved change leads: the environment's editor, saying what happened.
 fn saved_redirect(path: (&str, &str, &str), written: Written, what: &str) -> Response {
@@ -292,15 +309,4 @@ fn default_save() -> Markup {
     html! {
         button.sr type="submit" name="action" value="save" tabindex="-1" aria-hidden="true" { "Save" }
     }
-}
-
-fn html_page(signed: &Signed, project: &str, title: &str, body: Markup) -> Markup {
-    page(
-        &Frame {
-            title,
-            signed: Some(signed),
-            project: Some(project),
-        },
-        body,
-    )
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use anchor_engine::{Condition, Flag, FlagConfig, FlagKind, Lifecycle, Operator, Serve, Variant};
+use anchor_engine::{Flag, FlagConfig, FlagKind, Lifecycle, Serve, Variant};
 use anchor_store::{Environment, FlagFilter, FlagRecord, LifecycleStatus, ReleaseRecord, Role};
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -15,8 +15,8 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
-    Frame, Signed, encode, error_page, field_problems, form_caller, html_response, page, percent,
-    time,
+    Confirmation, Signed, condition_words, confirmation, encode, error_page, field_problems,
+    form_caller, html_response, nonempty, percent, project_page, refresh, refresh_project, time,
 };
 use crate::AppState;
 use crate::api::{self, Body, ConfigUpdate, RevertRequest};
@@ -129,14 +129,6 @@ struct ListQuery {
     after: Option<String>,
 }
 
-fn nonempty(value: &Option<String>) -> Option<String> {
-    value
-        .as_deref()
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-}
-
 async fn list(
     State(state): State<AppState>,
     signed: Signed,
@@ -228,12 +220,10 @@ async fn render_list(
         }
         link
     });
-    Ok(page(
-        &Frame {
-            title: "Flags",
-            signed: Some(signed),
-            project: Some(project),
-        },
+    Ok(project_page(
+        signed,
+        project,
+        "Flags",
         html! {
             (super::live::marker(project, &since, "flag release", None))
             div.heading {
@@ -398,12 +388,10 @@ fn new_flag_page(
     } else {
         form.variants.as_str()
     };
-    page(
-        &Frame {
-            title: "New flag",
-            signed: Some(signed),
-            project: Some(project),
-        },
+    project_page(
+        signed,
+        project,
+        "New flag",
         html! {
             h1 { "New flag" }
             p { "It starts turned off in every environment." }
@@ -563,13 +551,7 @@ async fn create(
     let mut problems = Problems::new();
     match created {
         Ok(_) => {
-            if let Err(e) = state
-                .snapshots
-                .refresh_project(state.store.as_ref(), &project)
-                .await
-            {
-                tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
-            }
+            refresh_project(&state, &project).await;
             return Redirect::to(&format!(
                 "/projects/{}/flags/{}",
                 encode(&project),
@@ -664,33 +646,6 @@ async fn evaluate(
     }
 }
 
-fn condition_text(condition: &Condition) -> String {
-    let values: Vec<String> = condition
-        .values
-        .iter()
-        .map(|v| match v {
-            serde_json::Value::String(s) => format!("“{s}”"),
-            other => other.to_string(),
-        })
-        .collect();
-    let not = if condition.negate { "not " } else { "" };
-    let case = if condition.case_insensitive {
-        " (ignoring case)"
-    } else {
-        ""
-    };
-    match condition.operator {
-        Operator::SegmentMatch => format!("{not}in segment {}", values.join(" or ")),
-        Operator::Exists => format!("{} {not}exists", condition.attribute),
-        op => format!(
-            "{} {not}{} {}{case}",
-            condition.attribute,
-            op.as_str().replace('_', " "),
-            values.join(", ")
-        ),
-    }
-}
-
 fn serve_markup(serve: &Serve) -> Markup {
     match serve {
         Serve::Variant(v) => html! { "serve " strong { (v) } },
@@ -732,7 +687,7 @@ fn config_markup(config: &FlagConfig) -> Markup {
                         @if rule.conditions.is_empty() { "always" } @else { "if " }
                         @for (i, c) in rule.conditions.iter().enumerate() {
                             @if i > 0 { " and " }
-                            code { (condition_text(c)) }
+                            code { (condition_words(c, &c.operator.as_str().replace('_', " "))) }
                         }
                         " → " (serve_markup(&rule.serve))
                     }
@@ -795,12 +750,10 @@ async fn render_flag(
     let json = serde_json::to_string_pretty(&record).unwrap_or_default();
     let f = &record.flag;
     let title = format!("Flag {}", f.key);
-    Ok(page(
-        &Frame {
-            title: &title,
-            signed: Some(signed),
-            project: Some(project),
-        },
+    Ok(project_page(
+        signed,
+        project,
+        &title,
         html! {
             (super::live::marker(project, &since, "flag release", None))
             p.crumbs { a href={ "/projects/" (project) "/flags" } { "Flags" } " / " }
@@ -930,36 +883,68 @@ fn switch_page(
     version: u64,
     problems: &[String],
 ) -> Markup {
-    let title = format!("Turn {to} {flag} in {}", env.name);
-    page(
-        &Frame {
-            title: &title,
-            signed: Some(signed),
-            project: Some(project),
-        },
-        html! {
-            section.narrow {
-                h1 { "Turn " (to) " " code { (flag) } " in " (env.name) "?" }
+    confirmation(
+        signed,
+        project,
+        Confirmation {
+            title: &format!("Turn {to} {flag} in {}", env.name),
+            crumbs: None,
+            question: html! { "Turn " (to) " " code { (flag) } " in " (env.name) "?" },
+            consequence: html! {
                 @if to == "off" {
                     p { "Every context in " strong { (env.name) } " gets the off variant at once, whatever the rules say. SDKs following the stream receive the change within seconds." }
                 } @else {
                     p { "The rules and the default serve of " strong { (env.name) } " apply again." }
                 }
-                (field_problems(problems))
-                form.stack method="post" {
-                    input type="hidden" name="csrf" value=(signed.csrf);
-                    input type="hidden" name="to" value=(to);
-                    input type="hidden" name="version" value=(version);
-                    label for="comment" { "Comment" @if env.requires_comment { " (required in " (env.name) ")" } }
-                    input #comment name="comment" required[env.requires_comment];
-                    div.actions {
-                        button.primary.danger[to == "off"] type="submit" { "Turn " (to) " in " (env.name) }
-                        a href={ "/projects/" (project) "/flags/" (flag) } { "Cancel" }
-                    }
-                }
-            }
+            },
+            problems,
+            action: None,
+            fields: html! {
+                input type="hidden" name="to" value=(to);
+                input type="hidden" name="version" value=(version);
+                (comment_field(env))
+            },
+            button: html! { "Turn " (to) " in " (env.name) },
+            primary: true,
+            danger: to == "off",
+            back: format!("/projects/{project}/flags/{flag}"),
+            back_words: "Cancel",
         },
     )
+}
+
+/// The comment a kill switch or a revert carries into the revision, required where the
+/// environment says so.
+fn comment_field(env: &Environment) -> Markup {
+    html! {
+        label for="comment" { "Comment" @if env.requires_comment { " (required in " (env.name) ")" } }
+        input #comment name="comment" required[env.requires_comment];
+    }
+}
+
+/// The environment and the flag's current configuration there, as a confirmation shows them.
+async fn environment_and_config(
+    state: &AppState,
+    project: &str,
+    environment: &str,
+    flag: &str,
+) -> Result<(Environment, FlagConfig), ApiError> {
+    let env = state.store.environment(project, environment).await?;
+    let config = api::current_config(state, project, environment, flag).await?;
+    Ok((env, config))
+}
+
+/// The problems of a refused configuration write, shown on its confirmation again; other
+/// errors are the caller's to show.
+fn write_problems(error: ApiError) -> Result<Vec<String>, ApiError> {
+    match error {
+        ApiError::Invalid(diagnostics) => Ok(diagnostics.into_iter().map(|d| d.message).collect()),
+        ApiError::PreconditionFailed(_) => Ok(vec![
+            "Someone changed this flag in the meantime: look at it again before you confirm."
+                .to_string(),
+        ]),
+        e => Err(e),
+    }
 }
 
 async fn confirm_switch(
@@ -973,9 +958,7 @@ async fn confirm_switch(
             .caller
             .require(&state, &project, Role::Editor)
             .await?;
-        let env = state.store.environment(&project, &environment).await?;
-        let config = api::current_config(&state, &project, &environment, &flag).await?;
-        Ok::<_, ApiError>((env, config))
+        environment_and_config(&state, &project, &environment, &flag).await
     };
     match shown.await {
         Ok((env, config)) => {
@@ -1026,15 +1009,9 @@ async fn switch(
         }),
     )
     .await;
-    let problem = match written {
+    let problems = match written {
         Ok(response) => {
-            if let Err(e) = state
-                .snapshots
-                .refresh(state.store.as_ref(), &project, &environment)
-                .await
-            {
-                tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
-            }
+            refresh(&state, &project, &environment).await;
             let notice = if response.status() == StatusCode::ACCEPTED {
                 "requested"
             } else {
@@ -1048,22 +1025,23 @@ async fn switch(
             ))
             .into_response();
         }
-        Err(ApiError::Invalid(diagnostics)) => diagnostics.into_iter().map(|d| d.message).collect(),
-        Err(ApiError::PreconditionFailed(_)) => vec![
-            "Someone changed this flag in the meantime: look at it again before you confirm."
-                .to_string(),
-        ],
-        Err(e) => return error_page(e),
+        Err(e) => match write_problems(e) {
+            Ok(problems) => problems,
+            Err(e) => return error_page(e),
+        },
     };
-    let shown = async {
-        let env = state.store.environment(&project, &environment).await?;
-        let config = api::current_config(&state, &project, &environment, &flag).await?;
-        Ok::<_, ApiError>((env, config))
-    };
-    match shown.await {
+    match environment_and_config(&state, &project, &environment, &flag).await {
         Ok((env, config)) => html_response(
             StatusCode::UNPROCESSABLE_ENTITY,
-            switch_page(&signed, &project, &flag, &env, to, config.version, &problem),
+            switch_page(
+                &signed,
+                &project,
+                &flag,
+                &env,
+                to,
+                config.version,
+                &problems,
+            ),
         ),
         Err(e) => error_page(e),
     }
@@ -1106,12 +1084,10 @@ async fn history(
     let current = revisions.first().map(|r| r.version);
     html_response(
         StatusCode::OK,
-        page(
-            &Frame {
-                title: &title,
-                signed: Some(&signed),
-                project: Some(&project),
-            },
+        project_page(
+            &signed,
+            &project,
+            &title,
             html! {
                 p.crumbs { a href={ "/projects/" (project) "/flags/" (flag) } { (flag) } " / " }
                 h1 { "History of " code { (flag) } " in " (env.name) }
@@ -1167,30 +1143,31 @@ fn revert_page(
     current: &FlagConfig,
     problems: &[String],
 ) -> Markup {
-    let title = format!("Revert {flag} in {}", env.name);
-    page(
-        &Frame {
-            title: &title,
-            signed: Some(signed),
-            project: Some(project),
-        },
-        html! {
-            section.narrow {
-                h1 { "Revert " code { (flag) } " in " (env.name) " to version " (version) "?" }
+    confirmation(
+        signed,
+        project,
+        Confirmation {
+            title: &format!("Revert {flag} in {}", env.name),
+            crumbs: None,
+            question: html! { "Revert " code { (flag) } " in " (env.name) " to version " (version) "?" },
+            consequence: html! {
                 p { "Version " (version) "'s configuration becomes a new revision of " strong { (env.name) } " (now version " (current.version) ")." }
-                (field_problems(problems))
-                form.stack method="post" {
-                    input type="hidden" name="csrf" value=(signed.csrf);
-                    input type="hidden" name="version" value=(version);
-                    input type="hidden" name="current" value=(current.version);
-                    label for="comment" { "Comment" @if env.requires_comment { " (required in " (env.name) ")" } }
-                    input #comment name="comment" required[env.requires_comment];
-                    div.actions {
-                        button.primary type="submit" { "Revert " (env.name) " to version " (version) }
-                        a href={ "/projects/" (project) "/flags/" (flag) "/environments/" (env.key) "/history" } { "Cancel" }
-                    }
-                }
-            }
+            },
+            problems,
+            action: None,
+            fields: html! {
+                input type="hidden" name="version" value=(version);
+                input type="hidden" name="current" value=(current.version);
+                (comment_field(env))
+            },
+            button: html! { "Revert " (env.name) " to version " (version) },
+            primary: true,
+            danger: false,
+            back: format!(
+                "/projects/{project}/flags/{flag}/environments/{}/history",
+                env.key
+            ),
+            back_words: "Cancel",
         },
     )
 }
@@ -1249,15 +1226,9 @@ async fn revert(
         }),
     )
     .await;
-    let problems: Vec<String> = match reverted {
+    let problems = match reverted {
         Ok(_) => {
-            if let Err(e) = state
-                .snapshots
-                .refresh(state.store.as_ref(), &project, &environment)
-                .await
-            {
-                tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
-            }
+            refresh(&state, &project, &environment).await;
             return Redirect::to(&format!(
                 "/projects/{}/flags/{}/environments/{}/history",
                 encode(&project),
@@ -1266,19 +1237,12 @@ async fn revert(
             ))
             .into_response();
         }
-        Err(ApiError::Invalid(diagnostics)) => diagnostics.into_iter().map(|d| d.message).collect(),
-        Err(ApiError::PreconditionFailed(_)) => vec![
-            "Someone changed this flag in the meantime: look at it again before you confirm."
-                .to_string(),
-        ],
-        Err(e) => return error_page(e),
+        Err(e) => match write_problems(e) {
+            Ok(problems) => problems,
+            Err(e) => return error_page(e),
+        },
     };
-    let shown = async {
-        let env = state.store.environment(&project, &environment).await?;
-        let config = api::current_config(&state, &project, &environment, &flag).await?;
-        Ok::<_, ApiError>((env, config))
-    };
-    match shown.await {
+    match environment_and_config(&state, &project, &environment, &flag).await {
         Ok((env, config)) => html_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             revert_page(

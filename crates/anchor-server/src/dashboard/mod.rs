@@ -26,6 +26,7 @@ mod settings;
 
 use std::sync::LazyLock;
 
+use anchor_engine::{Condition, Operator};
 use anchor_store::Role;
 use axum::Router;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -268,6 +269,77 @@ pub(crate) fn page(frame: &Frame<'_>, body: Markup) -> Markup {
     }
 }
 
+/// A page of a project, for a signed-in person: the frame with the project's navigation.
+pub(crate) fn project_page(signed: &Signed, project: &str, title: &str, body: Markup) -> Markup {
+    page(
+        &Frame {
+            title,
+            signed: Some(signed),
+            project: Some(project),
+        },
+        body,
+    )
+}
+
+/// A page that asks before a write: see [`confirmation`].
+pub(crate) struct Confirmation<'a> {
+    /// The page's title.
+    pub title: &'a str,
+    /// Where the page stands, shown above the question.
+    pub crumbs: Option<Markup>,
+    /// The heading: what is about to happen, as a question.
+    pub question: Markup,
+    /// The paragraphs under the question: what confirming does, and to whom.
+    pub consequence: Markup,
+    /// The problems of the last attempt, above the form.
+    pub problems: &'a [String],
+    /// Where the form posts; the page's own address when `None`.
+    pub action: Option<String>,
+    /// The fields the form sends beside the CSRF token: hidden values, a comment.
+    pub fields: Markup,
+    /// The words of the button that confirms.
+    pub button: Markup,
+    /// Whether the button is the page's main one, and whether it takes something away.
+    pub primary: bool,
+    pub danger: bool,
+    /// The page that not confirming goes back to, and the link's words.
+    pub back: String,
+    pub back_words: &'a str,
+}
+
+/// Every confirmation in the dashboard has one shape, so that a person learns it once: the
+/// question, its consequence, the problems of the last attempt, and a form that posts with the
+/// session's CSRF token, with its button beside the way back.
+pub(crate) fn confirmation(signed: &Signed, project: &str, asked: Confirmation<'_>) -> Markup {
+    let button_class = match (asked.primary, asked.danger) {
+        (true, true) => Some("primary danger"),
+        (true, false) => Some("primary"),
+        (false, true) => Some("danger"),
+        (false, false) => None,
+    };
+    project_page(
+        signed,
+        project,
+        asked.title,
+        html! {
+            section.narrow {
+                @if let Some(crumbs) = asked.crumbs { (crumbs) }
+                h1 { (asked.question) }
+                (asked.consequence)
+                (field_problems(asked.problems))
+                form.stack method="post" action=[asked.action] {
+                    input type="hidden" name="csrf" value=(signed.csrf);
+                    (asked.fields)
+                    div.actions {
+                        button class=[button_class] type="submit" { (asked.button) }
+                        a href=(asked.back) { (asked.back_words) }
+                    }
+                }
+            }
+        },
+    )
+}
+
 pub(crate) fn html_response(status: StatusCode, markup: Markup) -> Response {
     (
         status,
@@ -310,6 +382,30 @@ pub(crate) fn field_problems(problems: &[String]) -> Markup {
     }
 }
 
+/// Rebuilds the SDKs' snapshots of one environment after a write the dashboard made; the
+/// snapshot-refreshing middleware watches the API's paths only. A failure is logged, not
+/// shown: the write itself has been made.
+pub(crate) async fn refresh(state: &AppState, project: &str, environment: &str) {
+    if let Err(e) = state
+        .snapshots
+        .refresh(state.store.as_ref(), project, environment)
+        .await
+    {
+        tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
+    }
+}
+
+/// As [`refresh`], for every environment of the project.
+pub(crate) async fn refresh_project(state: &AppState, project: &str) {
+    if let Err(e) = state
+        .snapshots
+        .refresh_project(state.store.as_ref(), project)
+        .await
+    {
+        tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
+    }
+}
+
 /// The time of a unix millisecond instant, in UTC, to the second.
 pub(crate) fn time(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
@@ -345,6 +441,65 @@ pub(crate) fn percent(value: f64) -> String {
     } else {
         let text = format!("{value:.3}");
         format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+/// A query value with its spaces trimmed, `None` when nothing is left.
+pub(crate) fn nonempty(value: &Option<String>) -> Option<String> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+/// Every operator the engine knows, in the order the forms offer them.
+pub(crate) const OPERATORS: [Operator; 19] = [
+    Operator::In,
+    Operator::NotIn,
+    Operator::StartsWith,
+    Operator::EndsWith,
+    Operator::Contains,
+    Operator::Matches,
+    Operator::Lt,
+    Operator::Lte,
+    Operator::Gt,
+    Operator::Gte,
+    Operator::SemverEq,
+    Operator::SemverLt,
+    Operator::SemverLte,
+    Operator::SemverGt,
+    Operator::SemverGte,
+    Operator::Before,
+    Operator::After,
+    Operator::Exists,
+    Operator::SegmentMatch,
+];
+
+/// A targeting condition in words; `operator` is how the page says the operator.
+pub(crate) fn condition_words(condition: &Condition, operator: &str) -> String {
+    let values: Vec<String> = condition
+        .values
+        .iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => format!("“{s}”"),
+            other => other.to_string(),
+        })
+        .collect();
+    let not = if condition.negate { "not " } else { "" };
+    let case = if condition.case_insensitive {
+        " (ignoring case)"
+    } else {
+        ""
+    };
+    match condition.operator {
+        Operator::SegmentMatch => format!("{not}in segment {}", values.join(" or ")),
+        Operator::Exists => format!("{} {not}exists", condition.attribute),
+        _ => format!(
+            "{} {not}{operator} {}{case}",
+            condition.attribute,
+            values.join(", ")
+        ),
     }
 }
 

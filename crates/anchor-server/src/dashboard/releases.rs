@@ -445,29 +445,29 @@ async fn confirm_command(
     };
     let words = command_words(&query.command);
     let guardrail = query.guardrail.unwrap_or_default();
-    let title = format!("{words}?");
     html_response(
         StatusCode::OK,
-        page(
-            &Frame {
-                title: &title,
-                signed: Some(&signed),
-                project: Some(&project),
-            },
-            html! {
-                section.narrow {
-                    h1 { (words) @if !guardrail.is_empty() { " “" (guardrail) "”" } "?" }
+        super::confirmation(
+            &signed,
+            &project,
+            super::Confirmation {
+                title: &format!("{words}?"),
+                crumbs: None,
+                question: html! { (words) @if !guardrail.is_empty() { " “" (guardrail) "”" } "?" },
+                consequence: html! {
                     p { "Release of " code { (record.flag) } " in " strong { (record.environment) } " (" (release_state_name(&record)) ")." }
-                    form.stack method="post" {
-                        input type="hidden" name="csrf" value=(signed.csrf);
-                        input type="hidden" name="command" value=(query.command);
-                        input type="hidden" name="guardrail" value=(guardrail);
-                        div.actions {
-                            button.primary type="submit" { (words) " in " (record.environment) }
-                            a href={ "/projects/" (project) "/releases/" (id) } { "Cancel" }
-                        }
-                    }
-                }
+                },
+                problems: &[],
+                action: None,
+                fields: html! {
+                    input type="hidden" name="command" value=(query.command);
+                    input type="hidden" name="guardrail" value=(guardrail);
+                },
+                button: html! { (words) " in " (record.environment) },
+                primary: true,
+                danger: false,
+                back: format!("/projects/{project}/releases/{id}"),
+                back_words: "Cancel",
             },
         ),
     )

@@ -19,7 +19,10 @@ use axum::routing::get;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{Frame, Signed, encode, error_page, field_problems, form_caller, html_response, page};
+use super::{
+    Confirmation, OPERATORS, Signed, confirmation, encode, error_page, field_problems, form_caller,
+    html_response, project_page, refresh,
+};
 use crate::AppState;
 use crate::api::{self, Body, SegmentWrite};
 use crate::error::ApiError;
@@ -37,29 +40,6 @@ pub(super) fn routes() -> Router<AppState> {
             get(confirm_delete).post(delete),
         )
 }
-
-/// Every operator the engine knows, in the order the form offers them.
-const OPERATORS: [Operator; 19] = [
-    Operator::In,
-    Operator::NotIn,
-    Operator::StartsWith,
-    Operator::EndsWith,
-    Operator::Contains,
-    Operator::Matches,
-    Operator::Lt,
-    Operator::Lte,
-    Operator::Gt,
-    Operator::Gte,
-    Operator::SemverEq,
-    Operator::SemverLt,
-    Operator::SemverLte,
-    Operator::SemverGt,
-    Operator::SemverGte,
-    Operator::Before,
-    Operator::After,
-    Operator::Exists,
-    Operator::SegmentMatch,
-];
 
 /// Empty condition rows the form offers beyond the segment's own, for adding conditions
 /// without a script.
@@ -150,12 +130,10 @@ async fn render_list(
     .await?;
     let (config, _) = state.store.environment_config(project, &env.key).await?;
     let users = users_of_segments(&config);
-    Ok(page(
-        &Frame {
-            title: "Segments",
-            signed: Some(signed),
-            project: Some(project),
-        },
+    Ok(project_page(
+        signed,
+        project,
+        "Segments",
         html! {
             div.heading {
                 h1 { "Segments in " (env.name) }
@@ -592,12 +570,10 @@ fn new_segment_page(
     form: &SegmentForm,
     problems: &Problems,
 ) -> Markup {
-    page(
-        &Frame {
-            title: "New segment",
-            signed: Some(signed),
-            project: Some(project),
-        },
+    project_page(
+        signed,
+        project,
+        "New segment",
         html! {
             h1 { "New segment" }
             (segment_form(signed, project, form, problems, &Editing::New { environments }))
@@ -656,16 +632,6 @@ fn problems_of(error: ApiError) -> Result<Problems, ApiError> {
         other => return Err(other),
     }
     Ok(problems)
-}
-
-async fn refresh(state: &AppState, project: &str, environment: &str) {
-    if let Err(e) = state
-        .snapshots
-        .refresh(state.store.as_ref(), project, environment)
-        .await
-    {
-        tracing::warn!(error = %e, %project, "cannot rebuild snapshots after a write");
-    }
 }
 
 /// Creates the segment through the API's own handler.
@@ -745,12 +711,10 @@ fn segment_view(
     notice: Option<&str>,
 ) -> Markup {
     let title = format!("Segment {} in {}", form.key, environment.name);
-    page(
-        &Frame {
-            title: &title,
-            signed: Some(signed),
-            project: Some(project),
-        },
+    project_page(
+        signed,
+        project,
+        &title,
         html! {
             p.crumbs { a href={ "/projects/" (project) "/segments?env=" (encode(&environment.key)) } { "Segments" } " / " }
             div.heading {
@@ -906,26 +870,27 @@ fn delete_page(
     key: &str,
     problems: &[String],
 ) -> Markup {
-    let title = format!("Delete segment {key}");
-    page(
-        &Frame {
-            title: &title,
-            signed: Some(signed),
-            project: Some(project),
-        },
-        html! {
-            section.narrow {
-                h1 { "Delete segment " code { (key) } " in " (environment.name) "?" }
+    confirmation(
+        signed,
+        project,
+        Confirmation {
+            title: &format!("Delete segment {key}"),
+            crumbs: None,
+            question: html! { "Delete segment " code { (key) } " in " (environment.name) "?" },
+            consequence: html! {
                 p { "The segment and its key lists leave " strong { (environment.name) } ". A segment that a flag or another segment still uses cannot be deleted." }
-                (field_problems(problems))
-                form.stack method="post" {
-                    input type="hidden" name="csrf" value=(signed.csrf);
-                    div.actions {
-                        button.danger type="submit" { "Delete " (key) " in " (environment.name) }
-                        a href={ "/projects/" (project) "/environments/" (environment.key) "/segments/" (key) } { "Cancel" }
-                    }
-                }
-            }
+            },
+            problems,
+            action: None,
+            fields: html! {},
+            button: html! { "Delete " (key) " in " (environment.name) },
+            primary: false,
+            danger: true,
+            back: format!(
+                "/projects/{project}/environments/{}/segments/{key}",
+                environment.key
+            ),
+            back_words: "Cancel",
         },
     )
 }

@@ -16,19 +16,20 @@ use serde_json::Value;
 
 /// Declares one test per backend running the same story; PostgreSQL only when
 /// `ANCHOR_TEST_POSTGRES_URL` is set (each test in a fresh schema, dropped afterwards). The
-/// server comes from `Server::start`, or from `start: f;`, an `async fn f(postgres) -> Server`
-/// of the test file.
+/// server comes from `Server::start`, or from `start: f;`, an `async fn f(postgres)` of the test
+/// file (`postgres` an `Option<(url, schema)>`) whose answer each test takes. The tests run
+/// under `#[tokio::test]`, or under the attribute `test: #[…];` names after `start`.
 #[allow(
     unused_macros,
     reason = "not every test binary that includes this module uses it"
 )]
 macro_rules! on_every_backend {
-    (start: $start:path; $($name:ident),* $(,)?) => {
+    (start: $start:path; test: #[$test:meta]; $($name:ident),* $(,)?) => {
         mod sqlite {
             // The test file's items, for `start`.
             use super::*;
             $(
-                #[tokio::test]
+                #[$test]
                 async fn $name() {
                     super::$name($start(None).await).await;
                 }
@@ -37,19 +38,22 @@ macro_rules! on_every_backend {
         mod postgres {
             use super::*;
             $(
-                #[tokio::test]
+                #[$test]
                 async fn $name() {
                     let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
                         eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
                         return;
                     };
-                    let schema = format!("anchor_dash_{}", uuid::Uuid::new_v4().simple());
+                    let schema = format!("anchor_test_{}", uuid::Uuid::new_v4().simple());
                     let server = $start(Some((url.clone(), schema.clone()))).await;
                     super::$name(server).await;
                     super::support::drop_schema(&url, &schema).await;
                 }
             )*
         }
+    };
+    (start: $start:path; $($name:ident),* $(,)?) => {
+        on_every_backend!(start: $start; test: #[tokio::test]; $($name),*);
     };
     ($($name:ident),* $(,)?) => {
         on_every_backend!(start: Server::start; $($name),*);

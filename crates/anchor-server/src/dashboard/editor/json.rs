@@ -45,7 +45,7 @@ fn json_markup(
 ) -> Markup {
     let here = targeting_path(project, flag, environment);
     let title = format!("JSON of {flag} in {}", env.name);
-    html_page(
+    project_page(
         signed,
         project,
         &title,
@@ -143,21 +143,16 @@ async fn save_json(
             .await
             {
                 Ok(written) => return saved_redirect(path, written, "saved"),
-                Err(Refused::Invalid(diagnostics)) => {
-                    for d in diagnostics {
-                        if d.path == "/comment" {
-                            add(&mut problems, "comment", d.message);
-                        } else {
-                            add(&mut problems, "json", format!("{}: {}", d.path, d.message));
-                        }
+                Err(refused) => match refusal(&mut problems, refused, |problems, d| {
+                    if d.path == "/comment" {
+                        add(problems, "comment", d.message);
+                    } else {
+                        add(problems, "json", format!("{}: {}", d.path, d.message));
                     }
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
-                Err(Refused::Stale) => {
-                    add(&mut problems, "form", STALE);
-                    StatusCode::CONFLICT
-                }
-                Err(Refused::Other(e)) => return error_page(e),
+                }) {
+                    Ok(status) => status,
+                    Err(e) => return error_page(e),
+                },
             }
         }
     };

@@ -16,7 +16,10 @@ use super::settings::{SettingsForm, other_flags, targeting_markup};
 use super::*;
 use crate::AppState;
 use crate::api;
-use crate::dashboard::{Signed, error_page, field_problems, form_caller, html_response};
+use crate::dashboard::{
+    Confirmation, OPERATORS, Signed, condition_words, confirmation, error_page, field_problems,
+    form_caller, html_response,
+};
 use crate::error::ApiError;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -36,31 +39,9 @@ pub(super) fn routes() -> Router<AppState> {
         .route(&format!("{BASE}/rules/{{rule}}/move"), post(move_rule))
 }
 
-/// Every operator the engine knows, in the order the select offers them.
-const OPERATORS: [Operator; 19] = [
-    Operator::In,
-    Operator::NotIn,
-    Operator::StartsWith,
-    Operator::EndsWith,
-    Operator::Contains,
-    Operator::Matches,
-    Operator::Lt,
-    Operator::Lte,
-    Operator::Gt,
-    Operator::Gte,
-    Operator::SemverEq,
-    Operator::SemverLt,
-    Operator::SemverLte,
-    Operator::SemverGt,
-    Operator::SemverGte,
-    Operator::Before,
-    Operator::After,
-    Operator::Exists,
-    Operator::SegmentMatch,
-];
-
 /// The words a select shows for an operator. The match is exhaustive so that a new operator
-/// cannot be forgotten here (and then in `OPERATORS`, which a unit test checks against it).
+/// cannot be forgotten here (and then in `dashboard::OPERATORS`, which a unit test checks
+/// against it).
 fn operator_label(operator: Operator) -> &'static str {
     match operator {
         Operator::In => "is one of",
@@ -144,40 +125,17 @@ fn values_of(operator: Operator, text: &str) -> Vec<serde_json::Value> {
 
 /// A rule in words, for the list.
 pub(super) fn rule_words(rule: &Rule) -> String {
-    let conditions: Vec<String> = rule.conditions.iter().map(condition_words).collect();
+    let conditions: Vec<String> = rule
+        .conditions
+        .iter()
+        .map(|c| condition_words(c, operator_label(c.operator)))
+        .collect();
     let when = if conditions.is_empty() {
         "always".to_string()
     } else {
         format!("if {}", conditions.join(" and "))
     };
     format!("{when} → {}", serve_words(&rule.serve))
-}
-
-fn condition_words(c: &Condition) -> String {
-    let values: Vec<String> = c
-        .values
-        .iter()
-        .map(|v| match v {
-            serde_json::Value::String(s) => format!("“{s}”"),
-            other => other.to_string(),
-        })
-        .collect();
-    let not = if c.negate { "not " } else { "" };
-    let case = if c.case_insensitive {
-        " (ignoring case)"
-    } else {
-        ""
-    };
-    match c.operator {
-        Operator::SegmentMatch => format!("{not}in segment {}", values.join(" or ")),
-        Operator::Exists => format!("{} {not}exists", c.attribute),
-        op => format!(
-            "{} {not}{} {}{case}",
-            c.attribute,
-            operator_label(op),
-            values.join(", ")
-        ),
-    }
 }
 
 fn serve_words(serve: &Serve) -> String {
@@ -380,7 +338,7 @@ fn rule_markup(
         Some(_) => format!("Edit a rule of {flag} in {}", env.name),
         None => format!("New rule for {flag} in {}", env.name),
     };
-    html_page(
+    project_page(
         signed,
         project,
         &title,
@@ -664,17 +622,12 @@ async fn save_rule_form(
     let status = if problems.is_empty() {
         match write(state, &signed.caller, path, version, config, &form.comment).await {
             Ok(written) => return saved_redirect(path, written, "rule-saved"),
-            Err(Refused::Invalid(diagnostics)) => {
-                for d in &diagnostics {
-                    add(&mut problems, field(d), d.message.clone());
-                }
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            Err(Refused::Stale) => {
-                add(&mut problems, "form", STALE);
-                StatusCode::CONFLICT
-            }
-            Err(Refused::Other(e)) => return error_page(e),
+            Err(refused) => match refusal(&mut problems, refused, |problems, d| {
+                add(problems, field(&d), d.message)
+            }) {
+                Ok(status) => status,
+                Err(e) => return error_page(e),
+            },
         }
     } else {
         if let Err(ApiError::Invalid(diagnostics)) =
@@ -712,32 +665,31 @@ fn delete_markup(
     version: u64,
     problems: &Problems,
 ) -> Markup {
-    let here = targeting_path(project, flag, environment);
-    let title = format!("Delete a rule of {flag} in {}", env.name);
-    html_page(
+    confirmation(
         signed,
         project,
-        &title,
-        html! {
-            section.narrow {
-                (crumbs(project, flag, env, false))
-                h1 { "Delete rule " (index + 1) " of " code { (flag) } " in " (env.name) "?" }
+        Confirmation {
+            title: &format!("Delete a rule of {flag} in {}", env.name),
+            crumbs: Some(crumbs(project, flag, env, false)),
+            question: html! { "Delete rule " (index + 1) " of " code { (flag) } " in " (env.name) "?" },
+            consequence: html! {
                 p {
                     @if !rule.description.is_empty() { strong { (rule.description) } ": " }
                     (rule_words(rule))
                 }
                 p { "Contexts it matches go on to the rules below it and then the default serve. The history keeps the rule; a revert brings it back." }
-                (field_problems(problems_at(problems, "form")))
-                form.stack method="post" {
-                    input type="hidden" name="csrf" value=(signed.csrf);
-                    input type="hidden" name="version" value=(version);
-                    (comment_field(env, "", problems))
-                    div.actions {
-                        button.primary.danger type="submit" { "Delete the rule in " (env.name) }
-                        a href=(here) { "Cancel" }
-                    }
-                }
-            }
+            },
+            problems: problems_at(problems, "form"),
+            action: None,
+            fields: html! {
+                input type="hidden" name="version" value=(version);
+                (comment_field(env, "", problems))
+            },
+            button: html! { "Delete the rule in " (env.name) },
+            primary: true,
+            danger: true,
+            back: targeting_path(project, flag, environment),
+            back_words: "Cancel",
         },
     )
 }
@@ -856,24 +808,19 @@ async fn change_rule(
             .await
             {
                 Ok(written) => return saved_redirect(path, written, what),
-                Err(Refused::Invalid(diagnostics)) => {
-                    for d in diagnostics {
-                        // A deletion is shown again with its comment field; a move on the
-                        // environment's page, whose comment field belongs to another form.
-                        let field = if d.path == "/comment" && moving.is_none() {
-                            "comment"
-                        } else {
-                            "form"
-                        };
-                        add(&mut problems, field, d.message);
-                    }
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
-                Err(Refused::Stale) => {
-                    add(&mut problems, "form", STALE);
-                    StatusCode::CONFLICT
-                }
-                Err(Refused::Other(e)) => return error_page(e),
+                Err(refused) => match refusal(&mut problems, refused, |problems, d| {
+                    // A deletion is shown again with its comment field; a move on the
+                    // environment's page, whose comment field belongs to another form.
+                    let field = if d.path == "/comment" && moving.is_none() {
+                        "comment"
+                    } else {
+                        "form"
+                    };
+                    add(problems, field, d.message);
+                }) {
+                    Ok(status) => status,
+                    Err(e) => return error_page(e),
+                },
             }
         }
     };

@@ -235,7 +235,7 @@ pub(super) fn targeting_markup(
     let config = &loaded.config;
     let title = format!("Targeting of {flag} in {}", env.name);
     let here = targeting_path(project, flag, environment);
-    html_page(
+    project_page(
         signed,
         project,
         &title,
@@ -434,17 +434,12 @@ async fn save_targeting(
         .await
         {
             Ok(written) => return saved_redirect(path, written, "saved"),
-            Err(Refused::Invalid(diagnostics)) => {
-                for d in &diagnostics {
-                    add(&mut problems, field(d), d.message.clone());
-                }
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            Err(Refused::Stale) => {
-                add(&mut problems, "form", STALE);
-                StatusCode::CONFLICT
-            }
-            Err(Refused::Other(e)) => return error_page(e),
+            Err(refused) => match refusal(&mut problems, refused, |problems, d| {
+                add(problems, field(&d), d.message)
+            }) {
+                Ok(status) => status,
+                Err(e) => return error_page(e),
+            },
         }
     } else {
         // Every problem at once: the engine's too, though the form's own stop the write.
