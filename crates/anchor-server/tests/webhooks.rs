@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 
 mod support;
 
+use support::on_every_backend;
+
 const PASSWORD: &str = "correct horse battery staple";
 const WEBHOOKS: &str = "/api/v1/projects/default/webhooks";
 const BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(400)];
@@ -337,7 +339,7 @@ async fn start_server(postgres: Option<(String, String)>) -> Server {
     .await
 }
 
-support::on_every_backend!(
+on_every_backend!(
     start: start_server;
     flag_changes_applied_requests_and_release_steps_arrive_with_the_data_they_always_had,
 );
