@@ -24,6 +24,9 @@
 //!   the source answers again.
 //! - Entering a stage with an approval gate waits for approval. Entering the last stage (100%)
 //!   completes the release: there is no control left to compare with.
+//! - Rolling back takes the treatment away (and, with `rollback_disables_flag`, turns the flag
+//!   off), except before the release entered its first stage (pending, or waiting for its
+//!   first approval): it never served the treatment, so the rollback only ends it.
 //!
 //! ## α across stages
 //! Each guardrail runs one test over the whole release, not one per stage: when a stage ends,
@@ -538,6 +541,16 @@ impl ReleaseState {
             Self::WaitingForApproval { stage, .. } | Self::RolledBack { stage, .. } => Some(*stage),
             Self::Pending | Self::Completed { .. } | Self::Aborted { .. } => None,
         }
+    }
+
+    /// Whether the release may have served the treatment: it has entered a stage. Not while
+    /// pending, nor while waiting for approval to enter its first stage.
+    #[must_use]
+    pub fn has_served(&self) -> bool {
+        !matches!(
+            self,
+            Self::Pending | Self::WaitingForApproval { stage: 0, .. }
+        )
     }
 
     fn name(&self) -> &'static str {
@@ -1384,6 +1397,24 @@ pub fn command(
         }
         Command::RollBack => {
             let stage = state.stage().unwrap_or(0);
+            if !state.has_served() {
+                // There is nothing to take back: serving the control to everyone (let alone
+                // turning the flag off) would change what users get for a release that never
+                // changed it.
+                return Ok(note(
+                    "rolled back by a person before it served the treatment; the flag serves \
+                     as before"
+                        .into(),
+                    ReleaseState::RolledBack {
+                        stage,
+                        at_ms: now_ms,
+                        check: None,
+                    },
+                    vec![Action::Notify {
+                        event: Event::RolledBack,
+                    }],
+                ));
+            }
             Ok(roll_back(
                 template,
                 stage,
@@ -1443,5 +1474,80 @@ mod tests {
             again.unwrap_err().message,
             "the release has already started"
         );
+    }
+
+    /// The built-in template with the kill switch on rollback and an approval gate at 5%.
+    fn kill_switch_template() -> ReleaseTemplate {
+        let mut template = ReleaseTemplate::builtin();
+        template.rollback_disables_flag = true;
+        template.stages[1].approval = true;
+        template
+    }
+
+    #[test]
+    fn rolling_back_before_the_first_stage_ends_the_release_without_touching_the_flag() {
+        let template = kill_switch_template();
+        let waiting =
+            start_awaiting_approval(&template, &ReleaseState::Pending, 1_000, "started").unwrap();
+        let mut gated_first = template.clone();
+        gated_first.stages[0].approval = true;
+        let gated = command(&gated_first, &ReleaseState::Pending, &Command::Start, 1_000).unwrap();
+        assert!(matches!(
+            gated.state,
+            ReleaseState::WaitingForApproval { stage: 0, .. }
+        ));
+        for (template, state) in [
+            (&template, &waiting.state),
+            (&gated_first, &gated.state),
+            (&template, &ReleaseState::Pending),
+        ] {
+            let rolled = command(template, state, &Command::RollBack, 2_000).unwrap();
+            assert_eq!(
+                rolled.state,
+                ReleaseState::RolledBack {
+                    stage: 0,
+                    at_ms: 2_000,
+                    check: None
+                },
+                "from {state:?}"
+            );
+            assert_eq!(
+                rolled.actions,
+                vec![Action::Notify {
+                    event: Event::RolledBack
+                }],
+                "no share and no kill switch from {state:?}"
+            );
+            assert!(
+                rolled
+                    .decision
+                    .is_some_and(|d| d.message.contains("before it served the treatment"))
+            );
+        }
+    }
+
+    #[test]
+    fn rolling_back_at_a_later_gate_serves_the_control_and_turns_the_flag_off() {
+        let template = kill_switch_template();
+        let running = command(&template, &ReleaseState::Pending, &Command::Start, 1_000).unwrap();
+        let gated = command(&template, &running.state, &Command::Skip, 2_000).unwrap();
+        assert!(matches!(
+            gated.state,
+            ReleaseState::WaitingForApproval { stage: 1, .. }
+        ));
+        for state in [&running.state, &gated.state] {
+            let rolled = command(&template, state, &Command::RollBack, 3_000).unwrap();
+            assert!(matches!(rolled.state, ReleaseState::RolledBack { .. }));
+            assert_eq!(
+                rolled.actions,
+                vec![
+                    Action::RollBack { disable_flag: true },
+                    Action::Notify {
+                        event: Event::RolledBack
+                    }
+                ],
+                "from {state:?}"
+            );
+        }
     }
 }
