@@ -774,7 +774,8 @@ fn with_share(
 
 /// Writes a transition: the flag's new share (if it changes), the state, the decision and the
 /// audit entry and the webhook events' deliveries in one transaction; then rebuilds the
-/// snapshot and wakes the webhook dispatcher.
+/// snapshot (when the share changed or the release ended, so that SDKs stop gathering the
+/// outcomes of a flag no longer watched) and wakes the webhook dispatcher.
 pub(crate) async fn carry_out(
     state: &AppState,
     record: &ReleaseRecord,
@@ -840,7 +841,10 @@ pub(crate) async fn carry_out(
             events: &events,
         })
         .await?;
-    if flag_config.is_some()
+    // A new share changes the flag; a release that ends (or starts) changes `watchedFlags`:
+    // either way the store moved the environment's revision, and SDKs hear of it now.
+    let watched_changed = record.active != updated.active;
+    if (flag_config.is_some() || watched_changed)
         && let Err(e) = state
             .snapshots
             .refresh(state.store.as_ref(), &record.project, &record.environment)

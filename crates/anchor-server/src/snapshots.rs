@@ -47,9 +47,9 @@ pub struct EnvironmentSnapshot {
     /// Problems the compiler found (flags with problems evaluate to `PARSE_ERROR`).
     pub diagnostics: Vec<Diagnostic>,
     /// Flags with an active release here, sorted: SDKs gather their outcomes per variant
-    /// (`watchedFlags`). Read when a new revision is built, so a release that ends without
-    /// changing the flag (aborted) stays listed until the environment's next change, which
-    /// costs nothing but telemetry.
+    /// (`watchedFlags`). Read when a new revision is built; a release that ends without
+    /// changing the flag (aborted, say) still moves the environment's revision (see
+    /// `Store::update_release`), so its flag leaves the list, and the patch, at once.
     pub watched_flags: Vec<String>,
     /// By watched flag whose release's template names coverage attributes: those attributes
     /// (`coverage`), by which SDKs break the flag's exposures down. Read with
@@ -64,8 +64,8 @@ pub struct Patch {
     pub revision: u64,
     pub previous_revision: u64,
     /// `{"revision", "previousRevision", "flags", "deletedFlags", "segments",
-    /// "deletedSegments"}` (and `watchedFlags`, `coverage` when they changed): the added or changed flags and segments whole, the removed ones
-    /// (deleted or archived) by key.
+    /// "deletedSegments"}` (and `watchedFlags`, `coverage` when they changed): the added or
+    /// changed flags and segments whole, the removed ones (deleted or archived) by key.
     pub json: String,
 }
 

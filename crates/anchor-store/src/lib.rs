@@ -576,7 +576,9 @@ pub trait Store: Send + Sync + 'static {
     /// Writes one transition in one transaction: the flag's new configuration when given
     /// (bumping the environment's revision, with its revision and audit entry), the release's
     /// state (only if its version is still `expected_version`), its decision, its audit entry,
-    /// and the deliveries of its webhook events.
+    /// and the deliveries of its webhook events. A transition that makes the release active or
+    /// inactive without a new configuration bumps the environment's revision too, since the
+    /// flags under an active release are part of what SDKs download.
     async fn update_release(&self, update: &ReleaseUpdate<'_>)
     -> Result<ReleaseRecord, StoreError>;
     /// The decision log, oldest first.

@@ -436,6 +436,12 @@ impl SqlStore {
                 },
             )
             .await?;
+        } else if current.active != update.active {
+            // A release that ends without changing its flag (aborted, or rolled back before it
+            // served the treatment) still changes what the environment's SDKs watch
+            // (`watchedFlags`): a new revision tells them, and every server sharing the
+            // database, at once rather than at the environment's next change.
+            bump_revision(&mut tx, &project_id, Some(&env_id), self.channel()).await?;
         }
         let state = to_json(update.state)?;
         let report = update.report.map(to_json).transpose()?;
