@@ -173,7 +173,11 @@ async fn download(server: &Server, key: &str, etag: Option<&str>) -> (u16, Strin
     let status = response.status().as_u16();
     let etag = response.headers()["etag"].to_str().unwrap().to_string();
     let text = response.text().await.unwrap();
-    (status, etag, serde_json::from_str(&text).unwrap_or(Value::Null))
+    (
+        status,
+        etag,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
 }
 
 /// `GET /sdk/v1/stream` with `key`, read as an SSE client reads it.

@@ -508,12 +508,12 @@ pub trait Store: Send + Sync + 'static {
         to_minute: i64,
     ) -> Result<Vec<EvaluationCount>, StoreError>;
 
-    /// Compacts old telemetry (evaluation counts and outcome aggregates of every environment):
-    /// rows older than `retention.keep_secs` are deleted; minutes of whole hours older than
-    /// `retention.minute_secs` are merged into one row per (flag, hour, variant) at the hour's
-    /// start (counts added, sketches and metric sums merged), which reads over a range then
-    /// count when the hour's start lies in it; batch ids older than `retention.batch_ids_ms`
-    /// are forgotten. It works in transactions of at most `retention.rows_per_transaction`
+    /// Compacts old telemetry (evaluation counts, outcome aggregates and coverage counts of
+    /// every environment): rows older than `retention.keep_secs` are deleted; minutes of whole
+    /// hours older than `retention.minute_secs` are merged into one row per (flag, hour,
+    /// variant), and for coverage per attribute and value too, at the hour's start (counts
+    /// added, sketches and metric sums merged), which reads over a range then count when the
+    /// hour's start lies in it; batch ids older than `retention.batch_ids_ms` are forgotten. It works in transactions of at most `retention.rows_per_transaction`
     /// rows, each deleting exactly the minute rows it merges (`DELETE … RETURNING`), so
     /// ingestion waits at most one short transaction and compactions running at once on one
     /// database never merge a minute twice.

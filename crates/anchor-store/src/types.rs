@@ -792,7 +792,8 @@ pub struct TelemetryRetention {
 /// What one [`crate::Store::compact_telemetry`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CompactionReport {
-    /// Minute rows (evaluation counts and outcome aggregates) merged into hour rows.
+    /// Minute rows (evaluation counts, outcome aggregates and coverage counts) merged into hour
+    /// rows.
     pub minutes_merged: u64,
     /// Rows deleted for being older than the retention.
     pub rows_expired: u64,

@@ -166,6 +166,8 @@ contract!(
     a_release_is_created_once_per_flag_and_environment_and_its_transitions_are_written_whole,
     a_release_transition_with_a_stale_version_or_flag_configuration_changes_nothing,
     only_one_owner_holds_a_release_lease_until_it_expires,
+    coverage_counts_are_merged_into_hours_with_the_same_totals_and_expire_with_the_rest,
+    a_release_that_ends_without_a_flag_change_moves_the_environment_revision,
 );
 
 fn admin() -> Actor {
@@ -5798,4 +5800,201 @@ async fn only_one_owner_holds_a_release_lease_until_it_expires(f: &Fixture) {
         s.claim_release(&release.id, "server-d", 200_000, 30_000)
     );
     assert!(a.unwrap() ^ b.unwrap());
+}
+
+// ---- coverage compaction ----
+
+/// Per variant, attribute and value: the coverage counts of `flag` in `environment` over
+/// `[from, to)`, as plain maps.
+async fn coverage_totals(
+    f: &Fixture,
+    environment: &str,
+    flag: &str,
+    from: i64,
+    to: i64,
+) -> BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> {
+    f.store
+        .coverage_counts("shop", environment, flag, from, to)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(variant, attributes)| {
+            let attributes = attributes
+                .into_iter()
+                .map(|(a, values)| (a, values.into_iter().collect()))
+                .collect();
+            (variant, attributes)
+        })
+        .collect()
+}
+
+async fn coverage_counts_are_merged_into_hours_with_the_same_totals_and_expire_with_the_rest(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    assert_eq!(MINUTE % HOUR, 0);
+    // Three hours of minutes, each a batch: in production, `checkout` by platform (android on
+    // even minutes only) and country for `on`, by platform for `off`, and `search`; in staging
+    // `checkout` alone: per minute four outcome rows, and six coverage rows (eight on even
+    // minutes).
+    for m in 0..180i64 {
+        let minute = MINUTE + 60 * m;
+        let k = m as u64;
+        let mut on = vec![("platform", "ios", 1 + k % 3), ("country", "BR", 2)];
+        if m % 2 == 0 {
+            on.push(("platform", "android", 1));
+        }
+        let rows = [
+            covered(minute, "checkout", "on", &on),
+            covered(minute, "checkout", "off", &[("platform", "ios", 4)]),
+            covered(minute, "search", "on", &[("platform", "web", 1)]),
+        ];
+        s.record_telemetry("shop", "production", &format!("c{m}"), &[], &rows)
+            .await
+            .unwrap();
+        s.record_telemetry("shop", "staging", &format!("c{m}"), &[], &rows[..1])
+            .await
+            .unwrap();
+    }
+    let (from, to) = (MINUTE, MINUTE + 3 * HOUR);
+    let checkout = coverage_totals(f, "production", "checkout", from, to).await;
+    let search = coverage_totals(f, "production", "search", from, to).await;
+    let staging = coverage_totals(f, "staging", "checkout", from, to).await;
+    let second_hour = coverage_totals(
+        f,
+        "production",
+        "checkout",
+        MINUTE + HOUR,
+        MINUTE + 2 * HOUR,
+    )
+    .await;
+    assert_eq!(checkout["on"]["platform"]["android"], 90);
+    assert_eq!(second_hour["off"]["platform"]["ios"], 4 * 60);
+    let report = s.compact_telemetry(&retention(7)).await.unwrap();
+    assert_eq!(report.minutes_merged + report.rows_expired, 0, "{report:?}");
+
+    // Past the minute retention for the first two hours, two compactions at once (in small
+    // transactions) merge each minute exactly once.
+    f.advance((2 * DAY + 2 * HOUR + 30 * 60) * 1_000);
+    let small = retention(7);
+    let (a, b) = tokio::join!(s.compact_telemetry(&small), s.compact_telemetry(&small));
+    let merged = a.unwrap().minutes_merged + b.unwrap().minutes_merged;
+    assert_eq!(merged, 120 * (4 + 6) + 60 * 2);
+    assert_eq!(
+        coverage_totals(f, "production", "checkout", from, to).await,
+        checkout
+    );
+    assert_eq!(
+        coverage_totals(f, "production", "search", from, to).await,
+        search
+    );
+    assert_eq!(
+        coverage_totals(f, "staging", "checkout", from, to).await,
+        staging
+    );
+    // A merged hour counts at its start, whole; the third hour still has its minutes.
+    assert_eq!(
+        coverage_totals(
+            f,
+            "production",
+            "checkout",
+            MINUTE + HOUR,
+            MINUTE + HOUR + 60
+        )
+        .await,
+        second_hour
+    );
+    assert!(
+        coverage_totals(
+            f,
+            "production",
+            "checkout",
+            MINUTE + HOUR + 60,
+            MINUTE + 2 * HOUR
+        )
+        .await
+        .is_empty()
+    );
+    let last = MINUTE + 2 * HOUR + 60;
+    assert_eq!(
+        coverage_totals(f, "production", "checkout", last, last + 60).await["on"]["platform"]["ios"],
+        1 + 121 % 3
+    );
+    let again = s.compact_telemetry(&retention(7)).await.unwrap();
+    assert_eq!(again.minutes_merged + again.rows_expired, 0, "{again:?}");
+
+    // Later the third hour is merged too, and past the retention every row goes, hours and
+    // minutes alike, while a recent one stays.
+    f.advance(5 * DAY * 1_000);
+    let report = s.compact_telemetry(&retention(7)).await.unwrap();
+    assert_eq!(report.minutes_merged, 60 * (4 + 6) + 30 * 2, "{report:?}");
+    assert_eq!(
+        coverage_totals(f, "production", "checkout", from, to).await,
+        checkout
+    );
+    let recent = MINUTE + 90 * DAY;
+    s.record_telemetry(
+        "shop",
+        "production",
+        "recent",
+        &[],
+        &[covered(recent, "checkout", "on", &[("platform", "ios", 7)])],
+    )
+    .await
+    .unwrap();
+    f.advance(90 * DAY * 1_000);
+    let report = s.compact_telemetry(&retention(7)).await.unwrap();
+    // Per hour: 4 outcome rows; 3 + 1 + 1 coverage rows in production and 3 in staging.
+    assert_eq!(report.rows_expired, 3 * (4 + 8), "{report:?}");
+    for (environment, flag) in [
+        ("production", "checkout"),
+        ("production", "search"),
+        ("staging", "checkout"),
+    ] {
+        assert!(
+            coverage_totals(f, environment, flag, from, to)
+                .await
+                .is_empty(),
+            "{environment} {flag}"
+        );
+    }
+    assert_eq!(
+        coverage_totals(f, "production", "checkout", recent, recent + 60).await["on"]["platform"]["ios"],
+        7,
+        "a row within the retention stays (merged into its hour)"
+    );
+}
+
+async fn a_release_that_ends_without_a_flag_change_moves_the_environment_revision(f: &Fixture) {
+    let release = start_release(f).await;
+    let s = &f.store;
+    let actor = admin();
+    let (paused, aborted) = (json!({"state": "paused"}), json!({"state": "aborted"}));
+    let revision = || async { s.environment_config("shop", "production").await.unwrap().1 };
+    let before = revision().await;
+    // A step that keeps the release active and the flag as it is changes nothing SDKs see.
+    let update = |expected_version, state, active| anchor_store::ReleaseUpdate {
+        actor: &actor,
+        project: "shop",
+        id: &release.id,
+        expected_version,
+        state,
+        active,
+        flag_config: None,
+        action: "release.updated",
+        message: None,
+        report: None,
+        events: &[],
+    };
+    let held = s.update_release(&update(1, &paused, true)).await.unwrap();
+    assert_eq!(revision().await, before);
+    // Ending it does: the flag leaves the environment's watched flags.
+    let ended = s
+        .update_release(&update(held.version, &aborted, false))
+        .await
+        .unwrap();
+    assert!(!ended.active);
+    assert_eq!(revision().await, before + 1);
+    assert!(s.active_releases().await.unwrap().is_empty());
 }

@@ -1,4 +1,5 @@
-//! Compaction of old telemetry: minutes merged into hours, old rows and batch ids deleted.
+//! Compaction of old telemetry (evaluation counts, outcome aggregates and coverage counts):
+//! minutes merged into hours, old rows and batch ids deleted.
 //!
 //! Every step is one short transaction over at most `rows_per_transaction` rows, oldest first.
 //! A merge deletes its minute rows with `DELETE … RETURNING` and adds exactly what that
@@ -24,6 +25,17 @@ use crate::types::*;
 /// A (environment id, flag, hour start, variant) key of a merged hour.
 type HourKey = (String, String, i64, String);
 
+/// A (environment id, flag, hour start, variant, attribute, value) key of a merged hour of
+/// coverage counts.
+type CoverageHourKey = (String, String, i64, String, String, String);
+
+/// The primary key of `evaluation_counts` and `outcome_aggregates`, age first (the order rows
+/// are taken in).
+const KEY: &str = "minute, environment_id, flag, variant";
+
+/// The primary key of `coverage_counts`, age first.
+const COVERAGE_KEY: &str = "minute, environment_id, flag, variant, attribute, value";
+
 impl SqlStore {
     pub(super) async fn compact_telemetry_impl(
         &self,
@@ -38,9 +50,13 @@ impl SqlStore {
         let limit = i64::from(retention.rows_per_transaction.max(1));
         let mut report = CompactionReport::default();
         // Expiry first, so nothing is merged only to be deleted.
-        for table in ["evaluation_counts", "outcome_aggregates"] {
+        for (table, key) in [
+            ("evaluation_counts", KEY),
+            ("outcome_aggregates", KEY),
+            ("coverage_counts", COVERAGE_KEY),
+        ] {
             loop {
-                let n = self.expire_rows(table, expire_before, limit).await?;
+                let n = self.expire_rows(table, key, expire_before, limit).await?;
                 report.rows_expired += n;
                 if n < limit as u64 {
                     break;
@@ -56,6 +72,13 @@ impl SqlStore {
         }
         loop {
             let n = self.merge_outcome_minutes(merge_before, limit).await?;
+            report.minutes_merged += n;
+            if n < limit as u64 {
+                break;
+            }
+        }
+        loop {
+            let n = self.merge_coverage_minutes(merge_before, limit).await?;
             report.minutes_merged += n;
             if n < limit as u64 {
                 break;
@@ -106,11 +129,18 @@ impl SqlStore {
         }
     }
 
-    /// Deletes up to `limit` of `table`'s rows whose minute (or hour) began before `before`.
-    async fn expire_rows(&self, table: &str, before: i64, limit: i64) -> Result<u64, StoreError> {
+    /// Deletes up to `limit` of `table`'s rows (whose primary key is `key`) whose minute (or
+    /// hour) began before `before`.
+    async fn expire_rows(
+        &self,
+        table: &str,
+        key: &str,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
         Ok(sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {table} WHERE (environment_id, flag, minute, variant) IN \
-             (SELECT environment_id, flag, minute, variant FROM {table} WHERE minute < $1 \
+            "DELETE FROM {table} WHERE ({key}) IN \
+             (SELECT {key} FROM {table} WHERE minute < $1 \
              ORDER BY minute LIMIT $2{})",
             self.skip_locked()
         )))
@@ -121,15 +151,14 @@ impl SqlStore {
         .rows_affected())
     }
 
-    /// The statement that deletes up to `$2` of `table`'s minute rows older than `$1`, oldest
-    /// first, returning `columns` of each.
-    fn take_minutes_sql(&self, table: &str, columns: &str) -> String {
+    /// The statement that deletes up to `$2` of `table`'s minute rows (whose primary key is
+    /// `key`, age first) older than `$1`, oldest first, returning `columns` of each.
+    fn take_minutes_sql(&self, table: &str, key: &str, columns: &str) -> String {
         format!(
-            "DELETE FROM {table} WHERE span = {MINUTE_SPAN_SECS} AND \
-             (environment_id, flag, minute, variant) IN \
-             (SELECT environment_id, flag, minute, variant FROM {table} \
+            "DELETE FROM {table} WHERE span = {MINUTE_SPAN_SECS} AND ({key}) IN \
+             (SELECT {key} FROM {table} \
              WHERE span = {MINUTE_SPAN_SECS} AND minute < $1 \
-             ORDER BY minute, environment_id, flag, variant LIMIT $2{}) \
+             ORDER BY {key} LIMIT $2{}) \
              RETURNING {columns}",
             self.skip_locked()
         )
@@ -142,6 +171,7 @@ impl SqlStore {
         self.one_merger_at_a_time(&mut tx).await?;
         let taken = sqlx::query(AssertSqlSafe(self.take_minutes_sql(
             "evaluation_counts",
+            KEY,
             "environment_id, flag, minute, variant, count",
         )))
         .bind(before)
@@ -209,6 +239,7 @@ impl SqlStore {
         self.one_merger_at_a_time(&mut tx).await?;
         let taken = sqlx::query(AssertSqlSafe(self.take_minutes_sql(
             "outcome_aggregates",
+            KEY,
             "environment_id, flag, minute, variant, exposures, requests, errors, latency, metrics",
         )))
         .bind(before)
@@ -238,6 +269,80 @@ impl SqlStore {
         }
         for ((env, flag, hour, variant), arm) in &hours {
             add_outcome(&mut tx, env, (flag, *hour, variant), HOUR_SPAN_SECS, arm).await?;
+        }
+        tx.commit().await?;
+        Ok(taken.len() as u64)
+    }
+
+    /// Merges up to `limit` coverage-count minutes older than `before` into their hours (per
+    /// variant, attribute and value, counts added), in one transaction. Returns how many
+    /// minute rows it merged.
+    async fn merge_coverage_minutes(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        self.one_merger_at_a_time(&mut tx).await?;
+        let taken = sqlx::query(AssertSqlSafe(self.take_minutes_sql(
+            "coverage_counts",
+            COVERAGE_KEY,
+            "environment_id, flag, minute, variant, attribute, value, count",
+        )))
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut hours: BTreeMap<CoverageHourKey, i64> = BTreeMap::new();
+        for r in &taken {
+            let minute: i64 = r.try_get("minute")?;
+            let key = (
+                r.try_get("environment_id")?,
+                r.try_get("flag")?,
+                minute.div_euclid(HOUR_SPAN_SECS) * HOUR_SPAN_SECS,
+                r.try_get("variant")?,
+                r.try_get("attribute")?,
+                r.try_get("value")?,
+            );
+            let sum = hours.entry(key).or_insert(0);
+            *sum = sum.saturating_add(r.try_get::<i64, _>("count")?);
+        }
+        // In key order, as ingestion locks its rows, so concurrent writers cannot deadlock.
+        let hours: Vec<_> = hours.into_iter().collect();
+        for chunk in hours.chunks(COUNTS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO coverage_counts \
+                 (environment_id, flag, minute, variant, attribute, value, count, span) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let n = 1 + 7 * i;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, {HOUR_SPAN_SECS})",
+                    n,
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6
+                ));
+            }
+            sql.push_str(
+                " ON CONFLICT (environment_id, flag, minute, variant, attribute, value) \
+                 DO UPDATE SET count = coverage_counts.count + excluded.count, \
+                 span = excluded.span",
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for ((env, flag, hour, variant, attribute, value), count) in chunk {
+                query = query
+                    .bind(env.as_str())
+                    .bind(flag.as_str())
+                    .bind(*hour)
+                    .bind(variant.as_str())
+                    .bind(attribute.as_str())
+                    .bind(value.as_str())
+                    .bind(*count);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(taken.len() as u64)
