@@ -513,10 +513,11 @@ pub trait Store: Send + Sync + 'static {
     /// hours older than `retention.minute_secs` are merged into one row per (flag, hour,
     /// variant), and for coverage per attribute and value too, at the hour's start (counts
     /// added, sketches and metric sums merged), which reads over a range then count when the
-    /// hour's start lies in it; batch ids older than `retention.batch_ids_ms` are forgotten. It works in transactions of at most `retention.rows_per_transaction`
-    /// rows, each deleting exactly the minute rows it merges (`DELETE … RETURNING`), so
-    /// ingestion waits at most one short transaction and compactions running at once on one
-    /// database never merge a minute twice.
+    /// hour's start lies in it; batch ids older than `retention.batch_ids_ms` are forgotten.
+    /// It works in transactions of at most `retention.rows_per_transaction` rows, each
+    /// deleting exactly the minute rows it merges (`DELETE … RETURNING`), so ingestion waits
+    /// at most one short transaction and compactions running at once on one database never
+    /// merge a minute twice.
     async fn compact_telemetry(
         &self,
         retention: &TelemetryRetention,
