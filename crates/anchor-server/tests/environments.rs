@@ -464,3 +464,48 @@ async fn a_deleted_environment_takes_its_configurations_keys_and_streams_and_lea
     assert_eq!(deleted[0]["resourceKey"], "staging");
     assert_eq!(deleted[0]["actor"]["id"], "admin");
 }
+
+/// Two servers sharing one PostgreSQL database: a deletion through one ends the other's streams
+/// of that environment and its SDK keys stop working there too, without waiting for a cache to
+/// expire. Skipped without `ANCHOR_TEST_POSTGRES_URL` (SQLite has one process).
+#[tokio::test]
+async fn a_server_sharing_the_store_ends_a_deleted_environments_streams_and_keys() {
+    let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
+        eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+        return;
+    };
+    let schema = format!("anchor_test_{}", uuid::Uuid::new_v4().simple());
+    let here = Server::start(Some((url.clone(), schema.clone()))).await;
+    let there = Server::start(Some((url.clone(), schema.clone()))).await;
+    here.api_create_flag("checkout", "Checkout").await;
+    let staging_key = sdk_key(&here, "staging", "server").await;
+    // The other server has seen the key (and cached it) and follows the environment.
+    assert_eq!(evaluate(&there, &staging_key).await.0, 200);
+    let mut stream = there
+        .http
+        .get(format!("{}/sdk/v1/stream", there.url))
+        .header("x-api-key", &staging_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let (status, body) = here
+        .api(Method::DELETE, &environment("staging"), Value::Null)
+        .await;
+    assert_eq!(status, 204, "{body}");
+
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the other server ends the stream");
+    assert_eq!(evaluate(&there, &staging_key).await.0, 401);
+    drop((here, there));
+    support::drop_schema(&url, &schema).await;
+}
