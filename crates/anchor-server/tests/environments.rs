@@ -469,6 +469,7 @@ async fn a_deleted_environment_takes_its_configurations_keys_and_streams_and_lea
 /// of that environment and its SDK keys stop working there too, without waiting for a cache to
 /// expire. Skipped without `ANCHOR_TEST_POSTGRES_URL` (SQLite has one process).
 #[tokio::test]
+#[allow(clippy::print_stderr, reason = "a skipped test says why")]
 async fn a_server_sharing_the_store_ends_a_deleted_environments_streams_and_keys() {
     let Ok(url) = std::env::var("ANCHOR_TEST_POSTGRES_URL") else {
         eprintln!("ANCHOR_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
