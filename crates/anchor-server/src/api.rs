@@ -10,9 +10,9 @@ use anchor_engine::{
     Serve, compile,
 };
 use anchor_store::{
-    AuditEntry, AuditFilter, ConfigChange, Environment, FlagFilter, FlagRecord, NewEnvironment,
-    NewSdkKey, NewToken, Page, Project, Revision, Role, SdkKeyKind, SdkKeyRecord, SegmentChange,
-    SegmentRecord, SegmentSummary,
+    AuditEntry, AuditFilter, ConfigChange, Environment, EnvironmentUpdate, FlagFilter, FlagRecord,
+    NewEnvironment, NewSdkKey, NewToken, Page, Project, Revision, Role, SdkKeyKind, SdkKeyRecord,
+    SegmentChange, SegmentRecord, SegmentSummary,
 };
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -39,6 +39,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_projects, create_project))
         .routes(routes!(get_project))
         .routes(routes!(list_environments, create_environment))
+        .routes(routes!(update_environment, delete_environment))
         .routes(routes!(list_flags, create_flag))
         .routes(routes!(get_flag, update_flag))
         .routes(routes!(archive_flag))
@@ -401,6 +402,125 @@ pub(crate) async fn create_environment(
         .create_environment(&caller.actor(), &project, &body)
         .await?;
     Ok((StatusCode::CREATED, Json(environment)))
+}
+
+/// A change to an environment: the fields given change, the others stay.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct EnvironmentPatch {
+    /// Only the environment's own key is accepted: a key never changes, since SDK keys' scope,
+    /// URLs and telemetry name the environment by it.
+    pub(crate) key: Option<String>,
+    /// 1 to 100 characters.
+    pub(crate) name: Option<String>,
+    /// Editors' flag and segment changes become change requests.
+    pub(crate) requires_approval: Option<bool>,
+    /// Every change needs a comment.
+    pub(crate) requires_comment: Option<bool>,
+    /// The display position, from 0 to the number of environments less one; the environments
+    /// in between shift by one, keeping their order.
+    pub(crate) position: Option<i64>,
+    /// Why, kept with the audit entry; required to turn `requiresApproval` or
+    /// `requiresComment` off.
+    pub(crate) comment: Option<String>,
+}
+
+#[utoipa::path(patch, path = "/api/v1/projects/{project}/environments/{environment}", tag = "projects", summary = "Change an environment's name, approval and comment requirements or position (project admins); turning approval or required comments off needs a `comment`, kept in the audit entry", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key (it never changes)")), request_body = EnvironmentPatch, responses((status = 200, body = Environment), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn update_environment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment)): Path<(String, String)>,
+    body: Body<EnvironmentPatch>,
+) -> ApiResult<Json<Environment>> {
+    caller.require(&state, &project, Role::Admin).await?;
+    let body = body.into_inner()?;
+    let environments = state.store.environments(&project).await?;
+    let current = environments
+        .iter()
+        .find(|e| e.key == environment)
+        .ok_or_else(|| ApiError::NotFound(format!("environment `{environment}` does not exist")))?;
+    let mut problems = Vec::new();
+    let mut problem = |path: &str, message: String| {
+        problems.push(Diagnostic {
+            path: path.to_string(),
+            message,
+        });
+    };
+    if body.key.as_ref().is_some_and(|key| *key != environment) {
+        problem(
+            "/key",
+            "an environment's key cannot change: SDK keys, URLs and telemetry name it".into(),
+        );
+    }
+    let name = body.name.as_deref().map(str::trim);
+    if name.is_some_and(|n| n.is_empty() || n.chars().count() > 100) {
+        problem(
+            "/name",
+            "give the environment a name of 1 to 100 characters".into(),
+        );
+    }
+    let last = environments.len() as i64 - 1;
+    if body.position.is_some_and(|p| !(0..=last).contains(&p)) {
+        problem("/position", format!("use a position from 0 to {last}"));
+    }
+    // Lifting a safeguard is a governance decision: like LaunchDarkly, ask for the reason,
+    // which the audit entry keeps.
+    let comment = body
+        .comment
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    let lifts_approval = current.requires_approval && body.requires_approval == Some(false);
+    let lifts_comment = current.requires_comment && body.requires_comment == Some(false);
+    if (lifts_approval || lifts_comment) && comment.is_none() {
+        let lifted = if lifts_approval {
+            "approval"
+        } else {
+            "required comments"
+        };
+        problem(
+            "/comment",
+            format!("turning {lifted} off in `{environment}` needs a comment saying why"),
+        );
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems));
+    }
+    let update = EnvironmentUpdate {
+        name: name.map(str::to_string),
+        requires_approval: body.requires_approval,
+        requires_comment: body.requires_comment,
+        position: body.position,
+    };
+    let updated = state
+        .store
+        .update_environment(&caller.actor(), &project, &environment, &update, comment)
+        .await?;
+    Ok(Json(updated))
+}
+
+#[utoipa::path(delete, path = "/api/v1/projects/{project}/environments/{environment}", tag = "projects", summary = "Delete an environment with its flag configurations, segments, SDK keys (they stop working at once), change requests, releases, telemetry and revisions (project admins); refused while a release is under way there or for the project's only environment", params(("project" = String, Path, description = "Project key"), ("environment" = String, Path, description = "Environment key")), responses((status = 204, description = "Deleted; its streams end"), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 409, description = "A release is under way there, or it is the project's only environment", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn delete_environment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, environment)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    caller.require(&state, &project, Role::Admin).await?;
+    match state
+        .store
+        .delete_environment(&caller.actor(), &project, &environment)
+        .await
+    {
+        Ok(()) => {}
+        // The store refuses what the environment's state forbids now (a release under way, the
+        // last environment): a conflict with that state, not a malformed request.
+        Err(anchor_store::StoreError::Invalid(why)) => return Err(ApiError::Conflict(why)),
+        Err(e) => return Err(e.into()),
+    }
+    // Its SDK keys stop authenticating at once, and its streams end with its channel.
+    state.sdk_keys.clear();
+    state.snapshots.remove(&project, &environment);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- flags ----

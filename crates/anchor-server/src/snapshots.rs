@@ -253,6 +253,13 @@ impl Snapshots {
         Ok(())
     }
 
+    /// Forgets a deleted environment. Dropping its channel drops the sender of its patches, so
+    /// the streams that follow it see the channel closed and end.
+    pub fn remove(&self, project: &str, environment: &str) {
+        let mut held = self.held.write().unwrap_or_else(PoisonError::into_inner);
+        held.remove(&key(project, environment));
+    }
+
     /// Rebuilds every environment of a project (after a change that may touch several).
     pub async fn refresh_project(
         &self,
@@ -273,7 +280,16 @@ impl Snapshots {
         project: &str,
         environment: &str,
     ) -> Result<(), StoreError> {
-        let (config, revision) = store.environment_config(project, environment).await?;
+        let (config, revision) = match store.environment_config(project, environment).await {
+            Ok(found) => found,
+            // Deleted, on this server or another sharing the store: nothing to build, and the
+            // streams that follow it end.
+            Err(StoreError::NotFound { .. }) => {
+                self.remove(project, environment);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if self
             .get(project, environment)
             .is_some_and(|held| held.revision >= revision)

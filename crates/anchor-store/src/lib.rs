@@ -57,9 +57,11 @@
 //! validation of flag configurations belongs to the engine's compiler, called by the server
 //! before writing. It never logs secrets.
 
+mod environments;
 mod sql;
 mod types;
 
+pub use environments::EnvironmentUpdate;
 pub use sql::{Clock, SqlStore};
 pub use types::*;
 
@@ -738,6 +740,39 @@ pub trait Store: Send + Sync + 'static {
     fn changes(&self) -> Option<Box<dyn ChangeFeed>> {
         None
     }
+
+    /// Changes the fields of an environment that `update` gives (`NotFound { what:
+    /// "environment" }` when unknown). A new position (0 to the number of the project's
+    /// environments less one; `Invalid` otherwise, as is an empty name) moves the environment
+    /// there and shifts those in between by one, so that positions stay 0, 1, 2… in a stable
+    /// order. Audited (`environment.updated`, the environment before and after, with
+    /// `comment`) when something changed; an update that changes nothing writes nothing. The
+    /// revision counter does not move: nothing evaluated changes.
+    async fn update_environment(
+        &self,
+        actor: &Actor,
+        project: &str,
+        key: &str,
+        update: &EnvironmentUpdate,
+        comment: Option<&str>,
+    ) -> Result<Environment, StoreError>;
+    /// Deletes an environment and everything that lives in it, in one transaction: its flag
+    /// configurations, revisions, segments with their key lists, SDK keys, change requests with
+    /// their reviews, finished releases with their decisions, and its telemetry (evaluation
+    /// counts, outcome aggregates, coverage counts, last evaluations, batch ids). The project's
+    /// audit log keeps its entries, no longer tied to the environment (their `environment` reads
+    /// as none). The environments after it move up one position. Audited
+    /// (`environment.deleted`, the environment and the count of what went with it). On
+    /// PostgreSQL, the commit announces the environment's last revision and a change of SDK
+    /// keys ([`Store::changes`]), so other servers drop the snapshot and forget the keys.
+    /// `Invalid` (and nothing deleted) while a release is active there or when it is the
+    /// project's only environment.
+    async fn delete_environment(
+        &self,
+        actor: &Actor,
+        project: &str,
+        key: &str,
+    ) -> Result<(), StoreError>;
 }
 
 /// Committed changes, as they are committed by any process sharing the database.

@@ -21,8 +21,9 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row};
 
 use crate::types::*;
-use crate::{ChangeFeed, Store};
+use crate::{ChangeFeed, EnvironmentUpdate, Store};
 
+mod environments;
 mod telemetry;
 mod webhooks;
 
@@ -4141,6 +4142,27 @@ impl Store for SqlStore {
             channel,
             listener: None,
         }))
+    }
+
+    async fn update_environment(
+        &self,
+        actor: &Actor,
+        project: &str,
+        key: &str,
+        update: &EnvironmentUpdate,
+        comment: Option<&str>,
+    ) -> Result<Environment, StoreError> {
+        self.update_environment_impl(actor, project, key, update, comment)
+            .await
+    }
+
+    async fn delete_environment(
+        &self,
+        actor: &Actor,
+        project: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        self.delete_environment_impl(actor, project, key).await
     }
 }
 

@@ -168,6 +168,10 @@ contract!(
     only_one_owner_holds_a_release_lease_until_it_expires,
     coverage_counts_are_merged_into_hours_with_the_same_totals_and_expire_with_the_rest,
     a_release_that_ends_without_a_flag_change_moves_the_environment_revision,
+    an_environment_is_renamed_moved_and_its_approval_changed_with_one_audit_entry,
+    an_environment_update_that_changes_nothing_writes_nothing_and_bad_values_change_nothing,
+    deleting_an_environment_removes_everything_in_it_and_leaves_the_others_as_they_were,
+    an_environment_with_an_active_release_or_alone_in_its_project_is_not_deleted,
 );
 
 fn admin() -> Actor {
@@ -5995,4 +5999,363 @@ async fn a_release_that_ends_without_a_flag_change_moves_the_environment_revisio
     assert!(!ended.active);
     assert_eq!(revision().await, before + 1);
     assert!(s.active_releases().await.unwrap().is_empty());
+}
+
+// ---- changing and deleting environments ----
+
+/// The project's environments as `(key, position)`, in display order.
+async fn environment_order(s: &Arc<dyn Store>) -> Vec<(String, i64)> {
+    s.environments("shop")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, e.position))
+        .collect()
+}
+
+fn order_of(keys: &[&str]) -> Vec<(String, i64)> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| (k.to_string(), i as i64))
+        .collect()
+}
+
+async fn an_environment_is_renamed_moved_and_its_approval_changed_with_one_audit_entry(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let update = anchor_store::EnvironmentUpdate {
+        name: Some("Live".into()),
+        requires_approval: Some(false),
+        requires_comment: Some(true),
+        position: Some(0),
+    };
+    let changed = s
+        .update_environment(
+            &admin(),
+            "shop",
+            "production",
+            &update,
+            Some("the release train replaces approvals"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.key, "production", "the key never changes");
+    assert_eq!(changed.name, "Live");
+    assert!(!changed.requires_approval && changed.requires_comment);
+    assert_eq!(changed.position, 0);
+    assert_eq!(s.environment("shop", "production").await.unwrap(), changed);
+    assert_eq!(
+        environment_order(s).await,
+        order_of(&["production", "development", "staging"]),
+        "the others shift down one, in their order"
+    );
+    // Moving down shifts those in between up.
+    s.update_environment(
+        &admin(),
+        "shop",
+        "production",
+        &anchor_store::EnvironmentUpdate {
+            position: Some(1),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        environment_order(s).await,
+        order_of(&["development", "production", "staging"])
+    );
+    let entries: Vec<AuditEntry> = audit_of(f, "production")
+        .await
+        .into_iter()
+        .filter(|e| e.action == "environment.updated")
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let first = &entries[1];
+    assert_eq!(first.resource_kind, "environment");
+    assert_eq!(first.environment.as_deref(), Some("production"));
+    assert_eq!(
+        first.comment.as_deref(),
+        Some("the release train replaces approvals")
+    );
+    let diff = first.diff.to_string();
+    for changed in [
+        "/name",
+        "/requiresApproval",
+        "/requiresComment",
+        "/position",
+    ] {
+        assert!(diff.contains(changed), "{changed} not in {diff}");
+    }
+    assert!(!diff.contains("/key"), "{diff}");
+    // Nothing evaluated changed.
+    assert_eq!(changed.revision, 0);
+}
+
+async fn an_environment_update_that_changes_nothing_writes_nothing_and_bad_values_change_nothing(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    let before = s.environments("shop").await.unwrap();
+    let same = anchor_store::EnvironmentUpdate {
+        name: Some("staging".into()),
+        position: Some(1),
+        ..Default::default()
+    };
+    s.update_environment(&admin(), "shop", "staging", &same, None)
+        .await
+        .unwrap();
+    s.update_environment(&admin(), "shop", "staging", &Default::default(), None)
+        .await
+        .unwrap();
+    for bad in [
+        anchor_store::EnvironmentUpdate {
+            position: Some(3),
+            name: Some("Moved".into()),
+            ..Default::default()
+        },
+        anchor_store::EnvironmentUpdate {
+            position: Some(-1),
+            ..Default::default()
+        },
+        anchor_store::EnvironmentUpdate {
+            name: Some("  ".into()),
+            ..Default::default()
+        },
+    ] {
+        let refused = s
+            .update_environment(&admin(), "shop", "staging", &bad, None)
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Invalid(_))),
+            "{refused:?}"
+        );
+    }
+    assert!(matches!(
+        s.update_environment(&admin(), "shop", "nowhere", &same, None)
+            .await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+    assert_eq!(s.environments("shop").await.unwrap(), before);
+    assert!(
+        audit_of(f, "staging")
+            .await
+            .iter()
+            .all(|e| e.action != "environment.updated")
+    );
+}
+
+async fn deleting_an_environment_removes_everything_in_it_and_leaves_the_others_as_they_were(
+    f: &Fixture,
+) {
+    seed(f).await;
+    let s = &f.store;
+    s.create_flag(
+        &admin(),
+        "shop",
+        &boolean_flag("checkout", &[]),
+        &off_config(),
+    )
+    .await
+    .unwrap();
+    // Something of every kind in staging: a configuration change (a revision), a segment with
+    // keys, an SDK key, a reviewed change request, a finished release and telemetry.
+    s.update_flag_config(&change(&admin(), "staging", "checkout", &on_config(), None))
+        .await
+        .unwrap();
+    s.create_segment(&segment_change(
+        &admin(),
+        "staging",
+        &segment("beta", &["alice"], &["bob"]),
+        None,
+    ))
+    .await
+    .unwrap();
+    s.create_sdk_key(&admin(), &sdk_key("staging", SdkKeyKind::Server, 7))
+        .await
+        .unwrap();
+    let version = config_in(&s.flag("shop", "checkout").await.unwrap(), "staging").version;
+    let request = s
+        .create_change_request(&proposal(
+            &Actor::user("editor"),
+            "staging",
+            "checkout",
+            version,
+            &off_config(),
+        ))
+        .await
+        .unwrap();
+    s.review_change_request(&admin(), "shop", &request.id, ReviewDecision::Approve, None)
+        .await
+        .unwrap();
+    let release = s
+        .create_release(&anchor_store::NewRelease {
+            actor: &admin(),
+            project: "shop",
+            environment: "staging",
+            flag: "checkout",
+            rule: None,
+            control: "off",
+            treatment: "on",
+            template_key: "default",
+            template: &json!({"stages": []}),
+            state: &json!({"state": "pending"}),
+            message: "created",
+        })
+        .await
+        .unwrap();
+    s.update_release(&anchor_store::ReleaseUpdate {
+        actor: &admin(),
+        project: "shop",
+        id: &release.id,
+        expected_version: release.version,
+        state: &json!({"state": "aborted"}),
+        active: false,
+        flag_config: None,
+        action: "release.aborted",
+        message: Some("aborted"),
+        report: None,
+        events: &[],
+    })
+    .await
+    .unwrap();
+    for environment in ["staging", "production"] {
+        s.record_telemetry(
+            "shop",
+            environment,
+            "batch-1",
+            &[count(MINUTE, "checkout", Some("on"), 3)],
+            &[covered(MINUTE, "checkout", "on", &[("country", "nl", 1)])],
+        )
+        .await
+        .unwrap();
+    }
+    let production_before = s.environment_config("shop", "production").await.unwrap();
+
+    s.delete_environment(&admin(), "shop", "staging")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        environment_order(s).await,
+        order_of(&["development", "production"]),
+        "the environments after it move up"
+    );
+    assert!(matches!(
+        s.environment_config("shop", "staging").await,
+        Err(StoreError::NotFound {
+            what: "environment",
+            ..
+        })
+    ));
+    let record = s.flag("shop", "checkout").await.unwrap();
+    let left: Vec<&str> = record
+        .environments
+        .iter()
+        .map(|e| e.environment.as_str())
+        .collect();
+    assert_eq!(left, ["development", "production"]);
+    assert_eq!(
+        s.sdk_key_by_hash(&sdk_hash(7)).await.unwrap(),
+        None,
+        "its SDK keys stop authenticating"
+    );
+    assert!(
+        s.change_requests("shop", None, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.releases("shop", None, None).await.unwrap().is_empty());
+    assert!(
+        s.last_evaluations("shop")
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.environment != "staging")
+    );
+    assert_eq!(
+        s.environment_config("shop", "production").await.unwrap(),
+        production_before,
+        "the other environments are untouched"
+    );
+    assert_eq!(
+        s.evaluation_counts("shop", "production", "checkout", MINUTE, MINUTE + 60)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // The audit log keeps its history, no longer tied to the environment, and says who
+    // deleted it.
+    let entries = audit_of(f, "staging").await;
+    assert_eq!(entries[0].action, "environment.deleted");
+    assert_eq!(entries[0].resource_kind, "environment");
+    assert_eq!(entries[0].actor, admin());
+    assert!(entries.iter().any(|e| e.action == "environment.created"));
+    assert!(entries.iter().all(|e| e.environment.is_none()));
+    assert!(
+        audit_of(f, "checkout")
+            .await
+            .iter()
+            .any(|e| e.action == "flag.config.updated" && e.environment.is_none())
+    );
+    // The key can be used again, for a new environment with nothing in it.
+    s.create_environment(
+        &admin(),
+        "shop",
+        &NewEnvironment {
+            key: "staging".into(),
+            name: "Staging again".into(),
+            requires_approval: false,
+            requires_comment: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(s.segments("shop", "staging").await.unwrap().is_empty());
+    assert!(s.sdk_keys("shop", "staging").await.unwrap().is_empty());
+    assert!(
+        s.flag_revisions("shop", "staging", "checkout")
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.version == 1),
+        "no revision of the old environment"
+    );
+}
+
+async fn an_environment_with_an_active_release_or_alone_in_its_project_is_not_deleted(f: &Fixture) {
+    start_release(f).await;
+    let s = &f.store;
+    let refused = s.delete_environment(&admin(), "shop", "production").await;
+    match refused {
+        Err(StoreError::Invalid(why)) => assert!(why.contains("checkout"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.environment("shop", "production").await.is_ok());
+    assert_eq!(s.releases("shop", None, None).await.unwrap().len(), 1);
+    s.delete_environment(&admin(), "shop", "development")
+        .await
+        .unwrap();
+    s.delete_environment(&admin(), "shop", "staging")
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.delete_environment(&admin(), "shop", "staging").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // Alone now, and its release still running: refused for being the only one first.
+    match s.delete_environment(&admin(), "shop", "production").await {
+        Err(StoreError::Invalid(why)) => assert!(why.contains("only environment"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(environment_order(s).await, order_of(&["production"]));
 }
