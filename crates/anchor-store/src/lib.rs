@@ -735,6 +735,13 @@ pub trait Store: Send + Sync + 'static {
     fn changes(&self) -> Option<Box<dyn ChangeFeed>> {
         None
     }
+
+    /// Records that SDK keys and tokens were used: each one's `last_used_at` becomes the latest
+    /// of its recorded time and the use's `at`, so it only moves forward, whichever of several
+    /// servers sharing the store writes last, and in whatever order. Unknown ids (a key deleted
+    /// meanwhile) are skipped. One transaction for the whole batch; no audit entry, since a use
+    /// changes nothing anyone configured, and no change notification.
+    async fn record_credential_uses(&self, uses: &[CredentialUse]) -> Result<(), StoreError>;
 }
 
 /// Committed changes, as they are committed by any process sharing the database.

@@ -437,7 +437,7 @@ async fn load_user(conn: &mut AnyConnection, id: &str) -> Result<User, StoreErro
 /// The columns [`token_from`] reads, with `FROM`: append a `WHERE` clause.
 macro_rules! select_tokens {
     () => {
-        "SELECT t.id, t.name, t.role, t.expires_at, t.created_at, t.revoked_at, \
+        "SELECT t.id, t.name, t.role, t.expires_at, t.created_at, t.revoked_at, t.last_used_at, \
          u.id AS user_id, u.username, u.instance_admin, u.created_at AS user_created_at \
          FROM tokens t JOIN users u ON u.id = t.user_id "
     };
@@ -457,6 +457,7 @@ fn token_from(row: &AnyRow) -> Result<TokenRecord, StoreError> {
         expires_at: row.try_get("expires_at")?,
         created_at: row.try_get("created_at")?,
         revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+        last_used_at: row.try_get("last_used_at")?,
     })
 }
 
@@ -1207,6 +1208,7 @@ async fn insert_sdk_key(
         created_at: at,
         expires_at: None,
         revoked: false,
+        last_used_at: None,
     })
 }
 
@@ -1214,7 +1216,7 @@ async fn insert_sdk_key(
 macro_rules! select_sdk_keys {
     () => {
         "SELECT k.id, k.kind, k.prefix, k.created_at, k.expires_at, k.revoked_at, \
-         p.key AS project, e.key AS environment FROM sdk_keys k \
+         k.last_used_at, p.key AS project, e.key AS environment FROM sdk_keys k \
          JOIN environments e ON e.id = k.environment_id JOIN projects p ON p.id = e.project_id "
     };
 }
@@ -1231,6 +1233,7 @@ fn sdk_key_from(row: &AnyRow) -> Result<SdkKeyRecord, StoreError> {
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+        last_used_at: row.try_get("last_used_at")?,
     })
 }
 
@@ -2358,6 +2361,7 @@ impl Store for SqlStore {
             expires_at: token.expires_at,
             created_at: at,
             revoked: false,
+            last_used_at: None,
         })
     }
 
@@ -4141,6 +4145,38 @@ impl Store for SqlStore {
             channel,
             listener: None,
         }))
+    }
+
+    async fn record_credential_uses(&self, uses: &[CredentialUse]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        // Rows are locked in one order (tables, then ids), so that two servers flushing
+        // overlapping batches at once on PostgreSQL wait for each other instead of deadlocking.
+        let mut ordered: Vec<&CredentialUse> = uses.iter().collect();
+        ordered.sort_by(|a, b| {
+            (a.kind == CredentialKind::Token, &a.id).cmp(&(b.kind == CredentialKind::Token, &b.id))
+        });
+        let mut tx = self.begin().await?;
+        for used in ordered {
+            let statement = match used.kind {
+                CredentialKind::SdkKey => {
+                    "UPDATE sdk_keys SET last_used_at = $1 \
+                     WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)"
+                }
+                CredentialKind::Token => {
+                    "UPDATE tokens SET last_used_at = $1 \
+                     WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)"
+                }
+            };
+            sqlx::query(statement)
+                .bind(used.at)
+                .bind(&used.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 
