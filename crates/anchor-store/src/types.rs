@@ -389,8 +389,8 @@ pub struct TokenRecord {
     pub expires_at: Option<i64>,
     pub created_at: i64,
     pub revoked: bool,
-    /// Unix milliseconds of the latest use recorded ([`crate::Store::record_credential_uses`]);
-    /// `None` for a token never used.
+    /// Unix milliseconds of the token's latest use, precise to within a minute (servers write
+    /// uses in bulk once a minute); `None` for a token never used.
     pub last_used_at: Option<i64>,
 }
 
@@ -490,8 +490,8 @@ pub struct SdkKeyRecord {
     /// that does not expire.
     pub expires_at: Option<i64>,
     pub revoked: bool,
-    /// Unix milliseconds of the latest use recorded ([`crate::Store::record_credential_uses`]);
-    /// `None` for a key never used.
+    /// Unix milliseconds of the key's latest use, precise to within a minute (servers write
+    /// uses in bulk once a minute); `None` for a key never used.
     pub last_used_at: Option<i64>,
 }
 
