@@ -476,7 +476,8 @@ impl UseLog {
 
     /// Everything noted so far, leaving the log empty.
     fn take(&self) -> Vec<CredentialUse> {
-        let taken = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let taken =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         let of = |kind: CredentialKind, latest: HashMap<String, i64>| {
             latest
                 .into_iter()

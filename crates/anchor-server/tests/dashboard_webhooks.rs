@@ -123,11 +123,18 @@ async fn the_edit_form_changes_name_url_events_format_and_state_through_the_api(
     let saved = read(&server, &id).await;
     assert_eq!(saved["name"], "ops channel");
     assert_eq!(saved["url"], "https://hooks.slack.example/services/T/B/X");
-    assert_eq!(saved["events"], json!(["flag.changed", "release.completed"]));
+    assert_eq!(
+        saved["events"],
+        json!(["flag.changed", "release.completed"])
+    );
     assert_eq!(saved["format"], "slack");
     assert_eq!(saved["enabled"], false);
     let page = server.get(&to, Some(&session)).await;
-    assert!(page.body.contains("The webhook was saved."), "{}", page.body);
+    assert!(
+        page.body.contains("The webhook was saved."),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("disabled"));
 
     // Ticking "every event" with single ones means every event; the box enables it again.
@@ -245,7 +252,11 @@ async fn one_button_disables_a_webhook_and_another_enables_it(server: Server) {
         .await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
     let page = server.get(&reply.header("location"), Some(&session)).await;
-    assert!(page.body.contains("The webhook is disabled"), "{}", page.body);
+    assert!(
+        page.body.contains("The webhook is disabled"),
+        "{}",
+        page.body
+    );
     let form = between(&page.body, &format!("action=\"{toggle}\""), "</form>");
     assert!(form.contains("name=\"enabled\" value=\"true\"") && form.contains(">Enable<"));
     let off = read(&server, &id).await;
@@ -311,7 +322,12 @@ async fn viewers_and_forms_without_the_csrf_token_edit_nothing(server: Server) {
     );
     for path in [&edit, &toggle] {
         let reply = post(path, &viewer, &csrf).await;
-        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{path}: {}", reply.body);
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{path}: {}",
+            reply.body
+        );
     }
 
     let admin = server.sign_in("admin", PASSWORD).await;

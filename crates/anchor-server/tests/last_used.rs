@@ -115,7 +115,10 @@ impl Server {
             request = request.json(&body);
         }
         let (status, body) = self.send(request).await;
-        assert!((200..300).contains(&status), "{method} {path}: {status} {body}");
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {body}"
+        );
         body
     }
 
@@ -134,7 +137,11 @@ impl Server {
     /// A new access token of the admin: (id, secret).
     async fn new_token(&self, name: &str) -> (String, String) {
         let created = self
-            .admin(reqwest::Method::POST, "/api/v1/tokens", json!({"name": name}))
+            .admin(
+                reqwest::Method::POST,
+                "/api/v1/tokens",
+                json!({"name": name}),
+            )
             .await;
         (
             created["id"].as_str().unwrap().to_string(),
@@ -213,8 +220,14 @@ async fn a_key_and_a_token_show_null_until_used_then_when_they_were_used(store: 
     let after = now_ms();
 
     let (key_at, token_at) = server.until_used(&used_key, &used_token).await;
-    assert!((before..=after).contains(&key_at), "{before} {key_at} {after}");
-    assert!((before..=after).contains(&token_at), "{before} {token_at} {after}");
+    assert!(
+        (before..=after).contains(&key_at),
+        "{before} {key_at} {after}"
+    );
+    assert!(
+        (before..=after).contains(&token_at),
+        "{before} {token_at} {after}"
+    );
     assert_eq!(
         server.last_used(&idle_key, &idle_token).await,
         (Value::Null, Value::Null),
@@ -241,12 +254,16 @@ async fn a_use_reaches_the_store_only_when_the_server_writes_its_uses(store: Arc
         (Value::Null, Value::Null),
         "evaluations do not write to the store"
     );
-    let written = anchor_server::auth::flush_uses(&server.state).await.unwrap();
+    let written = anchor_server::auth::flush_uses(&server.state)
+        .await
+        .unwrap();
     assert_eq!(written, 2, "twenty uses of each are one write of each");
     let (key_at, token_at) = server.until_used(&key, &token).await;
     assert!(key_at <= token_at, "the token was used last");
     assert_eq!(
-        anchor_server::auth::flush_uses(&server.state).await.unwrap(),
+        anchor_server::auth::flush_uses(&server.state)
+            .await
+            .unwrap(),
         0,
         "nothing new to write"
     );
@@ -258,7 +275,10 @@ async fn a_graceful_stop_writes_the_uses_not_yet_written(store: Arc<dyn Store>) 
     let (key, secret) = server.new_key("client").await;
     server.evaluate(&secret).await;
     let keys = store.sdk_keys("default", "production").await.unwrap();
-    assert_eq!(keys.iter().find(|k| k.id == key).unwrap().last_used_at, None);
+    assert_eq!(
+        keys.iter().find(|k| k.id == key).unwrap().last_used_at,
+        None
+    );
     server.stop().await;
     let keys = store.sdk_keys("default", "production").await.unwrap();
     assert!(

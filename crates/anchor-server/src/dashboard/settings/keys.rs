@@ -700,7 +700,9 @@ mod tests {
         assert!(words(Some(now - 59 * 60_000)).contains(">59 minutes ago<"));
         assert!(words(Some(now - 3_600_000)).contains(">1 hour ago<"));
         assert!(words(Some(now - 23 * 3_600_000)).contains(">23 hours ago<"));
-        assert!(words(Some(now - 3_600_000)).contains(&format!("title=\"{}\"", time(now - 3_600_000))));
+        assert!(
+            words(Some(now - 3_600_000)).contains(&format!("title=\"{}\"", time(now - 3_600_000)))
+        );
         assert_eq!(words(Some(now - 86_400_000)), time(now - 86_400_000));
         // A use noted by a server whose clock runs ahead is not in the future.
         assert!(words(Some(now + 5_000)).contains(">within the last minute<"));

@@ -615,13 +615,7 @@ async fn save_webhook(
     };
     html_response(
         StatusCode::UNPROCESSABLE_ENTITY,
-        webhook_form_page(
-            &signed,
-            &project,
-            FormFor::Edit(&webhook),
-            &form,
-            &problems,
-        ),
+        webhook_form_page(&signed, &project, FormFor::Edit(&webhook), &form, &problems),
     )
 }
 
