@@ -4148,17 +4148,11 @@ impl Store for SqlStore {
     }
 
     async fn record_credential_uses(&self, uses: &[CredentialUse]) -> Result<(), StoreError> {
-        if uses.is_empty() {
-            return Ok(());
-        }
-        // Rows are locked in one order (tables, then ids), so that two servers flushing
-        // overlapping batches at once on PostgreSQL wait for each other instead of deadlocking.
-        let mut ordered: Vec<&CredentialUse> = uses.iter().collect();
-        ordered.sort_by(|a, b| {
-            (a.kind == CredentialKind::Token, &a.id).cmp(&(b.kind == CredentialKind::Token, &b.id))
-        });
-        let mut tx = self.begin().await?;
-        for used in ordered {
+        // One statement per credential, each its own transaction: a flush then never holds
+        // one row's or table's lock while waiting for another, so neither another server's
+        // flush nor anything else taking the same locks in another order can deadlock with it.
+        // Each update is independent and idempotent, so nothing needs them to commit together.
+        for used in uses {
             let statement = match used.kind {
                 CredentialKind::SdkKey => {
                     "UPDATE sdk_keys SET last_used_at = $1 \
@@ -4172,10 +4166,9 @@ impl Store for SqlStore {
             sqlx::query(statement)
                 .bind(used.at)
                 .bind(&used.id)
-                .execute(&mut *tx)
+                .execute(&self.pool)
                 .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 }
