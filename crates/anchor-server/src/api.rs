@@ -200,6 +200,9 @@ pub(crate) struct TokenInfo {
     pub(crate) expires_at: Option<i64>,
     pub(crate) created_at: i64,
     pub(crate) revoked: bool,
+    /// Unix milliseconds of the token's latest use, precise to within a minute (uses are
+    /// written in bulk once a minute); `null` when it was never used.
+    pub(crate) last_used_at: Option<i64>,
 }
 
 /// The caller's own tokens (never their secrets).
@@ -219,6 +222,7 @@ pub(crate) async fn list_tokens(
                 expires_at: t.expires_at,
                 created_at: t.created_at,
                 revoked: t.revoked,
+                last_used_at: t.last_used_at,
             })
             .collect(),
     ))

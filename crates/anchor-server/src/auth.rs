@@ -6,12 +6,17 @@
 //! The lookup needs no constant-time comparison: its timing can reveal at most how much of a
 //! SHA-256 digest an attacker's guess shares with a stored one, which says nothing about a
 //! 256-bit random secret. Secrets never reach a log.
+//!
+//! Every request that a token or an SDK key authenticates is noted in memory ([`UseLog`]), and
+//! the latest use of each is written to the store in bulk once a minute, so that people can tell
+//! a live credential from a dead one before revoking it without OFREP's hot path writing to the
+//! store. `last_used_at` is therefore precise to within a minute.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anchor_store::{Role, TokenRecord, User};
+use anchor_store::{CredentialKind, CredentialUse, Role, TokenRecord, User};
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -246,6 +251,9 @@ async fn from_token(state: &AppState, secret: &str, now_ms: i64) -> Result<Calle
     if record.revoked || record.expires_at.is_some_and(|t| t <= now_ms) {
         return Err(ApiError::Unauthenticated);
     }
+    state
+        .credential_uses
+        .note(CredentialKind::Token, &record.id, now_ms);
     Ok(Caller {
         user: record.user,
         cap: record.role,
@@ -428,9 +436,129 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// How often the uses noted in memory are written to the store: `last_used_at` is precise to
+/// within this.
+pub const USE_FLUSH_EVERY: Duration = Duration::from_secs(60);
+
+/// The latest use of each token and SDK key since the last flush, in memory: noting a use on
+/// the hot path costs a short lock and a map update, and the store sees each credential at most
+/// once per flush however many requests it authenticated.
+#[derive(Debug, Default)]
+pub struct UseLog {
+    pending: Mutex<PendingUses>,
+}
+
+#[derive(Debug, Default)]
+struct PendingUses {
+    sdk_keys: HashMap<String, i64>,
+    tokens: HashMap<String, i64>,
+}
+
+impl UseLog {
+    /// Notes that the credential `id` authenticated a request at `at` (unix milliseconds).
+    pub fn note(&self, kind: CredentialKind, id: &str, at: i64) {
+        // A panic elsewhere while holding the lock leaves the maps whole (each update is one
+        // insert), so the log goes on rather than losing every later use.
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let latest = match kind {
+            CredentialKind::SdkKey => &mut pending.sdk_keys,
+            CredentialKind::Token => &mut pending.tokens,
+        };
+        // Looked up by `&str` first: the hot path allocates only for a credential's first use
+        // in each flush interval.
+        match latest.get_mut(id) {
+            Some(seen) => *seen = (*seen).max(at),
+            None => {
+                latest.insert(id.to_string(), at);
+            }
+        }
+    }
+
+    /// Everything noted so far, leaving the log empty.
+    fn take(&self) -> Vec<CredentialUse> {
+        let taken =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let of = |kind: CredentialKind, latest: HashMap<String, i64>| {
+            latest
+                .into_iter()
+                .map(move |(id, at)| CredentialUse { kind, id, at })
+        };
+        of(CredentialKind::SdkKey, taken.sdk_keys)
+            .chain(of(CredentialKind::Token, taken.tokens))
+            .collect()
+    }
+}
+
+/// Writes the uses noted since the last flush to the store, returning how many credentials it
+/// recorded. When the store fails they are noted again, to be written by the next flush.
+pub async fn flush_uses(state: &AppState) -> Result<usize, ApiError> {
+    let uses = state.credential_uses.take();
+    if uses.is_empty() {
+        return Ok(0);
+    }
+    if let Err(e) = state.store.record_credential_uses(&uses).await {
+        for used in &uses {
+            state.credential_uses.note(used.kind, &used.id, used.at);
+        }
+        return Err(e.into());
+    }
+    Ok(uses.len())
+}
+
+/// Flushes the noted uses every `every` until `stop` fires (or its sender is dropped), then
+/// once more, so that a graceful stop loses none. A flush under way is never cut short: the
+/// stop is only heard between flushes.
+pub(crate) async fn record_uses(
+    state: AppState,
+    every: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, when nothing has been noted yet.
+    tick.tick().await;
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = &mut stop => true,
+        };
+        if let Err(e) = flush_uses(&state).await {
+            tracing::warn!(error = %e, "cannot record when keys and tokens were last used");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_use_log_keeps_the_latest_use_of_each_credential_and_empties_when_taken() {
+        let log = UseLog::default();
+        log.note(CredentialKind::SdkKey, "k1", 2_000);
+        log.note(CredentialKind::SdkKey, "k1", 1_000);
+        log.note(CredentialKind::Token, "k1", 3_000);
+        log.note(CredentialKind::SdkKey, "k2", 4_000);
+        let mut taken = log.take();
+        taken.sort_by(|a, b| (&a.id, a.at).cmp(&(&b.id, b.at)));
+        let of = |kind, id: &str, at| CredentialUse {
+            kind,
+            id: id.into(),
+            at,
+        };
+        assert_eq!(
+            taken,
+            [
+                of(CredentialKind::SdkKey, "k1", 2_000),
+                of(CredentialKind::Token, "k1", 3_000),
+                of(CredentialKind::SdkKey, "k2", 4_000),
+            ]
+        );
+        assert!(log.take().is_empty());
+    }
 
     #[test]
     fn tokens_are_long_random_and_hashed() {

@@ -77,6 +77,10 @@ pub struct AppState {
     pub webhooks: Arc<webhooks::Dispatcher>,
     /// The rollout controller's metric source and pace.
     releases: releases::ReleaseSettings,
+    /// When tokens and SDK keys were last used, until written to the store.
+    pub credential_uses: Arc<auth::UseLog>,
+    /// How often those uses are written to the store.
+    use_flush_every: std::time::Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -113,7 +117,16 @@ impl AppState {
                 tick: std::time::Duration::from_secs(10),
                 instance: uuid::Uuid::new_v4().to_string(),
             },
+            credential_uses: Arc::default(),
+            use_flush_every: auth::USE_FLUSH_EVERY,
         })
+    }
+
+    /// Writes when tokens and SDK keys were last used every `every` instead of every
+    /// [`auth::USE_FLUSH_EVERY`] (tests). Call before launching.
+    pub fn with_use_flush_every(mut self, every: std::time::Duration) -> Self {
+        self.use_flush_every = every;
+        self
     }
 
     /// Replaces the webhook dispatcher's clock, retry schedule and timings (tests). Call before
@@ -503,6 +516,14 @@ pub async fn launch(
     let controller = tokio::spawn(releases::run(state.clone(), state.releases.clone()));
     // Telemetry compaction; a step cut short rolls back with its transaction.
     let compactor = tokio::spawn(telemetry::compact(state.clone()));
+    // When keys and tokens were last used: written every minute, and once more when the
+    // requests in flight have finished, so that a graceful stop loses none.
+    let (stop_uses, uses_stopped) = tokio::sync::oneshot::channel();
+    let uses = tokio::spawn(auth::record_uses(
+        state.clone(),
+        state.use_flush_every,
+        uses_stopped,
+    ));
     // Open streams never end by themselves: tell them to, or graceful shutdown would wait
     // for them forever.
     let stopping = Arc::clone(&state.shutdown);
@@ -520,6 +541,10 @@ pub async fn launch(
     compactor.abort();
     if let Some(follower) = follower {
         follower.abort();
+    }
+    let _ = stop_uses.send(());
+    if let Err(e) = uses.await {
+        tracing::warn!(error = %e, "the last-used recorder ended badly");
     }
     served
 }

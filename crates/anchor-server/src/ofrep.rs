@@ -459,6 +459,10 @@ pub(crate) async fn authenticate(
     if record.revoked || record.expires_at.is_some_and(|t| t <= now) {
         return Err(unauthorized());
     }
+    // A key over its rate is still in use.
+    state
+        .credential_uses
+        .note(anchor_store::CredentialKind::SdkKey, &record.id, now);
     if let Err(seconds) = state.rate_limiter.take(&record.id) {
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,

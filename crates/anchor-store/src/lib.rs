@@ -773,6 +773,14 @@ pub trait Store: Send + Sync + 'static {
         project: &str,
         key: &str,
     ) -> Result<(), StoreError>;
+    /// Records that SDK keys and tokens were used: each one's `last_used_at` becomes the latest
+    /// of its recorded time and the use's `at`, so it only moves forward, whichever of several
+    /// servers sharing the store writes last, and in whatever order. Unknown ids (a key deleted
+    /// meanwhile) are skipped. Each credential is written by a statement of its own, outside
+    /// any longer transaction, so a flush never waits for one lock while holding another and
+    /// cannot deadlock; after an error, the uses before it are recorded. No audit entry, since
+    /// a use changes nothing anyone configured, and no change notification.
+    async fn record_credential_uses(&self, uses: &[CredentialUse]) -> Result<(), StoreError>;
 }
 
 /// Committed changes, as they are committed by any process sharing the database.

@@ -438,7 +438,7 @@ async fn load_user(conn: &mut AnyConnection, id: &str) -> Result<User, StoreErro
 /// The columns [`token_from`] reads, with `FROM`: append a `WHERE` clause.
 macro_rules! select_tokens {
     () => {
-        "SELECT t.id, t.name, t.role, t.expires_at, t.created_at, t.revoked_at, \
+        "SELECT t.id, t.name, t.role, t.expires_at, t.created_at, t.revoked_at, t.last_used_at, \
          u.id AS user_id, u.username, u.instance_admin, u.created_at AS user_created_at \
          FROM tokens t JOIN users u ON u.id = t.user_id "
     };
@@ -458,6 +458,7 @@ fn token_from(row: &AnyRow) -> Result<TokenRecord, StoreError> {
         expires_at: row.try_get("expires_at")?,
         created_at: row.try_get("created_at")?,
         revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+        last_used_at: row.try_get("last_used_at")?,
     })
 }
 
@@ -1208,6 +1209,7 @@ async fn insert_sdk_key(
         created_at: at,
         expires_at: None,
         revoked: false,
+        last_used_at: None,
     })
 }
 
@@ -1215,7 +1217,7 @@ async fn insert_sdk_key(
 macro_rules! select_sdk_keys {
     () => {
         "SELECT k.id, k.kind, k.prefix, k.created_at, k.expires_at, k.revoked_at, \
-         p.key AS project, e.key AS environment FROM sdk_keys k \
+         k.last_used_at, p.key AS project, e.key AS environment FROM sdk_keys k \
          JOIN environments e ON e.id = k.environment_id JOIN projects p ON p.id = e.project_id "
     };
 }
@@ -1232,6 +1234,7 @@ fn sdk_key_from(row: &AnyRow) -> Result<SdkKeyRecord, StoreError> {
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+        last_used_at: row.try_get("last_used_at")?,
     })
 }
 
@@ -2359,6 +2362,7 @@ impl Store for SqlStore {
             expires_at: token.expires_at,
             created_at: at,
             revoked: false,
+            last_used_at: None,
         })
     }
 
@@ -4163,6 +4167,31 @@ impl Store for SqlStore {
         key: &str,
     ) -> Result<(), StoreError> {
         self.delete_environment_impl(actor, project, key).await
+    }
+
+    async fn record_credential_uses(&self, uses: &[CredentialUse]) -> Result<(), StoreError> {
+        // One statement per credential, each its own transaction: a flush then never holds
+        // one row's or table's lock while waiting for another, so neither another server's
+        // flush nor anything else taking the same locks in another order can deadlock with it.
+        // Each update is independent and idempotent, so nothing needs them to commit together.
+        for used in uses {
+            let statement = match used.kind {
+                CredentialKind::SdkKey => {
+                    "UPDATE sdk_keys SET last_used_at = $1 \
+                     WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)"
+                }
+                CredentialKind::Token => {
+                    "UPDATE tokens SET last_used_at = $1 \
+                     WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)"
+                }
+            };
+            sqlx::query(statement)
+                .bind(used.at)
+                .bind(&used.id)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 }
 

@@ -389,6 +389,9 @@ pub struct TokenRecord {
     pub expires_at: Option<i64>,
     pub created_at: i64,
     pub revoked: bool,
+    /// Unix milliseconds of the token's latest use, precise to within a minute (servers write
+    /// uses in bulk once a minute); `None` for a token never used.
+    pub last_used_at: Option<i64>,
 }
 
 /// A personal access token to store: the caller makes the secret and passes only its hash.
@@ -487,6 +490,9 @@ pub struct SdkKeyRecord {
     /// that does not expire.
     pub expires_at: Option<i64>,
     pub revoked: bool,
+    /// Unix milliseconds of the key's latest use, precise to within a minute (servers write
+    /// uses in bulk once a minute); `None` for a key never used.
+    pub last_used_at: Option<i64>,
 }
 
 /// An SDK key to store: the server makes the secret and passes only its hash and prefix.
@@ -1141,4 +1147,21 @@ pub struct ReleaseDecision {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<Value>,
+}
+
+/// What kind of credential a use was made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    SdkKey,
+    Token,
+}
+
+/// A credential used to authenticate at `at` (unix milliseconds), as
+/// [`crate::Store::record_credential_uses`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialUse {
+    pub kind: CredentialKind,
+    /// The SDK key's or the token's id.
+    pub id: String,
+    pub at: i64,
 }

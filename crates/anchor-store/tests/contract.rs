@@ -16,6 +16,7 @@ use anchor_store::{
     NewToken, OutcomeAggregate, ReviewDecision, Role, SdkKeyKind, SegmentChange, SqlStore, Store,
     StoreError, TelemetryRetention,
 };
+use anchor_store::{CredentialKind, CredentialUse};
 use anchor_store::{
     DeliveryOutcome, DeliveryStatus, NewWebhook, OutboxEvent, Webhook, WebhookFormat, WebhookUpdate,
 };
@@ -172,6 +173,7 @@ contract!(
     an_environment_update_that_changes_nothing_writes_nothing_and_bad_values_change_nothing,
     deleting_an_environment_removes_everything_in_it_and_leaves_the_others_as_they_were,
     an_environment_with_an_active_release_or_alone_in_its_project_is_not_deleted,
+    credential_uses_move_last_used_forward_only_and_skip_unknown_ids,
 );
 
 fn admin() -> Actor {
@@ -6358,4 +6360,128 @@ async fn an_environment_with_an_active_release_or_alone_in_its_project_is_not_de
         other => panic!("{other:?}"),
     }
     assert_eq!(environment_order(s).await, order_of(&["production"]));
+}
+
+async fn credential_uses_move_last_used_forward_only_and_skip_unknown_ids(f: &Fixture) {
+    seed(f).await;
+    let s = &f.store;
+    let used = |kind, id: &str, at| CredentialUse {
+        kind,
+        id: id.to_string(),
+        at,
+    };
+    let ann = s
+        .create_user(&Actor::system("bootstrap"), "ann", PASSWORD_HASH, false)
+        .await
+        .unwrap();
+    let token = |name: &str, i: u32| NewToken {
+        user_id: ann.id.clone(),
+        name: name.into(),
+        token_hash: format!("sha256:{i:064x}"),
+        role: Role::Viewer,
+        expires_at: None,
+    };
+    let ci = s
+        .create_token(&Actor::user(&ann.id), &token("ci", 1))
+        .await
+        .unwrap();
+    let idle = s
+        .create_token(&Actor::user(&ann.id), &token("idle", 2))
+        .await
+        .unwrap();
+    let server = s
+        .create_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Server, 1))
+        .await
+        .unwrap();
+    let client = s
+        .create_sdk_key(&admin(), &sdk_key("production", SdkKeyKind::Client, 2))
+        .await
+        .unwrap();
+    assert_eq!((ci.last_used_at, server.last_used_at), (None, None));
+    let audited = s.instance_audit(100).await.unwrap().len();
+
+    s.record_credential_uses(&[]).await.unwrap();
+    s.record_credential_uses(&[
+        used(CredentialKind::SdkKey, &server.id, 5_000),
+        used(CredentialKind::Token, &ci.id, 6_000),
+        // A token's id is not an SDK key's, nor the reverse, nor is an unknown id anything.
+        used(CredentialKind::SdkKey, &ci.id, 7_000),
+        used(CredentialKind::Token, &server.id, 7_000),
+        used(CredentialKind::Token, "no-such-token", 7_000),
+    ])
+    .await
+    .unwrap();
+    let last_used = async || {
+        let keys = s.sdk_keys("shop", "production").await.unwrap();
+        let of_key = |id: &str| keys.iter().find(|k| k.id == id).unwrap().last_used_at;
+        let tokens = s.tokens(&ann.id).await.unwrap();
+        let of_token = |id: &str| tokens.iter().find(|t| t.id == id).unwrap().last_used_at;
+        [
+            of_key(&server.id),
+            of_key(&client.id),
+            of_token(&ci.id),
+            of_token(&idle.id),
+        ]
+    };
+    assert_eq!(last_used().await, [Some(5_000), None, Some(6_000), None]);
+    assert_eq!(
+        s.sdk_key_by_hash(&sdk_hash(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(5_000)
+    );
+    assert_eq!(
+        s.token_by_hash(&format!("sha256:{:064x}", 1))
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(6_000)
+    );
+
+    // An older use (another server's late flush) never moves it back; a newer one moves it on.
+    s.record_credential_uses(&[
+        used(CredentialKind::SdkKey, &server.id, 4_000),
+        used(CredentialKind::Token, &ci.id, 9_000),
+        used(CredentialKind::SdkKey, &client.id, 8_000),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        last_used().await,
+        [Some(5_000), Some(8_000), Some(9_000), None]
+    );
+
+    // Two servers flushing overlapping batches at once: both commit, the latest use wins.
+    let first = [
+        used(CredentialKind::SdkKey, &server.id, 20_000),
+        used(CredentialKind::Token, &ci.id, 21_000),
+    ];
+    let second = [
+        used(CredentialKind::Token, &ci.id, 20_500),
+        used(CredentialKind::SdkKey, &server.id, 20_500),
+    ];
+    let (a, b) = tokio::join!(
+        s.record_credential_uses(&first),
+        s.record_credential_uses(&second)
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(
+        last_used().await,
+        [Some(20_500), Some(8_000), Some(21_000), None]
+    );
+
+    // A revoked key still shows when it was last used.
+    s.revoke_sdk_key(&admin(), "shop", "production", &server.id)
+        .await
+        .unwrap();
+    assert_eq!(last_used().await[0], Some(20_500));
+    assert_eq!(
+        s.instance_audit(100).await.unwrap().len(),
+        audited,
+        "a use is not audited"
+    );
 }

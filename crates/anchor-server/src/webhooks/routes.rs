@@ -214,7 +214,7 @@ pub(crate) async fn get_webhook(
 }
 
 #[utoipa::path(patch, path = "/api/v1/projects/{project}/webhooks/{id}", tag = "webhooks", summary = "Change a webhook's name, URL, events, format or state (project admins)", params(("project" = String, Path, description = "Project key"), ("id" = String, Path, description = "Webhook id")), request_body = WebhookRequest, responses((status = 200, body = Webhook), (status = 401, description = "No valid credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller lacks the role", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid: every problem with its JSON pointer", body = Problem, content_type = "application/problem+json")))]
-async fn update_webhook(
+pub(crate) async fn update_webhook(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,

@@ -57,6 +57,25 @@ fn key_state(key: &SdkKeyRecord, now: i64) -> &'static str {
     }
 }
 
+/// When a key or token was last used, in words: "never", how long ago within the last day
+/// (the exact time on hover), else the time itself. Uses are written once a minute, so "within
+/// the last minute" is as close as it knows.
+fn last_used(at: Option<i64>, now: i64) -> Markup {
+    let Some(at) = at else {
+        return html! { "never" };
+    };
+    let ago = (now - at).max(0) / 1_000;
+    let words = match ago {
+        0..60 => "within the last minute".to_string(),
+        60..120 => "1 minute ago".to_string(),
+        120..3_600 => format!("{} minutes ago", ago / 60),
+        3_600..7_200 => "1 hour ago".to_string(),
+        7_200..86_400 => format!("{} hours ago", ago / 3_600),
+        _ => return html! { (time(at)) },
+    };
+    html! { span title=(time(at)) { (words) } }
+}
+
 #[derive(Deserialize, Default)]
 struct KeyForm {
     #[serde(default)]
@@ -114,7 +133,7 @@ async fn keys_markup(
                 p.notice role="status" { (notice) }
             }
             h2 { "SDK keys" }
-            p.small { "Server keys read the whole configuration; client keys only evaluations, never rules or segments. Only the first characters of each key are kept in clear." }
+            p.small { "Server keys read the whole configuration; client keys only evaluations, never rules or segments. Only the first characters of each key are kept in clear. \"Last used\" is precise to within a minute." }
             table.keys {
                 thead {
                     tr {
@@ -122,6 +141,7 @@ async fn keys_markup(
                         th scope="col" { "Kind" }
                         th scope="col" { "Key" }
                         th scope="col" { "Created" }
+                        th scope="col" { "Last used" }
                         th scope="col" { "State" }
                         @if role >= Role::Admin { th scope="col" { span.sr { "Actions" } } }
                     }
@@ -134,6 +154,7 @@ async fn keys_markup(
                             td { (key.kind.as_str()) }
                             td { code { (key.prefix) "…" } }
                             td.small { (time(key.created_at)) }
+                            td.small { (last_used(key.last_used_at, now)) }
                             td {
                                 (key_state)
                                 @if let (Some(at), "rotating out") = (key.expires_at, key_state) {
@@ -181,6 +202,7 @@ async fn keys_markup(
                         th scope="col" { "Role" }
                         th scope="col" { "Created" }
                         th scope="col" { "Expires" }
+                        th scope="col" { "Last used" }
                         th scope="col" { "State" }
                         th scope="col" { span.sr { "Actions" } }
                     }
@@ -193,6 +215,7 @@ async fn keys_markup(
                             td { (token.role.as_str()) }
                             td.small { (time(token.created_at)) }
                             td.small { @match token.expires_at { Some(at) => (time(at)), None => "never" } }
+                            td.small { (last_used(token.last_used_at, now)) }
                             td { @if token.revoked { "revoked" } @else if expired { "expired" } @else { "active" } }
                             td {
                                 @if !token.revoked && !expired {
@@ -660,5 +683,28 @@ async fn revoke_token(
         ))
         .into_response(),
         Err(e) => error_page(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_used_says_never_how_long_ago_within_a_day_and_the_time_after() {
+        let now = 1_800_000_000_000;
+        let words = |at: Option<i64>| last_used(at, now).into_string();
+        assert_eq!(words(None), "never");
+        assert!(words(Some(now - 59_000)).contains(">within the last minute<"));
+        assert!(words(Some(now - 60_000)).contains(">1 minute ago<"));
+        assert!(words(Some(now - 59 * 60_000)).contains(">59 minutes ago<"));
+        assert!(words(Some(now - 3_600_000)).contains(">1 hour ago<"));
+        assert!(words(Some(now - 23 * 3_600_000)).contains(">23 hours ago<"));
+        assert!(
+            words(Some(now - 3_600_000)).contains(&format!("title=\"{}\"", time(now - 3_600_000)))
+        );
+        assert_eq!(words(Some(now - 86_400_000)), time(now - 86_400_000));
+        // A use noted by a server whose clock runs ahead is not in the future.
+        assert!(words(Some(now + 5_000)).contains(">within the last minute<"));
     }
 }

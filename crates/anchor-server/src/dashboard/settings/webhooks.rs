@@ -1,7 +1,9 @@
 //! The project's webhooks: the list, the form that adds one, and one webhook's page with its
-//! delivery log, a test ping and deleting it.
+//! delivery log, a test ping, turning it off and on, the form that edits it and deleting it.
+//! Edits go through the API's `PATCH` handler, so its validation and audit entries are the
+//! API's, and its problems are shown next to the fields they concern.
 
-use anchor_store::{ALL_EVENTS, DeliveryStatus, Role};
+use anchor_store::{ALL_EVENTS, DeliveryStatus, Role, Webhook};
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -35,6 +37,14 @@ pub(super) fn routes() -> Router<AppState> {
         .route(
             "/projects/{project}/settings/webhooks/{id}/test",
             post(test_webhook),
+        )
+        .route(
+            "/projects/{project}/settings/webhooks/{id}/edit",
+            get(edit_webhook).post(save_webhook),
+        )
+        .route(
+            "/projects/{project}/settings/webhooks/{id}/enabled",
+            post(set_enabled),
         )
         .route(
             "/projects/{project}/settings/webhooks/{id}/delete",
@@ -110,7 +120,7 @@ async fn webhooks_page(
     )
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Default)]
 struct WebhookForm {
     csrf: String,
     name: String,
@@ -118,11 +128,34 @@ struct WebhookForm {
     format: String,
     /// The events ticked: `*` or event types.
     events: Vec<String>,
+    /// Ticked (only the edit form has the box).
+    enabled: bool,
 }
 
 impl WebhookForm {
+    /// A new webhook's form: every event, enabled.
+    fn blank() -> WebhookForm {
+        WebhookForm {
+            events: vec![ALL_EVENTS.to_string()],
+            enabled: true,
+            ..WebhookForm::default()
+        }
+    }
+
+    /// The edit form of `webhook`, as it is.
+    fn of(webhook: &Webhook) -> WebhookForm {
+        WebhookForm {
+            csrf: String::new(),
+            name: webhook.name.clone(),
+            url: webhook.url.clone(),
+            format: webhook.format.as_str().to_string(),
+            events: webhook.events.clone(),
+            enabled: webhook.enabled,
+        }
+    }
+
     /// Checkbox groups repeat one name, which `serde_urlencoded` cannot gather: the pairs are
-    /// read one by one.
+    /// read one by one. An unticked box sends nothing, so `enabled` is false unless sent.
     fn from_pairs(pairs: Vec<(String, String)>) -> WebhookForm {
         let mut form = WebhookForm::default();
         for (name, value) in pairs {
@@ -132,10 +165,28 @@ impl WebhookForm {
                 "url" => form.url = value,
                 "format" => form.format = value,
                 "events" => form.events.push(value),
+                "enabled" => form.enabled = value == "true",
                 _ => {}
             }
         }
         form
+    }
+
+    /// The API's request for every field the form holds.
+    fn request(&self, enabled: bool) -> WebhookRequest {
+        // Everything, when "every event" is ticked along with single ones.
+        let events = if self.events.iter().any(|e| e == ALL_EVENTS) {
+            vec![ALL_EVENTS.to_string()]
+        } else {
+            self.events.clone()
+        };
+        WebhookRequest {
+            name: Some(self.name.trim().to_string()),
+            url: Some(self.url.trim().to_string()),
+            events: Some(events),
+            format: Some(self.format.clone()).filter(|f| !f.is_empty()),
+            enabled: Some(enabled),
+        }
     }
 }
 
@@ -150,25 +201,60 @@ fn webhook_field(path: &str) -> &'static str {
     }
 }
 
-fn new_webhook_page(
+/// What the webhook form is for: adding one, or editing the one with this id.
+enum FormFor<'a> {
+    New,
+    Edit(&'a Webhook),
+}
+
+/// The page with the form that adds a webhook or edits one, with `problems` next to their
+/// fields.
+fn webhook_form_page(
     signed: &Signed,
     project: &str,
+    purpose: FormFor<'_>,
     form: &WebhookForm,
     problems: &Problems,
 ) -> Markup {
     let none = Vec::new();
     let problems_of = |field: &str| problems.get(field).unwrap_or(&none);
     let invalid = |field: &str| problems.contains_key(field).then_some("true");
-    let all = form.events.is_empty() || form.events.iter().any(|e| e == ALL_EVENTS);
+    let all = form.events.iter().any(|e| e == ALL_EVENTS);
+    let list = format!("/projects/{}/settings/webhooks", encode(project));
+    let (title, action, back, url_help, button) = match purpose {
+        FormFor::New => (
+            "New webhook".to_string(),
+            list.clone(),
+            list.clone(),
+            "Events are POSTed here, signed with the secret shown once after creating.",
+            "Create webhook",
+        ),
+        FormFor::Edit(webhook) => {
+            let page = format!("{list}/{}", encode(&webhook.id));
+            (
+                format!("Edit webhook {}", webhook.name),
+                format!("{page}/edit"),
+                page,
+                "Events are POSTed here, signed with the webhook's secret, which stays as it is.",
+                "Save webhook",
+            )
+        }
+    };
     settings_page(
         signed,
         project,
-        "New webhook",
+        &title,
         "webhooks",
         html! {
-            h2 { "New webhook" }
+            @if let FormFor::Edit(webhook) = purpose {
+                p.crumbs {
+                    a href=(list) { "Webhooks" } " / "
+                    a href=(back) { (webhook.name) } " / "
+                }
+            }
+            h2 { (title) }
             (field_problems(problems_of("form")))
-            form.stack method="post" action={ "/projects/" (project) "/settings/webhooks" } novalidate {
+            form.stack method="post" action=(action) novalidate {
                 input type="hidden" name="csrf" value=(signed.csrf);
                 label for="name" { "Name" }
                 input #name name="name" value=(form.name) required aria-invalid=[invalid("name")];
@@ -176,7 +262,7 @@ fn new_webhook_page(
                 label for="url" { "URL" }
                 input #url name="url" type="url" value=(form.url) required aria-describedby="url-help"
                     aria-invalid=[invalid("url")];
-                small #url-help { "Events are POSTed here, signed with the secret shown once after creating." }
+                small #url-help { (url_help) }
                 (field_problems(problems_of("url")))
                 fieldset {
                     legend { "Events" }
@@ -199,9 +285,15 @@ fn new_webhook_page(
                     option value="slack" selected[form.format == "slack"] { "Slack incoming webhook" }
                 }
                 (field_problems(problems_of("format")))
+                @if let FormFor::Edit(_) = purpose {
+                    label.check for="enabled" {
+                        input #enabled type="checkbox" name="enabled" value="true" checked[form.enabled];
+                        " enabled: a disabled webhook receives no events, only test pings"
+                    }
+                }
                 div.actions {
-                    button.primary type="submit" { "Create webhook" }
-                    a href={ "/projects/" (project) "/settings/webhooks" } { "Cancel" }
+                    button.primary type="submit" { (button) }
+                    a href=(back) { "Cancel" }
                 }
             }
         },
@@ -218,7 +310,13 @@ async fn new_webhook(
     }
     html_response(
         StatusCode::OK,
-        new_webhook_page(&signed, &project, &WebhookForm::default(), &Problems::new()),
+        webhook_form_page(
+            &signed,
+            &project,
+            FormFor::New,
+            &WebhookForm::blank(),
+            &Problems::new(),
+        ),
     )
 }
 
@@ -234,23 +332,11 @@ async fn create_webhook(
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    // Everything, when "every event" is ticked along with single ones.
-    let events = if form.events.iter().any(|e| e == ALL_EVENTS) {
-        vec![ALL_EVENTS.to_string()]
-    } else {
-        form.events.clone()
-    };
     let created = webhook_api::create_webhook(
         State(state.clone()),
         signed.caller.clone(),
         Path(project.clone()),
-        Body::new(WebhookRequest {
-            name: Some(form.name.trim().to_string()),
-            url: Some(form.url.trim().to_string()),
-            events: Some(events),
-            format: Some(form.format.clone()).filter(|f| !f.is_empty()),
-            enabled: Some(true),
-        }),
+        Body::new(form.request(true)),
     )
     .await;
     let problems = match created {
@@ -288,7 +374,7 @@ async fn create_webhook(
     };
     html_response(
         StatusCode::UNPROCESSABLE_ENTITY,
-        new_webhook_page(&signed, &project, &form, &problems),
+        webhook_form_page(&signed, &project, FormFor::New, &form, &problems),
     )
 }
 
@@ -348,7 +434,7 @@ async fn webhook_page(
             &title,
             "webhooks",
             html! {
-                @if let Some(notice) = query.notice.as_deref().and_then(notice_text) {
+                @if let Some(notice) = query.notice.as_deref().and_then(webhook_notice) {
                     p.notice role="status" { (notice) }
                 }
                 p.crumbs { a href={ "/projects/" (project) "/settings/webhooks" } { "Webhooks" } " / " }
@@ -360,6 +446,12 @@ async fn webhook_page(
                                 input type="hidden" name="csrf" value=(signed.csrf);
                                 button type="submit" { "Send a test ping" }
                             }
+                            form method="post" action={ "/projects/" (project) "/settings/webhooks/" (webhook.id) "/enabled" } {
+                                input type="hidden" name="csrf" value=(signed.csrf);
+                                input type="hidden" name="enabled" value=(!webhook.enabled);
+                                button type="submit" { @if webhook.enabled { "Disable" } @else { "Enable" } }
+                            }
+                            a.button href={ "/projects/" (project) "/settings/webhooks/" (webhook.id) "/edit" } { "Edit" }
                             a.button.danger href={ "/projects/" (project) "/settings/webhooks/" (webhook.id) "/delete" } { "Delete" }
                         }
                     }
@@ -424,6 +516,157 @@ async fn test_webhook(
             "/projects/{}/settings/webhooks/{}?notice=ping",
             encode(&project),
             encode(&id)
+        ))
+        .into_response(),
+        Err(e) => error_page(e),
+    }
+}
+
+/// The webhook page's notices, and the settings' own.
+fn webhook_notice(notice: &str) -> Option<&'static str> {
+    match notice {
+        "webhook-saved" => Some("The webhook was saved."),
+        "webhook-enabled" => Some("The webhook is enabled: it receives its events again."),
+        "webhook-disabled" => Some("The webhook is disabled: it receives no events until enabled."),
+        other => notice_text(other),
+    }
+}
+
+fn webhook_path(project: &str, id: &str) -> String {
+    format!(
+        "/projects/{}/settings/webhooks/{}",
+        encode(project),
+        encode(id)
+    )
+}
+
+/// The webhook of the project, as an admin sees it (the whole URL).
+async fn admins_webhook(
+    state: &AppState,
+    signed: &Signed,
+    project: &str,
+    id: &str,
+) -> Result<Webhook, ApiError> {
+    signed.caller.require(state, project, Role::Admin).await?;
+    let axum::Json(webhook) = webhook_api::get_webhook(
+        State(state.clone()),
+        signed.caller.clone(),
+        Path((project.to_string(), id.to_string())),
+    )
+    .await?;
+    Ok(webhook)
+}
+
+async fn edit_webhook(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path((project, id)): Path<(String, String)>,
+) -> Response {
+    match admins_webhook(&state, &signed, &project, &id).await {
+        Ok(webhook) => html_response(
+            StatusCode::OK,
+            webhook_form_page(
+                &signed,
+                &project,
+                FormFor::Edit(&webhook),
+                &WebhookForm::of(&webhook),
+                &Problems::new(),
+            ),
+        ),
+        Err(e) => error_page(e),
+    }
+}
+
+/// Saves the edit form through the API's `PATCH` handler; its problems go back onto the form.
+async fn save_webhook(
+    State(state): State<AppState>,
+    Path((project, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    axum::Form(pairs): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let form = WebhookForm::from_pairs(pairs);
+    let signed = match form_caller(&state, &headers, &form.csrf).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let webhook = match admins_webhook(&state, &signed, &project, &id).await {
+        Ok(webhook) => webhook,
+        Err(e) => return error_page(e),
+    };
+    let saved = webhook_api::update_webhook(
+        State(state.clone()),
+        signed.caller.clone(),
+        Path((project.clone(), id.clone())),
+        Body::new(form.request(form.enabled)),
+    )
+    .await;
+    let problems = match saved {
+        Ok(_) => {
+            return Redirect::to(&format!(
+                "{}?notice=webhook-saved",
+                webhook_path(&project, &id)
+            ))
+            .into_response();
+        }
+        Err(e) => match problems_from(e, webhook_field) {
+            Ok(problems) => problems,
+            Err(e) => return error_page(e),
+        },
+    };
+    html_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        webhook_form_page(&signed, &project, FormFor::Edit(&webhook), &form, &problems),
+    )
+}
+
+#[derive(Deserialize)]
+struct EnabledForm {
+    csrf: String,
+    enabled: String,
+}
+
+/// Turns a webhook off or on, through the API's `PATCH` handler with that field alone.
+async fn set_enabled(
+    State(state): State<AppState>,
+    Path((project, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<EnabledForm>,
+) -> Response {
+    let signed = match form_caller(&state, &headers, &form.csrf).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let enabled = match form.enabled.as_str() {
+        "true" => true,
+        "false" => false,
+        other => {
+            return error_page(ApiError::BadRequest(format!(
+                "`enabled` must be `true` or `false`, not `{other}`"
+            )));
+        }
+    };
+    let saved = webhook_api::update_webhook(
+        State(state.clone()),
+        signed.caller.clone(),
+        Path((project.clone(), id.clone())),
+        Body::new(WebhookRequest {
+            name: None,
+            url: None,
+            events: None,
+            format: None,
+            enabled: Some(enabled),
+        }),
+    )
+    .await;
+    match saved {
+        Ok(_) => Redirect::to(&format!(
+            "{}?notice={}",
+            webhook_path(&project, &id),
+            if enabled {
+                "webhook-enabled"
+            } else {
+                "webhook-disabled"
+            }
         ))
         .into_response(),
         Err(e) => error_page(e),
