@@ -848,6 +848,13 @@ fn segments_and_sdk_keys_round_trip_and_a_secret_prints_once(server: Server) {
         .ok()
         .json();
     assert_eq!(keys[0]["revoked"], true);
+    // The table says when each key was last used: this one never was.
+    let table = server
+        .anchor(&["keys", "list", "-e", "production"])
+        .ok()
+        .stdout;
+    assert!(table.contains("LAST USED (UTC)"), "{table}");
+    assert!(table.contains("never"), "{table}");
 
     assert_eq!(server.anchor(&["change-requests", "get", "nope"]).code, 4);
 }

@@ -484,15 +484,21 @@ async fn snapshot(
     if let Some(held) = state.snapshots.get(&key.project, &key.environment) {
         return Ok(held);
     }
+    // A key still cached by this server after its environment was deleted (until the deletion
+    // reaches the cache) finds no environment: it is no longer a valid key, not a server fault.
+    let gone = || StatusCode::UNAUTHORIZED.into_response();
     state
         .snapshots
         .refresh(state.store.as_ref(), &key.project, &key.environment)
         .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+        .map_err(|e| match e {
+            anchor_store::StoreError::NotFound { .. } => gone(),
+            _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        })?;
     state
         .snapshots
         .get(&key.project, &key.environment)
-        .ok_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        .ok_or_else(gone)
 }
 
 /// The evaluation context of a request body `{"context": {…}}` (an absent body or context is

@@ -162,6 +162,11 @@ pub async fn keys(ctx: &Ctx, command: KeysCommand) -> Result<(), CliError> {
                             cell(format!("{}…", text(&k["prefix"]))),
                             cell(time(&k["createdAt"])),
                             cell(time(&k["expiresAt"])),
+                            cell(if k["lastUsedAt"].is_null() {
+                                "never".into()
+                            } else {
+                                time(&k["lastUsedAt"])
+                            }),
                             if revoked {
                                 ("revoked".into(), Tone::Bad)
                             } else {
@@ -177,6 +182,7 @@ pub async fn keys(ctx: &Ctx, command: KeysCommand) -> Result<(), CliError> {
                         "prefix",
                         "created (utc)",
                         "expires (utc)",
+                        "last used (utc)",
                         "state",
                     ],
                     &rows,
