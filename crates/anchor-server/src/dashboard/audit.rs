@@ -93,7 +93,14 @@ const ACTIONS: &[(&str, &[&str])] = &[
         &["segment.created", "segment.updated", "segment.deleted"],
     ),
     ("project", &["project.created"]),
-    ("environment", &["environment.created"]),
+    (
+        "environment",
+        &[
+            "environment.created",
+            "environment.updated",
+            "environment.deleted",
+        ],
+    ),
     ("member", &["member.role_set"]),
     (
         "sdk_key",
