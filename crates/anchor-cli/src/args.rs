@@ -78,6 +78,9 @@ pub enum Command {
     /// Verify a personal access token against a server and store both in the user's config
     /// directory ($XDG_CONFIG_HOME/anchor/config.toml, mode 0600).
     Login(LoginArgs),
+    /// The project's environments: list, add, rename, reorder, set their safeguards, delete.
+    #[command(subcommand)]
+    Envs(EnvsCommand),
     /// Flags: list, inspect, create, change, archive, and turn on or off in an environment.
     #[command(subcommand)]
     Flags(FlagsCommand),
@@ -203,6 +206,65 @@ pub struct CommentArg {
     /// Why: recorded in the audit log
     #[arg(long, short = 'm')]
     pub comment: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnvsCommand {
+    /// The project's environments in display order, with their safeguards.
+    List,
+    /// Add an environment (project admins); existing flags start disabled there.
+    Create(EnvCreateArgs),
+    /// Change an environment (project admins); options not given keep their value. Turning
+    /// approval or required comments off needs --comment.
+    Update(EnvUpdateArgs),
+    /// Delete an environment with its flag configurations, segments, SDK keys (they stop
+    /// working at once), releases and history (project admins). Asks first on a terminal;
+    /// elsewhere needs --yes.
+    Delete(EnvDeleteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EnvCreateArgs {
+    /// The environment's key; it never changes, since SDK keys, URLs and telemetry name it
+    pub environment: String,
+    /// Its display name (1 to 100 characters)
+    #[arg(long)]
+    pub name: String,
+    /// Editors' flag and segment changes become change requests someone else approves
+    #[arg(long)]
+    pub requires_approval: bool,
+    /// Every change needs a comment
+    #[arg(long)]
+    pub requires_comment: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EnvUpdateArgs {
+    /// The environment's key
+    pub environment: String,
+    /// A new display name (1 to 100 characters)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Whether editors' flag and segment changes become change requests
+    #[arg(long, value_name = "true|false")]
+    pub requires_approval: Option<bool>,
+    /// Whether every change needs a comment
+    #[arg(long, value_name = "true|false")]
+    pub requires_comment: Option<bool>,
+    /// The display position, from 0 (first); the environments in between shift by one
+    #[arg(long, value_name = "N")]
+    pub position: Option<u32>,
+    #[command(flatten)]
+    pub comment: CommentArg,
+}
+
+#[derive(Args, Debug)]
+pub struct EnvDeleteArgs {
+    /// The environment's key
+    pub environment: String,
+    /// Delete without asking (required when stdin is not a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Subcommand, Debug)]

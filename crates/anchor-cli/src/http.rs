@@ -97,6 +97,10 @@ impl Api {
         self.send(Method::PUT, path, Some(body), if_match).await
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<Answer, CliError> {
+        self.send(Method::PATCH, path, Some(body), None).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Answer, CliError> {
         self.send(Method::DELETE, path, None, None).await
     }

@@ -25,6 +25,9 @@ on_every_backend!(
     segments_and_sdk_keys_round_trip_and_a_secret_prints_once,
     a_change_in_an_environment_that_requires_approval_waits_for_someone_else,
     scan_joins_the_code_with_the_servers_flags_and_fails_a_ci_gate_on_stale_ones,
+    environments_are_listed_created_changed_and_deleted,
+    deleting_the_only_environment_or_one_with_a_release_under_way_prints_the_conflict,
+    a_viewer_lists_environments_but_may_not_change_or_delete_them,
 );
 
 struct Run {
@@ -1116,4 +1119,210 @@ fn scan_joins_the_code_with_the_servers_flags_and_fails_a_ci_gate_on_stale_ones(
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     let bad = server.anchor(&["flags", "list", "-o", "sarif"]);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
+
+/// The project's environments as `anchor -o json envs list` gives them: (key, name,
+/// position, requires approval, requires comment), in display order.
+fn environments_of(server: &Server) -> Vec<(String, String, i64, bool, bool)> {
+    let list = server.anchor(&["-o", "json", "envs", "list"]).ok().json();
+    list.as_array()
+        .expect("an array")
+        .iter()
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap().to_string(),
+                e["name"].as_str().unwrap().to_string(),
+                e["position"].as_i64().unwrap(),
+                e["requiresApproval"] == true,
+                e["requiresComment"] == true,
+            )
+        })
+        .collect()
+}
+
+fn keys_of(envs: &[(String, String, i64, bool, bool)]) -> Vec<&str> {
+    envs.iter().map(|e| e.0.as_str()).collect()
+}
+
+/// A failed run: its exit code, and its one line on stderr, which starts with `start`.
+fn refused(run: &Run, code: i32, start: &str) {
+    assert_eq!(run.code, code, "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with(start),
+        "`{start}` expected: {}",
+        run.stderr
+    );
+}
+
+fn environments_are_listed_created_changed_and_deleted(server: Server) {
+    assert_eq!(
+        keys_of(&environments_of(&server)),
+        ["development", "staging", "production"]
+    );
+    let created = server
+        .anchor(&["envs", "create", "qa", "--name", "QA", "--requires-comment"])
+        .ok();
+    assert!(
+        created.stdout.contains("Created environment qa"),
+        "{}",
+        created.stdout
+    );
+    let table = server.anchor(&["envs", "list"]).ok().stdout;
+    assert!(
+        table
+            .starts_with("KEY          NAME         POSITION  REQUIRES APPROVAL  REQUIRES COMMENT"),
+        "{table}"
+    );
+    assert!(
+        table.contains("qa           QA           3         no                 yes"),
+        "{table}"
+    );
+
+    server
+        .anchor(&[
+            "envs",
+            "update",
+            "qa",
+            "--name",
+            "Quality",
+            "--position",
+            "0",
+            "--requires-approval",
+            "true",
+        ])
+        .ok();
+    let envs = environments_of(&server);
+    assert_eq!(
+        envs[0],
+        ("qa".to_string(), "Quality".to_string(), 0, true, true)
+    );
+    assert_eq!(
+        keys_of(&envs),
+        ["qa", "development", "staging", "production"]
+    );
+
+    // Lifting a safeguard needs a reason; the server's problem names the field.
+    let lifted = server.anchor(&["envs", "update", "qa", "--requires-approval", "false"]);
+    refused(&lifted, 1, "error: 422 Unprocessable Entity: /comment: ");
+    server
+        .anchor(&[
+            "envs",
+            "update",
+            "qa",
+            "--requires-approval",
+            "false",
+            "-m",
+            "QA needs no gate",
+        ])
+        .ok();
+    assert!(!environments_of(&server)[0].3);
+    let out_of_range = server.anchor(&["envs", "update", "qa", "--position", "9"]);
+    refused(
+        &out_of_range,
+        1,
+        "error: 422 Unprocessable Entity: /position: ",
+    );
+    let nothing = server.anchor(&["envs", "update", "qa", "-m", "why"]);
+    refused(&nothing, 2, "error: nothing to change");
+    let not_a_bool = server.anchor(&["envs", "update", "qa", "--requires-comment", "maybe"]);
+    assert_eq!(not_a_bool.code, 2, "{}", not_a_bool.stderr);
+
+    // Without a terminal to ask, deleting needs --yes; nothing is deleted without it.
+    let unconfirmed = server.anchor(&["envs", "delete", "qa"]);
+    refused(
+        &unconfirmed,
+        2,
+        "error: deleting environment `qa` cannot be undone",
+    );
+    assert!(
+        unconfirmed.stderr.contains("--yes"),
+        "{}",
+        unconfirmed.stderr
+    );
+    assert_eq!(environments_of(&server).len(), 4);
+    let deleted = server.anchor(&["envs", "delete", "qa", "--yes"]).ok();
+    assert!(
+        deleted.stdout.contains("Deleted environment qa"),
+        "{}",
+        deleted.stdout
+    );
+    assert_eq!(
+        keys_of(&environments_of(&server)),
+        ["development", "staging", "production"]
+    );
+    let gone = server.anchor(&["envs", "update", "qa", "--name", "QA"]);
+    assert_eq!(gone.code, 4, "{}", gone.stderr);
+}
+
+fn deleting_the_only_environment_or_one_with_a_release_under_way_prints_the_conflict(
+    server: Server,
+) {
+    server.create_project("solo");
+    server
+        .anchor(&["-p", "solo", "envs", "create", "only", "--name", "Only"])
+        .ok();
+    let only = server.anchor(&["-p", "solo", "envs", "delete", "only", "--yes"]);
+    refused(&only, 1, "error: 409 Conflict: ");
+    assert!(
+        only.stderr
+            .contains("`only` is the project's only environment"),
+        "{}",
+        only.stderr
+    );
+
+    server.anchor(&["flags", "create", "checkout"]).ok();
+    server
+        .anchor(&["flags", "on", "checkout", "-e", "production"])
+        .ok();
+    server
+        .anchor(&[
+            "release",
+            "start",
+            "checkout",
+            "-e",
+            "production",
+            "--control",
+            "off",
+            "--treatment",
+            "on",
+        ])
+        .ok();
+    let releasing = server.anchor(&["envs", "delete", "production", "--yes"]);
+    refused(&releasing, 1, "error: 409 Conflict: ");
+    assert!(
+        releasing
+            .stderr
+            .contains("release is still under way in `production`"),
+        "{}",
+        releasing.stderr
+    );
+    assert_eq!(environments_of(&server).len(), 3);
+}
+
+fn a_viewer_lists_environments_but_may_not_change_or_delete_them(server: Server) {
+    let viewer = member_token(&server, "watcher", "viewer");
+    let as_viewer = |args: &[&str]| {
+        let mut full = vec!["--url", &server.url, "--token", &viewer];
+        full.extend_from_slice(args);
+        run(&server.config, &full, None)
+    };
+    let listed = as_viewer(&["-o", "json", "envs", "list"]).ok().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    refused(
+        &as_viewer(&["envs", "update", "staging", "--name", "Stage"]),
+        3,
+        "error: 403 ",
+    );
+    refused(
+        &as_viewer(&["envs", "create", "qa", "--name", "QA"]),
+        3,
+        "error: 403 ",
+    );
+    refused(
+        &as_viewer(&["envs", "delete", "staging", "--yes"]),
+        3,
+        "error: 403 ",
+    );
+    assert_eq!(environments_of(&server)[1].1, "Staging");
 }

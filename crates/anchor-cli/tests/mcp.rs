@@ -11,7 +11,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use base64::Engine;
 use serde_json::{Value, json};
 
 use support::*;
@@ -208,7 +207,7 @@ fn server_project(server: &Server, key: &str) {
 
 fn check_full(report: &Value, url: &str) {
     let tools = report["tools"].as_array().expect("tools");
-    assert_eq!(tools.len(), 14, "{tools:?}");
+    assert_eq!(tools.len(), 15, "{tools:?}");
     let annotations = |name: &str| {
         tools
             .iter()
@@ -220,6 +219,7 @@ fn check_full(report: &Value, url: &str) {
     assert_eq!(annotations("toggle_flag")["idempotentHint"], true);
     assert_eq!(annotations("rollback_release")["destructiveHint"], true);
     assert_eq!(annotations("list_flags")["readOnlyHint"], true);
+    assert_eq!(annotations("list_environments")["readOnlyHint"], true);
     let schema = &tools.iter().find(|t| t["name"] == "set_rollout").unwrap()["inputSchema"];
     assert!(
         schema["properties"]["percent"]["description"]
@@ -232,6 +232,18 @@ fn check_full(report: &Value, url: &str) {
     let listed = ok(report, "list_flags", 0);
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
     assert_eq!(listed[0]["flag"]["key"], "checkout", "{listed}");
+    // Both projects' environments end with `gated`, added last; only it requires approval.
+    let environments = ok(report, "list_environments", 0);
+    let environments = environments.as_array().expect("environments");
+    let gated = environments.last().expect("environments");
+    assert_eq!(gated["key"], "gated", "{environments:?}");
+    assert_eq!(gated["requiresApproval"], true, "{environments:?}");
+    assert!(
+        environments[..environments.len() - 1]
+            .iter()
+            .all(|e| e["requiresApproval"] == false),
+        "{environments:?}"
+    );
     assert_eq!(
         ok(report, "get_flag", 0)["flag"]["description"],
         "the new checkout"
@@ -429,40 +441,6 @@ fn over_http_each_caller_acts_with_their_own_token_and_none_is_refused(server: S
     }
 }
 
-/// A user with `role` in the default project, and a personal access token of theirs.
-fn member_token(server: &Server, username: &str, role: &str) -> String {
-    let bearer = format!("Bearer {}", server.token);
-    let (status, body) = http(
-        &server.addr,
-        "POST",
-        "/api/v1/users",
-        &bearer,
-        &json!({"username": username, "password": PASSWORD}),
-    );
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = http(
-        &server.addr,
-        "PUT",
-        &format!("/api/v1/projects/default/members/{username}"),
-        &bearer,
-        &json!({ "role": role }),
-    );
-    assert_eq!(status, 204, "{body}");
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{PASSWORD}"))
-    );
-    let (status, created) = http(
-        &server.addr,
-        "POST",
-        "/api/v1/tokens",
-        &basic,
-        &json!({"name": "assistant"}),
-    );
-    assert_eq!(status, 201, "{created}");
-    created["token"].as_str().expect("a token").to_string()
-}
-
 /// An MCP `initialize` POSTed by hand, to see the status, the headers (lowercased) and the
 /// body that an SDK would hide.
 fn post_mcp(addr: &str, host: &str, authorization: Option<&str>) -> (u16, String, String) {
@@ -542,7 +520,7 @@ fn without_a_server_or_a_token_the_tools_are_listed_and_each_call_fails_clearly(
                 &config,
             )
         };
-        assert_eq!(report["tools"].as_array().map(Vec::len), Some(14));
+        assert_eq!(report["tools"].as_array().map(Vec::len), Some(15));
         let message = error(&report, "get_flag", 0);
         assert!(
             message.starts_with(&format!("cannot reach the server at {url}")),
@@ -554,7 +532,7 @@ fn without_a_server_or_a_token_the_tools_are_listed_and_each_call_fails_clearly(
         &[],
         &config,
     );
-    assert_eq!(report["tools"].as_array().map(Vec::len), Some(14));
+    assert_eq!(report["tools"].as_array().map(Vec::len), Some(15));
     assert!(error(&report, "get_flag", 0).contains("no server: run `anchor login <url>`"));
     let report = client(
         &["stdio", env!("CARGO_BIN_EXE_anchor"), "offline"],

@@ -31,6 +31,7 @@ def full_calls(code_dir):
         ("create_flag", {"key": "checkout", "description": "the new checkout"}),
         ("create_flag", {"key": "unused-banner"}),
         ("list_flags", {}),
+        ("list_environments", {}),
         ("get_flag", {"flag": "checkout"}),
         ("get_flag", {"flag": "no-such-flag"}),
         ("toggle_flag", {"flag": "checkout", "environment": "production", "on": True,

@@ -2,6 +2,7 @@
 //! `http::Api` and prints through `output::Out`. Nothing here knows about the server's
 //! internals; the wire shapes are those of `docs/openapi.json`.
 
+mod envs;
 mod flags;
 mod history;
 mod login;
@@ -94,6 +95,7 @@ pub async fn run(global: Global, command: Command) -> Result<(), CliError> {
     match command {
         // Handled before: they need no client (serve) or make their own (login, mcp).
         Command::Serve(_) | Command::Login(_) | Command::Mcp(_) => Ok(()),
+        Command::Envs(c) => envs::run(&ctx, c).await,
         Command::Flags(c) => flags::run(&ctx, c).await,
         Command::Targeting(c) => targeting::run(&ctx, c).await,
         Command::Segments(c) => segments::run(&ctx, c).await,

@@ -84,6 +84,12 @@ pub struct ListFlagsParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+pub struct ProjectParams {
+    /// The project key [default: the one `anchor mcp` was started with]
+    pub project: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct FlagParams {
     /// The flag key
     pub flag: String,
@@ -471,6 +477,20 @@ impl Anchor {
             .await
             .map(Value::from),
         )
+    }
+
+    #[tool(
+        description = "List the project's environments in display order: key, name, position, \
+                       and whether changes there need approval or a comment.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_environments(&self, Parameters(p): Parameters<ProjectParams>) -> CallToolResult {
+        let outcome = async {
+            self.api()?
+                .get(&self.project_path(p.project.as_ref(), "/environments"))
+                .await
+        };
+        result(outcome.await)
     }
 
     #[tool(
@@ -944,7 +964,7 @@ mod tests {
     #[test]
     fn every_tool_has_a_description_and_a_schema_and_writes_say_whether_they_destroy() {
         let tools = Anchor::tool_router().list_all();
-        assert_eq!(tools.len(), 14);
+        assert_eq!(tools.len(), 15);
         for tool in &tools {
             assert!(
                 tool.description.as_ref().is_some_and(|d| d.len() > 40),

@@ -169,6 +169,40 @@ pub fn start(name: &str, backend: Backend) -> Server {
     }
 }
 
+/// A user with `role` in the default project, and a personal access token of theirs.
+pub fn member_token(server: &Server, username: &str, role: &str) -> String {
+    let bearer = format!("Bearer {}", server.token);
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/users",
+        &bearer,
+        &json!({"username": username, "password": PASSWORD}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        &server.addr,
+        "PUT",
+        &format!("/api/v1/projects/default/members/{username}"),
+        &bearer,
+        &json!({ "role": role }),
+    );
+    assert_eq!(status, 204, "{body}");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{PASSWORD}"))
+    );
+    let (status, created) = http(
+        &server.addr,
+        "POST",
+        "/api/v1/tokens",
+        &basic,
+        &json!({"name": "assistant"}),
+    );
+    assert_eq!(status, 201, "{created}");
+    created["token"].as_str().expect("a token").to_string()
+}
+
 /// A minimal HTTP/1.1 request, for what the CLI does not do (making tokens and projects).
 pub fn http(addr: &str, method: &str, path: &str, auth: &str, body: &Value) -> (u16, Value) {
     let mut stream = TcpStream::connect(addr).expect("the server accepts");
