@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::{Server, on_every_backend};
+use support::{Server, call, on_every_backend};
 
 on_every_backend!(
     an_admin_renames_and_reorders_environments_but_never_changes_a_key,
@@ -21,43 +21,9 @@ on_every_backend!(
 );
 
 const ENVIRONMENTS: &str = "/api/v1/projects/default/environments";
-const MEMBER_PASSWORD: &str = "a long enough password";
 
 fn environment(key: &str) -> String {
     format!("{ENVIRONMENTS}/{key}")
-}
-
-/// The management API as `user` (HTTP Basic); every error must be a problem document.
-async fn call(
-    server: &Server,
-    user: &str,
-    method: Method,
-    path: &str,
-    body: Value,
-) -> (u16, Value) {
-    let password = if user == "admin" {
-        support::PASSWORD
-    } else {
-        MEMBER_PASSWORD
-    };
-    let mut request = server
-        .http
-        .request(method, format!("{}{path}", server.url))
-        .basic_auth(user, Some(password));
-    if !body.is_null() {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let problem = response
-        .headers()
-        .get("content-type")
-        .is_some_and(|c| c.as_bytes() == b"application/problem+json");
-    let text = response.text().await.unwrap();
-    if status >= 400 {
-        assert!(problem, "{status} without a problem body: {text}");
-    }
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// The JSON pointers a 422 names.

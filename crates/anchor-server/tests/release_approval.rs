@@ -17,7 +17,7 @@ use anchor_server::releases::MetricSource;
 use anchor_store::{AuditFilter, ReleaseRecord};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{PASSWORD, Server, csrf_of, on_every_backend};
+use support::{MEMBER_PASSWORD, PASSWORD, Server, call, csrf_of, on_every_backend};
 
 on_every_backend!(
     start: start;
@@ -27,8 +27,6 @@ on_every_backend!(
     without_approval_an_editor_steers_a_release_alone,
     the_release_page_offers_the_approval_to_the_other_person_only,
 );
-
-const MEMBER_PASSWORD: &str = "a long enough password";
 
 /// Healthy telemetry for every release; flag `skewed` gets half the treatment's share.
 struct Simulated;
@@ -66,39 +64,6 @@ impl MetricSource for Simulated {
 async fn start(postgres: Option<(String, String)>) -> Server {
     let metrics: Arc<dyn MetricSource> = Arc::new(Simulated);
     Server::start_with(postgres, Some((metrics, Duration::from_millis(50)))).await
-}
-
-/// The management API as `user` (HTTP Basic).
-async fn call(
-    server: &Server,
-    user: &str,
-    method: Method,
-    path: &str,
-    body: Value,
-) -> (u16, Value) {
-    let password = if user == "admin" {
-        PASSWORD
-    } else {
-        MEMBER_PASSWORD
-    };
-    let mut request = server
-        .http
-        .request(method, format!("{}{path}", server.url))
-        .basic_auth(user, Some(password));
-    if !body.is_null() {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let problem = response
-        .headers()
-        .get("content-type")
-        .is_some_and(|c| c.as_bytes() == b"application/problem+json");
-    let text = response.text().await.unwrap();
-    if status >= 400 {
-        assert!(problem, "{status} without a problem body: {text}");
-    }
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// Gives `command` to release `id` as `user`.

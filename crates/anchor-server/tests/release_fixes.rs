@@ -9,48 +9,14 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{PASSWORD, Server, on_every_backend};
+use support::{Server, call, on_every_backend};
 
 on_every_backend!(
     an_aborted_release_leaves_watched_flags_at_once_in_the_download_and_the_stream,
     rolling_back_a_release_waiting_for_its_first_approval_leaves_the_flag_as_it_was,
 );
 
-const MEMBER_PASSWORD: &str = "a long enough password";
 const WAIT: Duration = Duration::from_secs(5);
-
-/// The management API as `user` (HTTP Basic); a failure must be a problem document.
-async fn call(
-    server: &Server,
-    user: &str,
-    method: Method,
-    path: &str,
-    body: Value,
-) -> (u16, Value) {
-    let password = if user == "admin" {
-        PASSWORD
-    } else {
-        MEMBER_PASSWORD
-    };
-    let mut request = server
-        .http
-        .request(method, format!("{}{path}", server.url))
-        .basic_auth(user, Some(password));
-    if !body.is_null() {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let problem = response
-        .headers()
-        .get("content-type")
-        .is_some_and(|c| c.as_bytes() == b"application/problem+json");
-    let text = response.text().await.unwrap();
-    if status >= 400 {
-        assert!(problem, "{status} without a problem body: {text}");
-    }
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 /// An environment `env` (requiring approval or not) with the editor `ed`, the boolean flag
 /// `checkout` on there serving `off`, and the template `kill`: 1% → 5% behind an approval gate

@@ -66,6 +66,42 @@ macro_rules! on_every_backend {
 pub(crate) use on_every_backend;
 
 pub const PASSWORD: &str = "correct horse battery staple";
+/// The password of every user `Server::add_user` makes.
+pub const MEMBER_PASSWORD: &str = "a long enough password";
+
+/// The management API as `user` (HTTP Basic; `admin` or a user made by `Server::add_user`); a
+/// failure must come as a problem document.
+pub async fn call(
+    server: &Server,
+    user: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
+    let password = if user == "admin" {
+        PASSWORD
+    } else {
+        MEMBER_PASSWORD
+    };
+    let mut request = server
+        .http
+        .request(method, format!("{}{path}", server.url))
+        .basic_auth(user, Some(password));
+    if !body.is_null() {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let problem = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|c| c.as_bytes() == b"application/problem+json");
+    let text = response.text().await.unwrap();
+    if status >= 400 {
+        assert!(problem, "{status} without a problem body: {text}");
+    }
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
 
 pub struct Server {
     pub url: String,
@@ -262,13 +298,13 @@ impl Server {
         assert_eq!(status, 201, "{body}");
     }
 
-    /// A user with this role in `default`, whose password is "a long enough password".
+    /// A user with this role in `default`, whose password is `MEMBER_PASSWORD`.
     pub async fn add_user(&self, username: &str, role: &str) {
         let (status, body) = self
             .api(
                 reqwest::Method::POST,
                 "/api/v1/users",
-                serde_json::json!({"username": username, "password": "a long enough password"}),
+                serde_json::json!({"username": username, "password": MEMBER_PASSWORD}),
             )
             .await;
         assert_eq!(status, 201, "{body}");
